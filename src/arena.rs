@@ -1,0 +1,352 @@
+//! The arena: slot storage shared by all generations, and the hand-back of retired slots.
+//!
+//! Storage grows in chunks that never move (chunk `k` holds `first << k` slots), so a slot
+//! index stays valid for as long as the arena lives and readers can follow indices without a
+//! lock. A slot is written only while no published generation can reach it: either it was
+//! never used, or it was retired and every generation that could reach it has been dropped
+//! (see `publish.rs`). Slot allocation and freeing are writer-only bookkeeping ([`SlabAlloc`]).
+
+use crate::sync::{AtomicPtr, Ordering, UnsafeCell};
+use std::ptr;
+
+/// Most chunks a slab can have: enough for 2^30 slots from a first chunk of 4.
+const MAX_CHUNKS: usize = 32;
+
+/// One mapped, contiguous piece of a section.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Piece {
+    /// First byte.
+    pub start: u64,
+    /// Last byte (inclusive).
+    pub end: u64,
+    /// Start address of the `insert`/`overwrite` that created the section.
+    pub origin: u64,
+    /// Section slot holding the value.
+    pub section: u32,
+}
+
+/// One row of a sub-page table: from `start` (clamped to the page) on, piece `piece`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct SubEntry {
+    pub start: u64,
+    pub piece: u32,
+}
+
+/// A sub-page table: the pieces overlapping one page, by start address.
+pub(crate) type Subpage = Box<[SubEntry]>;
+
+/// Fixed-address chunked storage of `unit` consecutive cells per slot.
+pub(crate) struct Slab<T> {
+    chunks: [AtomicPtr<UnsafeCell<T>>; MAX_CHUNKS],
+    /// log2 of the number of slots in chunk 0.
+    first_shift: u32,
+    /// Cells per slot (node fan-out for the node slab, 1 otherwise).
+    unit: usize,
+}
+
+impl<T: Default> Slab<T> {
+    pub(crate) fn new(first_shift: u32, unit: usize) -> Self {
+        Slab {
+            chunks: std::array::from_fn(|_| AtomicPtr::new(ptr::null_mut())),
+            first_shift,
+            unit,
+        }
+    }
+
+    /// (chunk, first cell) of `slot`.
+    #[inline(always)]
+    fn locate(&self, slot: u32) -> (usize, usize) {
+        let j = slot as u64 + (1u64 << self.first_shift);
+        let top = 63 - j.leading_zeros();
+        let chunk = (top - self.first_shift) as usize;
+        let offset = (j - (1u64 << top)) as usize;
+        (chunk, offset * self.unit)
+    }
+
+    fn chunk_cells(&self, chunk: usize) -> usize {
+        (1usize << (self.first_shift as usize + chunk)) * self.unit
+    }
+
+    /// Cell `i` of `slot`.
+    ///
+    /// # Safety
+    /// `slot` must have been made available with [`Slab::ensure`] by the writer, and that must
+    /// happen-before this call (true for any slot reachable from a published generation, which
+    /// is published after `ensure`, and for the writer itself). `i < unit`.
+    #[inline(always)]
+    pub(crate) unsafe fn cell(&self, slot: u32, i: usize) -> &UnsafeCell<T> {
+        let (chunk, first) = self.locate(slot);
+        // Relaxed: the chunk pointer was stored before the generation that made `slot`
+        // reachable was published (Release/SeqCst in the publisher) and the caller loaded that
+        // generation with Acquire, so by coherence this load sees the pointer. The pointer is
+        // never changed again while the slab lives.
+        let base = self.chunks[chunk].load(Ordering::Relaxed);
+        debug_assert!(!base.is_null() && i < self.unit);
+        // SAFETY: `base` points to a live chunk of `chunk_cells(chunk)` cells (allocated in
+        // `ensure`, freed only in `Drop`), and `first + i` is inside it by `locate`.
+        unsafe { &*base.add(first + i) }
+    }
+
+    /// Makes sure the chunk holding `slot` exists. Writer only (called under the writer lock).
+    pub(crate) fn ensure(&self, slot: u32) {
+        let (chunk, _) = self.locate(slot);
+        if self.chunks[chunk].load(Ordering::Relaxed).is_null() {
+            let cells: Box<[UnsafeCell<T>]> = (0..self.chunk_cells(chunk))
+                .map(|_| UnsafeCell::new(T::default()))
+                .collect();
+            // Release: the initialised cells happen-before any thread that acquires the
+            // pointer (readers get it through a generation published later anyway).
+            self.chunks[chunk].store(
+                Box::into_raw(cells) as *mut UnsafeCell<T>,
+                Ordering::Release,
+            );
+        }
+    }
+
+    /// Cells reserved by allocated chunks (for memory reporting).
+    pub(crate) fn reserved_cells(&self) -> usize {
+        (0..MAX_CHUNKS)
+            .filter(|&c| !self.chunks[c].load(Ordering::Relaxed).is_null())
+            .map(|c| self.chunk_cells(c))
+            .sum()
+    }
+}
+
+impl<T> Drop for Slab<T> {
+    fn drop(&mut self) {
+        for (c, chunk) in self.chunks.iter_mut().enumerate() {
+            let p = chunk.with_mut_ptr();
+            if !p.is_null() {
+                let len = (1usize << (self.first_shift as usize + c)) * self.unit;
+                // SAFETY: `p` came from `Box::into_raw` of a boxed slice of exactly `len` cells
+                // in `ensure`; we have `&mut self`, so no reader can hold a reference into it.
+                drop(unsafe { Box::from_raw(ptr::slice_from_raw_parts_mut(p, len)) });
+            }
+        }
+    }
+}
+
+/// `AtomicPtr::get_mut` for std and loom alike.
+trait GetMutPtr<T> {
+    fn with_mut_ptr(&mut self) -> *mut T;
+}
+
+impl<T> GetMutPtr<T> for AtomicPtr<T> {
+    fn with_mut_ptr(&mut self) -> *mut T {
+        #[cfg(not(loom))]
+        {
+            *self.get_mut()
+        }
+        #[cfg(loom)]
+        {
+            self.with_mut(|p| *p)
+        }
+    }
+}
+
+/// Writer-side bookkeeping of one slab: high-water mark and free list.
+#[derive(Debug, Default)]
+pub(crate) struct SlabAlloc {
+    high: u32,
+    free: Vec<u32>,
+    /// Slots handed out and not yet freed.
+    pub live: usize,
+    limit: usize,
+}
+
+impl SlabAlloc {
+    pub(crate) fn new(limit: usize) -> Self {
+        SlabAlloc {
+            limit,
+            ..Default::default()
+        }
+    }
+
+    /// A slot that no published generation can reach, or `None` if the limit is reached.
+    pub(crate) fn alloc<T: Default>(&mut self, slab: &Slab<T>) -> Option<u32> {
+        if self.live >= self.limit {
+            return None;
+        }
+        let slot = match self.free.pop() {
+            Some(s) => s,
+            None => {
+                let s = self.high;
+                slab.ensure(s);
+                self.high += 1;
+                s
+            }
+        };
+        self.live += 1;
+        Some(slot)
+    }
+
+    pub(crate) fn free(&mut self, slot: u32) {
+        debug_assert!(slot < self.high);
+        self.live -= 1;
+        self.free.push(slot);
+    }
+
+    pub(crate) fn limit(&self) -> usize {
+        self.limit
+    }
+}
+
+/// Slots retired by one commit: reachable from the generation before it, not from it.
+#[derive(Debug, Default)]
+pub(crate) struct Retired {
+    pub nodes: Vec<u32>,
+    pub subpages: Vec<u32>,
+    pub pieces: Vec<u32>,
+    pub sections: Vec<u32>,
+}
+
+impl Retired {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+            && self.subpages.is_empty()
+            && self.pieces.is_empty()
+            && self.sections.is_empty()
+    }
+}
+
+/// A batch of freed slots on the hand-back stack.
+struct Batch {
+    next: *mut Batch,
+    retired: Retired,
+}
+
+/// Everything the generations share: the four slabs and the hand-back stack.
+pub(crate) struct Storage<V> {
+    /// Node entries, `fanout` cells a slot.
+    pub nodes: Slab<u32>,
+    /// First page covered by each node (for range walks, diff and the writer).
+    pub node_base: Slab<u64>,
+    pub pieces: Slab<Piece>,
+    pub subpages: Slab<Subpage>,
+    pub sections: Slab<Option<V>>,
+    /// Treiber stack of slot batches that no generation can reach any more. Pushed by
+    /// whichever thread drops the last generation that could reach them; drained (all at
+    /// once, so there is no ABA) by the writer.
+    freed: AtomicPtr<Batch>,
+}
+
+// SAFETY: Storage hands out `&V` (from sections) to any thread holding a generation, so V
+// must be Sync; values are dropped on the writer thread or wherever the last generation goes,
+// so V must be Send. Cells are written only when unreachable (module docs).
+unsafe impl<V: Send + Sync> Send for Storage<V> {}
+// SAFETY: as above.
+unsafe impl<V: Send + Sync> Sync for Storage<V> {}
+
+impl<V> Storage<V> {
+    pub(crate) fn new(fanout: usize) -> Self {
+        Storage {
+            nodes: Slab::new(2, fanout),
+            node_base: Slab::new(2, 1),
+            pieces: Slab::new(6, 1),
+            subpages: Slab::new(2, 1),
+            sections: Slab::new(6, 1),
+            freed: AtomicPtr::new(ptr::null_mut()),
+        }
+    }
+
+    /// Entry `i` of node `node`.
+    ///
+    /// # Safety
+    /// `node` is reachable from a generation the caller holds (or the caller is the writer
+    /// and the node is allocated).
+    #[inline(always)]
+    pub(crate) unsafe fn node_entry(&self, node: u32, i: usize) -> u32 {
+        // SAFETY: per the contract, the slot exists and is not being written (invariant 4:
+        // nothing reachable from a published root is written again).
+        unsafe { self.nodes.cell(node, i).with(|p| *p) }
+    }
+
+    /// First page of node `node`. Same contract as [`Storage::node_entry`].
+    #[inline]
+    pub(crate) unsafe fn node_base(&self, node: u32) -> u64 {
+        // SAFETY: as in `node_entry`.
+        unsafe { self.node_base.cell(node, 0).with(|p| *p) }
+    }
+
+    /// Piece `slot`. Same contract as [`Storage::node_entry`].
+    #[inline(always)]
+    pub(crate) unsafe fn piece(&self, slot: u32) -> Piece {
+        // SAFETY: as in `node_entry`.
+        unsafe { self.pieces.cell(slot, 0).with(|p| *p) }
+    }
+
+    /// Sub-page table `slot`. Same contract as [`Storage::node_entry`]; the slice lives as
+    /// long as the generation the caller holds.
+    #[inline]
+    pub(crate) unsafe fn subpage(&self, slot: u32) -> &[SubEntry] {
+        // SAFETY: as in `node_entry`; the boxed slice is not replaced while reachable.
+        unsafe { self.subpages.cell(slot, 0).with(|p| &**p) }
+    }
+
+    /// The value of section `slot`. Same contract as [`Storage::node_entry`].
+    #[inline(always)]
+    pub(crate) unsafe fn value(&self, slot: u32) -> &V {
+        // SAFETY: a reachable section slot always holds `Some` (set before publication,
+        // cleared only after reclamation).
+        unsafe {
+            self.sections.cell(slot, 0).with(|p| match &*p {
+                Some(v) => v,
+                None => unreachable_none(),
+            })
+        }
+    }
+
+    /// Hands a batch of slots that no generation can reach back to the writer.
+    /// Lock-free; called from `Version::drop` on any thread.
+    pub(crate) fn push_freed(&self, retired: Retired) {
+        let batch = Box::into_raw(Box::new(Batch {
+            next: ptr::null_mut(),
+            retired,
+        }));
+        let mut head = self.freed.load(Ordering::Relaxed);
+        loop {
+            // SAFETY: `batch` is ours until the CAS below succeeds.
+            unsafe { (*batch).next = head };
+            // Release on success: the dropping thread's Acquire on the generation's refcount
+            // made every reader access to these slots happen-before this point; Release passes
+            // that on to the writer's Acquire in `take_freed`, so the writer's reuse of a slot
+            // happens-after every read of it. Relaxed on failure: we only retry.
+            match self.freed.compare_exchange_weak(
+                head,
+                batch,
+                Ordering::Release,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return,
+                Err(now) => head = now,
+            }
+        }
+    }
+
+    /// Takes every batch handed back so far. Writer only.
+    pub(crate) fn take_freed(&self) -> Vec<Retired> {
+        // Acquire: pairs with the Release in `push_freed` (see there).
+        let mut p = self.freed.swap(ptr::null_mut(), Ordering::Acquire);
+        let mut out = Vec::new();
+        while !p.is_null() {
+            // SAFETY: every pointer on the stack came from `Box::into_raw` in `push_freed`,
+            // and the swap above made this thread the only owner of the whole list.
+            let batch = unsafe { Box::from_raw(p) };
+            p = batch.next;
+            out.push(batch.retired);
+        }
+        out
+    }
+}
+
+impl<V> Drop for Storage<V> {
+    fn drop(&mut self) {
+        // Free the batch boxes; the slots' contents are dropped with the slabs.
+        drop(self.take_freed());
+    }
+}
+
+#[cold]
+fn unreachable_none() -> ! {
+    unreachable!("physmap: reachable section slot is empty (reclamation bug)")
+}

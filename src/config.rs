@@ -1,0 +1,200 @@
+//! Shape of the address space and of the tree, and the checks on user ranges.
+
+use crate::Error;
+use std::ops::{Bound, RangeBounds, RangeInclusive};
+
+/// Shape of a [`PhysMap`](crate::PhysMap): address-space size, page size, radix and limits.
+///
+/// ```
+/// use physmap::{Config, PhysMap};
+/// // A 16-bit port I/O space, 256-byte "pages", 4 bits a level.
+/// let cfg = Config { addr_bits: 16, page_bits: 8, level_bits: 4, ..Config::default() };
+/// let map: PhysMap<&str> = PhysMap::with_config(cfg).unwrap();
+/// assert!(PhysMap::<u8>::with_config(Config { level_bits: 0, ..Config::default() }).is_err());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Bits of address: the space is `0..=2^addr_bits - 1`. 1..=64, default 64.
+    pub addr_bits: u32,
+    /// Bits of a page (the unit of the radix tree): 0..=32 and at most `addr_bits`; default 12
+    /// (4 KiB). Sub-page sections are still resolved to the byte.
+    pub page_bits: u32,
+    /// Bits of page number consumed per tree level: 1..=16; default 9 (512-entry nodes).
+    pub level_bits: u32,
+    /// Most tree nodes the arena may hold at once (live plus not yet reclaimed);
+    /// at most 2^24 - 1, the default.
+    pub max_nodes: usize,
+    /// Most pieces, sections and sub-page tables (each counted separately) the arena may hold
+    /// at once; at most 2^30 - 1, the default.
+    pub max_pieces: usize,
+}
+
+/// Largest node index an entry can encode.
+pub(crate) const NODE_INDEX_LIMIT: usize = (1 << 24) - 1;
+/// Largest piece / sub-page index an entry can encode.
+pub(crate) const PIECE_INDEX_LIMIT: usize = (1 << 30) - 1;
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            addr_bits: 64,
+            page_bits: 12,
+            level_bits: 9,
+            max_nodes: NODE_INDEX_LIMIT,
+            max_pieces: PIECE_INDEX_LIMIT,
+        }
+    }
+}
+
+/// Derived constants used on every path.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Geometry {
+    pub page_bits: u32,
+    pub level_bits: u32,
+    /// Height of the root entry: the number of node levels a full path has.
+    pub height: u32,
+    /// Entries per node.
+    pub fanout: usize,
+    pub mask: u64,
+    /// Last valid address.
+    pub max_addr: u64,
+    /// Number of pages in the space.
+    pub npages: u128,
+}
+
+impl Config {
+    pub(crate) fn geometry(&self) -> Result<Geometry, Error> {
+        let bad = |reason: String| Err(Error::InvalidConfig { reason });
+        if !(1..=64).contains(&self.addr_bits) {
+            return bad(format!("addr_bits = {} (must be 1..=64)", self.addr_bits));
+        }
+        if self.page_bits > 32 || self.page_bits > self.addr_bits {
+            return bad(format!(
+                "page_bits = {} (must be at most 32 and at most addr_bits = {})",
+                self.page_bits, self.addr_bits
+            ));
+        }
+        if !(1..=16).contains(&self.level_bits) {
+            return bad(format!("level_bits = {} (must be 1..=16)", self.level_bits));
+        }
+        let page_number_bits = self.addr_bits - self.page_bits;
+        let height = page_number_bits.div_ceil(self.level_bits);
+        if height > 63 {
+            return bad(format!(
+                "{page_number_bits} bits of page number at {} bits a level need {height} levels (at most 63)",
+                self.level_bits
+            ));
+        }
+        if self.max_nodes == 0 || self.max_nodes > NODE_INDEX_LIMIT {
+            return bad(format!(
+                "max_nodes = {} (must be 1..={NODE_INDEX_LIMIT})",
+                self.max_nodes
+            ));
+        }
+        if self.max_pieces == 0 || self.max_pieces > PIECE_INDEX_LIMIT {
+            return bad(format!(
+                "max_pieces = {} (must be 1..={PIECE_INDEX_LIMIT})",
+                self.max_pieces
+            ));
+        }
+        Ok(Geometry {
+            page_bits: self.page_bits,
+            level_bits: self.level_bits,
+            height,
+            fanout: 1 << self.level_bits,
+            mask: (1u64 << self.level_bits) - 1,
+            max_addr: if self.addr_bits == 64 {
+                u64::MAX
+            } else {
+                (1u64 << self.addr_bits) - 1
+            },
+            npages: 1u128 << page_number_bits,
+        })
+    }
+}
+
+impl Geometry {
+    /// Byte span `[start, end]` of the entry of height `h` whose first page is `base`,
+    /// clipped to the space.
+    #[inline]
+    pub(crate) fn span(&self, h: u32, base: u64) -> (u64, u64) {
+        let pages = 1u128 << (h * self.level_bits);
+        let end_page = (base as u128 + pages).min(self.npages);
+        let start = (base as u128) << self.page_bits;
+        let end = (end_page << self.page_bits) - 1;
+        (start as u64, end as u64)
+    }
+
+    /// Pages covered by one entry of height `h`.
+    #[inline]
+    pub(crate) fn entry_pages(&self, h: u32) -> u128 {
+        1u128 << (h * self.level_bits)
+    }
+
+    /// Index, inside a node of height `h`, of the entry holding `page`.
+    #[inline(always)]
+    pub(crate) fn index(&self, h: u32, page: u64) -> usize {
+        ((page >> ((h - 1) * self.level_bits)) & self.mask) as usize
+    }
+
+    /// Number of entries of a node of height `h` at `base` that lie inside the space.
+    pub(crate) fn children_in_space(&self, h: u32, base: u64) -> usize {
+        let child = self.entry_pages(h - 1);
+        let left = self.npages - base as u128;
+        (left.div_ceil(child)).min(self.fanout as u128) as usize
+    }
+
+    /// Checks a user range and turns it into inclusive `(start, end)`.
+    pub(crate) fn resolve(&self, range: &impl RangeBounds<u64>) -> Result<(u64, u64), Error> {
+        let start: u128 = match range.start_bound() {
+            Bound::Included(&s) => s as u128,
+            Bound::Excluded(&s) => s as u128 + 1,
+            Bound::Unbounded => 0,
+        };
+        // Exclusive end, in u128 so that `..=u64::MAX` is representable.
+        let end_excl: u128 = match range.end_bound() {
+            Bound::Included(&e) => e as u128 + 1,
+            Bound::Excluded(&e) => e as u128,
+            Bound::Unbounded => self.max_addr as u128 + 1,
+        };
+        if start > u64::MAX as u128 {
+            return Err(Error::EmptyRange { start: u64::MAX });
+        }
+        let s = start as u64;
+        if end_excl == start {
+            return Err(Error::EmptyRange { start: s });
+        }
+        if end_excl < start {
+            return Err(Error::InvertedRange {
+                start: s,
+                end: (end_excl as u64).wrapping_sub(1),
+            });
+        }
+        let e = (end_excl - 1) as u64;
+        if e > self.max_addr {
+            return Err(Error::OutOfSpace {
+                start: s,
+                end: e,
+                limit: self.max_addr,
+            });
+        }
+        Ok((s, e))
+    }
+}
+
+/// `start..=start + len - 1`, or a typed error if `len` is zero or the end overflows.
+///
+/// ```
+/// assert_eq!(physmap::checked_range(0x1000, 0x1000).unwrap(), 0x1000..=0x1fff);
+/// assert!(physmap::checked_range(u64::MAX, 2).is_err());
+/// assert_eq!(physmap::checked_range(0, 0).unwrap_err(), physmap::Error::EmptyRange { start: 0 });
+/// ```
+pub fn checked_range(start: u64, len: u64) -> Result<RangeInclusive<u64>, Error> {
+    if len == 0 {
+        return Err(Error::EmptyRange { start });
+    }
+    match start.checked_add(len - 1) {
+        Some(end) => Ok(start..=end),
+        None => Err(Error::Overflow { start, len }),
+    }
+}

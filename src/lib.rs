@@ -1,0 +1,114 @@
+//! # physmap
+//!
+//! A guest-physical address map for virtual machine monitors: "which section holds guest
+//! address A, and at what offset?", answered lock-free by many vCPU threads while a control
+//! plane (hotplug, PCI BAR moves, virtio-mem, ROM/RAM toggles, private/shared conversions)
+//! changes the map in transactions.
+//!
+//! ```
+//! use physmap::PhysMap;
+//!
+//! #[derive(Debug, PartialEq)]
+//! enum Region { Ram, Ioapic, Hpet }
+//!
+//! let map = PhysMap::new();
+//! let mut txn = map.transaction();
+//! txn.insert(0..0x8000_0000, Region::Ram)?;                 // 2 GiB of RAM
+//! txn.remove(0xa_0000..0x10_0000)?;                         // legacy VGA/BIOS hole
+//! txn.insert(0xfec0_0000..=0xfec0_0fff, Region::Ioapic)?;
+//! txn.insert(0xfed0_0000..=0xfed0_03ff, Region::Hpet)?;     // a sub-page section
+//! txn.commit()?;                                            // published atomically
+//!
+//! let mut vcpu = map.reader();                              // one per vCPU thread
+//! let hit = vcpu.lookup(0x10_2000).unwrap();
+//! assert_eq!(*hit.value, Region::Ram);
+//! assert_eq!(hit.offset, 0x10_2000);                        // offset from the RAM's origin
+//! assert_eq!(hit.range, 0x10_0000..=0x7fff_ffff);           // the piece after the hole
+//! assert!(vcpu.lookup(0xb_8000).is_none());                 // in the hole
+//! assert_eq!(*vcpu.lookup(0xfed0_0100).unwrap().value, Region::Hpet);
+//! assert!(vcpu.lookup(0xfed0_0400).is_none());              // same page, past the HPET
+//! # Ok::<(), physmap::Error>(())
+//! ```
+//!
+//! ## How it works
+//!
+//! A radix tree over page numbers, as in QEMU's `phys_map` (by default 9 bits a level over
+//! 4 KiB pages of a 64-bit space: 6 levels). Its entries are 32 bits (nodes of 2 KiB):
+//!
+//! - **Early termination.** An entry at any level may be a leaf for its whole aligned span,
+//!   and a span whose only content is one piece is a leaf even if the piece covers only part
+//!   of it (the final "does the piece hold the address" check rejects the rest). 1 TiB of RAM
+//!   is one leaf; with the legacy hole punched in it, four nodes.
+//! - **Path compression.** A node with a single non-empty child is replaced by that child;
+//!   the entry carries the child's height, so the walk skips the missing levels.
+//! - **Sub-page tables.** A page holding several pieces gets a small sorted table (16 bytes a
+//!   row, not QEMU's 8 KiB per page), so sections resolve to the byte.
+//! - **Canonical shape.** After every commit the tree is the unique fully collapsed tree of
+//!   the mapping, whatever history built it.
+//!
+//! Writers build the new tree copy-on-write in an arena shared by all generations and
+//! publish its root with one atomic pointer swap (`arc-swap`); readers walk an immutable
+//! generation (RCU style).
+//!
+//! ## Guarantees
+//!
+//! - **Atomic generations.** A reader sees all of a committed transaction or none of it; the
+//!   generations one [`Reader`] sees never go backwards, and a lookup started after
+//!   [`Transaction::commit`] returned answers from that generation or a newer one.
+//! - **Readers never block.** [`Reader::lookup`] takes no lock, allocates nothing and writes
+//!   no memory shared with other threads: one load and pointer compare to check its cached
+//!   generation, then at most one dependent load per tree level plus the final range check
+//!   (each level also reads the arena's chunk table, which stays in L1).
+//! - **Immutable once published.** No slot reachable from a published root is written again.
+//! - **Bounded garbage.** A commit hands the slots it stopped using to the generation it
+//!   superseded; they are reused once that generation and all older ones are dropped
+//!   (reference counted, no epochs to pin). With no old snapshot held, the arena's memory
+//!   ([`PhysMap::memory`]) equals the newest tree ([`Snapshot::stats`]).
+//! - **Errors, not panics.** Empty, inverted, out-of-space or overflowing ranges, overlaps on
+//!   [`Transaction::insert`] and exhausted capacity return an [`Error`] and leave the
+//!   transaction as it was. A transaction dropped without commit (a panic included) publishes
+//!   nothing, and the next writer proceeds (the writer lock does not poison).
+//! - **Values are dropped by the writer.** A section's value is dropped inside a later
+//!   `transaction()` or `memory()` call once no generation can reach it, so vCPU threads do
+//!   not run `Drop` code.
+//!
+//! ## Costs
+//!
+//! - Lookup: O(levels) ≤ 6 dependent loads by default, typically 0 when the reader's last
+//!   piece matches again.
+//! - Commit: copies only the nodes on the paths through changed ranges: a one-range change
+//!   touches at most `levels` nodes, whatever the size of the map (plus O(log n) in the
+//!   writer's `BTreeMap` of pieces).
+//! - Memory: 2 KiB per node + 8 bytes of base address, 32 bytes per piece, 16 bytes per
+//!   sub-page row, `size_of::<Option<V>>()` per section; plus the writer's `BTreeMap` of
+//!   pieces (about 48 bytes a piece).
+//!
+//! ## Concurrency checking
+//!
+//! All atomics, locks, shared cells and the publication point go through the crate-internal
+//! `sync` module. Built with `RUSTFLAGS="--cfg loom"`, they become `loom`'s, and the models in
+//! `loom-tests/` run this code: `arc-swap` and `parking_lot` are not loom-aware, so under loom
+//! the publication cell is a loom mutex around an `Arc` with its pointer mirrored in a loom
+//! atomic, and the writer lock is a loom mutex.
+
+#![deny(missing_docs)]
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+
+mod arena;
+mod config;
+mod error;
+mod map;
+mod publish;
+mod reader;
+mod snapshot;
+mod sync;
+mod tree;
+mod writer;
+
+pub use config::{checked_range, Config};
+pub use error::Error;
+pub use map::{Memory, PhysMap};
+pub use reader::Reader;
+pub use snapshot::{Hit, Iter, Snapshot, Stats};
+pub use writer::Transaction;

@@ -1,0 +1,104 @@
+//! The map handle: configuration, the writer lock and the publication point.
+
+use crate::arena::Storage;
+use crate::config::Geometry;
+use crate::publish::Version;
+use crate::reader::Reader;
+use crate::snapshot::Snapshot;
+use crate::sync::{Arc, Cache, Mutex, Publisher};
+use crate::tree::Entry;
+use crate::writer::{Transaction, WriterState};
+use crate::{Config, Error};
+
+/// A guest-physical address map shared by many vCPU threads.
+///
+/// See the [crate docs](crate) for an example, the guarantees and the costs.
+pub struct PhysMap<V> {
+    config: Config,
+    publisher: Arc<Publisher<Version<V>>>,
+    writer: Mutex<WriterState<V>>,
+}
+
+/// Memory held by a map's arena, as the writer accounts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct Memory {
+    /// Bytes of slots in use: the newest tree plus whatever older generations still held by
+    /// a snapshot or reader keep alive. Counted like [`Stats::bytes`](crate::Stats::bytes).
+    pub live_bytes: usize,
+    /// Node slots in use.
+    pub nodes: usize,
+    /// Piece slots in use.
+    pub pieces: usize,
+    /// Sub-page tables in use.
+    pub subpage_tables: usize,
+    /// Section slots in use.
+    pub sections: usize,
+    /// Bytes of node storage reserved by the arena's chunks (chunks grow geometrically and
+    /// are kept for reuse; at most about twice the peak node count).
+    pub reserved_node_bytes: usize,
+}
+
+impl<V> PhysMap<V> {
+    /// An empty map: 64-bit space, 4 KiB pages, 9 bits a level.
+    pub fn new() -> Self {
+        Self::with_config(Config::default()).expect("default config is valid")
+    }
+
+    /// An empty map of the given shape; `Err(Error::InvalidConfig)` if it makes no sense.
+    pub fn with_config(config: Config) -> Result<Self, Error> {
+        let geo: Geometry = config.geometry()?;
+        let storage = Arc::new(Storage::new(geo.fanout));
+        let first = Arc::new(Version::new(0, Entry::EMPTY, storage.clone(), geo));
+        let publisher = Arc::new(Publisher::new(first.clone()));
+        let writer = WriterState::new(geo, storage, first, config.max_nodes, config.max_pieces);
+        Ok(PhysMap {
+            config,
+            publisher,
+            writer: Mutex::new(writer),
+        })
+    }
+
+    /// The configuration the map was built with.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Starts a transaction, waiting for the previous writer to finish. Readers never wait.
+    pub fn transaction(&self) -> Transaction<'_, V> {
+        Transaction::new(self.writer.lock(), &self.publisher)
+    }
+
+    /// The newest published generation.
+    pub fn snapshot(&self) -> Snapshot<V> {
+        Snapshot {
+            version: self.publisher.load_full(),
+        }
+    }
+
+    /// A per-vCPU reader that always answers from the newest generation.
+    pub fn reader(&self) -> Reader<V> {
+        Reader::new(Cache::new(self.publisher.clone()))
+    }
+
+    /// Takes back the slots of generations nobody holds any more, then reports the arena's
+    /// memory. Takes the writer lock (waits for a running transaction).
+    pub fn memory(&self) -> Memory {
+        let mut w = self.writer.lock();
+        w.reclaim();
+        Memory {
+            live_bytes: w.live_bytes(),
+            nodes: w.nodes.live,
+            pieces: w.pieces.live,
+            subpage_tables: w.subpages.live,
+            sections: w.sections.live,
+            reserved_node_bytes: w.storage.nodes.reserved_cells() * 4,
+        }
+    }
+}
+
+impl<V> Default for PhysMap<V> {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,174 @@
+//! The one door to shared-memory primitives.
+//!
+//! Every atomic, lock, shared cell and the publication primitive used by physmap comes from
+//! this module. In a normal build they are `std` atomics, `parking_lot::Mutex` and
+//! `arc_swap::ArcSwap` / `arc_swap::Cache`. Built with `--cfg loom` they become `loom`'s
+//! model-checked equivalents, so the models in `loom-tests/` run the crate's own publish,
+//! read, cache-refresh and reclaim code, not a copy of it.
+//!
+//! `arc-swap` and `parking_lot` are not loom-aware. Under loom:
+//! - [`Mutex`] is `loom::sync::Mutex` (parking_lot's has no poisoning and neither has ours:
+//!   a poisoned loom lock is simply taken, matching parking_lot's behaviour);
+//! - [`Publisher`] is a loom `Mutex<Arc<T>>` plus a loom `AtomicPtr` that mirrors the current
+//!   pointer, and [`Cache`] compares that pointer, as `arc_swap::Cache` does. What the models
+//!   check is therefore our protocol on top of "an atomic cell holding an `Arc`"; arc-swap's
+//!   own implementation of that cell is trusted (it has its own test suite).
+
+#[cfg(not(loom))]
+mod imp {
+    pub(crate) use std::sync::atomic::{AtomicPtr, Ordering};
+    pub(crate) use std::sync::Arc;
+
+    /// Writer lock: `parking_lot::Mutex`, which does not poison, so a writer that panicked
+    /// leaves the lock usable for the next one.
+    pub(crate) struct Mutex<T>(parking_lot::Mutex<T>);
+    pub(crate) type MutexGuard<'a, T> = parking_lot::MutexGuard<'a, T>;
+
+    impl<T> Mutex<T> {
+        pub(crate) fn new(value: T) -> Self {
+            Mutex(parking_lot::Mutex::new(value))
+        }
+        pub(crate) fn lock(&self) -> MutexGuard<'_, T> {
+            self.0.lock()
+        }
+    }
+
+    /// A cell written only while no other thread can reach it, read while shared.
+    /// The API mirrors `loom::cell::UnsafeCell` so that loom can track each access.
+    #[repr(transparent)]
+    pub(crate) struct UnsafeCell<T>(std::cell::UnsafeCell<T>);
+
+    impl<T> UnsafeCell<T> {
+        pub(crate) fn new(value: T) -> Self {
+            UnsafeCell(std::cell::UnsafeCell::new(value))
+        }
+        #[inline(always)]
+        pub(crate) fn with<R>(&self, f: impl FnOnce(*const T) -> R) -> R {
+            f(self.0.get())
+        }
+        #[inline(always)]
+        pub(crate) fn with_mut<R>(&self, f: impl FnOnce(*mut T) -> R) -> R {
+            f(self.0.get())
+        }
+    }
+
+    /// Holds the newest published value (`arc_swap::ArcSwap`).
+    pub(crate) struct Publisher<T>(arc_swap::ArcSwap<T>);
+
+    impl<T> Publisher<T> {
+        pub(crate) fn new(value: Arc<T>) -> Self {
+            Publisher(arc_swap::ArcSwap::new(value))
+        }
+        /// A counted reference to the newest value.
+        pub(crate) fn load_full(&self) -> Arc<T> {
+            self.0.load_full()
+        }
+        /// Publishes `value`. arc-swap's store is a SeqCst swap of the pointer: everything the
+        /// writer did before (filling the new tree's nodes) happens-before any load that
+        /// returns the new pointer.
+        pub(crate) fn store(&self, value: Arc<T>) {
+            self.0.store(value)
+        }
+    }
+
+    /// `Arc<Publisher<T>>` seen as the `ArcSwap` that `arc_swap::Cache` wants.
+    pub(crate) struct PublisherRef<T>(Arc<Publisher<T>>);
+
+    impl<T> std::ops::Deref for PublisherRef<T> {
+        type Target = arc_swap::ArcSwap<T>;
+        fn deref(&self) -> &Self::Target {
+            &self.0 .0
+        }
+    }
+
+    /// A per-thread cached copy of the newest value; revalidating it costs one load and
+    /// one pointer compare (`arc_swap::Cache`).
+    pub(crate) struct Cache<T>(arc_swap::Cache<PublisherRef<T>, Arc<T>>);
+
+    impl<T> Cache<T> {
+        pub(crate) fn new(publisher: Arc<Publisher<T>>) -> Self {
+            Cache(arc_swap::Cache::new(PublisherRef(publisher)))
+        }
+        /// The newest value, refreshed if the publisher moved on since the last call.
+        #[inline]
+        pub(crate) fn load(&mut self) -> &Arc<T> {
+            self.0.load()
+        }
+    }
+}
+
+#[cfg(loom)]
+mod imp {
+    pub(crate) use loom::sync::atomic::{AtomicPtr, Ordering};
+    pub(crate) use loom::sync::Arc;
+
+    /// Writer lock (loom model). Poisoning is ignored, like parking_lot.
+    pub(crate) struct Mutex<T>(loom::sync::Mutex<T>);
+    pub(crate) type MutexGuard<'a, T> = loom::sync::MutexGuard<'a, T>;
+
+    impl<T> Mutex<T> {
+        pub(crate) fn new(value: T) -> Self {
+            Mutex(loom::sync::Mutex::new(value))
+        }
+        pub(crate) fn lock(&self) -> MutexGuard<'_, T> {
+            self.0
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+        }
+    }
+
+    pub(crate) use loom::cell::UnsafeCell;
+
+    /// Loom stand-in for `ArcSwap`: the value behind a lock, its address mirrored in an
+    /// atomic so that [`Cache`] can revalidate with one load, as `arc_swap::Cache` does.
+    pub(crate) struct Publisher<T> {
+        current: loom::sync::Mutex<Arc<T>>,
+        ptr: AtomicPtr<T>,
+    }
+
+    impl<T> Publisher<T> {
+        pub(crate) fn new(value: Arc<T>) -> Self {
+            let ptr = AtomicPtr::new(Arc::as_ptr(&value) as *mut T);
+            Publisher {
+                current: loom::sync::Mutex::new(value),
+                ptr,
+            }
+        }
+        pub(crate) fn load_full(&self) -> Arc<T> {
+            self.current.lock().unwrap().clone()
+        }
+        pub(crate) fn store(&self, value: Arc<T>) {
+            let mut guard = self.current.lock().unwrap();
+            // Release: pairs with the Acquire in `Cache::load`; the mutex orders the value.
+            self.ptr
+                .store(Arc::as_ptr(&value) as *mut T, Ordering::Release);
+            let old = std::mem::replace(&mut *guard, value);
+            drop(guard);
+            drop(old);
+        }
+    }
+
+    /// Loom stand-in for `arc_swap::Cache`.
+    pub(crate) struct Cache<T> {
+        publisher: Arc<Publisher<T>>,
+        cached: Arc<T>,
+    }
+
+    impl<T> Cache<T> {
+        pub(crate) fn new(publisher: Arc<Publisher<T>>) -> Self {
+            let cached = publisher.load_full();
+            Cache { publisher, cached }
+        }
+        pub(crate) fn load(&mut self) -> &Arc<T> {
+            // Acquire: if we see a new pointer we then take the lock anyway; the pointer is
+            // only a hint. Our cached Arc keeps its value alive, so no ABA on the address.
+            let now = self.publisher.ptr.load(Ordering::Acquire);
+            if now != Arc::as_ptr(&self.cached) as *mut T {
+                self.cached = self.publisher.load_full();
+            }
+            &self.cached
+        }
+    }
+}
+
+pub(crate) use imp::*;

@@ -1,0 +1,268 @@
+//! The radix tree: entry encoding, the lookup walk and in-order traversal.
+//!
+//! An entry is a `u32`:
+//!
+//! | bits 31..30 | meaning | rest |
+//! | --- | --- | --- |
+//! | `00` | empty (the whole word is 0) | - |
+//! | `01` | leaf: one piece covers every mapped byte of the entry's span | piece index (30 bits) |
+//! | `10` | sub-page table (several pieces in one page) | table index (30 bits) |
+//! | `11` | node | height (6 bits), node index (24 bits) |
+//!
+//! The node's height is carried in the entry that points to it, so a path may skip levels
+//! (path compression) and the walk still knows which bits of the page number to use. Every
+//! walk ends with "does the piece really hold the address" (QEMU's final check); that check is
+//! what makes early leaves, folded holes and skipped levels correct: if a piece holds `addr`,
+//! the walk reaches it, because a piece overlaps every span on the path to `addr`.
+
+use crate::arena::{Piece, Storage};
+use crate::config::Geometry;
+
+/// A tree entry (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Entry(pub u32);
+
+/// What an entry is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Empty,
+    Leaf(u32),
+    Subpage(u32),
+    Node { height: u32, index: u32 },
+}
+
+impl Entry {
+    pub(crate) const EMPTY: Entry = Entry(0);
+
+    pub(crate) fn leaf(piece: u32) -> Entry {
+        debug_assert!(piece < 1 << 30);
+        Entry(0x4000_0000 | piece)
+    }
+    pub(crate) fn subpage(table: u32) -> Entry {
+        debug_assert!(table < 1 << 30);
+        Entry(0x8000_0000 | table)
+    }
+    pub(crate) fn node(height: u32, index: u32) -> Entry {
+        debug_assert!(height < 64 && height > 0 && index < 1 << 24);
+        Entry(0xc000_0000 | (height << 24) | index)
+    }
+    #[inline(always)]
+    pub(crate) fn kind(self) -> Kind {
+        match self.0 >> 30 {
+            0 => Kind::Empty,
+            1 => Kind::Leaf(self.0 & 0x3fff_ffff),
+            2 => Kind::Subpage(self.0 & 0x3fff_ffff),
+            _ => Kind::Node {
+                height: (self.0 >> 24) & 63,
+                index: self.0 & 0xff_ffff,
+            },
+        }
+    }
+    pub(crate) fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+}
+
+/// Finds the piece holding `addr`.
+///
+/// # Safety
+/// `root` must belong to a generation the caller keeps alive, stored in `storage`.
+#[inline]
+pub(crate) unsafe fn find<V>(
+    storage: &Storage<V>,
+    geo: &Geometry,
+    root: Entry,
+    addr: u64,
+) -> Option<Piece> {
+    let page = addr >> geo.page_bits;
+    let mut e = root;
+    loop {
+        match e.kind() {
+            Kind::Empty => return None,
+            Kind::Leaf(p) => {
+                // SAFETY: reachable from the caller's generation.
+                let piece = unsafe { storage.piece(p) };
+                return (piece.start <= addr && addr <= piece.end).then_some(piece);
+            }
+            Kind::Subpage(t) => {
+                // SAFETY: reachable from the caller's generation.
+                let table = unsafe { storage.subpage(t) };
+                let i = table.partition_point(|row| row.start <= addr);
+                if i == 0 {
+                    return None;
+                }
+                // SAFETY: pieces named by a reachable table are reachable.
+                let piece = unsafe { storage.piece(table[i - 1].piece) };
+                return (piece.start <= addr && addr <= piece.end).then_some(piece);
+            }
+            Kind::Node { height, index } => {
+                // SAFETY: reachable from the caller's generation; the index is < fanout.
+                e = Entry(unsafe { storage.node_entry(index, geo.index(height, page)) });
+            }
+        }
+    }
+}
+
+/// In-order walk of the pieces overlapping `[lo, hi]`, each piece once.
+pub(crate) struct Walk<'a, V> {
+    storage: &'a Storage<V>,
+    geo: Geometry,
+    lo: u64,
+    hi: u64,
+    /// (node, height, next child, end child)
+    stack: Vec<(u32, u32, usize, usize)>,
+    /// Pieces of a sub-page table still to yield.
+    pending: Vec<u32>,
+    pending_at: usize,
+    last: Option<u32>,
+    root: Option<Entry>,
+}
+
+impl<'a, V> Walk<'a, V> {
+    /// # Safety
+    /// `root` must stay reachable (its generation alive) for `'a`.
+    pub(crate) unsafe fn new(
+        storage: &'a Storage<V>,
+        geo: Geometry,
+        root: Entry,
+        lo: u64,
+        hi: u64,
+    ) -> Self {
+        Walk {
+            storage,
+            geo,
+            lo,
+            hi,
+            stack: Vec::new(),
+            pending: Vec::new(),
+            pending_at: 0,
+            last: None,
+            root: Some(root),
+        }
+    }
+
+    /// Handles one entry; returns a piece to yield, if any.
+    fn visit(&mut self, e: Entry) -> Option<(u32, Piece)> {
+        match e.kind() {
+            Kind::Empty => None,
+            Kind::Leaf(p) => self.offer(p),
+            Kind::Subpage(t) => {
+                // SAFETY: reachable from the generation that outlives 'a.
+                let table = unsafe { self.storage.subpage(t) };
+                self.pending.clear();
+                self.pending.extend(table.iter().map(|r| r.piece));
+                self.pending_at = 0;
+                None
+            }
+            Kind::Node { height, index } => {
+                // SAFETY: as above.
+                let base = unsafe { self.storage.node_base(index) };
+                let child = self.geo.entry_pages(height - 1);
+                let n = self.geo.children_in_space(height, base);
+                let lo_page = (self.lo >> self.geo.page_bits) as u128;
+                let hi_page = (self.hi >> self.geo.page_bits) as u128;
+                let b = base as u128;
+                let first = if lo_page > b {
+                    ((lo_page - b) / child).min(n as u128) as usize
+                } else {
+                    0
+                };
+                let end = if hi_page >= b {
+                    (((hi_page - b) / child) + 1).min(n as u128) as usize
+                } else {
+                    0
+                };
+                if first < end {
+                    self.stack.push((index, height, first, end));
+                }
+                None
+            }
+        }
+    }
+
+    fn offer(&mut self, p: u32) -> Option<(u32, Piece)> {
+        if self.last == Some(p) {
+            return None;
+        }
+        // SAFETY: reachable from the generation that outlives 'a.
+        let piece = unsafe { self.storage.piece(p) };
+        if piece.end < self.lo || piece.start > self.hi {
+            return None;
+        }
+        self.last = Some(p);
+        Some((p, piece))
+    }
+}
+
+impl<V> Iterator for Walk<'_, V> {
+    type Item = (u32, Piece);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if self.pending_at < self.pending.len() {
+                let p = self.pending[self.pending_at];
+                self.pending_at += 1;
+                if let Some(hit) = self.offer(p) {
+                    return Some(hit);
+                }
+                continue;
+            }
+            if let Some(root) = self.root.take() {
+                if let Some(hit) = self.visit(root) {
+                    return Some(hit);
+                }
+                continue;
+            }
+            let top = self.stack.last_mut()?;
+            let (node, _height, next, end) = *top;
+            if next >= end {
+                self.stack.pop();
+                continue;
+            }
+            top.2 += 1;
+            // SAFETY: reachable from the generation that outlives 'a.
+            let e = Entry(unsafe { self.storage.node_entry(node, next) });
+            if let Some(hit) = self.visit(e) {
+                return Some(hit);
+            }
+        }
+    }
+}
+
+/// Shape of the tree under `root`: (nodes, sub-page tables, sub-page rows, deepest node path).
+///
+/// # Safety
+/// `root` must belong to a generation the caller keeps alive.
+pub(crate) unsafe fn shape<V>(
+    storage: &Storage<V>,
+    geo: &Geometry,
+    root: Entry,
+) -> (usize, usize, usize, u32) {
+    let mut nodes = 0;
+    let mut tables = 0;
+    let mut rows = 0;
+    let mut deepest = 0;
+    let mut stack = vec![(root, 0u32)];
+    while let Some((e, depth)) = stack.pop() {
+        match e.kind() {
+            Kind::Empty | Kind::Leaf(_) => {}
+            Kind::Subpage(t) => {
+                tables += 1;
+                // SAFETY: reachable.
+                rows += unsafe { storage.subpage(t) }.len();
+            }
+            Kind::Node { index, .. } => {
+                nodes += 1;
+                deepest = deepest.max(depth + 1);
+                for i in 0..geo.fanout {
+                    // SAFETY: reachable.
+                    let c = Entry(unsafe { storage.node_entry(index, i) });
+                    if matches!(c.kind(), Kind::Node { .. } | Kind::Subpage(_)) {
+                        stack.push((c, depth + 1));
+                    }
+                }
+            }
+        }
+    }
+    (nodes, tables, rows, deepest)
+}
