@@ -112,10 +112,8 @@ impl<V> Snapshot<V> {
             crate::tree::Entry::EMPTY
         };
         // SAFETY: the walk borrows `self`, which keeps the generation alive.
-        Iter {
-            walk: unsafe { Walk::new(&v.storage, v.geo, root, lo, hi) },
-            snap: self,
-        }
+        let walk = unsafe { Walk::new(&v.storage, v.geo, root, lo, hi) };
+        Iter { walk, snap: self }
     }
 
     /// Counts the nodes, tables, pieces and bytes of this generation's tree.
@@ -194,12 +192,10 @@ impl<V> Snapshot<V> {
     pub fn pieces(&self) -> impl Iterator<Item = (RangeInclusive<u64>, u64, &V)> + '_ {
         let v = &*self.version;
         // SAFETY: borrowed from `self`, which keeps the generation alive.
-        unsafe { Walk::new(&v.storage, v.geo, v.root, 0, v.geo.max_addr) }
+        unsafe { Walk::new(&v.storage, v.geo, v.root, 0, v.geo.max_addr) }.map(move |(_, p)| {
             // SAFETY: reachable from the generation `self` holds.
-            .map(move |(_, p)| {
-                (p.start..=p.end, p.origin, unsafe {
-                    v.storage.value(p.section)
-                })
-            })
+            let value = unsafe { v.storage.value(p.section) };
+            (p.start..=p.end, p.origin, value)
+        })
     }
 }

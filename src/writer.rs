@@ -293,11 +293,12 @@ impl<V> WriterState<V> {
         ce: u64,
     ) -> Entry {
         let s = &self.storage;
-        // SAFETY (all reads below): `old` is reachable from the current generation, which the
-        // writer holds; nothing reachable is being written.
+        // Every read below is of an entry reachable from the current generation, which the
+        // writer holds; nothing reachable is ever written.
         match old.kind() {
             Kind::Empty => Entry::EMPTY,
             Kind::Leaf(p) => {
+                // SAFETY: reachable from the current generation (see above).
                 let piece = unsafe { s.piece(p) };
                 if piece.end >= cs && piece.start <= ce {
                     old
@@ -306,6 +307,7 @@ impl<V> WriterState<V> {
                 }
             }
             Kind::Subpage(t) => {
+                // SAFETY: reachable from the current generation (see above).
                 let at = unsafe { s.subpage(t) }[0].start;
                 if cs <= at && at <= ce {
                     old
@@ -313,8 +315,12 @@ impl<V> WriterState<V> {
                     Entry::EMPTY
                 }
             }
-            Kind::Node { height, index } if height == h => Entry(unsafe { s.node_entry(index, i) }),
+            Kind::Node { height, index } if height == h => {
+                // SAFETY: reachable from the current generation (see above).
+                Entry(unsafe { s.node_entry(index, i) })
+            }
             Kind::Node { index, .. } => {
+                // SAFETY: reachable from the current generation (see above).
                 let nb = unsafe { s.node_base(index) } as u128;
                 if nb >= cb as u128 && nb < cb as u128 + child_pages {
                     old

@@ -1,0 +1,553 @@
+//! The core contract: shape, bad input, panics, reclamation.
+
+mod common;
+
+use common::{check, Oracle};
+use physmap::{checked_range, Config, Error, PhysMap, Snapshot};
+use std::ops::{Bound, RangeBounds};
+
+type BadOp = Box<dyn Fn(&mut physmap::Transaction<'_, u8>) -> Result<(), Error>>;
+
+const TIB: u64 = 1 << 40;
+
+fn nodes_of(build: impl FnOnce(&mut physmap::Transaction<'_, u32>)) -> physmap::Stats {
+    let map = PhysMap::new();
+    let mut txn = map.transaction();
+    build(&mut txn);
+    txn.commit().unwrap();
+    map.snapshot().stats()
+}
+
+#[test]
+fn one_tib_of_ram_takes_a_handful_of_nodes() {
+    let plain = nodes_of(|t| t.insert(0..TIB, 1).unwrap());
+    assert!(plain.nodes <= 6, "{plain:?}");
+    assert_eq!(plain.pieces, 1);
+    let holed = nodes_of(|t| {
+        t.insert(0..TIB, 1).unwrap();
+        t.remove(0xa_0000..0x10_0000).unwrap();
+    });
+    assert!(holed.nodes <= 8, "{holed:?}");
+    assert_eq!(
+        (holed.pieces, holed.sections, holed.subpage_tables),
+        (2, 1, 0)
+    );
+    // And it still answers correctly around the hole and at the end.
+    let map = PhysMap::new();
+    let mut t = map.transaction();
+    t.insert(0..TIB, "ram").unwrap();
+    t.remove(0xa_0000..0x10_0000).unwrap();
+    t.commit().unwrap();
+    let s = map.snapshot();
+    assert_eq!(s.lookup(0x9_ffff).unwrap().range, 0..=0x9_ffff);
+    assert!(s.lookup(0xa_0000).is_none());
+    assert!(s.lookup(0xf_ffff).is_none());
+    let h = s.lookup(TIB - 1).unwrap();
+    assert_eq!((h.range, h.offset), (0x10_0000..=TIB - 1, TIB - 1));
+    assert!(s.lookup(TIB).is_none());
+}
+
+#[test]
+fn same_mapping_same_shape_whatever_the_history() {
+    // History A: pieces inserted in one go, in address order.
+    let a = nodes_of(|t| {
+        t.insert(0..0xa_0000, 1).unwrap();
+        t.insert(0x10_0000..0x8000_0000, 2).unwrap();
+        t.insert(0xfed0_0000..=0xfed0_03ff, 3).unwrap();
+        t.overwrite(0x60..=0x60, 4).unwrap();
+    });
+    // History B: big overwrite, then cut down, several commits, reverse order, rollbacks.
+    let map = PhysMap::new();
+    let mut t = map.transaction();
+    t.insert(0xfed0_0000..=0xfed0_03ff, 3).unwrap();
+    t.overwrite(0..=u64::MAX, 9).unwrap();
+    t.commit().unwrap();
+    let mut t = map.transaction();
+    t.remove(..).unwrap();
+    t.insert(0x10_0000..0x8000_0000, 2).unwrap();
+    t.commit().unwrap();
+    let mut t = map.transaction();
+    t.insert(0..=0xf_ffff, 1).unwrap();
+    t.overwrite(0x4000_0000..0x5000_0000, 7).unwrap();
+    drop(t); // rolled back
+    let mut t = map.transaction();
+    t.insert(0..=0xf_ffff, 1).unwrap();
+    t.remove(0xa_0000..=0xf_ffff).unwrap();
+    t.insert(0xfed0_0000..=0xfed0_03ff, 3).unwrap();
+    t.overwrite(0x60..=0x60, 4).unwrap();
+    t.commit().unwrap();
+    let b = map.snapshot().stats();
+    assert_eq!(
+        (a.nodes, a.subpage_tables, a.pieces, a.levels),
+        (b.nodes, b.subpage_tables, b.pieces, b.levels)
+    );
+    assert_eq!(a.bytes, b.bytes);
+}
+
+#[test]
+fn byte_granular_sections_and_the_whole_space() {
+    let map = PhysMap::with_config(Config::default()).unwrap();
+    let mut t = map.transaction();
+    t.insert(0..=u64::MAX, "all").unwrap();
+    t.commit().unwrap();
+    let s = map.snapshot();
+    assert_eq!(s.lookup(u64::MAX).unwrap().offset, u64::MAX);
+    assert_eq!(s.lookup(0).unwrap().range, 0..=u64::MAX);
+    assert_eq!(s.stats().nodes, 0);
+
+    let mut t = map.transaction();
+    for port in [0x60u64, 0x61, 0x64, 0x70, 0x71, 0xcf8, 0xcf9] {
+        t.overwrite(port..=port, "port").unwrap();
+    }
+    t.overwrite(u64::MAX..=u64::MAX, "last byte").unwrap();
+    t.commit().unwrap();
+    let s = map.snapshot();
+    for port in [0x60u64, 0x61, 0x64, 0x70, 0x71, 0xcf8, 0xcf9] {
+        let h = s.lookup(port).unwrap();
+        assert_eq!((*h.value, h.range, h.offset), ("port", port..=port, 0));
+    }
+    let h = s.lookup(0x62).unwrap();
+    assert_eq!((*h.value, h.range, h.offset), ("all", 0x62..=0x63, 0x62));
+    assert_eq!(*s.lookup(u64::MAX).unwrap().value, "last byte");
+    assert_eq!(s.lookup(u64::MAX - 1).unwrap().range, 0xcfa..=u64::MAX - 1);
+}
+
+#[test]
+fn offsets_survive_cuts() {
+    let map = PhysMap::new();
+    let mut t = map.transaction();
+    t.insert(0x1000..0x10_0000, "ram").unwrap();
+    t.commit().unwrap();
+    let mut t = map.transaction();
+    t.overwrite(0x8000..0x9000, "rom").unwrap();
+    t.remove(0x2000..0x3000).unwrap();
+    t.commit().unwrap();
+    let s = map.snapshot();
+    let h = s.lookup(0x9123).unwrap();
+    assert_eq!(
+        (*h.value, h.offset, h.range),
+        ("ram", 0x8123, 0x9000..=0xf_ffff)
+    );
+    let h = s.lookup(0x8123).unwrap();
+    assert_eq!((*h.value, h.offset), ("rom", 0x123));
+    assert!(s.lookup(0x2fff).is_none());
+}
+
+fn bad_ranges(max: u64) -> Vec<(BadOp, &'static str)> {
+    fn b<R: RangeBounds<u64> + Clone + 'static>(r: R) -> BadOp {
+        Box::new(move |t| t.insert(r.clone(), 0))
+    }
+    let mut v: Vec<(BadOp, &'static str)> = vec![
+        (b(5..5), "empty a..a"),
+        (b(0..0), "empty 0..0"),
+        #[allow(clippy::reversed_empty_ranges)]
+        (b(5..3), "inverted a..b"),
+        #[allow(clippy::reversed_empty_ranges)]
+        (b(5..=3), "inverted a..=b"),
+        (b(..0), "empty ..0"),
+        (
+            b((Bound::Excluded(u64::MAX), Bound::Unbounded)),
+            "start past u64::MAX",
+        ),
+        (b((Bound::Excluded(7), Bound::Excluded(8))), "empty (7, 8)"),
+        #[allow(clippy::reversed_empty_ranges)]
+        (Box::new(|t| t.remove(9..2)), "inverted remove"),
+        (Box::new(|t| t.overwrite(9..9, 1)), "empty overwrite"),
+    ];
+    if max < u64::MAX {
+        v.push((b(max..=max + 1), "past the space"));
+        v.push((b(0..=max + 1), "ending past the space"));
+        v.push((b(max + 1..=u64::MAX), "wholly past the space"));
+        v.push((
+            Box::new(move |t| t.remove(max..max + 2)),
+            "remove past the space",
+        ));
+    }
+    v
+}
+
+#[test]
+fn bad_ranges_are_errors_and_change_nothing() {
+    for config in [
+        Config::default(),
+        Config {
+            addr_bits: 36,
+            ..Config::default()
+        },
+    ] {
+        let max = if config.addr_bits == 64 {
+            u64::MAX
+        } else {
+            (1 << config.addr_bits) - 1
+        };
+        let map = PhysMap::with_config(config).unwrap();
+        let mut t = map.transaction();
+        t.insert(0x1000..0x2000, 1).unwrap();
+        t.insert(0x3000..=0x3000, 2).unwrap();
+        t.commit().unwrap();
+        let before: Vec<_> = map.snapshot().iter().map(|(r, v)| (r, *v)).collect();
+        for (op, what) in bad_ranges(max) {
+            let mut t = map.transaction();
+            let r = op(&mut t);
+            assert!(r.is_err(), "{what}: {r:?}");
+            assert!(!r.unwrap_err().to_string().is_empty());
+            // The transaction is unchanged and still usable.
+            t.insert(0x5000..0x6000, 3).unwrap();
+            drop(t);
+            let after: Vec<_> = map.snapshot().iter().map(|(r, v)| (r, *v)).collect();
+            assert_eq!(before, after, "{what}");
+        }
+        // Overlaps are refused, name both ranges, and leave the transaction as it was.
+        let mut t = map.transaction();
+        t.insert(0x8000..0x9000, 7).unwrap();
+        let e = t.insert(0x1fff..0x2001, 4).unwrap_err();
+        assert_eq!(
+            e,
+            Error::Overlap {
+                range: (0x1fff, 0x2000),
+                existing: (0x1000, 0x1fff)
+            }
+        );
+        assert!(e.to_string().contains("0x1fff..=0x2000"), "{e}");
+        assert!(matches!(
+            t.insert(0x8fff..=0x8fff, 4),
+            Err(Error::Overlap { .. })
+        ));
+        t.commit().unwrap();
+        let s = map.snapshot();
+        assert_eq!(s.iter().count(), 3);
+        assert_eq!(*s.lookup(0x1fff).unwrap().value, 1);
+    }
+    assert_eq!(checked_range(u64::MAX, 1).unwrap(), u64::MAX..=u64::MAX);
+    assert!(matches!(
+        checked_range(u64::MAX, 2),
+        Err(Error::Overflow { .. })
+    ));
+    assert!(checked_range(1 << 63, 1 << 63).is_ok());
+    assert!(matches!(
+        checked_range((1 << 63) + 1, 1 << 63),
+        Err(Error::Overflow { .. })
+    ));
+}
+
+#[test]
+fn nonsense_configs_are_rejected() {
+    let bad = [
+        Config {
+            addr_bits: 0,
+            ..Config::default()
+        },
+        Config {
+            addr_bits: 65,
+            ..Config::default()
+        },
+        Config {
+            page_bits: 33,
+            ..Config::default()
+        },
+        Config {
+            addr_bits: 10,
+            page_bits: 12,
+            ..Config::default()
+        },
+        Config {
+            level_bits: 0,
+            ..Config::default()
+        },
+        Config {
+            level_bits: 17,
+            ..Config::default()
+        },
+        Config {
+            page_bits: 0,
+            level_bits: 1,
+            ..Config::default()
+        },
+        Config {
+            max_nodes: 0,
+            ..Config::default()
+        },
+        Config {
+            max_nodes: 1 << 24,
+            ..Config::default()
+        },
+        Config {
+            max_pieces: 0,
+            ..Config::default()
+        },
+    ];
+    for c in bad {
+        assert!(
+            matches!(
+                PhysMap::<u8>::with_config(c.clone()),
+                Err(Error::InvalidConfig { .. })
+            ),
+            "{c:?}"
+        );
+    }
+    for c in [
+        Config {
+            addr_bits: 1,
+            page_bits: 0,
+            level_bits: 1,
+            ..Config::default()
+        },
+        Config {
+            addr_bits: 12,
+            page_bits: 12,
+            ..Config::default()
+        },
+        Config {
+            addr_bits: 64,
+            page_bits: 0,
+            level_bits: 16,
+            ..Config::default()
+        },
+        Config {
+            addr_bits: 48,
+            page_bits: 21,
+            level_bits: 9,
+            ..Config::default()
+        },
+    ] {
+        let map = PhysMap::with_config(c.clone()).unwrap();
+        let max = if c.addr_bits == 64 {
+            u64::MAX
+        } else {
+            (1 << c.addr_bits) - 1
+        };
+        let mut t = map.transaction();
+        t.insert(0..=0, 1u8).unwrap();
+        t.insert(max..=max, 2).unwrap();
+        t.commit().unwrap();
+        assert_eq!(*map.snapshot().lookup(max).unwrap().value, 2, "{c:?}");
+        assert_eq!(*map.snapshot().lookup(0).unwrap().value, 1, "{c:?}");
+    }
+}
+
+#[test]
+fn capacity_exhausted_is_an_error_and_publishes_nothing() {
+    let map = PhysMap::with_config(Config {
+        max_nodes: 3,
+        max_pieces: 8,
+        ..Config::default()
+    })
+    .unwrap();
+    let mut t = map.transaction();
+    t.insert(0..0x1000, 0u32).unwrap();
+    t.commit().unwrap();
+    let before = map.snapshot();
+    // Pieces far apart need a node per level each: more than 3 nodes.
+    let mut t = map.transaction();
+    t.insert(1 << 50..(1 << 50) + 0x1000, 1).unwrap();
+    t.insert(1 << 30..(1 << 30) + 0x1000, 2).unwrap();
+    t.insert(1 << 21..(1 << 21) + 0x1000, 3).unwrap();
+    t.insert(1 << 40..(1 << 40) + 0x1000, 4).unwrap();
+    let e = t.commit().unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::CapacityExhausted {
+                kind: "nodes",
+                limit: 3
+            }
+        ),
+        "{e}"
+    );
+    let after = map.snapshot();
+    assert_eq!(after.generation(), before.generation());
+    assert_eq!(after.iter().count(), 1);
+    // Sections run out too, at insert time.
+    let mut t = map.transaction();
+    let mut err = None;
+    for i in 0..20u64 {
+        if let Err(e) = t.insert(0x10_0000 + i * 0x10..0x10_0000 + i * 0x10 + 1, i as u32) {
+            err = Some(e);
+            break;
+        }
+    }
+    assert!(
+        matches!(
+            err,
+            Some(Error::CapacityExhausted {
+                kind: "sections",
+                ..
+            })
+        ),
+        "{err:?}"
+    );
+    drop(t);
+    // The map still works and the failed commits leaked nothing.
+    let mut t = map.transaction();
+    t.insert(0x2000..0x3000, 9).unwrap();
+    t.commit().unwrap();
+    assert_eq!(map.snapshot().iter().count(), 2);
+    assert_eq!(map.memory().live_bytes, map.snapshot().stats().bytes);
+}
+
+#[test]
+fn a_panicking_writer_publishes_nothing_and_does_not_wedge_the_map() {
+    let map = PhysMap::new();
+    let mut t = map.transaction();
+    t.insert(0..0x1000, 1u64).unwrap();
+    t.commit().unwrap();
+    let before: Vec<_> = map.snapshot().iter().map(|(r, v)| (r, *v)).collect();
+    std::thread::scope(|s| {
+        let r = s
+            .spawn(|| {
+                let mut t = map.transaction();
+                t.remove(..).unwrap();
+                t.insert(0x5000..0x6000, 2).unwrap();
+                t.overwrite(0..=u64::MAX, 3).unwrap();
+                panic!("control plane bug");
+            })
+            .join();
+        assert!(r.is_err());
+    });
+    let snap = map.snapshot();
+    assert_eq!(snap.generation(), 1);
+    assert_eq!(
+        before,
+        snap.iter().map(|(r, v)| (r, *v)).collect::<Vec<_>>()
+    );
+    let mut t = map.transaction();
+    t.insert(0x1000..0x2000, 4).unwrap();
+    assert_eq!(t.commit().unwrap(), 2);
+    assert_eq!(map.snapshot().iter().count(), 2);
+    assert_eq!(map.memory().live_bytes, map.snapshot().stats().bytes);
+}
+
+#[test]
+fn memory_returns_to_the_newest_tree_over_10000_commits() {
+    let map = PhysMap::new();
+    let mut oracle = Oracle::default();
+    let mut held: Vec<Snapshot<u64>> = Vec::new();
+    let mut reader = map.reader();
+    let mut peak = 0;
+    for i in 0..10_000u64 {
+        let mut t = map.transaction();
+        // A churning mix: a virtio-mem block, a BAR move, a sub-page register.
+        let block = (i * 7919) % 512;
+        let s = (4 << 30) + block * (2 << 20);
+        if i % 3 == 0 {
+            t.remove(s..s + (2 << 20)).unwrap();
+            oracle.cut(s, s + (2 << 20) - 1);
+        } else {
+            t.overwrite(s..s + (2 << 20), i).unwrap();
+            oracle.put(s, s + (2 << 20) - 1, i);
+        }
+        let bar = 0xfe00_0000 + (i % 16) * 0x1000 + (i % 5) * 0x10;
+        t.overwrite(bar..bar + 0x20, i).unwrap();
+        oracle.put(bar, bar + 0x1f, i);
+        t.commit().unwrap();
+        if i % 97 == 0 {
+            held.push(map.snapshot());
+        }
+        if i % 1000 == 999 {
+            // Old snapshots still see their own generation, entirely.
+            for h in &held {
+                assert!(h.iter().count() > 0);
+            }
+            peak = peak.max(map.memory().live_bytes);
+            held.clear();
+        }
+        if i % 10 == 0 {
+            reader.lookup(bar);
+        }
+    }
+    drop(reader);
+    let snap = map.snapshot();
+    check(&snap, &oracle, &[]).unwrap();
+    let mem = map.memory();
+    let stats = snap.stats();
+    assert_eq!(mem.live_bytes, stats.bytes, "{mem:?} vs {stats:?}");
+    assert_eq!(mem.nodes, stats.nodes);
+    assert_eq!(mem.pieces, stats.pieces);
+    assert_eq!(mem.sections, stats.sections);
+    assert!(
+        peak > stats.bytes,
+        "held snapshots did pin garbage ({peak} vs {})",
+        stats.bytes
+    );
+}
+
+#[test]
+fn values_are_dropped_once_unreachable() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    struct Counted(Arc<AtomicUsize>);
+    impl Drop for Counted {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    let drops = Arc::new(AtomicUsize::new(0));
+    let map = PhysMap::new();
+    let mut t = map.transaction();
+    t.insert(0..0x1000, Counted(drops.clone())).unwrap();
+    t.insert(0x1000..0x2000, Counted(drops.clone())).unwrap();
+    t.commit().unwrap();
+    let old = map.snapshot();
+    let mut t = map.transaction();
+    t.overwrite(0..0x2000, Counted(drops.clone())).unwrap();
+    t.insert(0x5000..0x6000, Counted(drops.clone())).unwrap();
+    t.overwrite(0x5000..0x6000, Counted(drops.clone())).unwrap(); // never published
+    t.commit().unwrap();
+    assert_eq!(
+        drops.load(Ordering::Relaxed),
+        1,
+        "only the never-published value is gone"
+    );
+    let _ = map.memory();
+    assert_eq!(
+        drops.load(Ordering::Relaxed),
+        1,
+        "the old snapshot still holds two values"
+    );
+    assert!(old.lookup(0x1800).is_some());
+    drop(old);
+    let _ = map.memory();
+    assert_eq!(drops.load(Ordering::Relaxed), 3);
+    let mut t = map.transaction();
+    t.insert(0x9000..0xa000, Counted(drops.clone())).unwrap();
+    drop(t);
+    assert_eq!(
+        drops.load(Ordering::Relaxed),
+        4,
+        "rolled-back value dropped"
+    );
+    drop(map);
+    assert_eq!(
+        drops.load(Ordering::Relaxed),
+        6,
+        "everything dropped with the map"
+    );
+}
+
+#[test]
+fn readers_follow_commits_and_snapshots_are_shareable() {
+    fn assert_traits<T: Send + Sync + Clone>() {}
+    assert_traits::<Snapshot<String>>();
+    fn assert_send<T: Send>() {}
+    assert_send::<physmap::Reader<String>>();
+    assert_send::<PhysMap<String>>();
+    fn assert_sync<T: Sync>() {}
+    assert_sync::<PhysMap<String>>();
+
+    let map = PhysMap::new();
+    let mut r = map.reader();
+    assert_eq!(r.generation(), 0);
+    assert!(r.lookup(0).is_none());
+    for g in 1..50u64 {
+        let mut t = map.transaction();
+        t.overwrite(0..0x1000 * g, g).unwrap();
+        t.commit().unwrap();
+        let h = r.lookup(0x10).unwrap();
+        assert_eq!(*h.value, g);
+        assert_eq!(h.range, 0..=0x1000 * g - 1);
+        assert_eq!(r.generation(), g);
+    }
+    let snap = r.snapshot();
+    assert_eq!(snap.range(0x800..0x900).count(), 1);
+    assert_eq!(snap.range(0x10_0000_0000..).count(), 0);
+}
