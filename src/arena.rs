@@ -10,7 +10,16 @@ use crate::sync::{AtomicPtr, Ordering, UnsafeCell};
 use std::ptr;
 
 /// Most chunks a slab can have: enough for 2^30 slots from a first chunk of 4.
+#[cfg(not(loom))]
 const MAX_CHUNKS: usize = 32;
+/// Under loom, few and tiny chunks keep the number of modelled objects small.
+#[cfg(loom)]
+const MAX_CHUNKS: usize = 8;
+
+/// log2 of the first chunk of the node, base and sub-page slabs (in slots).
+const SMALL_FIRST: u32 = if cfg!(loom) { 1 } else { 2 };
+/// log2 of the first chunk of the piece and section slabs (in slots).
+const LARGE_FIRST: u32 = if cfg!(loom) { 1 } else { 6 };
 
 /// One mapped, contiguous piece of a section.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -240,11 +249,11 @@ unsafe impl<V: Send + Sync> Sync for Storage<V> {}
 impl<V> Storage<V> {
     pub(crate) fn new(fanout: usize) -> Self {
         Storage {
-            nodes: Slab::new(2, fanout),
-            node_base: Slab::new(2, 1),
-            pieces: Slab::new(6, 1),
-            subpages: Slab::new(2, 1),
-            sections: Slab::new(6, 1),
+            nodes: Slab::new(SMALL_FIRST, fanout),
+            node_base: Slab::new(SMALL_FIRST, 1),
+            pieces: Slab::new(LARGE_FIRST, 1),
+            subpages: Slab::new(SMALL_FIRST, 1),
+            sections: Slab::new(LARGE_FIRST, 1),
             freed: AtomicPtr::new(ptr::null_mut()),
         }
     }

@@ -36,6 +36,8 @@ pub struct Reader<V> {
     mru: Piece,
     mru_value: *const V,
     mru_generation: u64,
+    /// Generation that answered the last lookup.
+    answered: u64,
 }
 
 // SAFETY: the raw `mru_value` points into storage kept alive by the cached generation, which
@@ -55,6 +57,7 @@ impl<V> Reader<V> {
             },
             mru_value: std::ptr::null(),
             mru_generation: u64::MAX,
+            answered: 0,
         }
     }
 
@@ -62,6 +65,7 @@ impl<V> Reader<V> {
     #[inline]
     pub fn lookup(&mut self, addr: u64) -> Option<Hit<'_, V>> {
         let v = self.cache.load();
+        self.answered = v.generation;
         if v.generation == self.mru_generation && self.mru.start <= addr && addr <= self.mru.end {
             // SAFETY: `mru_value` was taken from generation `mru_generation`, which is the one
             // the cache holds, so the section is still allocated and unchanged.
@@ -75,6 +79,12 @@ impl<V> Reader<V> {
         self.mru_value = value;
         self.mru_generation = v.generation;
         Some(Hit::new(value, &piece, addr))
+    }
+
+    /// The generation that answered the last [`lookup`](Reader::lookup) (0 before any).
+    /// Does not refresh: use it to tie an answer to the generation it came from.
+    pub fn last_generation(&self) -> u64 {
+        self.answered
     }
 
     /// The generation the next lookup will answer from, refreshing the cache if needed.
