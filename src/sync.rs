@@ -163,7 +163,7 @@ mod imp {
             // Acquire: if we see a new pointer we then take the lock anyway; the pointer is
             // only a hint. Our cached Arc keeps its value alive, so no ABA on the address.
             let now = self.publisher.ptr.load(Ordering::Acquire);
-            if now != Arc::as_ptr(&self.cached) as *mut T {
+            if !std::ptr::eq(now, Arc::as_ptr(&self.cached)) {
                 self.cached = self.publisher.load_full();
             }
             &self.cached
