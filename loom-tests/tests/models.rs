@@ -127,7 +127,7 @@ fn reader_refresh_vs_commit() {
         let m = map.clone();
         let writer = thread::spawn(move || commit(&m, 2));
         let mut last = 0;
-        for a in [0x08u64, 0x40, 0x08] {
+        for a in [0x08u64, 0x08, 0x40, 0x40] {
             let v = r.lookup(a).map(|h| *h.value);
             let g = r.last_generation();
             assert!(g >= last, "generation went back from {last} to {g}");
