@@ -45,7 +45,7 @@ run "reader keeps its MRU piece across a refresh" \
   src/reader.rs 'if v\.generation == self\.mru_generation && ' 'if '
 run "dropped generation never hands its slots back (leak)" \
   src/publish.rs 'self\.storage\.push_freed\(retired\);' 'drop(retired);'
-run "dropped generation stops the chain (successor's slots leak)" \
-  src/publish.rs 'Ok\(successor\) => link = successor\.link\.lock\(\)\.take\(\),' 'Ok(_successor) => break,'
+run "dropped generation loses its successor (successor's slots leak)" \
+  src/publish.rs 'Ok\(successor\) => link = successor\.link\.lock\(\)\.take\(\),' 'Ok(successor) => { std::mem::forget(successor); break }'
 run "abandoned transaction is not rolled back" \
   src/writer.rs 'if self\.finished \{\s*return;\s*\}' 'return;'
