@@ -112,3 +112,8 @@ pub use map::{Memory, PhysMap};
 pub use reader::Reader;
 pub use snapshot::{Hit, Iter, Snapshot, Stats};
 pub use writer::Transaction;
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

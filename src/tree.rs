@@ -266,3 +266,94 @@ pub(crate) unsafe fn shape<V>(
     }
     (nodes, tables, rows, deepest)
 }
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use crate::{Config, PhysMap};
+
+    #[test]
+    fn entries_round_trip() {
+        assert_eq!(Entry::EMPTY.kind(), Kind::Empty);
+        assert_eq!(Entry::leaf(0).kind(), Kind::Leaf(0));
+        assert_eq!(Entry::leaf((1 << 30) - 1).kind(), Kind::Leaf((1 << 30) - 1));
+        assert_eq!(Entry::subpage(5).kind(), Kind::Subpage(5));
+        assert_eq!(
+            Entry::node(63, (1 << 24) - 1).kind(),
+            Kind::Node {
+                height: 63,
+                index: (1 << 24) - 1
+            }
+        );
+        assert_eq!(
+            Entry::node(1, 0).kind(),
+            Kind::Node {
+                height: 1,
+                index: 0
+            }
+        );
+        assert!(!Entry::leaf(0).is_empty());
+    }
+
+    /// Brute force against the tree of a small space, every address.
+    #[test]
+    fn find_and_walk_agree_with_brute_force() {
+        let config = Config {
+            addr_bits: 12,
+            page_bits: 3,
+            level_bits: 2,
+            ..Config::default()
+        };
+        let map = PhysMap::with_config(config).unwrap();
+        let ranges = [
+            (0u64, 0u64),
+            (1, 6),
+            (9, 9),
+            (16, 300),
+            (301, 301),
+            (512, 4095),
+        ];
+        let mut t = map.transaction();
+        for (i, &(s, e)) in ranges.iter().enumerate() {
+            t.insert(s..=e, i).unwrap();
+        }
+        t.remove(600..=700).unwrap();
+        t.commit().unwrap();
+        let snap = map.snapshot();
+        let want = |a: u64| {
+            if (600..=700).contains(&a) {
+                return None;
+            }
+            ranges.iter().position(|&(s, e)| s <= a && a <= e)
+        };
+        let step = if cfg!(miri) { 7 } else { 1 };
+        for a in (0..4096u64).step_by(step) {
+            assert_eq!(snap.lookup(a).map(|h| *h.value), want(a), "addr {a}");
+        }
+        let pieces: Vec<_> = snap
+            .iter()
+            .map(|(r, v)| (*r.start(), *r.end(), *v))
+            .collect();
+        assert_eq!(pieces.len(), 7);
+        assert_eq!(pieces[5], (512, 599, 5));
+        assert_eq!(pieces[6], (701, 4095, 5));
+        let some: Vec<_> = snap.range(5..=16).map(|(r, _)| *r.start()).collect();
+        assert_eq!(some, vec![1, 9, 16]);
+        let stats = snap.stats();
+        assert!(stats.subpage_tables >= 2 && stats.nodes >= 2, "{stats:?}");
+    }
+
+    #[test]
+    fn dropping_a_long_chain_of_generations_does_not_recurse() {
+        let map = PhysMap::new();
+        let first = map.snapshot();
+        let n = if cfg!(miri) { 200 } else { 100_000 };
+        for i in 0..n {
+            let mut t = map.transaction();
+            t.overwrite(0..0x1000 + (i % 7) * 0x1000, i).unwrap();
+            t.commit().unwrap();
+        }
+        drop(first); // drops n generations one after the other
+        assert_eq!(map.memory().live_bytes, map.snapshot().stats().bytes);
+    }
+}

@@ -32,11 +32,23 @@ fn mix(mut x: u64) -> u64 {
 fn window(r: usize) -> (u64, u64) {
     match r % 6 {
         0 => ((r as u64 + 8) << 32, ((r as u64 + 8) << 32) + (1 << 30) - 1),
-        1 => (0x1_0000_0000 + (r as u64) * (2 << 20), 0x1_0000_0000 + (r as u64 + 1) * (2 << 20) - 1),
-        2 => (0xfe00_0000 + (r as u64) * 0x4000, 0xfe00_0000 + (r as u64) * 0x4000 + 0x3fff),
-        3 => (0xfed0_0000 + (r as u64) * 0x10, 0xfed0_0000 + (r as u64) * 0x10 + 0xf),
+        1 => (
+            0x1_0000_0000 + (r as u64) * (2 << 20),
+            0x1_0000_0000 + (r as u64 + 1) * (2 << 20) - 1,
+        ),
+        2 => (
+            0xfe00_0000 + (r as u64) * 0x4000,
+            0xfe00_0000 + (r as u64) * 0x4000 + 0x3fff,
+        ),
+        3 => (
+            0xfed0_0000 + (r as u64) * 0x10,
+            0xfed0_0000 + (r as u64) * 0x10 + 0xf,
+        ),
         4 => (0xcf8 + r as u64, 0xcf8 + r as u64),
-        _ => (u64::MAX - (r as u64 + 1) * 0x1000 + 1, u64::MAX - (r as u64) * 0x1000),
+        _ => (
+            u64::MAX - (r as u64 + 1) * 0x1000 + 1,
+            u64::MAX - (r as u64) * 0x1000,
+        ),
     }
 }
 
@@ -71,7 +83,11 @@ impl Layouts {
     }
 
     fn expected(&self, g: u64, addr: u64) -> Option<u64> {
-        self.table[g as usize].iter().flatten().find(|&&(s, e, _)| s <= addr && addr <= e).map(|&(_, _, v)| v)
+        self.table[g as usize]
+            .iter()
+            .flatten()
+            .find(|&&(s, e, _)| s <= addr && addr <= e)
+            .map(|&(_, _, v)| v)
     }
 
     fn probes(&self) -> Vec<u64> {
@@ -79,7 +95,14 @@ impl Layouts {
         for r in 0..REGIONS {
             let (s, e) = window(r);
             let len = e - s + 1;
-            for a in [s, s + len / 4, s + len / 2, e, s.wrapping_sub(1), e.wrapping_add(1)] {
+            for a in [
+                s,
+                s + len / 4,
+                s + len / 2,
+                e,
+                s.wrapping_sub(1),
+                e.wrapping_add(1),
+            ] {
                 v.push(a);
                 v.push(a.saturating_sub(1));
             }
@@ -126,8 +149,10 @@ fn readers_never_see_a_torn_or_stale_map() {
         }
         for id in 0..READERS {
             let (map, layouts, probes) = (&map, &layouts, &probes);
-            let (mismatches, lookups, snapshots_checked) = (&mismatches, &lookups, &snapshots_checked);
-            let (start, writers_left, generation_changes) = (&start, &writers_left, &generation_changes);
+            let (mismatches, lookups, snapshots_checked) =
+                (&mismatches, &lookups, &snapshots_checked);
+            let (start, writers_left, generation_changes) =
+                (&start, &writers_left, &generation_changes);
             s.spawn(move || {
                 start.wait();
                 let mut reader = map.reader();
@@ -144,12 +169,20 @@ fn readers_never_see_a_torn_or_stale_map() {
                         let snap = map.snapshot();
                         let g = snap.generation();
                         for &a in probes.iter() {
-                            bad += (snap.lookup(a).map(|h| *h.value) != layouts.expected(g, a)) as u64;
+                            bad +=
+                                (snap.lookup(a).map(|h| *h.value) != layouts.expected(g, a)) as u64;
                         }
-                        let want: Vec<_> = layouts.table[g as usize].iter().flatten().copied().collect();
+                        let want: Vec<_> = layouts.table[g as usize]
+                            .iter()
+                            .flatten()
+                            .copied()
+                            .collect();
                         let mut want = want;
                         want.sort();
-                        let got: Vec<_> = snap.iter().map(|(r, v)| (*r.start(), *r.end(), *v)).collect();
+                        let got: Vec<_> = snap
+                            .iter()
+                            .map(|(r, v)| (*r.start(), *r.end(), *v))
+                            .collect();
                         bad += (got != want) as u64;
                         snapshots_checked.fetch_add(1, Ordering::Relaxed);
                         done += probes.len();
@@ -165,7 +198,11 @@ fn readers_never_see_a_torn_or_stale_map() {
                     changes += (g != last_gen) as u64;
                     last_gen = g;
                     let want = layouts.expected(g, a).map(|v| {
-                        let (s, _, _) = layouts.table[g as usize].iter().flatten().find(|p| p.2 == v && p.0 <= a && a <= p.1).unwrap();
+                        let (s, _, _) = layouts.table[g as usize]
+                            .iter()
+                            .flatten()
+                            .find(|p| p.2 == v && p.0 <= a && a <= p.1)
+                            .unwrap();
                         (v, a - s)
                     });
                     bad += (got != want) as u64;
@@ -185,7 +222,10 @@ fn readers_never_see_a_torn_or_stale_map() {
         snapshots_checked.into_inner(),
         generation_changes.load(Ordering::Relaxed),
     );
-    assert!(generation_changes.into_inner() > READERS as u64, "readers did overlap the writers");
+    assert!(
+        generation_changes.into_inner() > READERS as u64,
+        "readers did overlap the writers"
+    );
     assert_eq!(mismatches, 0);
     let snap = map.snapshot();
     assert_eq!(snap.generation(), total);
@@ -200,7 +240,10 @@ fn readers_never_see_a_torn_or_stale_map() {
     t.commit().unwrap();
     let want = fresh.snapshot().stats();
     let got = snap.stats();
-    assert_eq!((got.nodes, got.subpage_tables, got.pieces, got.bytes), (want.nodes, want.subpage_tables, want.pieces, want.bytes));
+    assert_eq!(
+        (got.nodes, got.subpage_tables, got.pieces, got.bytes),
+        (want.nodes, want.subpage_tables, want.pieces, want.bytes)
+    );
     drop(snap);
     assert_eq!(map.memory().live_bytes, want.bytes);
 }
