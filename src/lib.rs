@@ -99,6 +99,7 @@ mod arena;
 mod config;
 mod error;
 mod map;
+pub mod mtree;
 mod publish;
 mod reader;
 mod snapshot;

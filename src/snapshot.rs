@@ -147,6 +147,32 @@ impl<V> Snapshot<V> {
     }
 }
 
+impl<V> Snapshot<V> {
+    /// Writes this generation's tree level by level (nodes, their runs of equal entries,
+    /// sub-page tables), labelling values with `label`. A diagnostic, like QEMU's
+    /// `info mtree -d` dispatch listing.
+    ///
+    /// ```
+    /// let map = physmap::PhysMap::new();
+    /// let mut t = map.transaction();
+    /// t.insert(0..0x8000_0000, "ram").unwrap();
+    /// t.insert(0xfed0_0000..=0xfed0_03ff, "hpet").unwrap();
+    /// t.commit().unwrap();
+    /// let mut text = String::new();
+    /// map.snapshot().write_tree(&mut text, &|v| v.to_string()).unwrap();
+    /// assert!(text.contains("leaf 0xfed00000..=0xfed003ff hpet"));
+    /// ```
+    pub fn write_tree(
+        &self,
+        out: &mut dyn fmt::Write,
+        label: &dyn Fn(&V) -> String,
+    ) -> fmt::Result {
+        let v = &*self.version;
+        // SAFETY: `self` keeps the generation alive.
+        unsafe { tree::dump(&v.storage, &v.geo, v.root, out, label) }
+    }
+}
+
 impl<V: fmt::Debug> fmt::Debug for Snapshot<V> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Snapshot")

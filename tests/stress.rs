@@ -10,8 +10,20 @@ use std::sync::Barrier;
 
 const READERS: usize = 32;
 const WRITERS: usize = 2;
-const COMMITS_PER_WRITER: u64 = 400;
-const LOOKUPS_PER_READER: usize = 40_000;
+/// Commits per writer; `PHYSMAP_STRESS_COMMITS` lowers it under slow tools (valgrind).
+fn commits_per_writer() -> u64 {
+    std::env::var("PHYSMAP_STRESS_COMMITS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(400)
+}
+/// Minimum lookups per reader; `PHYSMAP_STRESS_LOOKUPS` lowers it under TSan and valgrind.
+fn lookups_per_reader() -> usize {
+    std::env::var("PHYSMAP_STRESS_LOOKUPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(40_000)
+}
 const REGIONS: usize = 24;
 
 /// (start, end, value) of region `r`, or `None` if unmapped, in every generation.
@@ -113,7 +125,8 @@ impl Layouts {
 
 #[test]
 fn readers_never_see_a_torn_or_stale_map() {
-    let total = WRITERS as u64 * COMMITS_PER_WRITER;
+    let (commits, min_lookups) = (commits_per_writer(), lookups_per_reader());
+    let total = WRITERS as u64 * commits;
     let layouts = Layouts::new(total);
     let probes = layouts.probes();
     let map: PhysMap<u64> = PhysMap::new();
@@ -128,7 +141,7 @@ fn readers_never_see_a_torn_or_stale_map() {
         for _ in 0..WRITERS {
             s.spawn(|| {
                 start.wait();
-                for _ in 0..COMMITS_PER_WRITER {
+                for _ in 0..commits {
                     let mut t = map.transaction();
                     let g = t.base_generation();
                     let (old, new) = (&layouts.table[g as usize], &layouts.table[g as usize + 1]);
@@ -161,9 +174,9 @@ fn readers_never_see_a_torn_or_stale_map() {
                 let mut i = id * 7;
                 let mut done = 0;
                 let mut changes = 0;
-                // Readers run for at least LOOKUPS_PER_READER lookups and until both writers
+                // Readers run for at least `min_lookups` lookups and until both writers
                 // are done, so they overlap the whole write phase; both bounds are finite.
-                while done < LOOKUPS_PER_READER || writers_left.load(Ordering::Acquire) > 0 {
+                while done < min_lookups || writers_left.load(Ordering::Acquire) > 0 {
                     if id % 4 == 0 && done % 1000 == 0 {
                         // Snapshot path: a whole generation, every probe and the iteration.
                         let snap = map.snapshot();

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Deeper checks than CI: Miri on the unit tests (arena, tree, publication), ThreadSanitizer on
+# the many-thread stress test, valgrind memcheck on the core and stress tests.
+# Runs whatever the machine has and says what it skipped. Exit status: non-zero if a check
+# that ran failed.
+#   rustup component add --toolchain nightly miri rust-src   # for Miri and TSan
+#   apt-get install valgrind                                  # for memcheck
+set -uo pipefail
+cd "$(dirname "$0")/.."
+status=0
+ran=() skipped=()
+timed() { local t0=$(date +%s); "$@"; local rc=$?; echo "  ($(( $(date +%s) - t0 )) s, exit $rc)"; return $rc; }
+has_nightly_component() { rustup +nightly component list --installed 2>/dev/null | grep -q "^$1"; }
+
+echo "=== Miri: cargo +nightly miri test --lib"
+if has_nightly_component miri && has_nightly_component rust-src; then
+  if timed cargo +nightly miri test --lib --target-dir target/miri; then ran+=("miri"); else status=1; ran+=("miri (FAILED)"); fi
+else
+  skipped+=("miri (rustup component add --toolchain nightly miri rust-src)")
+fi
+
+echo "=== ThreadSanitizer: stress test on nightly with -Zsanitizer=thread -Zbuild-std"
+if has_nightly_component rust-src; then
+  host=$(rustc -vV | sed -n 's/^host: //p')
+  if timed env RUSTFLAGS="-Zsanitizer=thread" RUSTDOCFLAGS="-Zsanitizer=thread" TSAN_OPTIONS="halt_on_error=1" \
+      PHYSMAP_STRESS_LOOKUPS=20000 \
+      cargo +nightly test -Zbuild-std --target "$host" --release --target-dir target/tsan --test stress; then
+    ran+=("tsan")
+  else status=1; ran+=("tsan (FAILED)"); fi
+else
+  skipped+=("tsan (needs nightly rust-src)")
+fi
+
+echo "=== valgrind memcheck: core and stress tests (stable, release)"
+if command -v valgrind >/dev/null; then
+  bins=$(cargo test --release --test core --test stress --no-run --message-format=json 2>/dev/null \
+    | python3 -c 'import json,sys
+for l in sys.stdin:
+    m=json.loads(l)
+    if m.get("reason")=="compiler-artifact" and m.get("executable") and m["target"]["kind"]==["test"]: print(m["executable"])')
+  ok=1
+  for b in $bins; do
+    echo "  $b"
+    timed env PHYSMAP_STRESS_LOOKUPS=2000 PHYSMAP_STRESS_COMMITS=40 \
+      valgrind -q --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite "$b" --test-threads=1 || ok=0
+  done
+  if [ $ok = 1 ]; then ran+=("valgrind"); else status=1; ran+=("valgrind (FAILED)"); fi
+else
+  skipped+=("valgrind (apt-get install valgrind)")
+fi
+
+echo
+echo "ran: ${ran[*]:-nothing}"
+echo "skipped: ${skipped[*]:-nothing}"
+exit $status

@@ -1,0 +1,273 @@
+//! The `physmap` command on real QEMU dumps.
+#![cfg(feature = "cli")]
+
+use std::process::Command;
+
+const DUMPS: [&str; 5] = [
+    "q35-idle.txt",
+    "q35-booted.txt",
+    "q35-4g-virtio.txt",
+    "pc-i440fx.txt",
+    "virt-arm.txt",
+];
+
+fn physmap(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_physmap"))
+        .args(args)
+        .output()
+        .expect("run physmap");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn data(name: &str) -> String {
+    format!("{}/tests/data/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// An independent, minimal reading of the dump: per FlatView, its first address-space name
+/// and its ranges as (start, end, kind, name, offset).
+type Range = (u64, u64, String, String, u64);
+
+fn flatviews(text: &str) -> Vec<(String, Vec<Range>)> {
+    let mut out: Vec<(String, Vec<_>)> = Vec::new();
+    for line in text.lines() {
+        let t = line.trim();
+        if t.starts_with("FlatView #") {
+            out.push((String::new(), Vec::new()));
+        } else if let Some(rest) = t.strip_prefix("AS \"") {
+            let fv = out.last_mut().unwrap();
+            if fv.0.is_empty() {
+                fv.0 = rest[..rest.find('"').unwrap()].to_string();
+            }
+        } else if t.contains(" (prio ") {
+            let (span, rest) = t.split_once(" (prio ").unwrap();
+            let (a, b) = span.split_once('-').unwrap();
+            let (attrs, name) = rest.split_once("): ").unwrap();
+            let kind = attrs.split_once(", ").unwrap().1.to_string();
+            let (name, offset) = match name.rsplit_once(" @") {
+                Some((n, o)) => (n.to_string(), u64::from_str_radix(o, 16).unwrap()),
+                None => (name.to_string(), 0),
+            };
+            let range = (
+                u64::from_str_radix(a, 16).unwrap(),
+                u64::from_str_radix(b, 16).unwrap(),
+                kind,
+                name,
+                offset,
+            );
+            out.last_mut().unwrap().1.push(range);
+        }
+    }
+    out
+}
+
+#[test]
+fn every_flat_range_resolves_to_its_name_and_offset() {
+    let mut checked = 0;
+    for dump in DUMPS {
+        let path = data(dump);
+        let text = std::fs::read_to_string(&path).unwrap();
+        for (space, ranges) in flatviews(&text) {
+            if ranges.is_empty() {
+                continue;
+            }
+            let mut addrs = Vec::new();
+            for r in &ranges {
+                addrs.extend([
+                    r.0,
+                    r.1,
+                    r.0 + (r.1 - r.0) / 2,
+                    r.0.wrapping_sub(1),
+                    r.1.wrapping_add(1),
+                ]);
+            }
+            let mut args = vec![
+                "lookup".to_string(),
+                path.clone(),
+                "--as".into(),
+                space.clone(),
+            ];
+            args.extend(addrs.iter().map(|a| format!("{a:#x}")));
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let (code, out, err) = physmap(&args);
+            assert_eq!(code, 0, "{dump} {space}: {err}");
+            let lines: Vec<&str> = out.lines().collect();
+            assert_eq!(lines.len(), addrs.len(), "{dump} {space}");
+            for (a, line) in addrs.iter().zip(lines) {
+                let want = match ranges.iter().find(|r| r.0 <= *a && *a <= r.1) {
+                    Some((s, e, kind, name, off)) => {
+                        format!(
+                            "{a:#018x}  {name}  [{s:#x}..={e:#x}, {kind}]  offset {:#x}",
+                            a - s + off
+                        )
+                    }
+                    None => format!("{a:#018x}  unassigned"),
+                };
+                assert_eq!(line, want, "{dump} {space}");
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 2000, "{checked}");
+}
+
+#[test]
+fn import_prints_our_and_qemus_figures() {
+    for dump in DUMPS {
+        let (code, out, err) = physmap(&["import", &data(dump)]);
+        assert_eq!(code, 0, "{err}");
+        assert!(
+            out.contains("QEMU nodes") && out.contains("total bytes: physmap"),
+            "{out}"
+        );
+        let (code, json, _) = physmap(&["import", "--json", &data(dump)]);
+        assert_eq!(code, 0);
+        assert!(
+            json.starts_with("{\"flatviews\":[") && json.contains("\"qemu\":{\"nodes\":"),
+            "{json}"
+        );
+    }
+    // q35 as booted: QEMU's "memory" FlatView has 12 nodes (9 reachable) and 4 sub-page tables.
+    let (_, json, _) = physmap(&["import", "--json", &data("q35-booted.txt")]);
+    assert!(
+        json.contains("\"qemu\":{\"nodes\":12,\"reachable_nodes\":9,\"subpage_tables\":4"),
+        "{json}"
+    );
+}
+
+#[test]
+fn dump_lists_the_tree() {
+    let (code, out, err) = physmap(&["dump", &data("q35-booted.txt"), "--as", "memory"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("node") && out.contains("leaf 0x100000..=0x7fffffff pc.ram @0x100000"),
+        "{out}"
+    );
+    assert!(out.contains("sub-page table"), "{out}");
+}
+
+#[test]
+fn bad_input_is_a_clear_error() {
+    let dir = std::env::temp_dir().join(format!("physmap-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("bad.txt");
+    std::fs::write(
+        &bad,
+        "FlatView #0\n AS \"memory\", root: system\n  0000-zz (prio 0, ram): pc.ram\n",
+    )
+    .unwrap();
+    let bad = bad.to_str().unwrap();
+    for args in [
+        vec!["import", bad],
+        vec!["lookup", bad, "0x10"],
+        vec!["dump", bad],
+    ] {
+        let (code, _, err) = physmap(&args);
+        assert_ne!(code, 0);
+        assert!(err.contains(&format!("{bad}:3:")), "{err}");
+    }
+    let inverted = dir.join("inverted.txt");
+    std::fs::write(&inverted, "FlatView #0\n AS \"memory\", root: system\n  0000000000002000-0000000000001000 (prio 0, ram): r\n").unwrap();
+    let (code, _, err) = physmap(&["import", inverted.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains(":3:") && err.contains("ends before it starts"),
+        "{err}"
+    );
+    let garbage = dir.join("garbage.txt");
+    std::fs::write(&garbage, "hello\n").unwrap();
+    let (code, _, err) = physmap(&["import", garbage.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(err.contains(":1:"), "{err}");
+    let (code, _, err) = physmap(&["import", "/nonexistent/dump.txt"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("/nonexistent/dump.txt"), "{err}");
+    // Unknown address space: the names that exist are listed.
+    let (code, _, err) = physmap(&["lookup", &data("q35-booted.txt"), "--as", "nope", "0"]);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("no address space \"nope\"") && err.contains("I/O") && err.contains("memory"),
+        "{err}"
+    );
+    // Unparsable address.
+    let (code, _, err) = physmap(&["lookup", &data("q35-booted.txt"), "0xzz"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("0xzz"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn lookup_json() {
+    let (code, out, _) = physmap(&[
+        "lookup",
+        "--json",
+        &data("q35-booted.txt"),
+        "0xfed00010",
+        "0x90000000",
+    ]);
+    assert_eq!(code, 0);
+    assert!(out.contains("{\"addr\":4275044368,\"region\":\"hpet\",\"kind\":\"i/o\",\"start\":4275044352,\"end\":4275045375,\"offset\":16}"), "{out}");
+    assert!(
+        out.contains("{\"addr\":2415919104,\"region\":null}"),
+        "{out}"
+    );
+}
+
+#[test]
+fn simulation_runs_checks_every_answer_and_reports() {
+    let (code, out, err) = physmap(&["simulate", "--seconds", "0.5", "--vcpus", "3", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("\"vcpus\":3")
+            && out.contains("\"mismatches\":0}")
+            && out.contains("\"commit_p99_us\":"),
+        "{out}"
+    );
+    let (code, out, err) = physmap(&["simulate", "--seconds", "0.3", "--vcpus", "2"]);
+    assert_eq!(code, 0, "{err}");
+    for word in [
+        "M lookups/s",
+        "ns/lookup",
+        "commit latency p50",
+        "p99",
+        "generations seen",
+        "nodes",
+        "bytes",
+        "mismatches",
+    ] {
+        assert!(out.contains(word), "{word}: {out}");
+    }
+    let (code, _, err) = physmap(&["simulate", "--seconds", "0"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("--seconds"), "{err}");
+    // A control plane that maps something the topology does not have is caught.
+    let (code, _, err) = physmap(&[
+        "simulate",
+        "--seconds",
+        "0.5",
+        "--vcpus",
+        "2",
+        "--json",
+        "--inject-fault",
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("wrong answer") && err.contains("expected"),
+        "{err}"
+    );
+    // Other machines load too.
+    let (code, out, err) = physmap(&[
+        "simulate",
+        "--seconds",
+        "0.2",
+        "--vcpus",
+        "1",
+        "--json",
+        "--machine",
+        &data("q35-4g-virtio.txt"),
+    ]);
+    assert_eq!(code, 0, "{err}{out}");
+}
