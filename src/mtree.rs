@@ -13,7 +13,8 @@
 //! let dump = physmap::mtree::Dump::parse(text, "example").unwrap();
 //! let fv = dump.find("memory").unwrap();
 //! let map = fv.build().unwrap();
-//! let hit = map.snapshot().lookup(0xe_0010).unwrap();
+//! let snap = map.snapshot();
+//! let hit = snap.lookup(0xe_0010).unwrap();
 //! let range = &fv.ranges[*hit.value];
 //! assert_eq!((range.name.as_str(), hit.offset + range.offset), ("pc.bios", 0x2_0010));
 //! ```
