@@ -7,6 +7,9 @@ use parking_lot::{Mutex, RwLock};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Weak};
 
+/// The vm-memory style collection seen through `arc_swap::Cache`.
+pub type VecCache<'a> = Cache<&'a ArcSwap<Vec<Arc<Region>>>, Arc<Vec<Arc<Region>>>>;
+
 /// A region: inclusive range and a value standing for the device / memory region.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Region {
@@ -100,7 +103,7 @@ impl ArcSwapVec {
         let guard = self.regions.load();
         find(&guard, addr)
     }
-    pub fn cache(&self) -> Cache<&ArcSwap<Vec<Arc<Region>>>, Arc<Vec<Arc<Region>>>> {
+    pub fn cache(&self) -> VecCache<'_> {
         Cache::new(&self.regions)
     }
     pub fn replace(&self, r: Region) {
@@ -130,10 +133,7 @@ pub fn find(regions: &[Arc<Region>], addr: u64) -> Option<(u64, u64)> {
 
 /// The same through `arc_swap::Cache` (one pointer compare per lookup).
 #[inline]
-pub fn cached_lookup(
-    cache: &mut Cache<&ArcSwap<Vec<Arc<Region>>>, Arc<Vec<Arc<Region>>>>,
-    addr: u64,
-) -> Option<(u64, u64)> {
+pub fn cached_lookup(cache: &mut VecCache<'_>, addr: u64) -> Option<(u64, u64)> {
     find(cache.load(), addr)
 }
 
