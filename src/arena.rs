@@ -16,13 +16,14 @@ const MAX_CHUNKS: usize = 32;
 #[cfg(loom)]
 const MAX_CHUNKS: usize = 8;
 
-/// log2 of the first chunk of the node, base and sub-page slabs (in slots).
-const SMALL_FIRST: u32 = if cfg!(loom) { 1 } else { 2 };
+/// log2 of the first chunk of the node, base and sub-page slabs (in slots): 16 nodes (32 KiB
+/// at the default fan-out) cover a real machine's map and the garbage of a few commits.
+const SMALL_FIRST: u32 = if cfg!(loom) { 1 } else { 4 };
 /// log2 of the first chunk of the piece and section slabs (in slots).
-const LARGE_FIRST: u32 = if cfg!(loom) { 1 } else { 6 };
+const LARGE_FIRST: u32 = if cfg!(loom) { 1 } else { 8 };
 
 /// One mapped, contiguous piece of a section.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Piece {
     /// First byte.
     pub start: u64,
@@ -32,6 +33,21 @@ pub(crate) struct Piece {
     pub origin: u64,
     /// Section slot holding the value.
     pub section: u32,
+    /// Address of the value inside that section slot (slots never move), so a lookup reads
+    /// it without locating the slot. Null only in unused piece slots.
+    pub value: *const (),
+}
+
+impl Default for Piece {
+    fn default() -> Self {
+        Piece {
+            start: 0,
+            end: 0,
+            origin: 0,
+            section: 0,
+            value: ptr::null(),
+        }
+    }
 }
 
 /// One row of a sub-page table: from `start` (clamped to the page) on, piece `piece`.
@@ -45,7 +61,15 @@ pub(crate) struct SubEntry {
 pub(crate) type Subpage = Box<[SubEntry]>;
 
 /// Fixed-address chunked storage of `unit` consecutive cells per slot.
+///
+/// Chunk 0 is allocated with the slab and never changes, so its address is a plain field:
+/// slots in it (all of them, for maps of the size of a real machine) are reached with one
+/// compare and one multiply-add, no atomic load.
 pub(crate) struct Slab<T> {
+    /// Chunk 0 (also in `chunks[0]`, which owns it).
+    first: *const UnsafeCell<T>,
+    /// Slots in chunk 0.
+    first_slots: u32,
     chunks: [AtomicPtr<UnsafeCell<T>>; MAX_CHUNKS],
     /// log2 of the number of slots in chunk 0.
     first_shift: u32,
@@ -55,11 +79,17 @@ pub(crate) struct Slab<T> {
 
 impl<T: Default> Slab<T> {
     pub(crate) fn new(first_shift: u32, unit: usize) -> Self {
-        Slab {
-            chunks: std::array::from_fn(|_| AtomicPtr::new(ptr::null_mut())),
+        let chunks = std::array::from_fn(|_| AtomicPtr::new(ptr::null_mut()));
+        let mut slab = Slab {
+            first: ptr::null(),
+            first_slots: 1 << first_shift,
+            chunks,
             first_shift,
             unit,
-        }
+        };
+        slab.ensure(0);
+        slab.first = slab.chunks[0].load(Ordering::Relaxed);
+        slab
     }
 
     /// (chunk, first cell) of `slot`.
@@ -84,6 +114,25 @@ impl<T: Default> Slab<T> {
     /// is published after `ensure`, and for the writer itself). `i < unit`.
     #[inline(always)]
     pub(crate) unsafe fn cell(&self, slot: u32, i: usize) -> &UnsafeCell<T> {
+        debug_assert!(i < self.unit);
+        if slot < self.first_slots {
+            // SAFETY: chunk 0 lives as long as the slab and holds `first_slots * unit` cells.
+            return unsafe { &*self.first.add(slot as usize * self.unit + i) };
+        }
+        // SAFETY: forwarded contract.
+        unsafe { self.cell_slow(slot, i) }
+    }
+
+    /// Chunk 0's address, its number of slots and the cells per slot, for loops that read
+    /// many cells (see `tree::find`).
+    #[inline(always)]
+    pub(crate) fn first_chunk(&self) -> (*const UnsafeCell<T>, u32, usize) {
+        (self.first, self.first_slots, self.unit)
+    }
+
+    /// [`Slab::cell`] for slots past chunk 0.
+    #[inline(never)]
+    unsafe fn cell_slow(&self, slot: u32, i: usize) -> &UnsafeCell<T> {
         let (chunk, first) = self.locate(slot);
         // Relaxed: the chunk pointer was stored before the generation that made `slot`
         // reachable was published (Release/SeqCst in the publisher) and the caller loaded that
@@ -294,6 +343,7 @@ impl<V> Storage<V> {
 
     /// The value of section `slot`. Same contract as [`Storage::node_entry`].
     #[inline(always)]
+    #[cfg_attr(not(any(loom, test)), allow(dead_code))]
     pub(crate) unsafe fn value(&self, slot: u32) -> &V {
         // SAFETY: a reachable section slot always holds `Some` (set before publication,
         // cleared only after reclamation).
@@ -302,6 +352,25 @@ impl<V> Storage<V> {
                 Some(v) => v,
                 None => unreachable_none(),
             })
+        }
+    }
+
+    /// The value a piece of a reachable generation refers to. Same contract as
+    /// [`Storage::node_entry`].
+    #[inline(always)]
+    pub(crate) unsafe fn piece_value(&self, piece: &Piece) -> &V {
+        #[cfg(not(loom))]
+        {
+            // SAFETY: `piece.value` was taken by the writer from section slot
+            // `piece.section`, which holds `Some` for as long as the piece is reachable, and
+            // slots never move.
+            unsafe { &*(piece.value as *const V) }
+        }
+        #[cfg(loom)]
+        {
+            // Under loom, read through the cell so that the model tracks the access.
+            // SAFETY: forwarded contract.
+            unsafe { self.value(piece.section) }
         }
     }
 
@@ -356,6 +425,7 @@ impl<V> Drop for Storage<V> {
 }
 
 #[cold]
+#[cfg_attr(not(any(loom, test)), allow(dead_code))]
 fn unreachable_none() -> ! {
     unreachable!("physmap: reachable section slot is empty (reclamation bug)")
 }

@@ -131,12 +131,6 @@ impl Geometry {
         1u128 << (h * self.level_bits)
     }
 
-    /// Index, inside a node of height `h`, of the entry holding `page`.
-    #[inline(always)]
-    pub(crate) fn index(&self, h: u32, page: u64) -> usize {
-        ((page >> ((h - 1) * self.level_bits)) & self.mask) as usize
-    }
-
     /// Number of entries of a node of height `h` at `base` that lie inside the space.
     pub(crate) fn children_in_space(&self, h: u32, base: u64) -> usize {
         let child = self.entry_pages(h - 1);

@@ -34,13 +34,12 @@ pub struct Reader<V> {
     cache: Cache<Version<V>>,
     /// Last piece answered from, valid for generation `mru_generation` only.
     mru: Piece,
-    mru_value: *const V,
     mru_generation: u64,
     /// Generation that answered the last lookup.
     answered: u64,
 }
 
-// SAFETY: the raw `mru_value` points into storage kept alive by the cached generation, which
+// SAFETY: the raw value pointer in `mru` points into storage kept alive by the cached generation, which
 // the reader owns; moving the reader to another thread moves that ownership with it. Values
 // are shared with other threads, hence `V: Sync`; generations may be dropped here, hence Send.
 unsafe impl<V: Send + Sync> Send for Reader<V> {}
@@ -52,10 +51,8 @@ impl<V> Reader<V> {
             mru: Piece {
                 start: 1,
                 end: 0,
-                origin: 0,
-                section: 0,
+                ..Piece::default()
             },
-            mru_value: std::ptr::null(),
             mru_generation: u64::MAX,
             answered: 0,
         }
@@ -67,16 +64,19 @@ impl<V> Reader<V> {
         let v = self.cache.load();
         self.answered = v.generation;
         if v.generation == self.mru_generation && self.mru.start <= addr && addr <= self.mru.end {
-            // SAFETY: `mru_value` was taken from generation `mru_generation`, which is the one
+            // SAFETY: `mru` was taken from generation `mru_generation`, which is the one
             // the cache holds, so the section is still allocated and unchanged.
-            return Some(Hit::new(unsafe { &*self.mru_value }, &self.mru, addr));
+            return Some(Hit::new(
+                unsafe { v.storage.piece_value(&self.mru) },
+                &self.mru,
+                addr,
+            ));
         }
         // SAFETY: the cache holds the generation for as long as `self` is borrowed.
         let piece = unsafe { tree::find(&v.storage, &v.geo, v.root, addr) }?;
         // SAFETY: as above.
-        let value = unsafe { v.storage.value(piece.section) };
+        let value = unsafe { v.storage.piece_value(&piece) };
         self.mru = piece;
-        self.mru_value = value;
         self.mru_generation = v.generation;
         Some(Hit::new(value, &piece, addr))
     }

@@ -86,7 +86,7 @@ impl<V> Snapshot<V> {
         // allocated and unwritten for the lifetime of the returned borrow.
         unsafe {
             let piece = tree::find(&v.storage, &v.geo, v.root, addr)?;
-            Some(Hit::new(v.storage.value(piece.section), &piece, addr))
+            Some(Hit::new(v.storage.piece_value(&piece), &piece, addr))
         }
     }
 
@@ -200,7 +200,7 @@ impl<'a, V> Iterator for Iter<'a, V> {
     fn next(&mut self) -> Option<Self::Item> {
         let (_, piece) = self.walk.next()?;
         // SAFETY: the piece is reachable from the generation `snap` holds.
-        let value = unsafe { self.snap.version.storage.value(piece.section) };
+        let value = unsafe { self.snap.version.storage.piece_value(&piece) };
         Some((piece.start..=piece.end, value))
     }
 }
@@ -220,7 +220,7 @@ impl<V> Snapshot<V> {
         // SAFETY: borrowed from `self`, which keeps the generation alive.
         unsafe { Walk::new(&v.storage, v.geo, v.root, 0, v.geo.max_addr) }.map(move |(_, p)| {
             // SAFETY: reachable from the generation `self` holds.
-            let value = unsafe { v.storage.value(p.section) };
+            let value = unsafe { v.storage.piece_value(&p) };
             (p.start..=p.end, p.origin, value)
         })
     }

@@ -65,9 +65,13 @@ impl Entry {
 
 /// Finds the piece holding `addr`.
 ///
+/// The hot path: node entries are read straight from the node slab's first chunk (its
+/// address, size and the fan-out are read once, before the walk); a node is recognised by a
+/// single compare (tag `11` is the top of the `u32` range).
+///
 /// # Safety
 /// `root` must belong to a generation the caller keeps alive, stored in `storage`.
-#[inline]
+#[inline(always)]
 pub(crate) unsafe fn find<V>(
     storage: &Storage<V>,
     geo: &Geometry,
@@ -75,31 +79,41 @@ pub(crate) unsafe fn find<V>(
     addr: u64,
 ) -> Option<Piece> {
     let page = addr >> geo.page_bits;
-    let mut e = root;
-    loop {
-        match e.kind() {
-            Kind::Empty => return None,
-            Kind::Leaf(p) => {
-                // SAFETY: reachable from the caller's generation.
-                let piece = unsafe { storage.piece(p) };
-                return (piece.start <= addr && addr <= piece.end).then_some(piece);
-            }
-            Kind::Subpage(t) => {
-                // SAFETY: reachable from the caller's generation.
-                let table = unsafe { storage.subpage(t) };
-                let i = table.partition_point(|row| row.start <= addr);
-                if i == 0 {
-                    return None;
-                }
-                // SAFETY: pieces named by a reachable table are reachable.
-                let piece = unsafe { storage.piece(table[i - 1].piece) };
-                return (piece.start <= addr && addr <= piece.end).then_some(piece);
-            }
-            Kind::Node { height, index } => {
-                // SAFETY: reachable from the caller's generation; the index is < fanout.
-                e = Entry(unsafe { storage.node_entry(index, geo.index(height, page)) });
-            }
+    let (level_bits, mask) = (geo.level_bits, geo.mask);
+    let (first, first_slots, unit) = storage.nodes.first_chunk();
+    let mut e = root.0;
+    while e >= 0xc000_0000 {
+        let height = (e >> 24) & 63;
+        let node = e & 0xff_ffff;
+        let i = ((page >> ((height - 1) * level_bits)) & mask) as usize;
+        e = if node < first_slots {
+            // SAFETY: the node is reachable from the caller's generation, it lies in chunk 0
+            // (which holds `first_slots * unit` cells and lives as long as the storage), and
+            // `i < unit`. Reachable cells are never written (invariant 4).
+            unsafe { (*first.add(node as usize * unit + i)).with(|p| *p) }
+        } else {
+            // SAFETY: as above, through the general path.
+            unsafe { storage.node_entry(node, i) }
+        };
+    }
+    match Entry(e).kind() {
+        Kind::Leaf(p) => {
+            // SAFETY: reachable from the caller's generation.
+            let piece = unsafe { storage.piece(p) };
+            (piece.start <= addr && addr <= piece.end).then_some(piece)
         }
+        Kind::Subpage(t) => {
+            // SAFETY: reachable from the caller's generation.
+            let table = unsafe { storage.subpage(t) };
+            let i = table.partition_point(|row| row.start <= addr);
+            if i == 0 {
+                return None;
+            }
+            // SAFETY: pieces named by a reachable table are reachable.
+            let piece = unsafe { storage.piece(table[i - 1].piece) };
+            (piece.start <= addr && addr <= piece.end).then_some(piece)
+        }
+        _ => None,
     }
 }
 
@@ -377,7 +391,7 @@ pub(crate) unsafe fn dump<V>(
                 // SAFETY: reachable from the caller's generation.
                 let piece = unsafe { storage.piece(p) };
                 // SAFETY: as above.
-                let v = unsafe { storage.value(piece.section) };
+                let v = unsafe { storage.piece_value(&piece) };
                 format!("leaf {:#x}..={:#x} {}", piece.start, piece.end, label(v))
             }
             Kind::Subpage(t) => format!("sub-page table {t}"),

@@ -150,11 +150,23 @@ impl<V> WriterState<V> {
                 kind: "pieces",
                 limit: self.pieces.limit(),
             })?;
+        // SAFETY: the section slot is allocated and holds `Some` (it has pieces); only the
+        // writer writes it, and we are the writer.
+        let value = unsafe {
+            self.storage
+                .sections
+                .cell(info.section, 0)
+                .with(|p| match &*p {
+                    Some(v) => v as *const V as *const (),
+                    None => unreachable!("a section with pieces holds its value"),
+                })
+        };
         let piece = Piece {
             start: key,
             end: info.end,
             origin: info.origin,
             section: info.section,
+            value,
         };
         // SAFETY: a freshly allocated slot is unreachable from every generation.
         unsafe { self.storage.pieces.cell(slot, 0).with_mut(|p| *p = piece) };
