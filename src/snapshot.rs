@@ -65,6 +65,8 @@ pub struct Stats {
     pub sections: usize,
     /// Bytes of nodes, sub-page tables, pieces and section slots of this tree.
     pub bytes: usize,
+    /// Bytes of the tree proper: nodes and sub-page tables (what QEMU's own figure counts).
+    pub tree_bytes: usize,
     /// Nodes on the longest root-to-leaf path.
     pub levels: u32,
 }
@@ -130,9 +132,10 @@ impl<V> Snapshot<V> {
             pieces += 1;
             sections.insert(piece.section);
         }
-        let bytes = nodes * node_bytes(v.geo.fanout)
+        let tree_bytes = nodes * node_bytes(v.geo.fanout)
             + subpage_tables * std::mem::size_of::<Subpage>()
-            + rows * std::mem::size_of::<SubEntry>()
+            + rows * std::mem::size_of::<SubEntry>();
+        let bytes = tree_bytes
             + pieces * std::mem::size_of::<Piece>()
             + sections.len() * std::mem::size_of::<Option<V>>();
         Stats {
@@ -142,6 +145,7 @@ impl<V> Snapshot<V> {
             pieces,
             sections: sections.len(),
             bytes,
+            tree_bytes,
             levels,
         }
     }

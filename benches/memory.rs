@@ -1,0 +1,137 @@
+//! Bytes and nodes per workload: physmap against the QEMU-style dispatch (built by the same
+//! rules as QEMU's), the radix tree from before early termination (counted, not built), one
+//! entry per 4 KiB page (KVM's memory attributes xarray), and QEMU's own dispatch from the
+//! captured dumps. Not timed: prints a table and writes `target/physmap-bench/memory.json`.
+
+#[path = "common/baselines.rs"]
+mod baselines;
+#[path = "common/workloads.rs"]
+mod workloads;
+
+use baselines::*;
+use std::fmt::Write as _;
+use workloads::*;
+
+/// Bytes of one QEMU `MemoryRegionSection` (QEMU 7.2, x86-64: an `Int128` size, two
+/// pointers, two offsets, two bools; 16-byte aligned).
+const QEMU_SECTION_BYTES: usize = 64;
+
+/// XArray cost of one entry per page: 64-entry nodes of 576 bytes on x86-64, so 9 bytes a
+/// page in the best (dense) case, plus the upper levels (ignored: a lower bound).
+const XARRAY_BYTES_PER_PAGE: f64 = 576.0 / 64.0;
+
+fn main() {
+    // `cargo bench` passes `--bench`; ignore arguments.
+    let workloads = [
+        q35("q35-4g-virtio.txt", "q35-virtio"),
+        q35("q35-booted.txt", "q35-booted"),
+        regions_1k(),
+        virtio_mem_1t(),
+        cvm_1m(),
+    ];
+    let mut json = String::from("{\"workloads\":[");
+    println!("Tree bytes = nodes + sub-page tables. Total = tree + per-range records (physmap: pieces and section slots; QEMU: its section table at {QEMU_SECTION_BYTES} B a MemoryRegionSection).\n");
+    println!("| workload | ranges | physmap nodes | sub-page tables | physmap tree bytes | physmap total bytes | QEMU-style nodes (reachable) | sub-page tables | QEMU-style tree bytes | QEMU-style total bytes | uncollapsed nodes | uncollapsed bytes | one entry per page (xarray) |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for (i, w) in workloads.iter().enumerate() {
+        let map = physmap_of(w);
+        let s = map.snapshot().stats();
+        let q = (w.regions.len() <= 100_000).then(|| QemuDispatch::build(&w.regions));
+        let unc = uncollapsed_nodes(&w.regions);
+        let pages: u64 = w
+            .regions
+            .iter()
+            .map(|r| (r.end >> 12) - (r.start >> 12) + 1)
+            .sum();
+        let xarray = pages as f64 * XARRAY_BYTES_PER_PAGE;
+        let (qn, qr, qs, qb, qt) = match &q {
+            Some(q) => (
+                q.nodes.len().to_string(),
+                q.reachable_nodes().to_string(),
+                q.subpages.len().to_string(),
+                q.bytes().to_string(),
+                (q.bytes() + q.sections.len() * QEMU_SECTION_BYTES).to_string(),
+            ),
+            None => ("-".into(), "-".into(), "-".into(), "-".into(), "-".into()),
+        };
+        println!(
+            "| {} | {} | {} | {} | {} | {} | {} ({}) | {} | {} | {} | {} | {} | {:.0} |",
+            w.name,
+            w.regions.len(),
+            s.nodes,
+            s.subpage_tables,
+            s.tree_bytes,
+            s.bytes,
+            qn,
+            qr,
+            qs,
+            qb,
+            qt,
+            unc,
+            unc * 2048,
+            xarray
+        );
+        if i > 0 {
+            json.push(',');
+        }
+        write!(
+            json,
+            "{{\"name\":\"{}\",\"ranges\":{},\"physmap_nodes\":{},\"physmap_subpage_tables\":{},\"physmap_bytes\":{},\"physmap_tree_bytes\":{},\"qemu_style_nodes\":{},\"qemu_style_reachable\":{},\"qemu_style_subpages\":{},\"qemu_style_bytes\":{},\"uncollapsed_nodes\":{},\"uncollapsed_bytes\":{},\"xarray_bytes\":{:.0}}}",
+            w.name,
+            w.regions.len(),
+            s.nodes,
+            s.subpage_tables,
+            s.bytes,
+            s.tree_bytes,
+            q.as_ref().map_or("null".into(), |q| q.nodes.len().to_string()),
+            q.as_ref().map_or("null".into(), |q| q.reachable_nodes().to_string()),
+            q.as_ref().map_or("null".into(), |q| q.subpages.len().to_string()),
+            q.as_ref().map_or("null".into(), |q| q.bytes().to_string()),
+            unc,
+            unc * 2048,
+            xarray
+        )
+        .unwrap();
+    }
+    json.push_str("],\"qemu_dumps\":[");
+    // QEMU's own dispatch, from the dumps, against physmap on the same FlatViews.
+    println!();
+    println!("| QEMU dump | FlatViews | physmap tree bytes | physmap total bytes | QEMU's own tree bytes (2 KiB a node, 8 KiB a sub-page table) | total / QEMU tree | tree / QEMU tree |");
+    println!("|---|---|---|---|---|---|---|");
+    let dumps = [
+        "q35-booted.txt",
+        "q35-4g-virtio.txt",
+        "q35-idle.txt",
+        "pc-i440fx.txt",
+        "virt-arm.txt",
+    ];
+    for (i, file) in dumps.iter().enumerate() {
+        let path = format!("{}/tests/data/{file}", env!("CARGO_MANIFEST_DIR"));
+        let dump =
+            physmap::mtree::Dump::parse(&std::fs::read_to_string(&path).unwrap(), &path).unwrap();
+        let (mut ours, mut ours_tree, mut theirs, mut n) = (0usize, 0usize, 0usize, 0);
+        for fv in &dump.flatviews {
+            if let Some(d) = &fv.dispatch {
+                let st = fv.build().unwrap().snapshot().stats();
+                ours += st.bytes;
+                ours_tree += st.tree_bytes;
+                theirs += d.bytes();
+                n += 1;
+            }
+        }
+        println!(
+            "| {file} | {n} | {ours_tree} | {ours} | {theirs} | {:.1}% | {:.1}% |",
+            100.0 * ours as f64 / theirs as f64,
+            100.0 * ours_tree as f64 / theirs as f64
+        );
+        if i > 0 {
+            json.push(',');
+        }
+        write!(json, "{{\"file\":\"{file}\",\"flatviews\":{n},\"physmap_bytes\":{ours},\"physmap_tree_bytes\":{ours_tree},\"qemu_bytes\":{theirs}}}").unwrap();
+    }
+    json.push_str("]}");
+    let dir = format!("{}/target/physmap-bench", env!("CARGO_MANIFEST_DIR"));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(format!("{dir}/memory.json"), json).unwrap();
+    println!("\nwritten {dir}/memory.json");
+}
