@@ -123,6 +123,13 @@ impl<T: Default> Slab<T> {
         unsafe { self.cell_slow(slot, i) }
     }
 
+    /// The `unit` cells of `slot`, located once. Same contract as [`Slab::cell`].
+    #[inline]
+    pub(crate) unsafe fn cells(&self, slot: u32) -> &[UnsafeCell<T>] {
+        // SAFETY: forwarded contract; a slot's cells are contiguous inside one chunk.
+        unsafe { std::slice::from_raw_parts(self.cell(slot, 0), self.unit) }
+    }
+
     /// Chunk 0's address, its number of slots and the cells per slot, for loops that read
     /// many cells (see `tree::find`).
     #[inline(always)]
@@ -317,6 +324,19 @@ impl<V> Storage<V> {
         // SAFETY: per the contract, the slot exists and is not being written (invariant 4:
         // nothing reachable from a published root is written again).
         unsafe { self.nodes.cell(node, i).with(|p| *p) }
+    }
+
+    /// All entries of node `node`, read in one go. Same contract as
+    /// [`Storage::node_entry`].
+    #[inline]
+    pub(crate) unsafe fn node_entries(&self, node: u32) -> impl Iterator<Item = u32> + '_ {
+        // SAFETY: as in `node_entry`.
+        unsafe { self.nodes.cells(node) }.iter().map(|c| {
+            c.with(|p| {
+                // SAFETY: as in `node_entry`.
+                unsafe { *p }
+            })
+        })
     }
 
     /// First page of node `node`. Same contract as [`Storage::node_entry`].

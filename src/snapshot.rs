@@ -123,8 +123,7 @@ impl<V> Snapshot<V> {
     pub fn stats(&self) -> Stats {
         let v = &*self.version;
         // SAFETY: `self` keeps the generation alive.
-        let (nodes, subpage_tables, rows, levels) =
-            unsafe { tree::shape(&v.storage, &v.geo, v.root) };
+        let (nodes, subpage_tables, rows, levels) = unsafe { tree::shape(&v.storage, v.root) };
         let mut pieces = 0;
         let mut sections = HashSet::new();
         // SAFETY: as above.

@@ -247,11 +247,7 @@ impl<V> Iterator for Walk<'_, V> {
 ///
 /// # Safety
 /// `root` must belong to a generation the caller keeps alive.
-pub(crate) unsafe fn shape<V>(
-    storage: &Storage<V>,
-    geo: &Geometry,
-    root: Entry,
-) -> (usize, usize, usize, u32) {
+pub(crate) unsafe fn shape<V>(storage: &Storage<V>, root: Entry) -> (usize, usize, usize, u32) {
     let mut nodes = 0;
     let mut tables = 0;
     let mut rows = 0;
@@ -268,9 +264,9 @@ pub(crate) unsafe fn shape<V>(
             Kind::Node { index, .. } => {
                 nodes += 1;
                 deepest = deepest.max(depth + 1);
-                for i in 0..geo.fanout {
-                    // SAFETY: reachable.
-                    let c = Entry(unsafe { storage.node_entry(index, i) });
+                // SAFETY: reachable.
+                for c in unsafe { storage.node_entries(index) } {
+                    let c = Entry(c);
                     if matches!(c.kind(), Kind::Node { .. } | Kind::Subpage(_)) {
                         stack.push((c, depth + 1));
                     }

@@ -262,14 +262,27 @@ impl<V> WriterState<V> {
             Kind::Node { height, index } if height == h => Some(index),
             _ => None,
         };
-        let mut kids = vec![Entry::EMPTY; self.geo.fanout];
-        for (i, kid) in kids.iter_mut().enumerate().take(n) {
-            let cb = (base as u128 + i as u128 * child_pages) as u64;
-            let (cs, ce) = self.geo.span(h - 1, cb);
-            let lo = dirty.partition_point(|r| r.1 < cs);
-            let hi = lo + dirty[lo..].partition_point(|r| r.0 <= ce);
-            let oc = self.old_child(old, h, i, cb, child_pages, cs, ce);
-            *kid = self.rebuild(oc, h - 1, cb, &dirty[lo..hi], cx)?;
+        // The old canonical children, filled by ranges rather than child by child: a commit
+        // touches few children of a 512-entry node.
+        let mut kids = self.old_children(old, h, base, n, child_pages);
+        // Rebuild only the children the dirty ranges touch.
+        let page_bits = self.geo.page_bits;
+        let child_of = |addr: u64| -> usize {
+            let page = (addr >> page_bits) as u128;
+            (page.saturating_sub(base as u128) / child_pages).min(n as u128 - 1) as usize
+        };
+        let mut next = 0; // first child not rebuilt yet
+        for &(ds, de) in dirty {
+            let first = child_of(ds).max(next);
+            let last = child_of(de);
+            for i in first..=last {
+                let cb = (base as u128 + i as u128 * child_pages) as u64;
+                let (cs, ce) = self.geo.span(h - 1, cb);
+                let lo = dirty.partition_point(|r| r.1 < cs);
+                let hi = lo + dirty[lo..].partition_point(|r| r.0 <= ce);
+                kids[i] = self.rebuild(kids[i], h - 1, cb, &dirty[lo..hi], cx)?;
+            }
+            next = next.max(last + 1);
         }
         let mut nonempty = kids.iter().filter(|k| !k.is_empty());
         let first = *nonempty
@@ -291,63 +304,70 @@ impl<V> WriterState<V> {
         Ok(new)
     }
 
-    /// The old canonical entry of child `i` (first page `cb`, bytes `cs..=ce`) of a span of
-    /// height `h` whose old entry was `old`.
-    #[allow(clippy::too_many_arguments)]
-    fn old_child(
+    /// The old canonical entries of the `n` children of a span of height `h` at page `base`
+    /// whose old entry was `old` (a fan-out-sized vector).
+    fn old_children(
         &self,
         old: Entry,
         h: u32,
-        i: usize,
-        cb: u64,
+        base: u64,
+        n: usize,
         child_pages: u128,
-        cs: u64,
-        ce: u64,
-    ) -> Entry {
+    ) -> Vec<Entry> {
+        let mut kids = vec![Entry::EMPTY; self.geo.fanout];
         let s = &self.storage;
+        let child_of_page = |page: u128| -> Option<usize> {
+            let i = page.checked_sub(base as u128)? / child_pages;
+            (i < n as u128).then_some(i as usize)
+        };
+        let page_bits = self.geo.page_bits;
         // Every read below is of an entry reachable from the current generation, which the
         // writer holds; nothing reachable is ever written.
         match old.kind() {
-            Kind::Empty => Entry::EMPTY,
+            Kind::Empty => {}
             Kind::Leaf(p) => {
                 // SAFETY: reachable from the current generation (see above).
                 let piece = unsafe { s.piece(p) };
-                if piece.end >= cs && piece.start <= ce {
-                    old
-                } else {
-                    Entry::EMPTY
+                // A leaf's piece overlaps its span; it stands for every child it overlaps.
+                let lo = child_of_page((piece.start >> page_bits) as u128).unwrap_or(0);
+                let hi = child_of_page((piece.end >> page_bits) as u128).unwrap_or(n - 1);
+                for k in &mut kids[lo..=hi] {
+                    *k = old;
                 }
             }
             Kind::Subpage(t) => {
                 // SAFETY: reachable from the current generation (see above).
                 let at = unsafe { s.subpage(t) }[0].start;
-                if cs <= at && at <= ce {
-                    old
-                } else {
-                    Entry::EMPTY
+                if let Some(i) = child_of_page((at >> page_bits) as u128) {
+                    kids[i] = old;
                 }
             }
             Kind::Node { height, index } if height == h => {
                 // SAFETY: reachable from the current generation (see above).
-                Entry(unsafe { s.node_entry(index, i) })
+                for (k, e) in kids
+                    .iter_mut()
+                    .zip(unsafe { s.node_entries(index) })
+                    .take(n)
+                {
+                    *k = Entry(e);
+                }
             }
             Kind::Node { index, .. } => {
                 // SAFETY: reachable from the current generation (see above).
                 let nb = unsafe { s.node_base(index) } as u128;
-                if nb >= cb as u128 && nb < cb as u128 + child_pages {
-                    old
-                } else {
-                    Entry::EMPTY
+                if let Some(i) = child_of_page(nb) {
+                    kids[i] = old;
                 }
             }
         }
+        kids
     }
 
     fn node_is(&self, index: u32, kids: &[Entry]) -> bool {
         // SAFETY: reachable from the current generation.
         kids.iter()
-            .enumerate()
-            .all(|(i, k)| unsafe { self.storage.node_entry(index, i) } == k.0)
+            .zip(unsafe { self.storage.node_entries(index) })
+            .all(|(k, e)| e == k.0)
     }
 
     fn alloc_node(
@@ -367,8 +387,8 @@ impl<V> WriterState<V> {
         self.storage.node_base.ensure(n);
         // SAFETY: freshly allocated, unreachable from every generation; only we write.
         unsafe {
-            for (i, k) in kids.iter().enumerate() {
-                self.storage.nodes.cell(n, i).with_mut(|p| *p = k.0);
+            for (cell, k) in self.storage.nodes.cells(n).iter().zip(kids) {
+                cell.with_mut(|p| *p = k.0);
             }
             self.storage.node_base.cell(n, 0).with_mut(|p| *p = base);
         }
@@ -383,10 +403,9 @@ impl<V> WriterState<V> {
             Kind::Subpage(t) => cx.retired.subpages.push(t),
             Kind::Node { index, .. } => {
                 cx.retired.nodes.push(index);
-                for i in 0..self.geo.fanout {
-                    // SAFETY: reachable from the current generation.
-                    let c = Entry(unsafe { self.storage.node_entry(index, i) });
-                    self.retire_subtree(c, cx);
+                // SAFETY: reachable from the current generation.
+                for c in unsafe { self.storage.node_entries(index) } {
+                    self.retire_subtree(Entry(c), cx);
                 }
             }
         }
