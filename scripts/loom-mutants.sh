@@ -34,18 +34,15 @@ run() { # name, file, pattern, replacement
   git checkout -q -- src
 }
 
-run "free retired slots at commit instead of after the old generation is dropped" \
-  src/writer.rs 'old\.link\(retired, next\.clone\(\)\);' \
-  'self.w.storage.push_freed(retired); old.link(Default::default(), next.clone());'
-run "hand-back push with Relaxed instead of Release" \
-  src/arena.rs '(compare_exchange_weak\(\s*head,\s*batch,\s*)Ordering::Release' '\1Ordering::Relaxed'
-run "writer drains the hand-back stack with Relaxed instead of Acquire" \
-  src/arena.rs 'self\.freed\.swap\(ptr::null_mut\(\), Ordering::Acquire\)' 'self.freed.swap(ptr::null_mut(), Ordering::Relaxed)'
+run "free a superseded generation's slots without checking that nobody holds it" \
+  src/publish.rs 'match Arc::try_unwrap\(version\) \{' 'match Ok::<_, Arc<Version<V>>>(version) {'
+run "check 'nobody holds it' with a Relaxed count read instead of try_unwrap's Acquire" \
+  src/publish.rs 'match Arc::try_unwrap\(version\) \{' 'match if Arc::strong_count(\&version) == 1 { Ok(()) } else { Err(version) } {'
+run "free unheld generations newest first (past an older one still held)" \
+  src/publish.rs 'self\.queue\.pop_front\(\)(.*?)self\.queue\.push_front' 'self.queue.pop_back()\1self.queue.push_back'
 run "reader keeps its MRU piece across a refresh" \
   src/reader.rs 'if v\.generation == self\.mru_generation && ' 'if '
-run "dropped generation never hands its slots back (leak)" \
-  src/publish.rs 'self\.storage\.push_freed\(retired\);' 'drop(retired);'
-run "dropped generation loses its successor (successor's slots leak)" \
-  src/publish.rs 'Ok\(successor\) => link = successor\.link\.lock\(\)\.take\(\),' 'Ok(successor) => { std::mem::forget(successor); break }'
+run "superseded generation is never buried (its slots leak)" \
+  src/publish.rs 'self\.queue\.push_back\(\(version, retired\)\);' 'drop((version, retired));'
 run "abandoned transaction is not rolled back" \
   src/writer.rs 'if self\.finished \{\s*return;\s*\}' 'return;'

@@ -265,22 +265,7 @@ pub(crate) struct Retired {
     pub sections: Vec<u32>,
 }
 
-impl Retired {
-    pub(crate) fn is_empty(&self) -> bool {
-        self.nodes.is_empty()
-            && self.subpages.is_empty()
-            && self.pieces.is_empty()
-            && self.sections.is_empty()
-    }
-}
-
-/// A batch of freed slots on the hand-back stack.
-struct Batch {
-    next: *mut Batch,
-    retired: Retired,
-}
-
-/// Everything the generations share: the four slabs and the hand-back stack.
+/// Everything the generations share: the slabs.
 pub(crate) struct Storage<V> {
     /// Node entries, `fanout` cells a slot.
     pub nodes: Slab<u32>,
@@ -289,10 +274,6 @@ pub(crate) struct Storage<V> {
     pub pieces: Slab<Piece>,
     pub subpages: Slab<Subpage>,
     pub sections: Slab<Option<V>>,
-    /// Treiber stack of slot batches that no generation can reach any more. Pushed by
-    /// whichever thread drops the last generation that could reach them; drained (all at
-    /// once, so there is no ABA) by the writer.
-    freed: AtomicPtr<Batch>,
 }
 
 // SAFETY: Storage hands out `&V` (from sections) to any thread holding a generation, so V
@@ -310,7 +291,6 @@ impl<V> Storage<V> {
             pieces: Slab::new(LARGE_FIRST, 1),
             subpages: Slab::new(SMALL_FIRST, 1),
             sections: Slab::new(LARGE_FIRST, 1),
-            freed: AtomicPtr::new(ptr::null_mut()),
         }
     }
 
@@ -393,55 +373,6 @@ impl<V> Storage<V> {
             unsafe { self.value(piece.section) }
         }
     }
-
-    /// Hands a batch of slots that no generation can reach back to the writer.
-    /// Lock-free; called from `Version::drop` on any thread.
-    pub(crate) fn push_freed(&self, retired: Retired) {
-        let batch = Box::into_raw(Box::new(Batch {
-            next: ptr::null_mut(),
-            retired,
-        }));
-        let mut head = self.freed.load(Ordering::Relaxed);
-        loop {
-            // SAFETY: `batch` is ours until the CAS below succeeds.
-            unsafe { (*batch).next = head };
-            // Release on success: the dropping thread's Acquire on the generation's refcount
-            // made every reader access to these slots happen-before this point; Release passes
-            // that on to the writer's Acquire in `take_freed`, so the writer's reuse of a slot
-            // happens-after every read of it. Relaxed on failure: we only retry.
-            match self.freed.compare_exchange_weak(
-                head,
-                batch,
-                Ordering::Release,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => return,
-                Err(now) => head = now,
-            }
-        }
-    }
-
-    /// Takes every batch handed back so far. Writer only.
-    pub(crate) fn take_freed(&self) -> Vec<Retired> {
-        // Acquire: pairs with the Release in `push_freed` (see there).
-        let mut p = self.freed.swap(ptr::null_mut(), Ordering::Acquire);
-        let mut out = Vec::new();
-        while !p.is_null() {
-            // SAFETY: every pointer on the stack came from `Box::into_raw` in `push_freed`,
-            // and the swap above made this thread the only owner of the whole list.
-            let batch = unsafe { Box::from_raw(p) };
-            p = batch.next;
-            out.push(batch.retired);
-        }
-        out
-    }
-}
-
-impl<V> Drop for Storage<V> {
-    fn drop(&mut self) {
-        // Free the batch boxes; the slots' contents are dropped with the slabs.
-        drop(self.take_freed());
-    }
 }
 
 #[cold]
@@ -490,42 +421,6 @@ mod tests {
         let mut small = SlabAlloc::new(2);
         assert!(small.alloc(&slab).is_some() && small.alloc(&slab).is_some());
         assert_eq!(small.alloc(&slab), None);
-    }
-
-    #[test]
-    fn hand_back_stack_loses_nothing_across_threads() {
-        let storage: Storage<String> = Storage::new(4);
-        std::thread::scope(|s| {
-            for t in 0..4u32 {
-                let storage = &storage;
-                s.spawn(move || {
-                    for i in 0..25 {
-                        storage.push_freed(Retired {
-                            nodes: vec![t * 100 + i],
-                            ..Default::default()
-                        });
-                    }
-                });
-            }
-        });
-        let mut all: Vec<u32> = storage
-            .take_freed()
-            .into_iter()
-            .flat_map(|r| r.nodes)
-            .collect();
-        all.sort();
-        assert_eq!(
-            all,
-            (0..4)
-                .flat_map(|t| (0..25).map(move |i| t * 100 + i))
-                .collect::<Vec<_>>()
-        );
-        assert!(storage.take_freed().is_empty());
-        // Batches left on the stack are freed with the storage (Miri checks for leaks).
-        storage.push_freed(Retired {
-            pieces: vec![1],
-            ..Default::default()
-        });
     }
 
     #[test]

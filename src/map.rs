@@ -34,6 +34,10 @@ pub struct Memory {
     pub subpage_tables: usize,
     /// Section slots in use.
     pub sections: usize,
+    /// Superseded generations still waiting because a snapshot or reader holds them (or one
+    /// older than them). Non-zero with no snapshot held means a `Reader` is idle on an old
+    /// generation (see [`Reader::refresh`](crate::Reader::refresh)).
+    pub pinned_generations: usize,
     /// Bytes of node storage reserved by the arena's chunks (chunks grow geometrically and
     /// are kept for reuse; at most about twice the peak node count).
     pub reserved_node_bytes: usize,
@@ -92,6 +96,7 @@ impl<V> PhysMap<V> {
             pieces: w.pieces.live,
             subpage_tables: w.subpages.live,
             sections: w.sections.live,
+            pinned_generations: w.graveyard.len(),
             reserved_node_bytes: w.storage.nodes.reserved_cells() * 4,
         }
     }

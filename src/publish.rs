@@ -1,38 +1,38 @@
 //! Publication and reclamation: generations, and when their garbage may be reused.
 //!
 //! Each commit publishes a new [`Version`] (one immutable tree root) with a single pointer
-//! swap in the [`Publisher`](crate::sync::Publisher). Before that swap the writer links the
-//! previous version to the new one and hands it the slots the new tree no longer uses
-//! ("retired by the successor"):
+//! swap in the [`Publisher`](crate::sync::Publisher). The superseded version goes, with the
+//! slots the new tree no longer uses ("retired by its successor"), to the back of the
+//! writer's [`Graveyard`]:
 //!
 //! ```text
-//!   v1 --next--> v2 --next--> v3 (published)
-//!   retired: R1   retired: R2
+//!   graveyard (oldest first):  (v1, R1) (v2, R2) (v3, R3)      published: v4
 //! ```
 //!
-//! `Ri` holds slots reachable from `vi` (and maybe older versions) but not from `vi+1`. A
-//! version holds a strong reference to its successor, so `vi` can only be dropped after every
-//! older version is gone. When `vi` drops, no snapshot or reader of any generation `<= i`
-//! exists any more, so nothing can reach `Ri`: it is pushed on the storage's hand-back stack,
-//! from which the writer reuses the slots. This is a reference-counted grace period: a reader
-//! that holds a snapshot for an hour pins the garbage of the commits made in that hour and
-//! nothing else, and reading costs no shared write (the counted reference is taken only when a
-//! reader refreshes its cached snapshot).
+//! `Ri` holds slots reachable from `vi` (and maybe older versions) but not from `vi+1`. The
+//! writer frees `Ri` only when `vi` is at the front (every older version is already gone)
+//! and the graveyard's reference to `vi` is the last one (`Arc::try_unwrap` succeeds): then
+//! no snapshot or reader of any generation `<= i` exists, so nothing can reach `Ri`.
+//!
+//! This is a reference-counted grace period, run entirely by the writer: readers and
+//! snapshot holders only ever decrement a count (they never run reclamation code, never
+//! allocate or free, never drop a value), a reader that holds a snapshot for an hour pins
+//! the garbage of the commits made in that hour and nothing else, and reading costs no shared
+//! write (the counted reference is taken only when a reader refreshes its cached version).
 
 use crate::arena::{Retired, Storage};
 use crate::config::Geometry;
-use crate::sync::{Arc, Mutex};
+use crate::sync::Arc;
 use crate::tree::Entry;
+use std::collections::VecDeque;
 
-/// One published generation: an immutable root plus its place in the reclamation chain.
+/// One published generation: an immutable root and what is needed to walk it.
 pub(crate) struct Version<V> {
     pub generation: u64,
     pub root: Entry,
     pub storage: Arc<Storage<V>>,
     /// Copy of the map's geometry, next to the root: the lookup reads both at once.
     pub geo: Geometry,
-    /// Set once, by the writer, just before the successor is published.
-    link: Mutex<Option<(Retired, Arc<Version<V>>)>>,
 }
 
 impl<V> Version<V> {
@@ -47,36 +47,93 @@ impl<V> Version<V> {
             root,
             storage,
             geo,
-            link: Mutex::new(None),
         }
-    }
-
-    /// Links this (current) version to its successor. Writer only, before publishing `next`.
-    pub(crate) fn link(&self, retired: Retired, next: Arc<Version<V>>) {
-        let mut slot = self.link.lock();
-        debug_assert!(slot.is_none(), "a version is superseded once");
-        *slot = Some((retired, next));
     }
 }
 
-impl<V> Drop for Version<V> {
-    fn drop(&mut self) {
-        // We run after the last strong reference went away: Arc's final decrement is an
-        // AcqRel/Acquire, so every access any holder made through this version happens-before
-        // this point. Walk the chain iteratively so that dropping an old snapshot after 10^6
-        // commits does not recurse 10^6 frames deep.
-        let mut link = self.link.lock().take();
-        while let Some((retired, next)) = link {
-            if !retired.is_empty() {
-                self.storage.push_freed(retired);
-            }
-            match Arc::try_unwrap(next) {
-                // We held the last reference to the successor: it is gone as well, so its own
-                // retired slots are free too. Its Drop then finds an empty link.
-                Ok(successor) => link = successor.link.lock().take(),
-                // Someone else still holds it; they will continue the chain.
-                Err(_still_shared) => break,
+/// Superseded versions, oldest first, each with the slots its successor retired.
+/// Writer only (it lives in the writer state, behind the writer lock).
+pub(crate) struct Graveyard<V> {
+    queue: VecDeque<(Arc<Version<V>>, Retired)>,
+}
+
+impl<V> Graveyard<V> {
+    pub(crate) fn new() -> Self {
+        Graveyard {
+            queue: VecDeque::new(),
+        }
+    }
+
+    /// Takes the superseded `version` and the slots its successor no longer uses. Every
+    /// version goes through here, even with nothing retired, to keep the order.
+    pub(crate) fn bury(&mut self, version: Arc<Version<V>>, retired: Retired) {
+        self.queue.push_back((version, retired));
+    }
+
+    /// The retired slots of the oldest versions that nobody but the graveyard holds any
+    /// more, in order, stopping at the first version still held.
+    pub(crate) fn collect(&mut self) -> Vec<Retired> {
+        let mut out = Vec::new();
+        while let Some((version, retired)) = self.queue.pop_front() {
+            // `try_unwrap` succeeds only if ours is the last reference. Its compare-exchange
+            // is followed by an Acquire fence, pairing with the Release decrement of every
+            // other holder (`Arc::drop`): every read any reader or snapshot made through this
+            // version happens-before the writer reuses its slots.
+            match Arc::try_unwrap(version) {
+                Ok(_gone) => out.push(retired),
+                Err(held) => {
+                    self.queue.push_front((held, retired));
+                    break;
+                }
             }
         }
+        out
+    }
+
+    /// Superseded versions still waiting (held by someone, or behind one that is).
+    pub(crate) fn len(&self) -> usize {
+        self.queue.len()
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn version(g: u64, storage: &Arc<Storage<u8>>) -> Arc<Version<u8>> {
+        let geo = Config::default().geometry().unwrap();
+        Arc::new(Version::new(g, Entry::EMPTY, storage.clone(), geo))
+    }
+
+    fn retired(n: u32) -> Retired {
+        Retired {
+            nodes: vec![n],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn garbage_is_freed_in_order_once_unheld() {
+        let storage = Arc::new(Storage::new(512));
+        let mut g = Graveyard::new();
+        let v1 = version(1, &storage);
+        let v2 = version(2, &storage);
+        let v3 = version(3, &storage);
+        let held1 = v1.clone();
+        let held3 = v3.clone();
+        g.bury(v1, retired(1));
+        g.bury(v2, retired(2));
+        g.bury(v3, retired(3));
+        // v1 is held: nothing may be freed, not even v2's garbage (v1 may reach it).
+        assert!(g.collect().is_empty());
+        assert_eq!(g.len(), 3);
+        drop(held1);
+        let freed: Vec<u32> = g.collect().into_iter().flat_map(|r| r.nodes).collect();
+        assert_eq!(freed, vec![1, 2], "stops at v3, still held");
+        drop(held3);
+        let freed: Vec<u32> = g.collect().into_iter().flat_map(|r| r.nodes).collect();
+        assert_eq!(freed, vec![3]);
+        assert_eq!(g.len(), 0);
     }
 }

@@ -12,7 +12,7 @@
 
 use crate::arena::{Piece, Retired, SlabAlloc, Storage, SubEntry};
 use crate::config::Geometry;
-use crate::publish::Version;
+use crate::publish::{Graveyard, Version};
 use crate::sync::{Arc, MutexGuard, Publisher};
 use crate::tree::{Entry, Kind};
 use crate::Error;
@@ -34,6 +34,8 @@ pub(crate) struct WriterState<V> {
     pub geo: Geometry,
     pub storage: Arc<Storage<V>>,
     pub current: Arc<Version<V>>,
+    /// Superseded versions waiting for their readers to go.
+    pub graveyard: Graveyard<V>,
     pub map: BTreeMap<u64, PieceInfo>,
     /// Pieces per section slot.
     sec_refs: Vec<u32>,
@@ -64,6 +66,7 @@ impl<V> WriterState<V> {
             geo,
             storage,
             current,
+            graveyard: Graveyard::new(),
             map: BTreeMap::new(),
             sec_refs: Vec::new(),
             sec_published: Vec::new(),
@@ -78,7 +81,7 @@ impl<V> WriterState<V> {
     /// Returns to the free lists every slot that no generation can reach any more, dropping
     /// the values of freed sections here, on the writer's thread.
     pub(crate) fn reclaim(&mut self) {
-        for batch in self.storage.take_freed() {
+        for batch in self.graveyard.collect() {
             for n in batch.nodes {
                 self.nodes.free(n);
             }
@@ -595,10 +598,12 @@ impl<'a, V> Transaction<'a, V> {
         let storage = self.w.storage.clone();
         let geo = self.w.geo;
         let next = Arc::new(Version::new(generation, root, storage, geo));
-        // Link before publishing: once `next` is visible, `old` may be dropped at any time.
-        old.link(retired, next.clone());
+        // Publish, then hand the superseded version and its garbage to the graveyard; its
+        // slots are reused once every reader of it (and of anything older) is gone.
         self.publisher.store(next.clone());
-        self.w.current = next;
+        let old_current = std::mem::replace(&mut self.w.current, next);
+        drop(old);
+        self.w.graveyard.bury(old_current, retired);
         self.finished = true;
         Ok(generation)
     }
