@@ -16,9 +16,10 @@ const MAX_CHUNKS: usize = 32;
 #[cfg(loom)]
 const MAX_CHUNKS: usize = 8;
 
-/// log2 of the first chunk of the node, base and sub-page slabs (in slots): 16 nodes (32 KiB
-/// at the default fan-out) cover a real machine's map and the garbage of a few commits.
-const SMALL_FIRST: u32 = if cfg!(loom) { 1 } else { 4 };
+/// log2 of the first chunk of the node, base and sub-page slabs (in slots): 64 nodes (128 KiB
+/// at the default fan-out) cover a real machine's map and the garbage of many commits, so its
+/// lookups stay on the fast path while a writer churns.
+const SMALL_FIRST: u32 = if cfg!(loom) { 1 } else { 6 };
 /// log2 of the first chunk of the piece and section slabs (in slots).
 const LARGE_FIRST: u32 = if cfg!(loom) { 1 } else { 8 };
 
@@ -138,7 +139,7 @@ impl<T: Default> Slab<T> {
     }
 
     /// [`Slab::cell`] for slots past chunk 0.
-    #[inline(never)]
+    #[inline]
     unsafe fn cell_slow(&self, slot: u32, i: usize) -> &UnsafeCell<T> {
         let (chunk, first) = self.locate(slot);
         // Relaxed: the chunk pointer was stored before the generation that made `slot`
@@ -266,6 +267,10 @@ pub(crate) struct Retired {
 }
 
 /// Everything the generations share: the slabs.
+///
+/// Cache-line aligned for the same reason as `Version`: every commit clones and drops the
+/// `Arc<Storage>` (writes to its counts) while readers read the slab headers on every lookup.
+#[repr(align(64))]
 pub(crate) struct Storage<V> {
     /// Node entries, `fanout` cells a slot.
     pub nodes: Slab<u32>,

@@ -27,6 +27,12 @@ use crate::tree::Entry;
 use std::collections::VecDeque;
 
 /// One published generation: an immutable root and what is needed to walk it.
+///
+/// Aligned to a cache line so that, inside its `Arc`, the fields readers read on every
+/// lookup do not share a line with the reference counts the writer and refreshing readers
+/// write (false sharing measured at about 2x on the reader with a writer committing
+/// continuously, `benches/concurrent.rs`).
+#[repr(align(64))]
 pub(crate) struct Version<V> {
     pub generation: u64,
     pub root: Entry,
