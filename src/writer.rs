@@ -278,12 +278,12 @@ impl<V> WriterState<V> {
         for &(ds, de) in dirty {
             let first = child_of(ds).max(next);
             let last = child_of(de);
-            for i in first..=last {
+            for (i, kid) in kids.iter_mut().enumerate().take(last + 1).skip(first) {
                 let cb = (base as u128 + i as u128 * child_pages) as u64;
                 let (cs, ce) = self.geo.span(h - 1, cb);
                 let lo = dirty.partition_point(|r| r.1 < cs);
                 let hi = lo + dirty[lo..].partition_point(|r| r.0 <= ce);
-                kids[i] = self.rebuild(kids[i], h - 1, cb, &dirty[lo..hi], cx)?;
+                *kid = self.rebuild(*kid, h - 1, cb, &dirty[lo..hi], cx)?;
             }
             next = next.max(last + 1);
         }
@@ -347,11 +347,8 @@ impl<V> WriterState<V> {
             }
             Kind::Node { height, index } if height == h => {
                 // SAFETY: reachable from the current generation (see above).
-                for (k, e) in kids
-                    .iter_mut()
-                    .zip(unsafe { s.node_entries(index) })
-                    .take(n)
-                {
+                let old_entries = unsafe { s.node_entries(index) };
+                for (k, e) in kids.iter_mut().zip(old_entries).take(n) {
                     *k = Entry(e);
                 }
             }
