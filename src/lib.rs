@@ -96,7 +96,9 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 mod arena;
+mod bulk;
 mod config;
+mod diff;
 mod error;
 mod map;
 pub mod mtree;
@@ -108,6 +110,7 @@ mod tree;
 mod writer;
 
 pub use config::{checked_range, Config};
+pub use diff::{Change, Mapping};
 pub use error::Error;
 pub use map::{Memory, PhysMap};
 pub use reader::Reader;

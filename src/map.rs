@@ -38,6 +38,12 @@ pub struct Memory {
     /// older than them). Non-zero with no snapshot held means a `Reader` is idle on an old
     /// generation (see [`Reader::refresh`](crate::Reader::refresh)).
     pub pinned_generations: usize,
+    /// Subtrees built by the bulk path (from a sorted slice of new pieces) since the map was
+    /// created.
+    pub bulk_builds: u64,
+    /// Times a bulk build made a node's children in parallel (rayon) since the map was
+    /// created (see [`Transaction::extend`]).
+    pub parallel_builds: u64,
     /// Bytes of node storage reserved by the arena's chunks (chunks grow geometrically and
     /// are kept for reuse; at most about twice the peak node count).
     pub reserved_node_bytes: usize,
@@ -61,6 +67,25 @@ impl<V> PhysMap<V> {
             publisher,
             writer: Mutex::new(writer),
         })
+    }
+
+    /// A map holding `ranges` (each its own section, as [`Transaction::extend`]), published
+    /// as generation 1. Built with the bulk path: sorted once, subtrees built in parallel.
+    ///
+    /// ```
+    /// use physmap::{Config, PhysMap};
+    /// let map = PhysMap::from_ranges(Config::default(), [(0..0xa_0000, "ram"), (0xc_0000..0xe_0000, "rom")]).unwrap();
+    /// assert_eq!(*map.snapshot().lookup(0xc_1234).unwrap().value, "rom");
+    /// ```
+    pub fn from_ranges<R: std::ops::RangeBounds<u64>>(
+        config: Config,
+        ranges: impl IntoIterator<Item = (R, V)>,
+    ) -> Result<Self, Error> {
+        let map = Self::with_config(config)?;
+        let mut t = map.transaction();
+        t.extend(ranges)?;
+        t.commit()?;
+        Ok(map)
     }
 
     /// The configuration the map was built with.
@@ -97,6 +122,8 @@ impl<V> PhysMap<V> {
             subpage_tables: w.subpages.live,
             sections: w.sections.live,
             pinned_generations: w.graveyard.len(),
+            bulk_builds: w.bulk_builds,
+            parallel_builds: w.parallel_builds,
             reserved_node_bytes: w.storage.nodes.reserved_cells() * 4,
         }
     }

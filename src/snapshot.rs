@@ -1,6 +1,7 @@
 //! Snapshots: one immutable generation of the map, for as long as it is held.
 
 use crate::arena::{Piece, SubEntry, Subpage};
+use crate::diff::{self, Change, Mapping};
 use crate::publish::Version;
 use crate::sync::Arc;
 use crate::tree::{self, Walk};
@@ -173,6 +174,94 @@ impl<V> Snapshot<V> {
         let v = &*self.version;
         // SAFETY: `self` keeps the generation alive.
         unsafe { tree::dump(&v.storage, &v.geo, v.root, out, label) }
+    }
+}
+
+impl<V> Snapshot<V> {
+    /// What changed from `older` to this generation: maximal byte ranges whose piece differs,
+    /// each with what it mapped to before and after, in address order.
+    ///
+    /// The two trees are walked together and every subtree they share is skipped, so the
+    /// cost follows the size of the change (times the tree's depth), not the size of the map.
+    /// Both snapshots should come from the same map (otherwise every mapped byte of either is
+    /// reported as changed). Works in either direction (`older` may be the newer one).
+    ///
+    /// This is how a memory listener (KVM memslots, vhost, VFIO) follows the map: keep the
+    /// snapshot you last applied, and after each commit apply `new.diff(&applied)`:
+    ///
+    /// ```
+    /// use physmap::PhysMap;
+    /// let map = PhysMap::new();
+    /// let mut applied = map.snapshot();                  // what KVM knows
+    /// let mut t = map.transaction();
+    /// t.insert(0..0x8000_0000, "ram").unwrap();
+    /// t.commit().unwrap();
+    /// let mut t = map.transaction();
+    /// t.remove(0xa_0000..0x10_0000).unwrap();            // punch the VGA hole
+    /// t.commit().unwrap();
+    /// let now = map.snapshot();
+    /// for c in now.diff(&applied) {
+    ///     if let Some(old) = &c.old { /* KVM_SET_USER_MEMORY_REGION: delete slot for old.piece */ }
+    ///     if let Some(new) = &c.new { /* create slot: new.piece at host base + (start - new.origin) */ }
+    /// }
+    /// assert_eq!(now.diff(&applied).len(), 2);             // the two RAM pieces appeared
+    /// applied = now;
+    /// # let _ = applied;
+    /// ```
+    pub fn diff<'a>(&'a self, older: &'a Snapshot<V>) -> Vec<Change<'a, V>> {
+        let (new, old) = (&*self.version, &*older.version);
+        let mut raw = Vec::new();
+        if std::ptr::eq(&*new.storage, &*old.storage) {
+            // SAFETY: both generations are held by the borrowed snapshots; same storage.
+            unsafe {
+                diff::diff(
+                    &new.storage,
+                    &new.geo,
+                    old.root,
+                    new.root,
+                    new.geo.height,
+                    0,
+                    &mut raw,
+                )
+            };
+        } else {
+            // SAFETY: as above, each walk in its own storage.
+            let (a, b): (Vec<Piece>, Vec<Piece>) = unsafe {
+                (
+                    Walk::new(&old.storage, old.geo, old.root, 0, old.geo.max_addr)
+                        .map(|(_, p)| p)
+                        .collect(),
+                    Walk::new(&new.storage, new.geo, new.root, 0, new.geo.max_addr)
+                        .map(|(_, p)| p)
+                        .collect(),
+                )
+            };
+            diff::sweep(&a, &b, 0, new.geo.max_addr.max(old.geo.max_addr), &mut raw);
+        }
+        let side = |storage: &'a crate::arena::Storage<V>, p: Option<Piece>| {
+            p.map(|p| Mapping {
+                // SAFETY: the piece is reachable from a generation borrowed for 'a.
+                value: unsafe { storage.piece_value(&p) },
+                piece: p.start..=p.end,
+                origin: p.origin,
+            })
+        };
+        raw.into_iter()
+            .map(|(s, e, a, b)| Change {
+                range: s..=e,
+                old: side(&old.storage, a),
+                new: side(&new.storage, b),
+            })
+            .collect()
+    }
+
+    /// The tree's shape and pieces as numbers, without slot indices (for tests that compare
+    /// trees built by different paths). Not a stable format.
+    #[doc(hidden)]
+    pub fn canonical_form(&self) -> Vec<u64> {
+        let v = &*self.version;
+        // SAFETY: `self` keeps the generation alive.
+        unsafe { tree::fingerprint(&v.storage, v.root) }
     }
 }
 

@@ -6,13 +6,14 @@
 //! model-checked equivalents, so the models in `loom-tests/` run the crate's own publish,
 //! read, cache-refresh and reclaim code, not a copy of it.
 //!
-//! `arc-swap` and `parking_lot` are not loom-aware. Under loom:
+//! `arc-swap`, `parking_lot` and `rayon` are not loom-aware. Under loom:
 //! - [`Mutex`] is `loom::sync::Mutex` (parking_lot's has no poisoning and neither has ours:
 //!   a poisoned loom lock is simply taken, matching parking_lot's behaviour);
 //! - [`Publisher`] is a loom `Mutex<Arc<T>>` plus a loom `AtomicPtr` that mirrors the current
 //!   pointer, and [`Cache`] compares that pointer, as `arc_swap::Cache` does. What the models
 //!   check is therefore our protocol on top of "an atomic cell holding an `Arc`"; arc-swap's
-//!   own implementation of that cell is trusted (it has its own test suite).
+//!   own implementation of that cell is trusted (it has its own test suite);
+//! - [`par_map`] (rayon's parallel map in the bulk build) runs sequentially.
 
 #[cfg(not(loom))]
 mod imp {
@@ -69,6 +70,15 @@ mod imp {
         pub(crate) fn store(&self, value: Arc<T>) {
             self.0.store(value)
         }
+    }
+
+    /// Maps `f` over `items` in parallel (rayon's global pool), keeping the order.
+    pub(crate) fn par_map<I: Sync, R: Send>(
+        items: &[I],
+        f: impl Fn(&I) -> R + Sync + Send,
+    ) -> Vec<R> {
+        use rayon::prelude::*;
+        items.par_iter().map(f).collect()
     }
 
     /// `Arc<Publisher<T>>` seen as the `ArcSwap` that `arc_swap::Cache` wants.
@@ -146,6 +156,15 @@ mod imp {
             drop(guard);
             drop(old);
         }
+    }
+
+    /// rayon is not loom-aware: under loom the bulk build runs its tasks one after another
+    /// (the models exercise publication and reclamation, not the build).
+    pub(crate) fn par_map<I: Sync, R: Send>(
+        items: &[I],
+        f: impl Fn(&I) -> R + Sync + Send,
+    ) -> Vec<R> {
+        items.iter().map(f).collect()
     }
 
     /// Loom stand-in for `arc_swap::Cache`.

@@ -476,3 +476,100 @@ pub(crate) unsafe fn dump<V>(
     }
     Ok(())
 }
+
+/// The tree under `root` written as numbers, without slot indices: for each entry in
+/// depth-first order its kind, the height and first page of nodes, and the byte ranges of
+/// pieces. Two trees with the same fingerprint have the same shape and the same pieces.
+///
+/// # Safety
+/// `root` must belong to a generation the caller keeps alive.
+pub(crate) unsafe fn fingerprint<V>(storage: &Storage<V>, root: Entry) -> Vec<u64> {
+    let mut out = Vec::new();
+    let mut stack = vec![root];
+    while let Some(e) = stack.pop() {
+        match e.kind() {
+            Kind::Empty => out.push(0),
+            Kind::Leaf(p) => {
+                // SAFETY: reachable.
+                let piece = unsafe { storage.piece(p) };
+                out.extend([1, piece.start, piece.end]);
+            }
+            Kind::Subpage(t) => {
+                out.push(2);
+                // SAFETY: reachable.
+                for row in unsafe { storage.subpage(t) } {
+                    // SAFETY: reachable.
+                    let piece = unsafe { storage.piece(row.piece) };
+                    out.extend([row.start, piece.start, piece.end]);
+                }
+            }
+            Kind::Node { height, index } => {
+                // SAFETY: reachable.
+                out.extend([3, height as u64, unsafe { storage.node_base(index) }]);
+                // SAFETY: reachable.
+                let kids: Vec<u32> = unsafe { storage.node_entries(index) }.collect();
+                stack.extend(kids.into_iter().rev().map(Entry));
+            }
+        }
+    }
+    out
+}
+
+/// The canonical entries of the children of the position of height `h > 0` at page `base`
+/// whose entry is `e` (a fan-out-sized vector; entries past the space stay empty). Filled by
+/// ranges, not child by child: a leaf stands for every child its piece overlaps, a compressed
+/// node or table for the one child that holds it.
+///
+/// # Safety
+/// `e` must be reachable from a generation the caller holds.
+pub(crate) unsafe fn children<V>(
+    storage: &Storage<V>,
+    geo: &Geometry,
+    e: Entry,
+    h: u32,
+    base: u64,
+) -> Vec<Entry> {
+    let n = geo.children_in_space(h, base);
+    let child_pages = geo.entry_pages(h - 1);
+    let mut kids = vec![Entry::EMPTY; geo.fanout];
+    let child_of_page = |page: u128| -> Option<usize> {
+        let i = page.checked_sub(base as u128)? / child_pages;
+        (i < n as u128).then_some(i as usize)
+    };
+    let page_bits = geo.page_bits;
+    match e.kind() {
+        Kind::Empty => {}
+        Kind::Leaf(p) => {
+            // SAFETY: forwarded contract.
+            let piece = unsafe { storage.piece(p) };
+            // A leaf's piece overlaps its span; it stands for every child it overlaps.
+            let lo = child_of_page((piece.start >> page_bits) as u128).unwrap_or(0);
+            let hi = child_of_page((piece.end >> page_bits) as u128).unwrap_or(n - 1);
+            for k in &mut kids[lo..=hi] {
+                *k = e;
+            }
+        }
+        Kind::Subpage(t) => {
+            // SAFETY: forwarded contract.
+            let at = unsafe { storage.subpage(t) }[0].start;
+            if let Some(i) = child_of_page((at >> page_bits) as u128) {
+                kids[i] = e;
+            }
+        }
+        Kind::Node { height, index } if height == h => {
+            // SAFETY: forwarded contract.
+            let entries = unsafe { storage.node_entries(index) };
+            for (k, x) in kids.iter_mut().zip(entries).take(n) {
+                *k = Entry(x);
+            }
+        }
+        Kind::Node { index, .. } => {
+            // SAFETY: forwarded contract.
+            let nb = unsafe { storage.node_base(index) } as u128;
+            if let Some(i) = child_of_page(nb) {
+                kids[i] = e;
+            }
+        }
+    }
+    kids
+}

@@ -11,10 +11,11 @@
 //! subtree is the old one.
 
 use crate::arena::{Piece, Retired, SlabAlloc, Storage, SubEntry};
+use crate::bulk;
 use crate::config::Geometry;
 use crate::publish::{Graveyard, Version};
 use crate::sync::{Arc, MutexGuard, Publisher};
-use crate::tree::{Entry, Kind};
+use crate::tree::{self, Entry, Kind};
 use crate::Error;
 use std::collections::BTreeMap;
 use std::ops::RangeBounds;
@@ -47,6 +48,10 @@ pub(crate) struct WriterState<V> {
     pub sections: SlabAlloc,
     /// Rows in live sub-page tables.
     pub sub_rows: usize,
+    /// Subtrees built from a sorted slice (the bulk path), since the map was created.
+    pub bulk_builds: u64,
+    /// Nodes whose children a bulk build made in parallel, since the map was created.
+    pub parallel_builds: u64,
 }
 
 /// Bytes one node costs: its entries and its base page.
@@ -75,6 +80,8 @@ impl<V> WriterState<V> {
             subpages: SlabAlloc::new(max_pieces),
             sections: SlabAlloc::new(max_pieces),
             sub_rows: 0,
+            bulk_builds: 0,
+            parallel_builds: 0,
         }
     }
 
@@ -192,6 +199,11 @@ impl<V> WriterState<V> {
             return Ok(old);
         }
         let (s, e) = self.geo.span(h, base);
+        if h > 0 && dirty.len() == 1 && dirty[0].0 <= s && e <= dirty[0].1 {
+            if let Some(new) = self.rebuild_bulk(old, h, base, s, e, cx)? {
+                return Ok(new);
+            }
+        }
         let new = match self.count(s, e) {
             Count::Zero => Entry::EMPTY,
             Count::One(key) => Entry::leaf(self.materialize(key, cx)?),
@@ -202,6 +214,45 @@ impl<V> WriterState<V> {
             self.retire_subtree(old, cx);
         }
         Ok(new)
+    }
+
+    /// A span that lies wholly inside one changed range holds only pieces made by this
+    /// transaction: when there are many, build its subtree from a sorted slice of them
+    /// (in parallel above a threshold, see `bulk`) instead of querying the map span by span.
+    fn rebuild_bulk(
+        &mut self,
+        old: Entry,
+        h: u32,
+        base: u64,
+        s: u64,
+        e: u64,
+        cx: &mut Build,
+    ) -> Result<Option<Entry>, Error> {
+        let mut keys: Vec<u64> = self
+            .map
+            .range(..=e)
+            .rev()
+            .take_while(|(_, info)| info.end >= s)
+            .map(|(&k, _)| k)
+            .collect();
+        if keys.len() < bulk::BULK_MIN {
+            return Ok(None);
+        }
+        keys.reverse();
+        let mut pieces = Vec::with_capacity(keys.len());
+        for k in keys {
+            let slot = self.materialize(k, cx)?;
+            pieces.push(bulk::SlicePiece {
+                start: k,
+                end: self.map[&k].end,
+                slot,
+            });
+        }
+        let geo = self.geo;
+        let new = bulk::build(&geo, &mut bulk::ArenaSink { w: self, cx }, h, base, &pieces)?;
+        self.retire_subtree(old, cx);
+        self.bulk_builds += 1;
+        Ok(Some(new))
     }
 
     fn rebuild_subpage(
@@ -235,6 +286,17 @@ impl<V> WriterState<V> {
                 return Ok(old);
             }
         }
+        let new = self.alloc_subpage(rows, cx)?;
+        self.retire_subtree(old, cx);
+        Ok(new)
+    }
+
+    /// Writes a new sub-page table.
+    pub(crate) fn alloc_subpage(
+        &mut self,
+        rows: Vec<SubEntry>,
+        cx: &mut Build,
+    ) -> Result<Entry, Error> {
         let t = self
             .subpages
             .alloc(&self.storage.subpages)
@@ -247,7 +309,6 @@ impl<V> WriterState<V> {
         // SAFETY: freshly allocated, unreachable.
         unsafe { self.storage.subpages.cell(t, 0).with_mut(|p| *p = boxed) };
         cx.fresh_subpages.push(t);
-        self.retire_subtree(old, cx);
         Ok(Entry::subpage(t))
     }
 
@@ -267,7 +328,8 @@ impl<V> WriterState<V> {
         };
         // The old canonical children, filled by ranges rather than child by child: a commit
         // touches few children of a 512-entry node.
-        let mut kids = self.old_children(old, h, base, n, child_pages);
+        // SAFETY: `old` is reachable from the current generation, which the writer holds.
+        let mut kids = unsafe { tree::children(&self.storage, &self.geo, old, h, base) };
         // Rebuild only the children the dirty ranges touch.
         let page_bits = self.geo.page_bits;
         let child_of = |addr: u64| -> usize {
@@ -307,62 +369,6 @@ impl<V> WriterState<V> {
         Ok(new)
     }
 
-    /// The old canonical entries of the `n` children of a span of height `h` at page `base`
-    /// whose old entry was `old` (a fan-out-sized vector).
-    fn old_children(
-        &self,
-        old: Entry,
-        h: u32,
-        base: u64,
-        n: usize,
-        child_pages: u128,
-    ) -> Vec<Entry> {
-        let mut kids = vec![Entry::EMPTY; self.geo.fanout];
-        let s = &self.storage;
-        let child_of_page = |page: u128| -> Option<usize> {
-            let i = page.checked_sub(base as u128)? / child_pages;
-            (i < n as u128).then_some(i as usize)
-        };
-        let page_bits = self.geo.page_bits;
-        // Every read below is of an entry reachable from the current generation, which the
-        // writer holds; nothing reachable is ever written.
-        match old.kind() {
-            Kind::Empty => {}
-            Kind::Leaf(p) => {
-                // SAFETY: reachable from the current generation (see above).
-                let piece = unsafe { s.piece(p) };
-                // A leaf's piece overlaps its span; it stands for every child it overlaps.
-                let lo = child_of_page((piece.start >> page_bits) as u128).unwrap_or(0);
-                let hi = child_of_page((piece.end >> page_bits) as u128).unwrap_or(n - 1);
-                for k in &mut kids[lo..=hi] {
-                    *k = old;
-                }
-            }
-            Kind::Subpage(t) => {
-                // SAFETY: reachable from the current generation (see above).
-                let at = unsafe { s.subpage(t) }[0].start;
-                if let Some(i) = child_of_page((at >> page_bits) as u128) {
-                    kids[i] = old;
-                }
-            }
-            Kind::Node { height, index } if height == h => {
-                // SAFETY: reachable from the current generation (see above).
-                let old_entries = unsafe { s.node_entries(index) };
-                for (k, e) in kids.iter_mut().zip(old_entries).take(n) {
-                    *k = Entry(e);
-                }
-            }
-            Kind::Node { index, .. } => {
-                // SAFETY: reachable from the current generation (see above).
-                let nb = unsafe { s.node_base(index) } as u128;
-                if let Some(i) = child_of_page(nb) {
-                    kids[i] = old;
-                }
-            }
-        }
-        kids
-    }
-
     fn node_is(&self, index: u32, kids: &[Entry]) -> bool {
         // SAFETY: reachable from the current generation.
         kids.iter()
@@ -370,7 +376,7 @@ impl<V> WriterState<V> {
             .all(|(k, e)| e == k.0)
     }
 
-    fn alloc_node(
+    pub(crate) fn alloc_node(
         &mut self,
         h: u32,
         base: u64,
@@ -517,6 +523,86 @@ impl<'a, V> Transaction<'a, V> {
             },
         );
         self.dirty.push((s, e));
+        Ok(())
+    }
+
+    /// Inserts many ranges at once, each a new section (as [`insert`](Transaction::insert)),
+    /// all or nothing: if any range is invalid or overlaps a mapped byte or another range of
+    /// the batch, nothing is changed and the error names it.
+    ///
+    /// Large batches are cheaper this way: the ranges are sorted and checked in one pass,
+    /// and at commit the subtrees they fill are built from the sorted batch, with rayon
+    /// across independent subtrees (same canonical tree as one `insert` at a time).
+    ///
+    /// ```
+    /// use physmap::PhysMap;
+    /// // A confidential VM's pages, alternately private and shared.
+    /// let map = PhysMap::new();
+    /// let mut txn = map.transaction();
+    /// txn.extend((0..4096u64).map(|i| (i << 12..(i + 1) << 12, i % 2 == 0))).unwrap();
+    /// txn.commit().unwrap();
+    /// assert_eq!(map.snapshot().iter().count(), 4096);
+    /// ```
+    pub fn extend<R: RangeBounds<u64>>(
+        &mut self,
+        ranges: impl IntoIterator<Item = (R, V)>,
+    ) -> Result<(), Error> {
+        let mut batch = Vec::new();
+        for (range, value) in ranges {
+            let (s, e) = self.w.geo.resolve(&range)?;
+            batch.push((s, e, value));
+        }
+        batch.sort_unstable_by_key(|&(s, _, _)| s);
+        for pair in batch.windows(2) {
+            if pair[1].0 <= pair[0].1 {
+                return Err(Error::Overlap {
+                    range: (pair[1].0, pair[1].1),
+                    existing: (pair[0].0, pair[0].1),
+                });
+            }
+        }
+        for &(s, e, _) in &batch {
+            if let Some((&k, info)) = self.w.map.range(..=e).next_back() {
+                if info.end >= s {
+                    return Err(Error::Overlap {
+                        range: (s, e),
+                        existing: (k, info.end),
+                    });
+                }
+            }
+        }
+        let free = self.w.sections.limit() - self.w.sections.live;
+        if batch.len() > free {
+            return Err(Error::CapacityExhausted {
+                kind: "sections",
+                limit: self.w.sections.limit(),
+            });
+        }
+        let mut run: Option<(u64, u64)> = None;
+        for (s, e, value) in batch {
+            let section = self.new_section(value).expect("capacity checked above");
+            self.add(
+                s,
+                PieceInfo {
+                    end: e,
+                    origin: s,
+                    section,
+                    slot: None,
+                },
+            );
+            // One dirty range per run of touching ranges.
+            run = match run {
+                Some((rs, re)) if re.checked_add(1) == Some(s) => Some((rs, e)),
+                Some(r) => {
+                    self.dirty.push(r);
+                    Some((s, e))
+                }
+                None => Some((s, e)),
+            };
+        }
+        if let Some(r) = run {
+            self.dirty.push(r);
+        }
         Ok(())
     }
 
