@@ -115,20 +115,17 @@ impl<T: Default> Slab<T> {
     /// is published after `ensure`, and for the writer itself). `i < unit`.
     #[inline(always)]
     pub(crate) unsafe fn cell(&self, slot: u32, i: usize) -> &UnsafeCell<T> {
-        debug_assert!(i < self.unit);
-        if slot < self.first_slots {
-            // SAFETY: chunk 0 lives as long as the slab and holds `first_slots * unit` cells.
-            return unsafe { &*self.first.add(slot as usize * self.unit + i) };
-        }
-        // SAFETY: forwarded contract.
-        unsafe { self.cell_slow(slot, i) }
+        // SAFETY: forwarded contract; the pointer is to a live cell of a live chunk.
+        unsafe { &*self.cell_ptr(slot, i) }
     }
 
     /// The `unit` cells of `slot`, located once. Same contract as [`Slab::cell`].
     #[inline]
     pub(crate) unsafe fn cells(&self, slot: u32) -> &[UnsafeCell<T>] {
-        // SAFETY: forwarded contract; a slot's cells are contiguous inside one chunk.
-        unsafe { std::slice::from_raw_parts(self.cell(slot, 0), self.unit) }
+        // SAFETY: forwarded contract. A slot's cells are contiguous inside one chunk, and the
+        // pointer carries the whole chunk's provenance (it is derived from the chunk's base,
+        // not from a reference to one cell).
+        unsafe { std::slice::from_raw_parts(self.cell_ptr(slot, 0), self.unit) }
     }
 
     /// Chunk 0's address, its number of slots and the cells per slot, for loops that read
@@ -138,19 +135,25 @@ impl<T: Default> Slab<T> {
         (self.first, self.first_slots, self.unit)
     }
 
-    /// [`Slab::cell`] for slots past chunk 0.
-    #[inline]
-    unsafe fn cell_slow(&self, slot: u32, i: usize) -> &UnsafeCell<T> {
+    /// Raw pointer to cell `i` of `slot`, derived from its chunk's base pointer. Same
+    /// contract as [`Slab::cell`].
+    #[inline(always)]
+    unsafe fn cell_ptr(&self, slot: u32, i: usize) -> *const UnsafeCell<T> {
+        debug_assert!(i < self.unit);
+        if slot < self.first_slots {
+            // SAFETY: chunk 0 lives as long as the slab and holds `first_slots * unit` cells.
+            return unsafe { self.first.add(slot as usize * self.unit + i) };
+        }
         let (chunk, first) = self.locate(slot);
         // Relaxed: the chunk pointer was stored before the generation that made `slot`
         // reachable was published (Release/SeqCst in the publisher) and the caller loaded that
         // generation with Acquire, so by coherence this load sees the pointer. The pointer is
         // never changed again while the slab lives.
         let base = self.chunks[chunk].load(Ordering::Relaxed);
-        debug_assert!(!base.is_null() && i < self.unit);
+        debug_assert!(!base.is_null());
         // SAFETY: `base` points to a live chunk of `chunk_cells(chunk)` cells (allocated in
         // `ensure`, freed only in `Drop`), and `first + i` is inside it by `locate`.
-        unsafe { &*base.add(first + i) }
+        unsafe { base.add(first + i) }
     }
 
     /// Makes sure the chunk holding `slot` exists. Writer only (called under the writer lock).

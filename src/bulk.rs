@@ -219,3 +219,48 @@ fn partition<'p>(
     }
     parts
 }
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use crate::{Config, PhysMap};
+
+    /// Small enough for Miri: the bulk path (not the parallel one), diff and reader lookups.
+    #[test]
+    fn bulk_build_diff_and_reader_on_a_small_space() {
+        let config = Config {
+            addr_bits: 16,
+            page_bits: 2,
+            level_bits: 2,
+            ..Config::default()
+        };
+        let n = if cfg!(miri) { 150u64 } else { 2000 };
+        let bulk =
+            PhysMap::from_ranges(config.clone(), (0..n).map(|i| (i * 8..i * 8 + 8, i))).unwrap();
+        assert!(bulk.memory().bulk_builds > 0);
+        let single = PhysMap::with_config(config).unwrap();
+        for parity in [0, 1] {
+            let mut t = single.transaction();
+            for i in (0..n).filter(|i| i % 2 == parity) {
+                t.insert(i * 8..i * 8 + 8, i).unwrap();
+            }
+            t.commit().unwrap();
+        }
+        let (a, b) = (bulk.snapshot(), single.snapshot());
+        assert_eq!(a.canonical_form(), b.canonical_form());
+        let mut r = bulk.reader();
+        for addr in (0..n * 8).step_by(3) {
+            let want = Some(addr / 8);
+            assert_eq!(r.lookup(addr).map(|h| *h.value), want, "{addr}");
+        }
+        let mut t = bulk.transaction();
+        t.overwrite(20..=27, 999).unwrap();
+        t.commit().unwrap();
+        let now = bulk.snapshot();
+        let changes = now.diff(&a).len();
+        // 16..=19 and 28..=31: pieces cut (same value, new piece); 20..=23 and 24..=27: the
+        // new section over two different old pieces.
+        assert_eq!(changes, 4);
+        drop((a, b, now));
+        assert_eq!(bulk.memory().live_bytes, bulk.snapshot().stats().bytes);
+    }
+}

@@ -54,6 +54,45 @@ pub(crate) struct WriterState<V> {
     pub parallel_builds: u64,
 }
 
+/// Gives the piece starting at `key` an arena slot, if it has none yet.
+fn write_piece<V>(
+    storage: &Storage<V>,
+    pieces: &mut SlabAlloc,
+    key: u64,
+    info: &mut PieceInfo,
+    cx: &mut Build,
+) -> Result<u32, Error> {
+    if let Some(slot) = info.slot {
+        return Ok(slot);
+    }
+    let slot = pieces
+        .alloc(&storage.pieces)
+        .ok_or(Error::CapacityExhausted {
+            kind: "pieces",
+            limit: pieces.limit(),
+        })?;
+    // SAFETY: the section slot is allocated and holds `Some` (it has pieces); only the
+    // writer writes it, and we are the writer.
+    let value = unsafe {
+        storage.sections.cell(info.section, 0).with(|p| match &*p {
+            Some(v) => v as *const V as *const (),
+            None => unreachable!("a section with pieces holds its value"),
+        })
+    };
+    let piece = Piece {
+        start: key,
+        end: info.end,
+        origin: info.origin,
+        section: info.section,
+        value,
+    };
+    // SAFETY: a freshly allocated slot is unreachable from every generation.
+    unsafe { storage.pieces.cell(slot, 0).with_mut(|p| *p = piece) };
+    info.slot = Some(slot);
+    cx.fresh_pieces.push(slot);
+    Ok(slot)
+}
+
 /// Bytes one node costs: its entries and its base page.
 pub(crate) fn node_bytes(fanout: usize) -> usize {
     fanout * 4 + 8
@@ -150,39 +189,7 @@ impl<V> WriterState<V> {
     /// Makes sure the piece starting at `key` has an arena slot.
     fn materialize(&mut self, key: u64, cx: &mut Build) -> Result<u32, Error> {
         let info = self.map.get_mut(&key).expect("materialize: piece exists");
-        if let Some(slot) = info.slot {
-            return Ok(slot);
-        }
-        let slot = self
-            .pieces
-            .alloc(&self.storage.pieces)
-            .ok_or(Error::CapacityExhausted {
-                kind: "pieces",
-                limit: self.pieces.limit(),
-            })?;
-        // SAFETY: the section slot is allocated and holds `Some` (it has pieces); only the
-        // writer writes it, and we are the writer.
-        let value = unsafe {
-            self.storage
-                .sections
-                .cell(info.section, 0)
-                .with(|p| match &*p {
-                    Some(v) => v as *const V as *const (),
-                    None => unreachable!("a section with pieces holds its value"),
-                })
-        };
-        let piece = Piece {
-            start: key,
-            end: info.end,
-            origin: info.origin,
-            section: info.section,
-            value,
-        };
-        // SAFETY: a freshly allocated slot is unreachable from every generation.
-        unsafe { self.storage.pieces.cell(slot, 0).with_mut(|p| *p = piece) };
-        info.slot = Some(slot);
-        cx.fresh_pieces.push(slot);
-        Ok(slot)
+        write_piece(&self.storage, &mut self.pieces, key, info, cx)
     }
 
     /// The canonical entry for the span of height `h` at page `base`, given that the old
@@ -228,23 +235,23 @@ impl<V> WriterState<V> {
         e: u64,
         cx: &mut Build,
     ) -> Result<Option<Entry>, Error> {
-        let mut keys: Vec<u64> = self
-            .map
-            .range(..=e)
-            .rev()
-            .take_while(|(_, info)| info.end >= s)
-            .map(|(&k, _)| k)
-            .collect();
-        if keys.len() < bulk::BULK_MIN {
-            return Ok(None);
-        }
-        keys.reverse();
-        let mut pieces = Vec::with_capacity(keys.len());
-        for k in keys {
-            let slot = self.materialize(k, cx)?;
+        // The pieces overlapping the span form a run ending at the last one starting <= e.
+        let first = match self.map.range(..=e).rev().nth(bulk::BULK_MIN - 1) {
+            Some((_, info)) if info.end >= s => {
+                // At least BULK_MIN pieces: find where the run starts.
+                match self.map.range(..=s).next_back() {
+                    Some((&k, info)) if info.end >= s => k,
+                    _ => s,
+                }
+            }
+            _ => return Ok(None),
+        };
+        let mut pieces = Vec::new();
+        for (&k, info) in self.map.range_mut(first..=e) {
+            let slot = write_piece(&self.storage, &mut self.pieces, k, info, cx)?;
             pieces.push(bulk::SlicePiece {
                 start: k,
-                end: self.map[&k].end,
+                end: info.end,
                 slot,
             });
         }
@@ -579,9 +586,10 @@ impl<'a, V> Transaction<'a, V> {
             });
         }
         let mut run: Option<(u64, u64)> = None;
+        let mut added = Vec::with_capacity(batch.len());
         for (s, e, value) in batch {
             let section = self.new_section(value).expect("capacity checked above");
-            self.add(
+            added.push((
                 s,
                 PieceInfo {
                     end: e,
@@ -589,7 +597,7 @@ impl<'a, V> Transaction<'a, V> {
                     section,
                     slot: None,
                 },
-            );
+            ));
             // One dirty range per run of touching ranges.
             run = match run {
                 Some((rs, re)) if re.checked_add(1) == Some(s) => Some((rs, e)),
@@ -602,6 +610,20 @@ impl<'a, V> Transaction<'a, V> {
         }
         if let Some(r) = run {
             self.dirty.push(r);
+        }
+        if added.len() >= 1024 && added.len() >= self.w.map.len() / 2 {
+            // Sorted and disjoint from the map: build a tree in one go and merge it in
+            // (linear), rather than a million single inserts.
+            for (s, info) in &added {
+                self.w.sec_refs[info.section as usize] += 1;
+                self.log.push(Undo::Added(*s));
+            }
+            let mut more: BTreeMap<u64, PieceInfo> = added.into_iter().collect();
+            self.w.map.append(&mut more);
+        } else {
+            for (s, info) in added {
+                self.add(s, info);
+            }
         }
         Ok(())
     }
