@@ -260,7 +260,7 @@ mod tests {
         // 16..=19 and 28..=31: pieces cut (same value, new piece); 20..=23 and 24..=27: the
         // new section over two different old pieces.
         assert_eq!(changes, 4);
-        drop((a, b, now));
+        drop((a, b, now, r)); // the reader still caches generation 1
         assert_eq!(bulk.memory().live_bytes, bulk.snapshot().stats().bytes);
     }
 }
