@@ -58,11 +58,12 @@
 //! - **Readers never block.** [`Reader::lookup`] takes no lock, allocates nothing and writes
 //!   no memory shared with other threads: one load and pointer compare to check its cached
 //!   generation, then at most one dependent load per tree level plus the final range check
-//!   (each level also reads the arena's chunk table, which stays in L1).
+//!   (a node past the arena's first 64 also costs a read of its chunk table, which stays in L1).
 //! - **Immutable once published.** No slot reachable from a published root is written again.
-//! - **Bounded garbage.** A commit hands the slots it stopped using to the generation it
-//!   superseded; they are reused once that generation and all older ones are dropped
-//!   (reference counted, no epochs to pin). With no old snapshot held, the arena's memory
+//! - **Bounded garbage.** A commit puts the generation it superseded, with the slots the new
+//!   tree stopped using, in the writer's graveyard; the writer reuses them once that
+//!   generation and all older ones are no longer held (reference counted, no epochs to pin;
+//!   readers never run reclamation code). With no old snapshot held, the arena's memory
 //!   ([`PhysMap::memory`]) equals the newest tree ([`Snapshot::stats`]).
 //! - **Errors, not panics.** Empty, inverted, out-of-space or overflowing ranges, overlaps on
 //!   [`Transaction::insert`] and exhausted capacity return an [`Error`] and leave the
@@ -83,13 +84,21 @@
 //!   sub-page row, `size_of::<Option<V>>()` per section; plus the writer's `BTreeMap` of
 //!   pieces (about 48 bytes a piece).
 //!
+//! ## Scale
+//!
+//! [`Transaction::extend`] and [`PhysMap::from_ranges`] take many ranges at once and build the
+//! subtrees they fill from a sorted slice, in parallel (rayon) above 16,384 pieces.
+//! [`Snapshot::diff`] lists what changed between two generations at a cost that follows the
+//! change, which is how a memory listener (KVM memslots, vhost, VFIO) keeps in step;
+//! [`Snapshot::range`] lists the pieces under an address range.
+//!
 //! ## Concurrency checking
 //!
 //! All atomics, locks, shared cells and the publication point go through the crate-internal
 //! `sync` module. Built with `RUSTFLAGS="--cfg loom"`, they become `loom`'s, and the models in
-//! `loom-tests/` run this code: `arc-swap` and `parking_lot` are not loom-aware, so under loom
-//! the publication cell is a loom mutex around an `Arc` with its pointer mirrored in a loom
-//! atomic, and the writer lock is a loom mutex.
+//! `loom-tests/` run this code: `arc-swap`, `parking_lot` and `rayon` are not loom-aware, so
+//! under loom the publication cell is a loom mutex around an `Arc` with its pointer mirrored in
+//! a loom atomic, the writer lock is a loom mutex, and the bulk build runs sequentially.
 
 #![deny(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
