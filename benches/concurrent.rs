@@ -14,22 +14,45 @@ use std::sync::Barrier;
 use std::time::{Duration, Instant};
 use workloads::*;
 
+/// How the writer commits: not at all, back to back, or paced (one commit every `PACE`).
+#[derive(Clone, Copy, PartialEq)]
+enum Writer {
+    None,
+    Continuous,
+    Paced,
+}
+
+/// 10,000 commits a second: far more than a VMM's control plane makes, far fewer than a
+/// writer committing back to back.
+const PACE: Duration = Duration::from_micros(100);
+
 fn run(
     map: &physmap::PhysMap<u64>,
     addrs: &[u64],
     threads: usize,
-    writer: bool,
+    writer: Writer,
     iters: u64,
     commits: &AtomicU64,
 ) -> Duration {
     let stop = AtomicBool::new(false);
     let ready = Barrier::new(threads + 1);
     std::thread::scope(|s| {
-        let w = writer.then(|| {
-            s.spawn(|| {
+        let stop = &stop;
+        let w = (writer != Writer::None).then(|| {
+            s.spawn(move || {
                 let mut v = 0u64;
                 let base = 0x10_0000_0000u64; // a block outside every lookup address
+                let mut next = Instant::now();
                 while !stop.load(Ordering::Relaxed) {
+                    if writer == Writer::Paced {
+                        next += PACE;
+                        while Instant::now() < next {
+                            std::hint::spin_loop();
+                            if stop.load(Ordering::Relaxed) {
+                                break;
+                            }
+                        }
+                    }
                     let mut t = map.transaction();
                     t.overwrite(base..base + (2 << 20), v).unwrap();
                     t.commit().unwrap();
@@ -76,11 +99,12 @@ fn concurrent(c: &mut Criterion) {
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let mut counts = vec![1, 2, 4, 8];
     counts.retain(|&t| t <= 4 * cores);
-    for writer in [false, true] {
-        let mut g = c.benchmark_group(format!(
-            "readers/{}",
-            if writer { "with-writer" } else { "no-writer" }
-        ));
+    for (writer, name) in [
+        (Writer::None, "no-writer"),
+        (Writer::Continuous, "with-writer"),
+        (Writer::Paced, "with-paced-writer"),
+    ] {
+        let mut g = c.benchmark_group(format!("readers/{name}"));
         for &t in &counts {
             let commits = AtomicU64::new(0);
             g.throughput(Throughput::Elements((w.addrs.len() * t) as u64));

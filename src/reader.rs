@@ -32,11 +32,10 @@ use crate::tree;
 /// ```
 pub struct Reader<V> {
     cache: Cache<Version<V>>,
-    /// Last piece answered from, valid for generation `mru_generation` only.
+    /// Last piece answered from, in generation `seen` (an empty range when there is none).
     mru: Piece,
-    mru_generation: u64,
     /// Generation that answered the last lookup.
-    answered: u64,
+    seen: u64,
 }
 
 // SAFETY: the raw value pointer in `mru` points into storage kept alive by the cached generation, which
@@ -44,17 +43,21 @@ pub struct Reader<V> {
 // are shared with other threads, hence `V: Sync`; generations may be dropped here, hence Send.
 unsafe impl<V: Send + Sync> Send for Reader<V> {}
 
+/// The remembered piece when there is none: an empty range.
+const NO_PIECE: Piece = Piece {
+    start: 1,
+    end: 0,
+    origin: 0,
+    section: 0,
+    value: std::ptr::null(),
+};
+
 impl<V> Reader<V> {
     pub(crate) fn new(cache: Cache<Version<V>>) -> Self {
         Reader {
             cache,
-            mru: Piece {
-                start: 1,
-                end: 0,
-                ..Piece::default()
-            },
-            mru_generation: u64::MAX,
-            answered: 0,
+            mru: NO_PIECE,
+            seen: 0,
         }
     }
 
@@ -62,10 +65,14 @@ impl<V> Reader<V> {
     #[inline]
     pub fn lookup(&mut self, addr: u64) -> Option<Hit<'_, V>> {
         let v = self.cache.load();
-        self.answered = v.generation;
-        if v.generation == self.mru_generation && self.mru.start <= addr && addr <= self.mru.end {
-            // SAFETY: `mru` was taken from generation `mru_generation`, which is the one
-            // the cache holds, so the section is still allocated and unchanged.
+        if v.generation != self.seen {
+            // A new generation: the remembered piece may be gone.
+            self.seen = v.generation;
+            self.mru = NO_PIECE;
+        }
+        if self.mru.start <= addr && addr <= self.mru.end {
+            // SAFETY: `mru` comes from generation `seen`, the one the cache holds, so its
+            // section is still allocated and unchanged.
             return Some(Hit::new(
                 unsafe { v.storage.piece_value(&self.mru) },
                 &self.mru,
@@ -77,14 +84,13 @@ impl<V> Reader<V> {
         // SAFETY: as above.
         let value = unsafe { v.storage.piece_value(&piece) };
         self.mru = piece;
-        self.mru_generation = v.generation;
         Some(Hit::new(value, &piece, addr))
     }
 
     /// The generation that answered the last [`lookup`](Reader::lookup) (0 before any).
     /// Does not refresh: use it to tie an answer to the generation it came from.
     pub fn last_generation(&self) -> u64 {
-        self.answered
+        self.seen
     }
 
     /// The generation the next lookup will answer from, refreshing the cache if needed.
