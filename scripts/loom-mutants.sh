@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # Breaks the publish/read/reclaim protocol on purpose, one mutation at a time, and runs the
-# loom models against each; every mutation must be caught by at least one model.
+# loom models against each, printing CAUGHT (by which models) or MISSED.
+# Known miss: replacing `Arc::try_unwrap` (whose Acquire fence orders the writer's reuse after
+# every reader's Release decrement) by a Relaxed `Arc::strong_count(..) == 1` check is not
+# caught: loom's `Arc` does not model a plain count read as unsynchronised. The code relies
+# on try_unwrap's documented ordering; see publish.rs.
 # Usage: scripts/loom-mutants.sh    (restores the sources afterwards; needs python3)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -40,8 +44,8 @@ run "check 'nobody holds it' with a Relaxed count read instead of try_unwrap's A
   src/publish.rs 'match Arc::try_unwrap\(version\) \{' 'match if Arc::strong_count(\&version) == 1 { Ok(()) } else { Err(version) } {'
 run "free unheld generations newest first (past an older one still held)" \
   src/publish.rs 'self\.queue\.pop_front\(\)(.*?)self\.queue\.push_front' 'self.queue.pop_back()\1self.queue.push_back'
-run "reader keeps its MRU piece across a refresh" \
-  src/reader.rs 'if v\.generation == self\.mru_generation && ' 'if '
+run "reader keeps its remembered piece across a refresh" \
+  src/reader.rs 'self\.mru = NO_PIECE;' ''
 run "superseded generation is never buried (its slots leak)" \
   src/publish.rs 'self\.queue\.push_back\(\(version, retired\)\);' 'drop((version, retired));'
 run "abandoned transaction is not rolled back" \
