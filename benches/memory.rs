@@ -28,6 +28,7 @@ fn main() {
         regions_1k(),
         virtio_mem_1t(),
         cvm_1m(),
+        cvm_runs(),
     ];
     let mut json = String::from("{\"workloads\":[");
     println!("Tree bytes = nodes + sub-page tables. Total = tree + per-range records (physmap: pieces and section slots; QEMU: its section table at {QEMU_SECTION_BYTES} B a MemoryRegionSection).\n");

@@ -148,6 +148,24 @@ pub fn cvm_1m() -> Workload {
     }
 }
 
+/// The same 1,000,000 pages converted in runs of 64 pages (256 KiB) alternating
+/// private/shared: 15,625 ranges, as when a guest converts buffers rather than single pages.
+pub fn cvm_runs() -> Workload {
+    let regions: Vec<Region> = (0..15_625u64)
+        .map(|i| Region {
+            start: i << 18,
+            end: ((i + 1) << 18) - 1,
+            value: i % 2,
+        })
+        .collect();
+    let addrs = uniform_addrs(&regions, 1_000_003);
+    Workload {
+        name: "cvm-1m-pages-in-runs-of-64",
+        regions,
+        addrs,
+    }
+}
+
 /// 1 TiB virtio-mem device at 1 TiB, 2 MiB blocks, every 8th block unplugged; plus 4 GiB of
 /// boot RAM at 0.
 pub fn virtio_mem_1t() -> Workload {
