@@ -511,15 +511,26 @@ impl<'a, V> Transaction<'a, V> {
     /// published map or earlier in this transaction); the transaction is then unchanged.
     pub fn insert(&mut self, range: impl RangeBounds<u64>, value: V) -> Result<(), Error> {
         let (s, e) = self.w.geo.resolve(&range)?;
-        if let Some((&k, info)) = self.w.map.range(..=e).next_back() {
-            if info.end >= s {
-                return Err(Error::Overlap {
-                    range: (s, e),
-                    existing: (k, info.end),
-                });
-            }
-        }
+        self.refuse_overlap(s, e)?;
         let section = self.new_section(value)?;
+        self.map_section(s, e, section);
+        Ok(())
+    }
+
+    /// `Err(Overlap)` if any byte of `[s, e]` is mapped.
+    fn refuse_overlap(&self, s: u64, e: u64) -> Result<(), Error> {
+        // Pieces are disjoint and sorted: only the last one starting at or before `e` can reach `s`.
+        match self.w.map.range(..=e).next_back() {
+            Some((&k, info)) if info.end >= s => Err(Error::Overlap {
+                range: (s, e),
+                existing: (k, info.end),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Maps the unmapped `[s, e]` to `section` (origin `s`).
+    fn map_section(&mut self, s: u64, e: u64, section: u32) {
         self.add(
             s,
             PieceInfo {
@@ -530,7 +541,6 @@ impl<'a, V> Transaction<'a, V> {
             },
         );
         self.dirty.push((s, e));
-        Ok(())
     }
 
     /// Inserts many ranges at once, each a new section (as [`insert`](Transaction::insert)),
@@ -569,14 +579,7 @@ impl<'a, V> Transaction<'a, V> {
             }
         }
         for &(s, e, _) in &batch {
-            if let Some((&k, info)) = self.w.map.range(..=e).next_back() {
-                if info.end >= s {
-                    return Err(Error::Overlap {
-                        range: (s, e),
-                        existing: (k, info.end),
-                    });
-                }
-            }
+            self.refuse_overlap(s, e)?;
         }
         let free = self.w.sections.limit() - self.w.sections.live;
         if batch.len() > free {
@@ -634,16 +637,7 @@ impl<'a, V> Transaction<'a, V> {
         let (s, e) = self.w.geo.resolve(&range)?;
         let section = self.new_section(value)?;
         self.cut(s, e);
-        self.add(
-            s,
-            PieceInfo {
-                end: e,
-                origin: s,
-                section,
-                slot: None,
-            },
-        );
-        self.dirty.push((s, e));
+        self.map_section(s, e, section);
         Ok(())
     }
 

@@ -283,6 +283,8 @@ impl QemuDispatch {
         }
     }
 
+    /// `phys_page_find`: the section index for `page`, `None` for NIL.
+    #[inline(always)]
     fn find_entry(&self, page: u64) -> Option<u32> {
         let mut lp = self.root;
         let mut i = LEVELS as i32;
@@ -339,24 +341,12 @@ impl QemuDispatch {
     /// `phys_page_find` + `address_space_lookup_region` + the sub-page resolution.
     #[inline]
     pub fn lookup(&self, addr: u64) -> Option<(u64, u64)> {
-        let page = addr >> 12;
-        let mut lp = self.root;
-        let mut i = LEVELS as i32;
-        while skip_of(lp) != 0 {
-            if ptr_of(lp) == NIL {
-                return None;
-            }
-            i -= skip_of(lp) as i32;
-            if i < 0 {
-                return None;
-            }
-            lp = self.nodes[ptr_of(lp) as usize][((page >> (i as u32 * 9)) & 511) as usize];
-        }
-        let (s, e, v) = self.sections[ptr_of(lp) as usize];
-        if addr < s || addr > e || ptr_of(lp) == 0 {
+        let sec = self.find_entry(addr >> 12)?;
+        let (s, e, v) = self.sections[sec as usize];
+        if addr < s || addr > e || sec == 0 {
             return None;
         }
-        if v & SUBPAGE_FLAG != 0 && ptr_of(lp) != 0 {
+        if v & SUBPAGE_FLAG != 0 {
             let sec = self.subpages[(v & !SUBPAGE_FLAG) as usize][(addr & 0xfff) as usize];
             let (s, e, v) = self.sections[sec as usize];
             return (sec != 0 && s <= addr && addr <= e).then_some((v, addr - s));

@@ -202,30 +202,26 @@ impl Machine {
     }
 
     fn build(&self, map: &PhysMap<Val>, io: &PhysMap<Val>) {
+        // Each flat range is a section whose value names the range and its region offset.
+        let flat = |ranges: &[FlatRange]| -> Vec<(std::ops::RangeInclusive<u64>, Val)> {
+            let val = |i: usize, r: &FlatRange| Val {
+                id: i as u32,
+                base: r.offset,
+            };
+            ranges
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (r.start..=r.end, val(i, r)))
+                .collect()
+        };
         let mut t = map.transaction();
-        for (i, r) in self.mem.iter().enumerate() {
-            t.insert(
-                r.start..=r.end,
-                Val {
-                    id: i as u32,
-                    base: r.offset,
-                },
-            )
+        t.extend(flat(&self.mem))
             .expect("flat ranges do not overlap");
-        }
         self.apply(&mut t, None, Topology::of(1));
         assert_eq!(t.commit().expect("initial map"), 1);
         let mut t = io.transaction();
-        for (i, r) in self.io.iter().enumerate() {
-            t.insert(
-                r.start..=r.end,
-                Val {
-                    id: i as u32,
-                    base: r.offset,
-                },
-            )
+        t.extend(flat(&self.io))
             .expect("flat ranges do not overlap");
-        }
         t.commit().expect("I/O map");
     }
 
