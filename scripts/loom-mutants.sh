@@ -49,4 +49,4 @@ run "reader keeps its remembered piece across a refresh" \
 run "superseded generation is never buried (its slots leak)" \
   src/publish.rs 'self\.queue\.push_back\(\(version, retired\)\);' 'drop((version, retired));'
 run "abandoned transaction is not rolled back" \
-  src/writer.rs 'if self\.finished \{\s*return;\s*\}' 'return;'
+  src/transaction.rs 'if self\.finished \{\s*return;\s*\}' 'return;'

@@ -115,6 +115,7 @@ mod publish;
 mod reader;
 mod snapshot;
 mod sync;
+mod transaction;
 mod tree;
 mod writer;
 
@@ -124,7 +125,7 @@ pub use error::Error;
 pub use map::{Memory, PhysMap};
 pub use reader::Reader;
 pub use snapshot::{Hit, Iter, Snapshot, Stats};
-pub use writer::Transaction;
+pub use transaction::Transaction;
 
 /// The README's examples, compiled and run as doctests.
 #[cfg(doctest)]

@@ -6,8 +6,9 @@ use crate::publish::Version;
 use crate::reader::Reader;
 use crate::snapshot::Snapshot;
 use crate::sync::{Arc, Cache, Mutex, Publisher};
+use crate::transaction::Transaction;
 use crate::tree::Entry;
-use crate::writer::{Transaction, WriterState};
+use crate::writer::WriterState;
 use crate::{Config, Error};
 
 /// A guest-physical address map shared by many vCPU threads.
