@@ -4,7 +4,7 @@
 //! (`start-end (prio P, kind): name [@offset]`, inclusive ends; `@offset` is the offset inside
 //! the memory region) and, with `-d`, QEMU's own dispatch: its section table and its radix
 //! nodes. [`Dump::parse`] reads all of that; [`FlatView::build`] turns a FlatView into a
-//! [`PhysMap`](crate::PhysMap).
+//! [`PhysMap`].
 //!
 //! ```
 //! let text = "FlatView #0\n AS \"memory\", root: system\n Root memory region: system\n  \
