@@ -210,7 +210,7 @@ impl QemuDispatch {
             }
         }
         let mut root = d.root;
-        d.compact(&mut root, 0);
+        d.compact(&mut root);
         d.root = root;
         d
     }
@@ -302,7 +302,7 @@ impl QemuDispatch {
     }
 
     /// `phys_page_compact`.
-    fn compact(&mut self, lp: &mut u32, depth: u32) {
+    fn compact(&mut self, lp: &mut u32) {
         if skip_of(*lp) == 0 || ptr_of(*lp) == NIL {
             return;
         }
@@ -317,7 +317,7 @@ impl QemuDispatch {
             valid += 1;
             valid_ptr = i;
             if skip_of(e) != 0 {
-                self.compact(&mut e, depth + 1);
+                self.compact(&mut e);
                 self.nodes[node][i] = e;
             }
         }
@@ -335,7 +335,6 @@ impl QemuDispatch {
         } else {
             entry(skip_of(*lp) + skip_of(child), ptr_of(child))
         };
-        let _ = depth;
     }
 
     /// `phys_page_find` + `address_space_lookup_region` + the sub-page resolution.
