@@ -30,7 +30,9 @@ run() { # name, file, pattern, replacement
         --target-dir target/loom --test models 2>&1)
   local failed
   failed=$(grep -E '^    [a-z_]+$' <<<"$out" | tr -d ' ' | sort -u | paste -sd, -)
-  if grep -q 'test result: FAILED' <<<"$out"; then
+  if grep -q 'could not compile' <<<"$out"; then
+    echo "BROKEN  $name  (the mutated source does not compile)"
+  elif grep -q 'test result: FAILED' <<<"$out"; then
     echo "CAUGHT  $name  by: $failed"
   else
     echo "MISSED  $name"
@@ -38,10 +40,13 @@ run() { # name, file, pattern, replacement
   git checkout -q -- src
 }
 
+run "update a published node in place instead of copying it (no copy-on-write)" \
+  src/writer.rs '\} else \{\s*self\.alloc_node\(h, base, &kids, cx\)\?\s*\};' \
+  '} else if let Some(idx) = expanded { unsafe { for (c, k) in self.storage.nodes.cells(idx).iter().zip(&kids) { c.with_mut(|p| *p = k.0); } } old } else { self.alloc_node(h, base, &kids, cx)? };'
 run "free a superseded generation's slots without checking that nobody holds it" \
   src/publish.rs 'match Arc::try_unwrap\(version\) \{' 'match Ok::<_, Arc<Version<V>>>(version) {'
 run "check 'nobody holds it' with a Relaxed count read instead of try_unwrap's Acquire" \
-  src/publish.rs 'match Arc::try_unwrap\(version\) \{' 'match if Arc::strong_count(\&version) == 1 { Ok(()) } else { Err(version) } {'
+  src/publish.rs 'match Arc::try_unwrap\(version\) \{' 'match if Arc::strong_count(&version) == 1 { Ok(()) } else { Err(version) } {'
 run "free unheld generations newest first (past an older one still held)" \
   src/publish.rs 'self\.queue\.pop_front\(\)(.*?)self\.queue\.push_front' 'self.queue.pop_back()\1self.queue.push_back'
 run "reader keeps its remembered piece across a refresh" \
