@@ -7,6 +7,7 @@
 //! (see `publish.rs`). Slot allocation and freeing are writer-only bookkeeping ([`SlabAlloc`]).
 
 use crate::sync::{AtomicPtr, Ordering, UnsafeCell};
+use crate::Error;
 use std::ptr;
 
 /// Most chunks a slab can have: enough for 2^30 slots from a first chunk of 4.
@@ -221,20 +222,27 @@ pub(crate) struct SlabAlloc {
     /// Slots handed out and not yet freed.
     pub live: usize,
     limit: usize,
+    /// What the slots hold, for error messages.
+    kind: &'static str,
 }
 
 impl SlabAlloc {
-    pub(crate) fn new(limit: usize) -> Self {
+    pub(crate) fn new(limit: usize, kind: &'static str) -> Self {
         SlabAlloc {
             limit,
+            kind,
             ..Default::default()
         }
     }
 
-    /// A slot that no published generation can reach, or `None` if the limit is reached.
-    pub(crate) fn alloc<T: Default>(&mut self, slab: &Slab<T>) -> Option<u32> {
+    /// A slot that no published generation can reach, or `CapacityExhausted` (naming this
+    /// slab's kind and limit) if the limit is reached.
+    pub(crate) fn alloc<T: Default>(&mut self, slab: &Slab<T>) -> Result<u32, Error> {
         if self.live >= self.limit {
-            return None;
+            return Err(Error::CapacityExhausted {
+                kind: self.kind,
+                limit: self.limit,
+            });
         }
         let slot = match self.free.pop() {
             Some(s) => s,
@@ -246,7 +254,7 @@ impl SlabAlloc {
             }
         };
         self.live += 1;
-        Some(slot)
+        Ok(slot)
     }
 
     pub(crate) fn free(&mut self, slot: u32) {
@@ -409,7 +417,7 @@ mod tests {
     #[test]
     fn cells_keep_what_the_writer_put() {
         let slab: Slab<u32> = Slab::new(1, 3);
-        let mut alloc = SlabAlloc::new(100);
+        let mut alloc = SlabAlloc::new(100, "cells");
         let slots: Vec<u32> = (0..40).map(|_| alloc.alloc(&slab).unwrap()).collect();
         for &s in &slots {
             for i in 0..3 {
@@ -424,17 +432,23 @@ mod tests {
             }
         }
         alloc.free(7);
-        assert_eq!(alloc.alloc(&slab), Some(7), "freed slots are reused first");
+        assert_eq!(alloc.alloc(&slab), Ok(7), "freed slots are reused first");
         assert_eq!(alloc.live, 40);
-        let mut small = SlabAlloc::new(2);
-        assert!(small.alloc(&slab).is_some() && small.alloc(&slab).is_some());
-        assert_eq!(small.alloc(&slab), None);
+        let mut small = SlabAlloc::new(2, "cells");
+        assert!(small.alloc(&slab).is_ok() && small.alloc(&slab).is_ok());
+        assert_eq!(
+            small.alloc(&slab),
+            Err(Error::CapacityExhausted {
+                kind: "cells",
+                limit: 2
+            })
+        );
     }
 
     #[test]
     fn values_in_sections_are_dropped_with_the_storage() {
         let storage: Storage<String> = Storage::new(4);
-        let mut alloc = SlabAlloc::new(10);
+        let mut alloc = SlabAlloc::new(10, "sections");
         let s = alloc.alloc(&storage.sections).unwrap();
         // SAFETY: fresh slot, single-threaded.
         unsafe {

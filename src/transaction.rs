@@ -267,13 +267,7 @@ impl<'a, V> Transaction<'a, V> {
 
     fn new_section(&mut self, value: V) -> Result<u32, Error> {
         let w = &mut *self.w;
-        let s = w
-            .sections
-            .alloc(&w.storage.sections)
-            .ok_or(Error::CapacityExhausted {
-                kind: "sections",
-                limit: w.sections.limit(),
-            })?;
+        let s = w.sections.alloc(&w.storage.sections)?;
         // SAFETY: freshly allocated, unreachable from every generation; only we write.
         unsafe { w.storage.sections.cell(s, 0).with_mut(|p| *p = Some(value)) };
         let i = s as usize;

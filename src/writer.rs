@@ -64,12 +64,7 @@ fn write_piece<V>(
     if let Some(slot) = info.slot {
         return Ok(slot);
     }
-    let slot = pieces
-        .alloc(&storage.pieces)
-        .ok_or(Error::CapacityExhausted {
-            kind: "pieces",
-            limit: pieces.limit(),
-        })?;
+    let slot = pieces.alloc(&storage.pieces)?;
     // SAFETY: the section slot is allocated and holds `Some` (it has pieces); only the
     // writer writes it, and we are the writer.
     let value = unsafe {
@@ -113,10 +108,10 @@ impl<V> WriterState<V> {
             map: BTreeMap::new(),
             sec_refs: Vec::new(),
             sec_published: Vec::new(),
-            nodes: SlabAlloc::new(max_nodes),
-            pieces: SlabAlloc::new(max_pieces),
-            subpages: SlabAlloc::new(max_pieces),
-            sections: SlabAlloc::new(max_pieces),
+            nodes: SlabAlloc::new(max_nodes, "nodes"),
+            pieces: SlabAlloc::new(max_pieces, "pieces"),
+            subpages: SlabAlloc::new(max_pieces, "sub-page tables"),
+            sections: SlabAlloc::new(max_pieces, "sections"),
             sub_rows: 0,
             bulk_builds: 0,
             parallel_builds: 0,
@@ -303,13 +298,7 @@ impl<V> WriterState<V> {
         rows: Vec<SubEntry>,
         cx: &mut Build,
     ) -> Result<Entry, Error> {
-        let t = self
-            .subpages
-            .alloc(&self.storage.subpages)
-            .ok_or(Error::CapacityExhausted {
-                kind: "sub-page tables",
-                limit: self.subpages.limit(),
-            })?;
+        let t = self.subpages.alloc(&self.storage.subpages)?;
         self.sub_rows += rows.len();
         let boxed = rows.into_boxed_slice();
         // SAFETY: freshly allocated, unreachable.
@@ -389,13 +378,7 @@ impl<V> WriterState<V> {
         kids: &[Entry],
         cx: &mut Build,
     ) -> Result<Entry, Error> {
-        let n = self
-            .nodes
-            .alloc(&self.storage.nodes)
-            .ok_or(Error::CapacityExhausted {
-                kind: "nodes",
-                limit: self.nodes.limit(),
-            })?;
+        let n = self.nodes.alloc(&self.storage.nodes)?;
         self.storage.node_base.ensure(n);
         // SAFETY: freshly allocated, unreachable from every generation; only we write.
         unsafe {

@@ -468,6 +468,15 @@ fn vcpu(
     rep
 }
 
+/// A tree's size for `--json`.
+fn tree_json(s: &physmap::Stats) -> Json {
+    Json::obj()
+        .num("nodes", s.nodes as u64)
+        .num("subpage_tables", s.subpage_tables as u64)
+        .num("pieces", s.pieces as u64)
+        .num("bytes", s.bytes as u64)
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -606,22 +615,8 @@ pub(crate) fn run(args: SimArgs) -> Result<i32, String> {
             .float("commit_p50_us", p50.as_secs_f64() * 1e6)
             .float("commit_p99_us", p99.as_secs_f64() * 1e6)
             .num("generation", mem_snap.generation())
-            .field(
-                "memory_map",
-                Json::obj()
-                    .num("nodes", ms.nodes as u64)
-                    .num("subpage_tables", ms.subpage_tables as u64)
-                    .num("pieces", ms.pieces as u64)
-                    .num("bytes", ms.bytes as u64),
-            )
-            .field(
-                "io_map",
-                Json::obj()
-                    .num("nodes", is.nodes as u64)
-                    .num("subpage_tables", is.subpage_tables as u64)
-                    .num("pieces", is.pieces as u64)
-                    .num("bytes", is.bytes as u64),
-            )
+            .field("memory_map", tree_json(&ms))
+            .field("io_map", tree_json(&is))
             .num("mismatches", mismatches);
         println!("{out}");
     } else {
