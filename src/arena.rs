@@ -67,7 +67,7 @@ pub(crate) type Subpage = Box<[SubEntry]>;
 /// Chunk 0 is allocated with the slab and never changes, so its address is a plain field:
 /// slots in it (all of them, for maps of the size of a real machine) are reached with one
 /// compare and one multiply-add, no atomic load.
-pub(crate) struct Slab<T> {
+pub(crate) struct Slab<T: Default> {
     /// Chunk 0 (also in `chunks[0]`, which owns it).
     first: *const UnsafeCell<T>,
     /// Slots in chunk 0.
@@ -182,17 +182,23 @@ impl<T: Default> Slab<T> {
     }
 }
 
-impl<T> Drop for Slab<T> {
+impl<T: Default> Drop for Slab<T> {
     fn drop(&mut self) {
+        let mut boxes = Vec::new();
         for (c, chunk) in self.chunks.iter_mut().enumerate() {
             let p = chunk.with_mut_ptr();
             if !p.is_null() {
                 let len = (1usize << (self.first_shift as usize + c)) * self.unit;
                 // SAFETY: `p` came from `Box::into_raw` of a boxed slice of exactly `len` cells
                 // in `ensure`; we have `&mut self`, so no reader can hold a reference into it.
-                drop(unsafe { Box::from_raw(ptr::slice_from_raw_parts_mut(p, len)) });
+                boxes.push(unsafe { Box::from_raw(ptr::slice_from_raw_parts_mut(p, len)) });
             }
         }
+        // Values may run user code that panics (section values): take each out and drop it
+        // on its own, so one panic neither stops the others nor leaks a chunk.
+        let cells = boxes.iter().flat_map(|b| b.iter());
+        // SAFETY: we own every cell (`&mut self`, no generation can be read any more).
+        crate::drops::drop_all(cells.map(|c| c.with_mut(|p| unsafe { std::mem::take(&mut *p) })));
     }
 }
 

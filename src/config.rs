@@ -159,9 +159,11 @@ impl Geometry {
             return Err(Error::EmptyRange { start: s });
         }
         if end_excl < start {
+            // The inclusive end as given; `..0` has none, and reads as `..=0`, still before
+            // the start (which is at least 1 here).
             return Err(Error::InvertedRange {
                 start: s,
-                end: (end_excl as u64).wrapping_sub(1),
+                end: (end_excl as u64).saturating_sub(1),
             });
         }
         let e = (end_excl - 1) as u64;

@@ -16,7 +16,8 @@ pub enum Error {
     InvertedRange {
         /// Start bound as given (inclusive).
         start: u64,
-        /// End bound as given (inclusive).
+        /// End bound as given, made inclusive (`..0`, which has no inclusive end, gives 0).
+        /// Always less than `start`.
         end: u64,
     },
     /// Part of the range lies past the end of the address space (`2^addr_bits - 1`).

@@ -69,9 +69,18 @@
 //!   [`Transaction::insert`] and exhausted capacity return an [`Error`] and leave the
 //!   transaction as it was. A transaction dropped without commit (a panic included) publishes
 //!   nothing, and the next writer proceeds (the writer lock does not poison).
-//! - **Values are dropped by the writer.** A section's value is dropped inside a later
-//!   `transaction()` or `memory()` call once no generation can reach it, so vCPU threads do
-//!   not run `Drop` code.
+//! - **Values are dropped by the writer while the map lives.** A section's value is dropped
+//!   inside a later `transaction()`, `commit()` or `memory()` call once no generation can
+//!   reach it, so vCPU threads do not run `Drop` code. Once the [`PhysMap`] itself is dropped,
+//!   the values still reachable are dropped by whichever handle goes last: the map, or the
+//!   last [`Snapshot`] or [`Reader`] still holding a generation (possibly on a vCPU thread).
+//! - **A panicking `Drop` corrupts nothing.** Every writer path that drops values (commit,
+//!   rollback, reclamation, the map's drop) first finishes its bookkeeping (each slot freed
+//!   exactly once), then drops each value on its own, so one panic neither skips the other
+//!   values nor leaks a slot; the first panic then propagates from the call that dropped it
+//!   (from `commit`, after the commit has taken effect; from a rollback that is itself part
+//!   of unwinding, it is swallowed, since a second panic would abort). The map answers
+//!   correctly afterwards (`tests/panics.rs`, also under Miri).
 //!
 //! ## Costs
 //!
@@ -108,6 +117,7 @@ mod arena;
 mod bulk;
 mod config;
 mod diff;
+mod drops;
 mod error;
 mod map;
 pub mod mtree;

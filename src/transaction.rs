@@ -121,27 +121,17 @@ impl<'a, V> Transaction<'a, V> {
     ) -> Result<(), Error> {
         let mut batch = Vec::new();
         for (range, value) in ranges {
-            let (s, e) = self.w.geo.resolve(&range)?;
-            batch.push((s, e, value));
-        }
-        batch.sort_unstable_by_key(|&(s, _, _)| s);
-        for pair in batch.windows(2) {
-            if pair[1].0 <= pair[0].1 {
-                return Err(Error::Overlap {
-                    range: (pair[1].0, pair[1].1),
-                    existing: (pair[0].0, pair[0].1),
-                });
+            match self.w.geo.resolve(&range) {
+                Ok((s, e)) => batch.push((s, e, value)),
+                Err(e) => {
+                    crate::drops::drop_all(batch.into_iter().map(|b| b.2).chain([value]));
+                    return Err(e);
+                }
             }
         }
-        for &(s, e, _) in &batch {
-            self.refuse_overlap(s, e)?;
-        }
-        let free = self.w.sections.limit() - self.w.sections.live;
-        if batch.len() > free {
-            return Err(Error::CapacityExhausted {
-                kind: "sections",
-                limit: self.w.sections.limit(),
-            });
+        if let Err(e) = self.check_batch(&mut batch) {
+            crate::drops::drop_all(batch.into_iter().map(|b| b.2));
+            return Err(e);
         }
         let mut run: Option<(u64, u64)> = None;
         let mut added = Vec::with_capacity(batch.len());
@@ -182,6 +172,31 @@ impl<'a, V> Transaction<'a, V> {
             for (s, info) in added {
                 self.add(s, info);
             }
+        }
+        Ok(())
+    }
+
+    /// Sorts a batch for `extend` and checks it: no overlap inside it or with the map, and
+    /// room for its sections.
+    fn check_batch(&self, batch: &mut [(u64, u64, V)]) -> Result<(), Error> {
+        batch.sort_unstable_by_key(|&(s, _, _)| s);
+        for pair in batch.windows(2) {
+            if pair[1].0 <= pair[0].1 {
+                return Err(Error::Overlap {
+                    range: (pair[1].0, pair[1].1),
+                    existing: (pair[0].0, pair[0].1),
+                });
+            }
+        }
+        for &(s, e, _) in batch.iter() {
+            self.refuse_overlap(s, e)?;
+        }
+        let free = self.w.sections.limit() - self.w.sections.live;
+        if batch.len() > free {
+            return Err(Error::CapacityExhausted {
+                kind: "sections",
+                limit: self.w.sections.limit(),
+            });
         }
         Ok(())
     }
@@ -233,13 +248,15 @@ impl<'a, V> Transaction<'a, V> {
         let mut emptied = std::mem::take(&mut self.emptied);
         emptied.sort_unstable();
         emptied.dedup();
+        // Values of sections made and wholly overwritten within this transaction (never
+        // visible): their slots are freed now, the values dropped once the commit is complete.
+        let mut unseen = Vec::new();
         for s in emptied {
             if self.w.sec_refs[s as usize] == 0 {
                 if self.w.sec_published[s as usize] {
                     retired.sections.push(s);
                 } else {
-                    // Made and wholly overwritten within this transaction: never visible.
-                    self.w.free_section(s);
+                    unseen.extend(self.w.free_section(s));
                 }
             }
         }
@@ -259,6 +276,10 @@ impl<'a, V> Transaction<'a, V> {
         drop(old);
         self.w.graveyard.bury(old_current, retired);
         self.finished = true;
+        // Last, the user code: a panicking `Drop` finds the commit complete and the writer
+        // consistent; its panic propagates from here, and the transaction's `Drop` (which
+        // sees `finished`) does nothing more.
+        crate::drops::drop_all(unseen);
         Ok(generation)
     }
 
@@ -353,9 +374,12 @@ impl<V> Drop for Transaction<'_, V> {
                 }
             }
         }
+        let mut values = Vec::new();
         for s in std::mem::take(&mut self.new_sections) {
-            self.w.free_section(s);
+            values.extend(self.w.free_section(s));
         }
+        // Every slot is free before the first value is dropped (see `drops.rs`).
+        crate::drops::drop_all(values);
     }
 }
 

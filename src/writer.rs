@@ -118,9 +118,12 @@ impl<V> WriterState<V> {
         }
     }
 
-    /// Returns to the free lists every slot that no generation can reach any more, dropping
-    /// the values of freed sections here, on the writer's thread.
+    /// Returns to the free lists every slot that no generation can reach any more, then
+    /// drops the values of the freed sections here, on the writer's thread. Every slot is
+    /// freed before the first value is dropped, so a panicking `Drop` leaks nothing and
+    /// leaves the writer consistent (see `drops.rs`).
     pub(crate) fn reclaim(&mut self) {
+        let mut values = Vec::new();
         for batch in self.graveyard.collect() {
             for n in batch.nodes {
                 self.nodes.free(n);
@@ -132,9 +135,10 @@ impl<V> WriterState<V> {
                 self.free_subpage(t);
             }
             for s in batch.sections {
-                self.free_section(s);
+                values.extend(self.free_section(s));
             }
         }
+        crate::drops::drop_all(values);
     }
 
     fn free_subpage(&mut self, t: u32) {
@@ -150,12 +154,15 @@ impl<V> WriterState<V> {
         self.subpages.free(t);
     }
 
-    pub(crate) fn free_section(&mut self, s: u32) {
+    /// Frees section slot `s` and hands back its value, for the caller to drop once its own
+    /// bookkeeping is done (`drops::drop_all`): dropping runs user code that may panic.
+    #[must_use]
+    pub(crate) fn free_section(&mut self, s: u32) -> Option<V> {
         // SAFETY: as in `free_subpage`.
         let value = unsafe { self.storage.sections.cell(s, 0).with_mut(|p| (*p).take()) };
         self.sec_published[s as usize] = false;
         self.sections.free(s);
-        drop(value);
+        value
     }
 
     /// Bytes held in the arena by live slots (including slots retired but still reachable

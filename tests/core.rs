@@ -218,6 +218,23 @@ fn bad_ranges_are_errors_and_change_nothing() {
         assert_eq!(s.iter().count(), 3);
         assert_eq!(*s.lookup(0x1fff).unwrap().value, 1);
     }
+    // Inverted ranges report an inclusive end before the start, never a wrapped one.
+    let map: PhysMap<u8> = PhysMap::new();
+    let mut t = map.transaction();
+    for (range, start, end) in [
+        ((Bound::Included(5), Bound::Excluded(0)), 5, 0),
+        ((Bound::Included(5), Bound::Excluded(3)), 5, 2),
+        ((Bound::Included(5), Bound::Included(3)), 5, 3),
+        ((Bound::Excluded(5), Bound::Excluded(0)), 6, 0),
+    ] {
+        let e = t.insert(range, 0).unwrap_err();
+        assert_eq!(e, Error::InvertedRange { start, end }, "{range:?}");
+        assert!(
+            e.to_string().contains(&format!("{start:#x}..={end:#x}")),
+            "{e}"
+        );
+    }
+    drop(t);
     assert_eq!(checked_range(u64::MAX, 1).unwrap(), u64::MAX..=u64::MAX);
     assert!(matches!(
         checked_range(u64::MAX, 2),
