@@ -120,6 +120,8 @@ mod diff;
 mod drops;
 mod error;
 mod map;
+#[cfg(feature = "mtree")]
+#[cfg_attr(docsrs, doc(cfg(feature = "mtree")))]
 pub mod mtree;
 mod publish;
 mod reader;

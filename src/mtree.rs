@@ -284,6 +284,11 @@ fn parse_range(t: &str, line: usize) -> Result<FlatRange, String> {
     if words.is_empty() {
         return Err(bad());
     }
+    if offset.checked_add(end - start).is_none() {
+        return Err(format!(
+            "region offset @{offset:#x} of range {start:#x}-{end:#x} runs past 2^64"
+        ));
+    }
     Ok(FlatRange {
         start,
         end,
@@ -370,6 +375,44 @@ impl FlatView {
         }
         t.commit()?;
         Ok(map)
+    }
+
+    /// Checks that no two flat ranges overlap (QEMU never produces that; a hand-edited dump
+    /// might). The error names the later range's line and the range it overlaps.
+    ///
+    /// ```
+    /// let text = "FlatView #0\n AS \"memory\", root: system\n  \
+    ///     0000000000000000-0000000000000fff (prio 0, ram): a\n  \
+    ///     0000000000000800-0000000000001fff (prio 0, ram): b\n";
+    /// let dump = physmap::mtree::Dump::parse(text, "x.txt").unwrap();
+    /// let e = dump.flatviews[0].check("x.txt").unwrap_err();
+    /// assert_eq!(e.line, 4);
+    /// assert!(e.to_string().starts_with("x.txt:4: range 0x800-0x1fff (b) overlaps"));
+    /// ```
+    pub fn check(&self, file: &str) -> Result<(), ParseError> {
+        let mut sorted: Vec<&FlatRange> = self.ranges.iter().collect();
+        sorted.sort_by_key(|r| (r.start, r.line));
+        for pair in sorted.windows(2) {
+            let (a, b) = (pair[0], pair[1]);
+            if b.start <= a.end {
+                let (first, later) = if a.line < b.line { (a, b) } else { (b, a) };
+                return Err(ParseError {
+                    file: file.to_string(),
+                    line: later.line,
+                    message: format!(
+                        "range {:#x}-{:#x} ({}) overlaps range {:#x}-{:#x} ({}) of line {}",
+                        later.start,
+                        later.end,
+                        later.name,
+                        first.start,
+                        first.end,
+                        first.name,
+                        first.line
+                    ),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// `"memory", "cpu-memory-0"`: the address spaces, for display.

@@ -271,3 +271,206 @@ fn simulation_runs_checks_every_answer_and_reports() {
     ]);
     assert_eq!(code, 0, "{err}{out}");
 }
+
+/// A scratch directory for dumps written by one test.
+fn scratch(test: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("physmap-cli-{}-{test}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A one-FlatView "memory" dump with the given ranges (start, end, kind, name, offset).
+fn write_dump(dir: &std::path::Path, name: &str, ranges: &[(u64, u64, &str, &str, u64)]) -> String {
+    let mut text =
+        String::from("FlatView #0\n AS \"memory\", root: system\n Root memory region: system\n");
+    for (s, e, kind, n, off) in ranges {
+        text += &format!("  {s:016x}-{e:016x} (prio 0, {kind}): {n}");
+        if *off != 0 {
+            text += &format!(" @{off:016x}");
+        }
+        text += "\n";
+    }
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+fn no_panic(err: &str) {
+    assert!(!err.contains("panicked"), "the command panicked: {err}");
+}
+
+/// Machines the simulator had not seen: overlapping ranges are an error naming the line;
+/// ranges up to the top of the space, and a machine with nothing at or above 2 GiB, run
+/// with every answer right (the moving parts are placed in real gaps, with checked sums).
+#[test]
+fn simulate_survives_any_machine() {
+    let dir = scratch("sim");
+    let overlap = write_dump(
+        &dir,
+        "overlap.txt",
+        &[
+            (0, 0xfffff, "ram", "ram", 0),
+            (0x8000, 0x8fff, "i/o", "dev", 0),
+        ],
+    );
+    for cmd in [
+        vec![
+            "simulate",
+            "--seconds",
+            "0.1",
+            "--vcpus",
+            "1",
+            "--machine",
+            &overlap,
+        ],
+        vec!["import", &overlap],
+        vec!["lookup", &overlap, "0"],
+        vec!["dump", &overlap],
+    ] {
+        let (code, _, err) = physmap(&cmd);
+        no_panic(&err);
+        assert_ne!(code, 0, "{cmd:?}");
+        assert!(
+            err.contains("overlaps") && err.contains(":5"),
+            "{cmd:?}: {err}"
+        );
+    }
+    let top = write_dump(
+        &dir,
+        "top.txt",
+        &[
+            (0, 0x7fff_ffff, "ram", "pc.ram", 0),
+            (0xfee0_0000, 0xfee0_0fff, "i/o", "apic", 0),
+            (
+                0xffff_ffff_0000_0000,
+                0xffff_ffff_ffff_ffff,
+                "ram",
+                "high",
+                0x1000,
+            ),
+        ],
+    );
+    let low = write_dump(&dir, "low.txt", &[(0, 0x3fff_ffff, "ram", "pc.ram", 0)]);
+    let full_top = write_dump(
+        &dir,
+        "full-top.txt",
+        &[
+            (0, 0x7fff_ffff, "ram", "pc.ram", 0),
+            (0x1_0000_0000, 0xffff_ffff_ffff_ffff, "ram", "everything", 0),
+        ],
+    );
+    for machine in [&top, &low, &full_top] {
+        let (code, out, err) = physmap(&[
+            "simulate",
+            "--seconds",
+            "0.3",
+            "--vcpus",
+            "2",
+            "--commit-interval-us",
+            "50",
+            "--json",
+            "--machine",
+            machine,
+        ]);
+        no_panic(&err);
+        assert_eq!(code, 0, "{machine}: {err}{out}");
+        assert!(out.contains("\"mismatches\":0}"), "{machine}: {out}");
+    }
+    // A machine with no room left for the moving parts is an error, not a panic.
+    let full = write_dump(&dir, "full.txt", &[(0, u64::MAX, "ram", "all", 0)]);
+    let (code, _, err) = physmap(&["simulate", "--seconds", "0.1", "--machine", &full]);
+    no_panic(&err);
+    assert_ne!(code, 0);
+    assert!(err.contains("no free"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `--seconds` is honoured within about 100 ms even with a long commit interval.
+#[test]
+fn simulate_stops_on_time() {
+    let t0 = std::time::Instant::now();
+    let (code, _, err) = physmap(&[
+        "simulate",
+        "--seconds",
+        "0.3",
+        "--vcpus",
+        "1",
+        "--commit-interval-us",
+        "10000000",
+        "--json",
+    ]);
+    let took = t0.elapsed();
+    no_panic(&err);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        took < std::time::Duration::from_millis(1500),
+        "took {took:?}"
+    );
+}
+
+/// An empty dump (or one with no ranges) is an error for every command; so is a range whose
+/// region offset would run past 2^64.
+#[test]
+fn empty_dumps_and_offsets_past_the_top_are_errors() {
+    let dir = scratch("empty");
+    let empty = dir.join("empty.txt");
+    std::fs::write(&empty, "").unwrap();
+    let empty = empty.to_str().unwrap().to_string();
+    let no_ranges = dir.join("no-ranges.txt");
+    std::fs::write(
+        &no_ranges,
+        "FlatView #0\n AS \"memory\", root: system\n No rendered FlatView\n",
+    )
+    .unwrap();
+    let no_ranges = no_ranges.to_str().unwrap().to_string();
+    let wrap = write_dump(
+        &dir,
+        "wrap.txt",
+        &[(0x1000, 0x1fff, "ram", "r", 0xffff_ffff_ffff_f800)],
+    );
+    for file in [&empty, &no_ranges, &wrap] {
+        for cmd in [
+            vec!["import", file.as_str()],
+            vec!["lookup", file.as_str(), "0x1800"],
+            vec!["dump", file.as_str()],
+            vec!["simulate", "--seconds", "0.1", "--machine", file.as_str()],
+        ] {
+            let (code, _, err) = physmap(&cmd);
+            no_panic(&err);
+            assert_ne!(code, 0, "{cmd:?} exited 0");
+            assert!(err.contains(file.as_str()), "{cmd:?}: {err}");
+        }
+    }
+    let (_, _, err) = physmap(&["lookup", &wrap, "0x1800"]);
+    assert!(err.contains(":4:") && err.contains("offset"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Arguments out of range are errors; output into a closed pipe ends the command quietly.
+#[test]
+fn bad_arguments_and_closed_pipes() {
+    for args in [
+        vec!["simulate", "--vcpus", "0"],
+        vec!["simulate", "--seconds", "nan"],
+        vec!["simulate", "--seconds", "-1"],
+        vec!["simulate", "--commit-interval-us", "-5"],
+        vec!["lookup", "x.txt"],
+        vec!["lookup", "x.txt", "0x1_0000_0000_0000_0000"],
+        vec!["frobnicate"],
+    ] {
+        let (code, _, err) = physmap(&args);
+        no_panic(&err);
+        assert_ne!(code, 0, "{args:?}");
+        assert!(!err.is_empty(), "{args:?}");
+    }
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_physmap"))
+        .args(["dump", &data("q35-4g-virtio.txt")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take()); // the reader goes away before the first line
+    let out = child.wait_with_output().unwrap();
+    no_panic(&String::from_utf8_lossy(&out.stderr));
+}

@@ -1,11 +1,12 @@
-//! Command-line front end (binary only).
+//! Command-line front end (binary only): argument parsing and dispatch to the commands.
 
+mod inspect;
 mod json;
 mod simulate;
 
 use clap::{Args, Parser, Subcommand};
-use json::Json;
 use physmap::mtree::{Dump, FlatView};
+use std::io::Write;
 use std::path::PathBuf;
 
 /// The q35 machine built into the binary (`info mtree -f -d` of QEMU).
@@ -78,36 +79,79 @@ fn parse_addr(s: &str) -> Result<u64, String> {
     })
 }
 
-/// Runs the command line; returns the exit status.
-pub(crate) fn main() -> i32 {
-    let cli = Cli::parse();
+/// What a command gives back: its exit status, or a message for standard error (status 2).
+pub(crate) type Outcome = Result<u8, String>;
+
+/// Runs the command line; returns the exit status. The only place that decides it.
+pub(crate) fn main() -> u8 {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // Help and version go to stdout with status 0; usage errors to stderr with 2.
+            let _ = e.print();
+            return if e.use_stderr() { 2 } else { 0 };
+        }
+    };
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
     let result = match cli
         .command
         .unwrap_or(Command::Simulate(simulate::SimArgs::default()))
     {
-        Command::Simulate(args) => simulate::run(args),
-        Command::Import { file, json } => load(&file).map(|d| import(&d, json)),
+        Command::Simulate(args) => simulate::run(args, &mut out),
+        Command::Import { file, json } => {
+            load(&file).and_then(|d| inspect::import(&d, json, &mut out))
+        }
         Command::Lookup {
             file,
             space,
             addrs,
             json,
-        } => load(&file).and_then(|d| pick(&d, &space).map(|fv| lookup(fv, &addrs, json))),
-        Command::Dump { file, space } => load(&file).and_then(|d| pick(&d, &space).map(dump)),
+        } => load(&file).and_then(|d| {
+            pick(&d, &space).and_then(|fv| inspect::lookup(fv, &addrs, json, &mut out))
+        }),
+        Command::Dump { file, space } => {
+            load(&file).and_then(|d| pick(&d, &space).and_then(|fv| inspect::dump(fv, &mut out)))
+        }
     };
+    let result = result.and_then(|code| {
+        out.flush().map_err(output_error)?;
+        Ok(code)
+    });
     match result {
         Ok(code) => code,
         Err(message) => {
-            eprintln!("physmap: {message}");
+            let _ = writeln!(std::io::stderr(), "physmap: {message}");
             2
         }
     }
 }
 
-fn load(path: &PathBuf) -> Result<Dump, String> {
+/// A failed write to standard output (a closed pipe, a full disk), as a message.
+pub(crate) fn output_error(e: std::io::Error) -> String {
+    format!("writing output: {e}")
+}
+
+/// Reads and checks a dump: it must parse, hold at least one flat range, and no FlatView
+/// may have overlapping ranges. Every command goes through here.
+pub(crate) fn load(path: &PathBuf) -> Result<Dump, String> {
     let name = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| format!("{name}: {e}"))?;
-    Dump::parse(&text, &name).map_err(|e| e.to_string())
+    parse(&text, &name)
+}
+
+/// [`load`] for text already in memory.
+pub(crate) fn parse(text: &str, name: &str) -> Result<Dump, String> {
+    let dump = Dump::parse(text, name).map_err(|e| e.to_string())?;
+    if dump.flatviews.iter().all(|fv| fv.ranges.is_empty()) {
+        return Err(format!(
+            "{name}: no flat ranges in the dump (expected the output of QEMU's `info mtree -f`)"
+        ));
+    }
+    for fv in &dump.flatviews {
+        fv.check(name).map_err(|e| e.to_string())?;
+    }
+    Ok(dump)
 }
 
 fn pick<'a>(dump: &'a Dump, space: &Space) -> Result<&'a FlatView, String> {
@@ -126,176 +170,8 @@ fn pick<'a>(dump: &'a Dump, space: &Space) -> Result<&'a FlatView, String> {
     }
 }
 
-fn build(fv: &FlatView) -> physmap::PhysMap<usize> {
-    // Flat ranges never overlap in a well-formed dump; report the line if they do.
-    match fv.build() {
-        Ok(map) => map,
-        Err(e) => {
-            eprintln!("physmap: FlatView #{} (line {}): {e}", fv.index, fv.line);
-            std::process::exit(2);
-        }
-    }
-}
-
-fn import(dump: &Dump, json: bool) -> i32 {
-    let mut rows = Vec::new();
-    for fv in &dump.flatviews {
-        let stats = build(fv).snapshot().stats();
-        rows.push((fv, stats));
-    }
-    if json {
-        let items = rows
-            .iter()
-            .map(|(fv, s)| {
-                let mut o = Json::obj()
-                    .num("flatview", fv.index as u64)
-                    .arr(
-                        "address_spaces",
-                        fv.address_spaces.iter().map(|a| Json::str(a)).collect(),
-                    )
-                    .num("ranges", fv.ranges.len() as u64)
-                    .num("nodes", s.nodes as u64)
-                    .num("subpage_tables", s.subpage_tables as u64)
-                    .num("pieces", s.pieces as u64)
-                    .num("bytes", s.bytes as u64)
-                    .num("levels", s.levels as u64);
-                if let Some(d) = &fv.dispatch {
-                    o = o.field(
-                        "qemu",
-                        Json::obj()
-                            .num("nodes", d.nodes.len() as u64)
-                            .num("reachable_nodes", d.reachable_nodes() as u64)
-                            .num("subpage_tables", d.subpage_tables() as u64)
-                            .num("sections", d.sections.len() as u64)
-                            .num("bytes", d.bytes() as u64),
-                    );
-                }
-                o
-            })
-            .collect();
-        println!("{}", Json::obj().arr("flatviews", items));
-        return 0;
-    }
-    println!(
-        "{:<4} {:<34} {:>6} | {:>5} {:>8} {:>8} | {:>12} {:>8} {:>8} | {:>6}",
-        "FV",
-        "address spaces",
-        "ranges",
-        "nodes",
-        "subpages",
-        "bytes",
-        "QEMU nodes",
-        "subpages",
-        "bytes",
-        "ratio"
-    );
-    let (mut ours, mut theirs) = (0usize, 0usize);
-    for (fv, s) in &rows {
-        let mut label = fv.label();
-        if label.len() > 34 {
-            label.truncate(31);
-            label.push_str("...");
-        }
-        let q = match &fv.dispatch {
-            Some(d) => {
-                ours += s.bytes;
-                theirs += d.bytes();
-                format!(
-                    "{:>12} {:>8} {:>8} | {:>5.1}%",
-                    format!("{} ({} reach)", d.nodes.len(), d.reachable_nodes()),
-                    d.subpage_tables(),
-                    d.bytes(),
-                    100.0 * s.bytes as f64 / d.bytes().max(1) as f64
-                )
-            }
-            None => format!("{:>12} {:>8} {:>8} | {:>6}", "-", "-", "-", "-"),
-        };
-        println!(
-            "{:<4} {:<34} {:>6} | {:>5} {:>8} {:>8} | {q}",
-            fv.index,
-            label,
-            fv.ranges.len(),
-            s.nodes,
-            s.subpage_tables,
-            s.bytes
-        );
-    }
-    if theirs > 0 {
-        println!(
-            "total bytes: physmap {ours}, QEMU {theirs} ({:.1}% of QEMU's; QEMU counted at 2 KiB a node, 8 KiB a sub-page table)",
-            100.0 * ours as f64 / theirs as f64
-        );
-    }
-    0
-}
-
-fn lookup(fv: &FlatView, addrs: &[u64], json: bool) -> i32 {
-    let map = build(fv);
-    let snap = map.snapshot();
-    let mut items = Vec::new();
-    for &a in addrs {
-        let hit = snap.lookup(a).map(|h| (&fv.ranges[*h.value], h.offset));
-        if json {
-            items.push(match hit {
-                Some((r, off)) => Json::obj()
-                    .num("addr", a)
-                    .str_field("region", &r.name)
-                    .str_field("kind", &r.kind)
-                    .num("start", r.start)
-                    .num("end", r.end)
-                    .num("offset", off + r.offset),
-                None => Json::obj().num("addr", a).field("region", Json::Null),
-            });
-            continue;
-        }
-        match hit {
-            Some((r, off)) => println!(
-                "{a:#018x}  {}  [{:#x}..={:#x}, {}]  offset {:#x}",
-                r.name,
-                r.start,
-                r.end,
-                r.kind,
-                off + r.offset
-            ),
-            None => println!("{a:#018x}  unassigned"),
-        }
-    }
-    if json {
-        println!(
-            "{}",
-            Json::obj()
-                .str_field("address_space", &fv.label())
-                .arr("lookups", items)
-        );
-    }
-    0
-}
-
-fn dump(fv: &FlatView) -> i32 {
-    let map = build(fv);
-    let snap = map.snapshot();
-    let s = snap.stats();
-    println!(
-        "FlatView #{} ({}): {} ranges, {} nodes, {} sub-page tables, {} bytes, {} levels used",
-        fv.index,
-        fv.label(),
-        fv.ranges.len(),
-        s.nodes,
-        s.subpage_tables,
-        s.bytes,
-        s.levels
-    );
-    let mut text = String::new();
-    let label = |&i: &usize| {
-        let r = &fv.ranges[i];
-        if r.offset != 0 {
-            format!("{} @{:#x}", r.name, r.offset)
-        } else {
-            r.name.clone()
-        }
-    };
-    snap.write_tree(&mut text, &label)
-        .expect("writing to a String");
-    print!("{text}");
-    0
+/// The map of one (checked) FlatView.
+fn build(fv: &FlatView) -> Result<physmap::PhysMap<usize>, String> {
+    fv.build()
+        .map_err(|e| format!("FlatView #{} (line {}): {e}", fv.index, fv.line))
 }
