@@ -25,20 +25,27 @@ PY
 run() { # name, file, pattern, replacement
   local name=$1
   if ! mutate "$2" "$3" "$4"; then echo "SETUP FAILED: $name"; git checkout -q -- src; return; fi
-  local out
-  out=$(RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 cargo test -q -p loom-tests --release \
-        --target-dir target/loom --test models 2>&1)
-  local failed
-  failed=$(grep -E '^    [a-z_]+$' <<<"$out" | tr -d ' ' | sort -u | paste -sd, -)
-  if grep -q 'could not compile' <<<"$out"; then
-    echo "BROKEN  $name  (the mutated source does not compile)"
-  elif grep -q 'test result: FAILED' <<<"$out"; then
-    echo "CAUGHT  $name  by: $failed"
-  else
-    echo "MISSED  $name"
-  fi
+  # The smallest preemption bound at which some model fails: a bug found only with
+  # preemptions shows the models explore interleavings, not just one order of events.
+  local bound verdict="MISSED  $name  (bounds 0..=$MAX_BOUND)"
+  for bound in $(seq 0 "$MAX_BOUND"); do
+    local out
+    out=$(RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=$bound cargo test -q -p loom-tests --release \
+          --target-dir target/loom --test models 2>&1)
+    if grep -q 'could not compile' <<<"$out"; then
+      verdict="BROKEN  $name  (the mutated source does not compile)"; break
+    fi
+    if grep -q 'test result: FAILED' <<<"$out"; then
+      local failed
+      failed=$(grep -E '^    [a-z_]+$' <<<"$out" | tr -d ' ' | sort -u | paste -sd, -)
+      verdict="CAUGHT  $name  at preemption bound $bound, by: $failed"; break
+    fi
+  done
+  echo "$verdict"
   git checkout -q -- src
 }
+
+MAX_BOUND=${MAX_BOUND:-2}
 
 run "update a published node in place instead of copying it (no copy-on-write)" \
   src/writer.rs '\} else \{\s*self\.alloc_node\(h, base, &kids, cx\)\?\s*\};' \

@@ -35,8 +35,8 @@ pub(crate) struct Piece {
     pub origin: u64,
     /// Section slot holding the value.
     pub section: u32,
-    /// Address of the value inside that section slot (slots never move), so a lookup reads
-    /// it without locating the slot. Null only in unused piece slots.
+    /// Address of that section slot's cell (slots never move), so a lookup reads the value
+    /// without locating the slot. Null only in unused piece slots.
     pub value: *const (),
 }
 
@@ -364,41 +364,46 @@ impl<V> Storage<V> {
     }
 
     /// The value of section `slot`. Same contract as [`Storage::node_entry`].
-    #[inline(always)]
-    #[cfg_attr(not(any(loom, test)), allow(dead_code))]
+    #[cfg(test)]
     pub(crate) unsafe fn value(&self, slot: u32) -> &V {
-        // SAFETY: a reachable section slot always holds `Some` (set before publication,
-        // cleared only after reclamation).
-        unsafe {
-            self.sections.cell(slot, 0).with(|p| match &*p {
-                Some(v) => v,
-                None => unreachable_none(),
-            })
-        }
+        // SAFETY: forwarded contract; the pointer is to a live section cell.
+        unsafe { read_value(self.sections.cell(slot, 0)) }
     }
 
     /// The value a piece of a reachable generation refers to. Same contract as
     /// [`Storage::node_entry`].
+    ///
+    /// Production and loom builds run this same code: the piece holds the address of its
+    /// section's cell (slots never move), and the read goes through the cell's `with`, which
+    /// loom tracks and which is a plain pointer read otherwise.
     #[inline(always)]
     pub(crate) unsafe fn piece_value(&self, piece: &Piece) -> &V {
-        #[cfg(not(loom))]
-        {
-            // SAFETY: `piece.value` was taken by the writer from section slot
-            // `piece.section`, which holds `Some` for as long as the piece is reachable, and
-            // slots never move.
-            unsafe { &*(piece.value as *const V) }
-        }
-        #[cfg(loom)]
-        {
-            // Under loom, read through the cell so that the model tracks the access.
-            // SAFETY: forwarded contract.
-            unsafe { self.value(piece.section) }
-        }
+        let cell = piece.value as *const UnsafeCell<Option<V>>;
+        // SAFETY: `piece.value` was taken by the writer from section slot `piece.section`,
+        // a live cell of a live chunk (slots never move, chunks are freed only with the
+        // storage, which `self` borrows); the slot holds `Some` for as long as the piece is
+        // reachable (forwarded contract).
+        unsafe { read_value(&*cell) }
     }
 }
 
+/// The value in a section cell that a reachable generation refers to.
+///
+/// # Safety
+/// The cell must be reachable from a generation the caller holds for the returned lifetime
+/// (so it holds `Some` and is not written: invariant 4).
+#[inline(always)]
+unsafe fn read_value<V>(cell: &UnsafeCell<Option<V>>) -> &V {
+    cell.with(|p| {
+        // SAFETY: per the contract, no write to the cell can happen while the borrow lives.
+        match unsafe { &*p } {
+            Some(v) => v,
+            None => unreachable_none(),
+        }
+    })
+}
+
 #[cold]
-#[cfg_attr(not(any(loom, test)), allow(dead_code))]
 fn unreachable_none() -> ! {
     unreachable!("physmap: reachable section slot is empty (reclamation bug)")
 }

@@ -179,9 +179,10 @@ mod imp {
             Cache { publisher, cached }
         }
         pub(crate) fn load(&mut self) -> &Arc<T> {
-            // Acquire: if we see a new pointer we then take the lock anyway; the pointer is
-            // only a hint. Our cached Arc keeps its value alive, so no ABA on the address.
-            let now = self.publisher.ptr.load(Ordering::Acquire);
+            // Relaxed, as `arc_swap::Cache::revalidate` does: nothing is synchronised through
+            // the pointer; if it changed, `load_full` (the lock) synchronises. Our cached Arc
+            // keeps its value alive, so no ABA on the address.
+            let now = self.publisher.ptr.load(Ordering::Relaxed);
             if !std::ptr::eq(now, Arc::as_ptr(&self.cached)) {
                 self.cached = self.publisher.load_full();
             }

@@ -65,14 +65,8 @@ fn write_piece<V>(
         return Ok(slot);
     }
     let slot = pieces.alloc(&storage.pieces)?;
-    // SAFETY: the section slot is allocated and holds `Some` (it has pieces); only the
-    // writer writes it, and we are the writer.
-    let value = unsafe {
-        storage.sections.cell(info.section, 0).with(|p| match &*p {
-            Some(v) => v as *const V as *const (),
-            None => unreachable!("a section with pieces holds its value"),
-        })
-    };
+    // SAFETY: the section slot is allocated (it has pieces) and its chunk exists.
+    let value = unsafe { storage.sections.cell(info.section, 0) } as *const _ as *const ();
     let piece = Piece {
         start: key,
         end: info.end,

@@ -28,12 +28,18 @@ fn layout(g: u64) -> Vec<(u64, u64, u64)> {
         1 => vec![(0x00, 0x0f, 1), (0x40, 0x41, 1), (0x42, 0x42, 1)],
         2 => vec![(0x00, 0x07, 1), (0x08, 0x47, 2), (0x81, 0x82, 2)],
         3 => vec![(0x08, 0x47, 2), (0x81, 0x81, 3), (0xc0, 0xff, 3)],
+        4 => vec![
+            (0x10, 0x47, 2),
+            (0x81, 0x81, 3),
+            (0xc0, 0xc3, 4),
+            (0xc4, 0xff, 3),
+        ],
         _ => unreachable!(),
     }
 }
 
 /// Addresses every check probes.
-const PROBES: [u64; 9] = [0x00, 0x07, 0x08, 0x0f, 0x40, 0x42, 0x81, 0x82, 0xc4];
+const PROBES: [u64; 10] = [0x00, 0x07, 0x08, 0x0f, 0x40, 0x42, 0x81, 0x82, 0xc1, 0xc4];
 
 /// Moves the map from generation `g - 1` to `g` in one transaction, with the operations a
 /// control plane would use (inserts, overwrites cutting older sections, removes).
@@ -55,6 +61,10 @@ fn commit(map: &PhysMap<u64>, g: u64) {
             t.remove(0x82..=0x82).unwrap();
             t.overwrite(0x81..=0x81, 3).unwrap();
             t.insert(0xc0..=0xff, 3).unwrap();
+        }
+        4 => {
+            t.remove(0x08..=0x0f).unwrap();
+            t.overwrite(0xc0..=0xc3, 4).unwrap();
         }
         _ => unreachable!(),
     }
@@ -85,49 +95,74 @@ fn check_whole(snap: &Snapshot<u64>) {
     assert_eq!(pieces, layout(g), "generation {g}");
 }
 
-fn model(f: impl Fn() + Send + Sync + 'static) {
+/// Runs `f` under loom (preemption bound from `LOOM_MAX_PREEMPTIONS`, 2 by default) and
+/// reports how many interleavings were explored: each run of `f` is one.
+fn model(name: &str, f: impl Fn() + Send + Sync + 'static) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let runs = StdArc::new(AtomicUsize::new(0));
+    let counter = runs.clone();
     let mut b = loom::model::Builder::new();
     if b.preemption_bound.is_none() {
         b.preemption_bound = Some(2);
     }
-    b.check(f);
+    let bound = b.preemption_bound;
+    b.check(move || {
+        // Relaxed: a statistic, read after `check` has joined every execution.
+        counter.fetch_add(1, Ordering::Relaxed);
+        f()
+    });
+    eprintln!(
+        "loom model {name}: {} interleavings explored (preemption bound {bound:?})",
+        runs.load(Ordering::Relaxed)
+    );
 }
 
-/// (1) publish vs read: a reader sees the old or the new generation, all of it, and the
-/// generations it sees never go backwards.
+/// (1) publish vs read: two readers each take two snapshots while the writer publishes two
+/// generations; every snapshot is one whole generation, and each reader's generations never
+/// go backwards.
 #[test]
 fn publish_vs_read() {
-    model(|| {
+    model("publish_vs_read", || {
         let map = StdArc::new(PhysMap::with_config(config()).unwrap());
         commit(&map, 1);
-        let m = map.clone();
-        let reader = thread::spawn(move || {
-            let a = m.snapshot();
-            check_whole(&a);
-            let b = m.snapshot();
-            check_whole(&b);
-            assert!(a.generation() <= b.generation());
-        });
+        let readers: Vec<_> = (0..2)
+            .map(|_| {
+                let m = map.clone();
+                thread::spawn(move || {
+                    let a = m.snapshot();
+                    check_whole(&a);
+                    let b = m.snapshot();
+                    check_whole(&b);
+                    assert!(a.generation() <= b.generation());
+                })
+            })
+            .collect();
         commit(&map, 2);
-        reader.join().unwrap();
+        commit(&map, 3);
+        for r in readers {
+            r.join().unwrap();
+        }
         check_whole(&map.snapshot());
-        assert_eq!(map.snapshot().generation(), 2);
+        assert_eq!(map.snapshot().generation(), 3);
     });
 }
 
-/// (2) `Reader` cache refresh racing a commit: every answer matches the generation the reader
-/// reports, generations never go backwards, and once the commit has returned the reader
-/// answers from it.
+/// (2) `Reader` cache refresh racing two commits: every answer matches the generation the
+/// reader reports, generations never go backwards, and once the commits have returned the
+/// reader answers from the newest.
 #[test]
 fn reader_refresh_vs_commit() {
-    model(|| {
+    model("reader_refresh_vs_commit", || {
         let map = StdArc::new(PhysMap::with_config(config()).unwrap());
         commit(&map, 1);
         let mut r = map.reader();
         let m = map.clone();
-        let writer = thread::spawn(move || commit(&m, 2));
+        let writer = thread::spawn(move || {
+            commit(&m, 2);
+            commit(&m, 3);
+        });
         let mut last = 0;
-        for a in [0x08u64, 0x08, 0x40, 0x40] {
+        for a in [0x08u64, 0x08, 0x40, 0x81, 0x81, 0x07] {
             let v = r.lookup(a).map(|h| *h.value);
             let g = r.last_generation();
             assert!(g >= last, "generation went back from {last} to {g}");
@@ -135,29 +170,40 @@ fn reader_refresh_vs_commit() {
             assert_eq!(v, expected(g, a), "generation {g}, addr {a:#x}");
         }
         writer.join().unwrap();
-        assert_eq!(r.generation(), 2);
-        assert_eq!(r.lookup(0x40).map(|h| *h.value), Some(2));
-        assert_eq!(r.lookup(0x07).map(|h| *h.value), Some(1));
+        assert_eq!(r.generation(), 3);
+        assert_eq!(r.lookup(0x81).map(|h| *h.value), Some(3));
+        assert_eq!(r.lookup(0x07).map(|h| *h.value), None);
     });
 }
 
-/// (3) reclamation: a snapshot dropped on a reader thread while the writer commits twice and
-/// reuses the slots the first commit retired. Loom checks every access to node, piece,
-/// table and section cells (no read may race a reuse); at the end the arena holds exactly
-/// the newest tree.
+/// (3) reclamation: a snapshot of generation 1 checked and dropped on one thread, a `Reader`
+/// following the commits on another, while the writer commits three times and reuses the
+/// slots the first commits retired. Loom checks every access to node, piece, table and
+/// section cells (no read may race a reuse); at the end the arena holds exactly the newest
+/// tree.
 #[test]
 fn reclaim_vs_reuse() {
-    model(|| {
+    model("reclaim_vs_reuse", || {
         let map = StdArc::new(PhysMap::with_config(config()).unwrap());
         commit(&map, 1);
         let old = map.snapshot();
-        let reader = thread::spawn(move || {
+        let holder = thread::spawn(move || {
             check_whole(&old);
             drop(old);
         });
+        let mut r = map.reader();
+        let follower = thread::spawn(move || {
+            for a in [0x40u64, 0xc1] {
+                let v = r.lookup(a).map(|h| *h.value);
+                assert_eq!(v, expected(r.last_generation(), a), "addr {a:#x}");
+            }
+            drop(r);
+        });
         commit(&map, 2);
         commit(&map, 3);
-        reader.join().unwrap();
+        commit(&map, 4);
+        holder.join().unwrap();
+        follower.join().unwrap();
         let snap = map.snapshot();
         check_whole(&snap);
         let mem = map.memory();
@@ -167,7 +213,7 @@ fn reclaim_vs_reuse() {
             (mem.nodes, mem.pieces, mem.sections),
             (stats.nodes, stats.pieces, stats.sections)
         );
-        assert_eq!(stats.pieces, layout(3).len());
+        assert_eq!(stats.pieces, layout(4).len());
     });
 }
 
@@ -175,7 +221,7 @@ fn reclaim_vs_reuse() {
 /// retired slots: the refresh drops it on the reader thread.
 #[test]
 fn reader_drops_last_old_generation() {
-    model(|| {
+    model("reader_drops_last_old_generation", || {
         let map = StdArc::new(PhysMap::with_config(config()).unwrap());
         commit(&map, 1);
         let mut r = map.reader();
@@ -201,7 +247,7 @@ fn reader_drops_last_old_generation() {
 /// is exercised in `tests/core.rs`.
 #[test]
 fn panicking_writer_vs_readers() {
-    model(|| {
+    model("panicking_writer_vs_readers", || {
         let map = StdArc::new(PhysMap::with_config(config()).unwrap());
         commit(&map, 1);
         let m = map.clone();
@@ -212,13 +258,22 @@ fn panicking_writer_vs_readers() {
             drop(t); // as unwinding would
             commit(&m, 2);
         });
+        let mut r2 = map.reader();
+        let other = thread::spawn(move || {
+            for a in [0x40u64, 0x08, 0x81] {
+                let v = r2.lookup(a).map(|h| *h.value);
+                assert_ne!(v, Some(99));
+                assert_eq!(v, expected(r2.last_generation(), a));
+            }
+        });
         let mut r = map.reader();
-        for a in [0x00u64, 0x40] {
+        for a in [0x00u64, 0x40, 0x82] {
             let v = r.lookup(a).map(|h| *h.value);
             assert_ne!(v, Some(99));
             assert_eq!(v, expected(r.last_generation(), a));
         }
         writer.join().unwrap();
+        other.join().unwrap();
         check_whole(&map.snapshot());
         assert_eq!(map.snapshot().generation(), 2);
     });
@@ -229,7 +284,7 @@ fn panicking_writer_vs_readers() {
 /// holds generation 2 any more.
 #[test]
 fn reclaim_in_order_past_a_held_generation() {
-    model(|| {
+    model("reclaim_in_order_past_a_held_generation", || {
         let map = StdArc::new(PhysMap::with_config(config()).unwrap());
         let mut t = map.transaction();
         t.insert(0x00..=0x01, 1).unwrap(); // two pieces in page 0: a sub-page table
@@ -243,6 +298,18 @@ fn reclaim_in_order_past_a_held_generation() {
             }
             drop(old);
         });
+        // A `Reader` that follows the commits meanwhile, dropping each generation it leaves.
+        let mut r = map.reader();
+        let follower = thread::spawn(move || {
+            for a in [0x00u64, 0x80, 0x40] {
+                let g = r.generation();
+                let v = r.lookup(a).map(|h| *h.value);
+                assert!(r.last_generation() >= g);
+                if v.is_some() {
+                    assert!(v <= Some(r.last_generation()), "addr {a:#x}");
+                }
+            }
+        });
         // Commit 2 leaves page 0's subtree shared with generation 1; commit 3 retires it;
         // commit 4 allocates again.
         for (g, range) in [(2u64, 0x80..=0x83u64), (3, 0x00..=0x01), (4, 0x40..=0x41)] {
@@ -251,6 +318,7 @@ fn reclaim_in_order_past_a_held_generation() {
             t.commit().unwrap();
         }
         reader.join().unwrap();
+        follower.join().unwrap();
         let mem = map.memory();
         assert_eq!(mem.live_bytes, map.snapshot().stats().bytes);
         assert_eq!(mem.pinned_generations, 0);
