@@ -45,7 +45,7 @@ run() { # name, file, pattern, replacement
   git checkout -q -- src
 }
 
-MAX_BOUND=${MAX_BOUND:-2}
+MAX_BOUND=${MAX_BOUND:-3}
 
 run "update a published node in place instead of copying it (no copy-on-write)" \
   src/writer.rs '\} else \{\s*self\.alloc_node\(h, base, &kids, cx\)\?\s*\};' \

@@ -2,6 +2,13 @@
 //!
 //! Run with: `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 cargo test -p loom-tests --release`
 //!
+//! Loom starts each execution on the main thread and, without preemptions, switches only
+//! when a thread blocks or ends. So in every model the readers' work is on the main thread
+//! (or starts before the writer's) and the writer is spawned: the order loom tries first is
+//! the benign one (reads done before the writer runs), and a protocol bug has to be found by
+//! preempting a reader mid-way, as it would happen on a real machine
+//! (`scripts/loom-mutants.sh` reports the smallest preemption bound that finds each bug).
+//!
 //! The map under test is tiny (8-bit space, 4-byte pages, 2 bits a level: 3 levels of
 //! 4-entry nodes) so that a commit touches few cells, but it has every kind of entry: early
 //! leaves, compressed paths, nodes and a sub-page table.
@@ -95,7 +102,7 @@ fn check_whole(snap: &Snapshot<u64>) {
     assert_eq!(pieces, layout(g), "generation {g}");
 }
 
-/// Runs `f` under loom (preemption bound from `LOOM_MAX_PREEMPTIONS`, 2 by default) and
+/// Runs `f` under loom (preemption bound from `LOOM_MAX_PREEMPTIONS`, 3 by default) and
 /// reports how many interleavings were explored: each run of `f` is one.
 fn model(name: &str, f: impl Fn() + Send + Sync + 'static) {
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -103,7 +110,7 @@ fn model(name: &str, f: impl Fn() + Send + Sync + 'static) {
     let counter = runs.clone();
     let mut b = loom::model::Builder::new();
     if b.preemption_bound.is_none() {
-        b.preemption_bound = Some(2);
+        b.preemption_bound = Some(3);
     }
     let bound = b.preemption_bound;
     b.check(move || {
@@ -125,23 +132,26 @@ fn publish_vs_read() {
     model("publish_vs_read", || {
         let map = StdArc::new(PhysMap::with_config(config()).unwrap());
         commit(&map, 1);
-        let readers: Vec<_> = (0..2)
-            .map(|_| {
-                let m = map.clone();
-                thread::spawn(move || {
-                    let a = m.snapshot();
-                    check_whole(&a);
-                    let b = m.snapshot();
-                    check_whole(&b);
-                    assert!(a.generation() <= b.generation());
-                })
-            })
-            .collect();
-        commit(&map, 2);
-        commit(&map, 3);
-        for r in readers {
-            r.join().unwrap();
-        }
+        let m = map.clone();
+        let writer = thread::spawn(move || {
+            commit(&m, 2);
+            commit(&m, 3);
+        });
+        let m = map.clone();
+        let other = thread::spawn(move || {
+            let a = m.snapshot();
+            check_whole(&a);
+            let b = m.snapshot();
+            check_whole(&b);
+            assert!(a.generation() <= b.generation());
+        });
+        let a = map.snapshot();
+        check_whole(&a);
+        let b = map.snapshot();
+        check_whole(&b);
+        assert!(a.generation() <= b.generation());
+        writer.join().unwrap();
+        other.join().unwrap();
         check_whole(&map.snapshot());
         assert_eq!(map.snapshot().generation(), 3);
     });
@@ -176,9 +186,9 @@ fn reader_refresh_vs_commit() {
     });
 }
 
-/// (3) reclamation: a snapshot of generation 1 checked and dropped on one thread, a `Reader`
-/// following the commits on another, while the writer commits three times and reuses the
-/// slots the first commits retired. Loom checks every access to node, piece, table and
+/// (3) reclamation: a snapshot of generation 1 checked and then dropped, a `Reader`
+/// following the commits on another thread, while the writer commits three times and reuses
+/// the slots the first commits retired. Loom checks every access to node, piece, table and
 /// section cells (no read may race a reuse); at the end the arena holds exactly the newest
 /// tree.
 #[test]
@@ -187,11 +197,13 @@ fn reclaim_vs_reuse() {
         let map = StdArc::new(PhysMap::with_config(config()).unwrap());
         commit(&map, 1);
         let old = map.snapshot();
-        let holder = thread::spawn(move || {
-            check_whole(&old);
-            drop(old);
-        });
         let mut r = map.reader();
+        let m = map.clone();
+        let writer = thread::spawn(move || {
+            commit(&m, 2);
+            commit(&m, 3);
+            commit(&m, 4);
+        });
         let follower = thread::spawn(move || {
             for a in [0x40u64, 0xc1] {
                 let v = r.lookup(a).map(|h| *h.value);
@@ -199,10 +211,9 @@ fn reclaim_vs_reuse() {
             }
             drop(r);
         });
-        commit(&map, 2);
-        commit(&map, 3);
-        commit(&map, 4);
-        holder.join().unwrap();
+        check_whole(&old);
+        drop(old);
+        writer.join().unwrap();
         follower.join().unwrap();
         let snap = map.snapshot();
         check_whole(&snap);
@@ -218,7 +229,7 @@ fn reclaim_vs_reuse() {
 }
 
 /// (3b) the same with a `Reader` whose cached generation is the last one holding the
-/// retired slots: the refresh drops it on the reader thread.
+/// retired slots: its refresh drops it on the reader thread.
 #[test]
 fn reader_drops_last_old_generation() {
     model("reader_drops_last_old_generation", || {
@@ -226,15 +237,18 @@ fn reader_drops_last_old_generation() {
         commit(&map, 1);
         let mut r = map.reader();
         assert_eq!(r.lookup(0x40).map(|h| *h.value), Some(1));
-        let t = thread::spawn(move || {
-            let v = r.lookup(0x40).map(|h| *h.value);
-            assert_eq!(v, expected(r.last_generation(), 0x40));
-            r.refresh();
-            drop(r);
+        let m = map.clone();
+        let writer = thread::spawn(move || {
+            commit(&m, 2);
+            commit(&m, 3);
         });
-        commit(&map, 2);
-        commit(&map, 3);
-        t.join().unwrap();
+        for a in [0x40u64, 0x08] {
+            let v = r.lookup(a).map(|h| *h.value);
+            assert_eq!(v, expected(r.last_generation(), a));
+        }
+        r.refresh();
+        drop(r);
+        writer.join().unwrap();
         let mem = map.memory();
         assert_eq!(mem.live_bytes, map.snapshot().stats().bytes);
     });
@@ -244,12 +258,14 @@ fn reader_drops_last_old_generation() {
 /// seen, and the next writer proceeds. Loom treats any panic as a failed model, so the
 /// writer drops the transaction instead: that is exactly what unwinding does (the
 /// transaction's `Drop` rolls back and the lock is released). A real panic on a real thread
-/// is exercised in `tests/core.rs`.
+/// is exercised in `tests/core.rs` and `tests/panics.rs`.
 #[test]
 fn panicking_writer_vs_readers() {
     model("panicking_writer_vs_readers", || {
         let map = StdArc::new(PhysMap::with_config(config()).unwrap());
         commit(&map, 1);
+        let mut r = map.reader();
+        let mut r2 = map.reader();
         let m = map.clone();
         let writer = thread::spawn(move || {
             let mut t = m.transaction();
@@ -258,7 +274,6 @@ fn panicking_writer_vs_readers() {
             drop(t); // as unwinding would
             commit(&m, 2);
         });
-        let mut r2 = map.reader();
         let other = thread::spawn(move || {
             for a in [0x40u64, 0x08, 0x81] {
                 let v = r2.lookup(a).map(|h| *h.value);
@@ -266,7 +281,6 @@ fn panicking_writer_vs_readers() {
                 assert_eq!(v, expected(r2.last_generation(), a));
             }
         });
-        let mut r = map.reader();
         for a in [0x00u64, 0x40, 0x82] {
             let v = r.lookup(a).map(|h| *h.value);
             assert_ne!(v, Some(99));
@@ -292,14 +306,18 @@ fn reclaim_in_order_past_a_held_generation() {
         t.insert(0x80..=0x83, 1).unwrap();
         t.commit().unwrap();
         let old = map.snapshot();
-        let reader = thread::spawn(move || {
-            for a in [0x00u64, 0x02, 0x80] {
-                assert_eq!(old.lookup(a).map(|h| *h.value), Some(1), "addr {a:#x}");
+        let mut r = map.reader();
+        let m = map.clone();
+        // Commit 2 leaves page 0's subtree shared with generation 1; commit 3 retires it;
+        // commit 4 allocates again.
+        let writer = thread::spawn(move || {
+            for (g, range) in [(2u64, 0x80..=0x83u64), (3, 0x00..=0x01), (4, 0x40..=0x41)] {
+                let mut t = m.transaction();
+                t.overwrite(range, g).unwrap();
+                t.commit().unwrap();
             }
-            drop(old);
         });
         // A `Reader` that follows the commits meanwhile, dropping each generation it leaves.
-        let mut r = map.reader();
         let follower = thread::spawn(move || {
             for a in [0x00u64, 0x80, 0x40] {
                 let g = r.generation();
@@ -310,14 +328,11 @@ fn reclaim_in_order_past_a_held_generation() {
                 }
             }
         });
-        // Commit 2 leaves page 0's subtree shared with generation 1; commit 3 retires it;
-        // commit 4 allocates again.
-        for (g, range) in [(2u64, 0x80..=0x83u64), (3, 0x00..=0x01), (4, 0x40..=0x41)] {
-            let mut t = map.transaction();
-            t.overwrite(range, g).unwrap();
-            t.commit().unwrap();
+        for a in [0x00u64, 0x02, 0x80] {
+            assert_eq!(old.lookup(a).map(|h| *h.value), Some(1), "addr {a:#x}");
         }
-        reader.join().unwrap();
+        drop(old);
+        writer.join().unwrap();
         follower.join().unwrap();
         let mem = map.memory();
         assert_eq!(mem.live_bytes, map.snapshot().stats().bytes);
