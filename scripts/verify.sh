@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Deeper checks than CI: Miri on the unit tests (arena, tree, publication), ThreadSanitizer on
-# the many-thread stress test, valgrind memcheck on the core and stress tests.
+# Deeper checks than CI: Miri on the unit tests (arena, tree, publication) and on the
+# panicking-Drop tests, ThreadSanitizer on the many-thread stress test, valgrind memcheck on
+# the core, panics and stress tests, and the cargo-fuzz targets for a bounded time each
+# (FUZZ_SECONDS, default 60; seeded from tests/data; a crash is saved under fuzz/artifacts).
 # Runs whatever the machine has and says what it skipped. Exit status: non-zero if a check
 # that ran failed.
 #   rustup component add --toolchain nightly miri rust-src   # for Miri and TSan
@@ -12,9 +14,9 @@ ran=() skipped=()
 timed() { local t0=$(date +%s); "$@"; local rc=$?; echo "  ($(( $(date +%s) - t0 )) s, exit $rc)"; return $rc; }
 has_nightly_component() { rustup +nightly component list --installed 2>/dev/null | grep -q "^$1"; }
 
-echo "=== Miri: cargo +nightly miri test --lib"
+echo "=== Miri: cargo +nightly miri test --lib --test panics"
 if has_nightly_component miri && has_nightly_component rust-src; then
-  if timed cargo +nightly miri test --lib --target-dir target/miri; then ran+=("miri"); else status=1; ran+=("miri (FAILED)"); fi
+  if timed cargo +nightly miri test --no-default-features --lib --test panics --target-dir target/miri; then ran+=("miri"); else status=1; ran+=("miri (FAILED)"); fi
 else
   skipped+=("miri (rustup component add --toolchain nightly miri rust-src)")
 fi
@@ -33,7 +35,7 @@ fi
 
 echo "=== valgrind memcheck: core and stress tests (stable, release)"
 if command -v valgrind >/dev/null; then
-  bins=$(cargo test --release --test core --test stress --no-run --message-format=json 2>/dev/null \
+  bins=$(cargo test --release --test core --test panics --test stress --no-run --message-format=json 2>/dev/null \
     | python3 -c 'import json,sys
 for l in sys.stdin:
     m=json.loads(l)
@@ -47,6 +49,22 @@ for l in sys.stdin:
   if [ $ok = 1 ]; then ran+=("valgrind"); else status=1; ran+=("valgrind (FAILED)"); fi
 else
   skipped+=("valgrind (apt-get install valgrind)")
+fi
+
+echo "=== cargo fuzz: each target for ${FUZZ_SECONDS:-60} s (nightly + cargo-fuzz)"
+if has_nightly_component rust-src && cargo +nightly fuzz --version >/dev/null 2>&1; then
+  mkdir -p fuzz/corpus/mtree_parse fuzz/corpus/transactions
+  cp tests/data/*.txt fuzz/corpus/mtree_parse/
+  ok=1
+  for target in mtree_parse transactions; do
+    echo "  $target"
+    (cd fuzz && timed cargo +nightly fuzz run -O "$target" -- -max_total_time="${FUZZ_SECONDS:-60}" \
+      2>&1 | grep -E '^(Done|==|SUMMARY)|panicked|artifact' ) || true
+    if [ -n "$(ls -A fuzz/artifacts/"$target" 2>/dev/null)" ]; then ok=0; echo "  finding in $target: fuzz/artifacts/$target"; fi
+  done
+  if [ $ok = 1 ]; then ran+=("fuzz"); else status=1; ran+=("fuzz (FAILED)"); fi
+else
+  skipped+=("fuzz (cargo install cargo-fuzz; needs nightly)")
 fi
 
 echo
