@@ -58,9 +58,10 @@ if has_nightly_component rust-src && cargo +nightly fuzz --version >/dev/null 2>
   ok=1
   for target in mtree_parse transactions; do
     echo "  $target"
-    (cd fuzz && timed cargo +nightly fuzz run -O "$target" -- -max_total_time="${FUZZ_SECONDS:-60}" \
-      2>&1 | grep -E '^(Done|==|SUMMARY)|panicked|artifact' ) || true
+    out=$(cd fuzz && cargo +nightly fuzz run -O "$target" -- -max_total_time="${FUZZ_SECONDS:-60}" 2>&1)
+    grep -E '^(Done|==|SUMMARY)|panicked|artifact|^error' <<<"$out"
     if [ -n "$(ls -A fuzz/artifacts/"$target" 2>/dev/null)" ]; then ok=0; echo "  finding in $target: fuzz/artifacts/$target"; fi
+    if ! grep -q '^Done' <<<"$out"; then ok=0; echo "  $target did not run to its time limit"; fi
   done
   if [ $ok = 1 ]; then ran+=("fuzz"); else status=1; ran+=("fuzz (FAILED)"); fi
 else

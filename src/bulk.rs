@@ -1,16 +1,18 @@
 //! Bulk building: the canonical subtree of a span from a sorted slice of its pieces, with
 //! independent children built in parallel (rayon) above a threshold.
 //!
-//! Parallel tasks cannot take arena slots (slot allocation is the writer's), so each builds
-//! into a task-local [`LocalSink`] with local indices; the parent then imports it into its
-//! own sink, children before parents, renumbering entries. The shape depends only on the
-//! pieces, so the result is the same canonical tree the sequential path builds (tested in
+//! The builder writes through a [`Sink`]: the writer's arena implements it (in
+//! `writer/rebuild.rs`; this module does not know the writer), and so does the task-local
+//! [`LocalSink`] that parallel tasks build into, with local indices, since slot allocation
+//! is the writer's alone; the parent then imports each local sink into its own, children
+//! before parents, renumbering entries. The shape follows the rules of `canon.rs` from the
+//! pieces alone, so the result is the same canonical tree the rebuild makes (tested in
 //! `tests/scale.rs`); only slot numbers differ.
 
 use crate::arena::SubEntry;
+use crate::canon::{self, Span};
 use crate::config::Geometry;
-use crate::tree::{Entry, Kind};
-use crate::writer::{Build, WriterState};
+use crate::entry::{Entry, Kind, NODE_LIMIT};
 use crate::Error;
 
 /// Below this many pieces in a wholly-new span, the ordinary span-by-span rebuild is used.
@@ -28,43 +30,27 @@ pub(crate) struct SlicePiece {
 
 /// Where a builder puts the nodes and sub-page tables it makes.
 pub(crate) trait Sink {
+    /// A node of height `h` at page `base` with these children.
     fn node(&mut self, h: u32, base: u64, kids: &[Entry]) -> Result<Entry, Error>;
-    fn subpage(&mut self, rows: Vec<SubEntry>) -> Result<Entry, Error>;
+    /// A sub-page table with these rows.
+    fn table(&mut self, rows: Vec<SubEntry>) -> Result<Entry, Error>;
     /// Called when a node's children are built in parallel (for `Memory::parallel_builds`).
     fn went_parallel(&mut self) {}
 }
 
-/// The writer's arena.
-pub(crate) struct ArenaSink<'a, 'b, V> {
-    pub w: &'a mut WriterState<V>,
-    pub cx: &'b mut Build,
-}
-
-impl<V> Sink for ArenaSink<'_, '_, V> {
-    fn node(&mut self, h: u32, base: u64, kids: &[Entry]) -> Result<Entry, Error> {
-        self.w.alloc_node(h, base, kids, self.cx)
-    }
-    fn subpage(&mut self, rows: Vec<SubEntry>) -> Result<Entry, Error> {
-        self.w.alloc_subpage(rows, self.cx)
-    }
-    fn went_parallel(&mut self) {
-        self.w.parallel_builds += 1;
-    }
-}
-
 /// A task-local arena: nodes and tables with local indices, in creation order (children
 /// before their parents).
-pub(crate) struct LocalSink {
-    fanout: usize,
+pub(crate) struct LocalSink<'a> {
+    geo: &'a Geometry,
     entries: Vec<Entry>,
     nodes: Vec<(u32, u64)>,
     tables: Vec<Vec<SubEntry>>,
 }
 
-impl LocalSink {
-    fn new(fanout: usize) -> Self {
+impl<'a> LocalSink<'a> {
+    fn new(geo: &'a Geometry) -> Self {
         LocalSink {
-            fanout,
+            geo,
             entries: Vec::new(),
             nodes: Vec::new(),
             tables: Vec::new(),
@@ -75,7 +61,7 @@ impl LocalSink {
     fn import<S: Sink>(self, root: Entry, into: &mut S) -> Result<Entry, Error> {
         let mut tables = Vec::with_capacity(self.tables.len());
         for rows in self.tables {
-            tables.push(into.subpage(rows)?);
+            tables.push(into.table(rows)?);
         }
         let mut nodes: Vec<Entry> = Vec::with_capacity(self.nodes.len());
         let renumber = |e: Entry, nodes: &[Entry]| match e.kind() {
@@ -83,8 +69,9 @@ impl LocalSink {
             Kind::Subpage(t) => tables[t as usize],
             _ => e,
         };
+        let fanout = self.geo.fanout;
         for (k, &(h, base)) in self.nodes.iter().enumerate() {
-            let kids: Vec<Entry> = self.entries[k * self.fanout..(k + 1) * self.fanout]
+            let kids: Vec<Entry> = self.entries[k * fanout..(k + 1) * fanout]
                 .iter()
                 .map(|&e| renumber(e, &nodes))
                 .collect();
@@ -94,20 +81,20 @@ impl LocalSink {
     }
 }
 
-impl Sink for LocalSink {
+impl Sink for LocalSink<'_> {
     fn node(&mut self, h: u32, base: u64, kids: &[Entry]) -> Result<Entry, Error> {
         let k = self.nodes.len();
-        if k >= 1 << 24 {
+        if k >= NODE_LIMIT {
             return Err(Error::CapacityExhausted {
                 kind: "nodes",
-                limit: 1 << 24,
+                limit: NODE_LIMIT - 1,
             });
         }
         self.nodes.push((h, base));
         self.entries.extend_from_slice(kids);
-        Ok(Entry::node(h, k as u32))
+        Ok(Entry::node(self.geo.shift(h), k as u32))
     }
-    fn subpage(&mut self, rows: Vec<SubEntry>) -> Result<Entry, Error> {
+    fn table(&mut self, rows: Vec<SubEntry>) -> Result<Entry, Error> {
         self.tables.push(rows);
         Ok(Entry::subpage((self.tables.len() - 1) as u32))
     }
@@ -122,21 +109,21 @@ pub(crate) fn build<S: Sink>(
     base: u64,
     pieces: &[SlicePiece],
 ) -> Result<Entry, Error> {
-    match pieces {
-        [] => return Ok(Entry::EMPTY),
-        [only] => return Ok(Entry::leaf(only.slot)),
-        _ => {}
-    }
-    let (s, _) = geo.span(h, base);
-    if h == 0 {
-        let rows = pieces
-            .iter()
-            .map(|p| SubEntry {
-                start: p.start.max(s),
-                piece: p.slot,
-            })
-            .collect();
-        return sink.subpage(rows);
+    match Span::of(pieces.len(), h) {
+        Span::Empty => return Ok(Entry::EMPTY),
+        Span::Leaf => return Ok(Entry::leaf(pieces[0].slot)),
+        Span::Table => {
+            let (s, _) = geo.span(h, base);
+            let rows = pieces
+                .iter()
+                .map(|p| SubEntry {
+                    start: p.start.max(s),
+                    piece: p.slot,
+                })
+                .collect();
+            return sink.table(rows);
+        }
+        Span::Node => {}
     }
     let parts = partition(geo, h, base, pieces);
     let mut kids = vec![Entry::EMPTY; geo.fanout];
@@ -144,9 +131,9 @@ pub(crate) fn build<S: Sink>(
         // Independent children, built in parallel into task-local sinks, then imported in
         // order (the sink's slot allocation stays on this thread).
         sink.went_parallel();
-        let built: Vec<Result<(Entry, LocalSink), Error>> =
+        let built: Vec<Result<(Entry, LocalSink<'_>), Error>> =
             crate::sync::par_map(&parts, |&(_, cb, slice)| {
-                let mut local = LocalSink::new(geo.fanout);
+                let mut local = LocalSink::new(geo);
                 let e = build(geo, &mut local, h - 1, cb, slice)?;
                 Ok((e, local))
             });
@@ -159,13 +146,10 @@ pub(crate) fn build<S: Sink>(
             kids[i] = build(geo, sink, h - 1, cb, slice)?;
         }
     }
-    let mut nonempty = kids.iter().filter(|k| !k.is_empty());
-    let first = *nonempty.next().expect("two pieces give a non-empty child");
-    if nonempty.next().is_none() {
-        // Path compression, as in the sequential rebuild.
-        return Ok(first);
+    match canon::collapse(&kids) {
+        Some(e) => Ok(e),
+        None => sink.node(h, base, &kids),
     }
-    sink.node(h, base, &kids)
 }
 
 /// The children of the span of height `h` at `base` that overlap `pieces`, each with the
@@ -177,17 +161,11 @@ fn partition<'p>(
     pieces: &'p [SlicePiece],
 ) -> Vec<(usize, u64, &'p [SlicePiece])> {
     let n = geo.children_in_space(h, base);
-    let child_pages = geo.entry_pages(h - 1);
-    let child_of = |addr: u64| -> usize {
-        let page = (addr >> geo.page_bits) as u128;
-        (page.saturating_sub(base as u128) / child_pages).min(n as u128 - 1) as usize
-    };
-    let child_base = |i: usize| (base as u128 + i as u128 * child_pages) as u64;
     let mut parts = Vec::new();
-    let mut i = child_of(pieces[0].start);
+    let mut i = geo.child_at(h, base, pieces[0].start);
     let mut lo = 0;
     while lo < pieces.len() && i < n {
-        let cb = child_base(i);
+        let cb = geo.child_base(h, base, i);
         let (cs, ce) = geo.span(h - 1, cb);
         while lo < pieces.len() && pieces[lo].end < cs {
             lo += 1;
@@ -196,7 +174,7 @@ fn partition<'p>(
             break;
         }
         if pieces[lo].start > ce {
-            i = child_of(pieces[lo].start);
+            i = geo.child_at(h, base, pieces[lo].start);
             continue;
         }
         let hi = lo + pieces[lo..].partition_point(|p| p.start <= ce);
@@ -205,11 +183,12 @@ fn partition<'p>(
         if pieces[last].end > ce {
             // The last piece runs on: the children it covers wholly are leaves of it, and the
             // child where it ends starts from it.
-            let j = child_of(pieces[last].end);
+            let j = geo.child_at(h, base, pieces[last].end);
             for k in i + 1..j {
-                parts.push((k, child_base(k), &pieces[last..last + 1]));
+                parts.push((k, geo.child_base(h, base, k), &pieces[last..last + 1]));
             }
-            // If it runs past the span's last child, `i` becomes `n` and the loop ends.
+            // The next round starts at the child where it ends (the span's last child if it
+            // runs past the span), from this piece.
             i = j.max(i + 1);
             lo = last;
         } else {

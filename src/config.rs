@@ -30,9 +30,9 @@ pub struct Config {
 }
 
 /// Largest node index an entry can encode.
-pub(crate) const NODE_INDEX_LIMIT: usize = (1 << 24) - 1;
+const NODE_INDEX_LIMIT: usize = crate::entry::NODE_LIMIT - 1;
 /// Largest piece / sub-page index an entry can encode.
-pub(crate) const PIECE_INDEX_LIMIT: usize = (1 << 30) - 1;
+const PIECE_INDEX_LIMIT: usize = crate::entry::SLOT_LIMIT - 1;
 
 impl Default for Config {
     fn default() -> Self {
@@ -136,6 +136,61 @@ impl Geometry {
         let child = self.entry_pages(h - 1);
         let left = self.npages - base as u128;
         (left.div_ceil(child)).min(self.fanout as u128) as usize
+    }
+
+    /// First page of child `i` of the node of height `h` at `base`.
+    #[inline]
+    pub(crate) fn child_base(&self, h: u32, base: u64, i: usize) -> u64 {
+        (base as u128 + i as u128 * self.entry_pages(h - 1)) as u64
+    }
+
+    /// The child of the node of height `h` at `base` that holds byte `addr`, clamped to the
+    /// node's children (an address before the node gives its first child, one after it its
+    /// last): the index arithmetic every walk over a node's children uses.
+    #[inline]
+    pub(crate) fn child_at(&self, h: u32, base: u64, addr: u64) -> usize {
+        let page = (addr >> self.page_bits) as u128;
+        let n = self.children_in_space(h, base) as u128;
+        (page.saturating_sub(base as u128) / self.entry_pages(h - 1)).min(n - 1) as usize
+    }
+
+    /// The children of the node of height `h` at `base` that overlap bytes `[lo, hi]`
+    /// (empty if the node does not).
+    #[inline]
+    pub(crate) fn children_overlapping(
+        &self,
+        h: u32,
+        base: u64,
+        lo: u64,
+        hi: u64,
+    ) -> std::ops::Range<usize> {
+        let (s, e) = self.span(h, base);
+        if hi < s || lo > e {
+            return 0..0;
+        }
+        self.child_at(h, base, lo)..self.child_at(h, base, hi) + 1
+    }
+
+    /// The child of the node of height `h` at `base` that holds byte `addr`, or `None` if
+    /// the node does not cover `addr`.
+    #[inline]
+    pub(crate) fn child_holding(&self, h: u32, base: u64, addr: u64) -> Option<usize> {
+        let page = (addr >> self.page_bits) as u128;
+        let i = page.checked_sub(base as u128)? / self.entry_pages(h - 1);
+        (i < self.children_in_space(h, base) as u128).then_some(i as usize)
+    }
+
+    /// The address shift of a node of height `h` (>= 1): its child index is
+    /// `(addr >> shift) & mask`. What a node entry carries (see `entry.rs`).
+    #[inline]
+    pub(crate) fn shift(&self, h: u32) -> u32 {
+        self.page_bits + (h - 1) * self.level_bits
+    }
+
+    /// The height of the node whose entries carry `shift` (inverse of [`Geometry::shift`]).
+    #[inline]
+    pub(crate) fn height_of_shift(&self, shift: u32) -> u32 {
+        (shift - self.page_bits) / self.level_bits + 1
     }
 
     /// Checks a user range and turns it into inclusive `(start, end)`.

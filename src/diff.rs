@@ -2,9 +2,8 @@
 //! every subtree they share (same entry = same slots = same content, since a slot is not
 //! reused while either generation is held).
 
-use crate::arena::{Piece, Storage};
-use crate::config::Geometry;
-use crate::tree::{self, Entry, Kind, Walk};
+use crate::entry::Kind;
+use crate::view::{PieceRef, TreeEntry, TreeRef};
 use std::ops::RangeInclusive;
 
 /// What a byte range maps to on one side of a [`Change`].
@@ -31,72 +30,60 @@ pub struct Change<'a, V> {
 }
 
 /// A raw change: (first byte, last byte, old piece, new piece).
-pub(crate) type RawChange = (u64, u64, Option<Piece>, Option<Piece>);
+pub(crate) type RawChange<'g> = (u64, u64, Option<PieceRef<'g>>, Option<PieceRef<'g>>);
 
-fn same(a: &Option<Piece>, b: &Option<Piece>) -> bool {
+/// Same piece: same bytes and same section (the section cell identifies the section: a slot
+/// is not reused while either generation is held).
+fn same(a: &Option<PieceRef<'_>>, b: &Option<PieceRef<'_>>) -> bool {
     match (a, b) {
         (None, None) => true,
-        (Some(x), Some(y)) => {
-            x.start == y.start && x.end == y.end && x.section == y.section && x.value == y.value
-        }
+        (Some(x), Some(y)) => x.start == y.start && x.end == y.end && x.section == y.section,
         _ => false,
     }
 }
 
-/// Appends to `out`, in address order, the changes between `old` and `new` at the position
-/// of height `h` at page `base`.
-///
-/// # Safety
-/// Both entries must be reachable from generations of `storage` the caller holds.
-pub(crate) unsafe fn diff<V>(
-    storage: &Storage<V>,
-    geo: &Geometry,
-    old: Entry,
-    new: Entry,
+/// Appends to `out`, in address order, the changes between `old` (an entry of `older`) and
+/// `new` (an entry of `newer`) at the position of height `h` at page `base`. The two trees
+/// share one storage, so an entry equal on both sides is the same subtree and is skipped.
+pub(crate) fn diff<'g, V>(
+    older: TreeRef<'g, V>,
+    newer: TreeRef<'g, V>,
+    old: TreeEntry<'g>,
+    new: TreeEntry<'g>,
     h: u32,
     base: u64,
-    out: &mut Vec<RawChange>,
+    out: &mut Vec<RawChange<'g>>,
 ) {
-    if old == new {
+    if old.get() == new.get() {
         return;
     }
-    let has_node = |e: Entry| matches!(e.kind(), Kind::Node { .. });
+    let has_node = |e: TreeEntry<'_>| matches!(e.kind(), Kind::Node { .. });
     if h > 0 && (has_node(old) || has_node(new)) {
-        let child_pages = geo.entry_pages(h - 1);
-        // SAFETY: forwarded contract.
-        let (a, b) = unsafe {
-            (
-                tree::children(storage, geo, old, h, base),
-                tree::children(storage, geo, new, h, base),
-            )
-        };
+        let geo = newer.geo();
+        let a = older.children(old, h, base);
+        let b = newer.children(new, h, base);
         for (i, (&a, &b)) in a.iter().zip(&b).enumerate() {
-            if a != b {
-                let cb = (base as u128 + i as u128 * child_pages) as u64;
-                // SAFETY: children of reachable entries are reachable.
-                unsafe { diff(storage, geo, a, b, h - 1, cb, out) };
+            if a.get() != b.get() {
+                diff(older, newer, a, b, h - 1, geo.child_base(h, base, i), out);
             }
         }
         return;
     }
     // Leaves, tables or nothing on both sides: compare their pieces over this span.
-    let (lo, hi) = geo.span(h, base);
-    // SAFETY: forwarded contract.
-    let (a, b): (Vec<Piece>, Vec<Piece>) = unsafe {
-        (
-            Walk::new(storage, *geo, old, lo, hi)
-                .map(|(_, p)| p)
-                .collect(),
-            Walk::new(storage, *geo, new, lo, hi)
-                .map(|(_, p)| p)
-                .collect(),
-        )
-    };
+    let (lo, hi) = newer.geo().span(h, base);
+    let a: Vec<_> = older.walk_from(old, lo, hi).collect();
+    let b: Vec<_> = newer.walk_from(new, lo, hi).collect();
     sweep(&a, &b, lo, hi, out);
 }
 
 /// The changes between two sorted piece lists over `[lo, hi]`.
-pub(crate) fn sweep(a: &[Piece], b: &[Piece], lo: u64, hi: u64, out: &mut Vec<RawChange>) {
+pub(crate) fn sweep<'g>(
+    a: &[PieceRef<'g>],
+    b: &[PieceRef<'g>],
+    lo: u64,
+    hi: u64,
+    out: &mut Vec<RawChange<'g>>,
+) {
     let (mut i, mut j) = (0, 0);
     let mut x = lo as u128;
     let hi = hi as u128;
@@ -129,7 +116,7 @@ pub(crate) fn sweep(a: &[Piece], b: &[Piece], lo: u64, hi: u64, out: &mut Vec<Ra
 }
 
 /// Appends a change, merging it with the previous one when they touch and agree.
-pub(crate) fn push(out: &mut Vec<RawChange>, c: RawChange) {
+fn push<'g>(out: &mut Vec<RawChange<'g>>, c: RawChange<'g>) {
     if let Some(last) = out.last_mut() {
         if last.1.checked_add(1) == Some(c.0) && same(&last.2, &c.2) && same(&last.3, &c.3) {
             last.1 = c.1;

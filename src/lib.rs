@@ -115,20 +115,23 @@
 
 mod arena;
 mod bulk;
+mod canon;
 mod config;
 mod diff;
 mod drops;
+mod entry;
 mod error;
 mod map;
 #[cfg(feature = "mtree")]
 #[cfg_attr(docsrs, doc(cfg(feature = "mtree")))]
 pub mod mtree;
-mod publish;
 mod reader;
+mod reclaim;
 mod snapshot;
 mod sync;
 mod transaction;
-mod tree;
+mod version;
+mod view;
 mod writer;
 
 pub use config::{checked_range, Config};

@@ -1,14 +1,11 @@
 //! The map handle: configuration, the writer lock and the publication point.
 
-use crate::arena::Storage;
-use crate::config::Geometry;
-use crate::publish::Version;
 use crate::reader::Reader;
 use crate::snapshot::Snapshot;
 use crate::sync::{Arc, Cache, Mutex, Publisher};
 use crate::transaction::Transaction;
-use crate::tree::Entry;
-use crate::writer::WriterState;
+use crate::version::Version;
+use crate::writer::Writer;
 use crate::{Config, Error};
 
 /// A guest-physical address map shared by many vCPU threads.
@@ -17,7 +14,7 @@ use crate::{Config, Error};
 pub struct PhysMap<V> {
     config: Config,
     publisher: Arc<Publisher<Version<V>>>,
-    writer: Mutex<WriterState<V>>,
+    writer: Mutex<Writer<V>>,
 }
 
 /// Memory held by a map's arena, as the writer accounts it.
@@ -58,11 +55,7 @@ impl<V> PhysMap<V> {
 
     /// An empty map of the given shape; `Err(Error::InvalidConfig)` if it makes no sense.
     pub fn with_config(config: Config) -> Result<Self, Error> {
-        let geo: Geometry = config.geometry()?;
-        let storage = Arc::new(Storage::new(geo.fanout));
-        let first = Arc::new(Version::new(0, Entry::EMPTY, storage.clone(), geo));
-        let publisher = Arc::new(Publisher::new(first.clone()));
-        let writer = WriterState::new(geo, storage, first, config.max_nodes, config.max_pieces);
+        let (writer, publisher) = Writer::new(&config)?;
         Ok(PhysMap {
             config,
             publisher,
@@ -96,7 +89,7 @@ impl<V> PhysMap<V> {
 
     /// Starts a transaction, waiting for the previous writer to finish. Readers never wait.
     pub fn transaction(&self) -> Transaction<'_, V> {
-        Transaction::new(self.writer.lock(), &self.publisher)
+        Transaction::new(self.writer.lock())
     }
 
     /// The newest published generation.
@@ -114,19 +107,7 @@ impl<V> PhysMap<V> {
     /// Takes back the slots of generations nobody holds any more, then reports the arena's
     /// memory. Takes the writer lock (waits for a running transaction).
     pub fn memory(&self) -> Memory {
-        let mut w = self.writer.lock();
-        w.reclaim();
-        Memory {
-            live_bytes: w.live_bytes(),
-            nodes: w.nodes.live,
-            pieces: w.pieces.live,
-            subpage_tables: w.subpages.live,
-            sections: w.sections.live,
-            pinned_generations: w.graveyard.len(),
-            bulk_builds: w.bulk_builds,
-            parallel_builds: w.parallel_builds,
-            reserved_node_bytes: w.storage.nodes.reserved_cells() * 4,
-        }
+        self.writer.lock().memory()
     }
 }
 

@@ -1,10 +1,8 @@
 //! Per-vCPU readers: a cached snapshot plus the most recently used piece.
 
-use crate::arena::Piece;
-use crate::publish::Version;
 use crate::snapshot::{Hit, Snapshot};
 use crate::sync::Cache;
-use crate::tree;
+use crate::version::Version;
 
 /// A per-vCPU lookup handle. Give each vCPU thread its own.
 ///
@@ -33,30 +31,40 @@ use crate::tree;
 pub struct Reader<V> {
     cache: Cache<Version<V>>,
     /// Last piece answered from, in generation `seen` (an empty range when there is none).
-    mru: Piece,
+    mru: Remembered<V>,
     /// Generation that answered the last lookup.
     seen: u64,
 }
 
-// SAFETY: the raw value pointer in `mru` points into storage kept alive by the cached generation, which
-// the reader owns; moving the reader to another thread moves that ownership with it. Values
-// are shared with other threads, hence `V: Sync`; generations may be dropped here, hence Send.
-unsafe impl<V: Send + Sync> Send for Reader<V> {}
+/// The last piece a reader answered from: its bytes, origin and value.
+struct Remembered<V> {
+    start: u64,
+    end: u64,
+    origin: u64,
+    value: *const V,
+}
 
-/// The remembered piece when there is none: an empty range.
-const NO_PIECE: Piece = Piece {
-    start: 1,
-    end: 0,
-    origin: 0,
-    section: 0,
-    value: std::ptr::null(),
-};
+impl<V> Remembered<V> {
+    /// No piece: an empty range, which no address is in.
+    const NONE: Remembered<V> = Remembered {
+        start: 1,
+        end: 0,
+        origin: 0,
+        value: std::ptr::null(),
+    };
+}
+
+// SAFETY: the raw value pointer in `mru` points into storage kept alive by the cached
+// generation, which the reader owns; moving the reader to another thread moves that ownership
+// with it. Values are shared with other threads, hence `V: Sync`; generations may be dropped
+// here, hence Send.
+unsafe impl<V: Send + Sync> Send for Reader<V> {}
 
 impl<V> Reader<V> {
     pub(crate) fn new(cache: Cache<Version<V>>) -> Self {
         Reader {
             cache,
-            mru: NO_PIECE,
+            mru: Remembered::NONE,
             seen: 0,
         }
     }
@@ -68,22 +76,29 @@ impl<V> Reader<V> {
         if v.generation != self.seen {
             // A new generation: the remembered piece may be gone.
             self.seen = v.generation;
-            self.mru = NO_PIECE;
+            self.mru = Remembered::NONE;
         }
-        if self.mru.start <= addr && addr <= self.mru.end {
-            // SAFETY: `mru` comes from generation `seen`, the one the cache holds, so its
-            // section is still allocated and unchanged.
-            return Some(Hit::new(
-                unsafe { v.storage.piece_value(&self.mru) },
-                &self.mru,
-                addr,
-            ));
+        let m = &self.mru;
+        if m.start <= addr && addr <= m.end {
+            // SAFETY: `m.value` was read from generation `seen`, the one the cache holds (it
+            // was reset when the generation changed), so the section is live and unwritten
+            // for as long as `self` is borrowed (I4, I5).
+            let value = unsafe { &*m.value };
+            return Some(Hit {
+                value,
+                range: m.start..=m.end,
+                offset: addr - m.origin,
+            });
         }
-        // SAFETY: the cache holds the generation for as long as `self` is borrowed.
-        let piece = unsafe { tree::find(&v.storage, &v.geo, v.root, addr) }?;
-        // SAFETY: as above.
-        let value = unsafe { v.storage.piece_value(&piece) };
-        self.mru = piece;
+        let tree = v.tree();
+        let piece = tree.find(addr)?;
+        let value = tree.value(piece);
+        self.mru = Remembered {
+            start: piece.start,
+            end: piece.end,
+            origin: piece.origin,
+            value,
+        };
         Some(Hit::new(value, &piece, addr))
     }
 
@@ -91,11 +106,6 @@ impl<V> Reader<V> {
     /// Does not refresh: use it to tie an answer to the generation it came from.
     pub fn last_generation(&self) -> u64 {
         self.seen
-    }
-
-    /// The generation the next lookup will answer from, refreshing the cache if needed.
-    pub fn generation(&mut self) -> u64 {
-        self.cache.load().generation
     }
 
     /// The cached snapshot (refreshed first).
@@ -106,7 +116,8 @@ impl<V> Reader<V> {
     }
 
     /// Catches up with the newest generation now, letting go of the one held before (the
-    /// newest generation pins no garbage). Returns its number.
+    /// newest generation pins no garbage). Returns its number: the generation the next
+    /// lookup will answer from, unless another commit comes first.
     pub fn refresh(&mut self) -> u64 {
         self.cache.load().generation
     }

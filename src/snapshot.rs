@@ -1,11 +1,11 @@
 //! Snapshots: one immutable generation of the map, for as long as it is held.
 
-use crate::arena::{Piece, SubEntry, Subpage};
+use crate::arena::{Counts, Piece};
 use crate::diff::{self, Change, Mapping};
-use crate::publish::Version;
 use crate::sync::Arc;
-use crate::tree::{self, Walk};
-use crate::writer::node_bytes;
+use crate::version::Version;
+use crate::view::{PieceRef, TreeRef, Walk};
+use crate::Error;
 use std::collections::HashSet;
 use std::fmt;
 use std::ops::{RangeBounds, RangeInclusive};
@@ -84,13 +84,15 @@ impl<V> Snapshot<V> {
     /// Wait-free: at most one load per tree level plus the final range check.
     #[inline]
     pub fn lookup(&self, addr: u64) -> Option<Hit<'_, V>> {
-        let v = &*self.version;
-        // SAFETY: `self` holds the generation, so everything reachable from its root stays
-        // allocated and unwritten for the lifetime of the returned borrow.
-        unsafe {
-            let piece = tree::find(&v.storage, &v.geo, v.root, addr)?;
-            Some(Hit::new(v.storage.piece_value(&piece), &piece, addr))
-        }
+        let tree = self.tree();
+        let piece = tree.find(addr)?;
+        Some(Hit::new(tree.value(piece), &piece, addr))
+    }
+
+    /// This generation's tree, readable for as long as `self` is borrowed.
+    #[inline(always)]
+    fn tree(&self) -> TreeRef<'_, V> {
+        self.version.tree()
     }
 
     /// Every mapped piece, in address order, as `(range, value)`.
@@ -99,53 +101,59 @@ impl<V> Snapshot<V> {
     }
 
     /// The pieces overlapping `range`, in address order, whole (not clipped to `range`).
-    /// Walks only the part of the tree under `range`. An invalid range yields nothing.
-    pub fn range(&self, range: impl RangeBounds<u64>) -> Iter<'_, V> {
-        match self.version.geo.resolve(&range) {
-            Ok((lo, hi)) => self.pieces_in(lo, hi),
-            Err(_) => self.pieces_in(1, 0),
-        }
+    /// Walks only the part of the tree under `range`. An empty, inverted or out-of-space
+    /// range is an error, as everywhere else.
+    ///
+    /// ```
+    /// let map = physmap::PhysMap::new();
+    /// let mut t = map.transaction();
+    /// t.insert(0x1000..0x3000, "a").unwrap();
+    /// t.insert(0x5000..0x6000, "b").unwrap();
+    /// t.commit().unwrap();
+    /// let snap = map.snapshot();
+    /// assert_eq!(snap.range(0x2000..0x5001).unwrap().count(), 2);
+    /// assert!(snap.range(7..3).is_err());
+    /// ```
+    pub fn range(&self, range: impl RangeBounds<u64>) -> Result<Iter<'_, V>, Error> {
+        let (lo, hi) = self.version.geo.resolve(&range)?;
+        Ok(self.pieces_in(lo, hi))
     }
 
     fn pieces_in(&self, lo: u64, hi: u64) -> Iter<'_, V> {
-        let v = &*self.version;
-        let root = if lo <= hi {
-            v.root
-        } else {
-            crate::tree::Entry::EMPTY
-        };
-        // SAFETY: the walk borrows `self`, which keeps the generation alive.
-        let walk = unsafe { Walk::new(&v.storage, v.geo, root, lo, hi) };
-        Iter { walk, snap: self }
+        let tree = self.tree();
+        Iter {
+            walk: tree.walk(lo, hi),
+            tree,
+        }
     }
 
     /// Counts the nodes, tables, pieces and bytes of this generation's tree.
     /// Walks the whole tree: a diagnostic, not a hot-path call.
     pub fn stats(&self) -> Stats {
-        let v = &*self.version;
-        // SAFETY: `self` keeps the generation alive.
-        let (nodes, subpage_tables, rows, levels) = unsafe { tree::shape(&v.storage, v.root) };
+        let tree = self.tree();
+        let (nodes, tables, rows, levels) = tree.shape();
         let mut pieces = 0;
         let mut sections = HashSet::new();
-        // SAFETY: as above.
-        for (_, piece) in unsafe { Walk::new(&v.storage, v.geo, v.root, 0, v.geo.max_addr) } {
+        for piece in tree.walk(0, self.version.geo.max_addr) {
             pieces += 1;
             sections.insert(piece.section);
         }
-        let tree_bytes = nodes * node_bytes(v.geo.fanout)
-            + subpage_tables * std::mem::size_of::<Subpage>()
-            + rows * std::mem::size_of::<SubEntry>();
-        let bytes = tree_bytes
-            + pieces * std::mem::size_of::<Piece>()
-            + sections.len() * std::mem::size_of::<Option<V>>();
-        Stats {
-            generation: v.generation,
+        let counts = Counts {
             nodes,
-            subpage_tables,
+            tables,
+            rows,
             pieces,
             sections: sections.len(),
-            bytes,
-            tree_bytes,
+        };
+        let fanout = self.version.geo.fanout;
+        Stats {
+            generation: self.version.generation,
+            nodes,
+            subpage_tables: tables,
+            pieces,
+            sections: sections.len(),
+            bytes: counts.bytes::<V>(fanout),
+            tree_bytes: counts.tree_bytes(fanout),
             levels,
         }
     }
@@ -171,9 +179,7 @@ impl<V> Snapshot<V> {
         out: &mut dyn fmt::Write,
         label: &dyn Fn(&V) -> String,
     ) -> fmt::Result {
-        let v = &*self.version;
-        // SAFETY: `self` keeps the generation alive.
-        unsafe { tree::dump(&v.storage, &v.geo, v.root, out, label) }
+        self.tree().dump(out, label)
     }
 }
 
@@ -210,38 +216,20 @@ impl<V> Snapshot<V> {
     /// ```
     pub fn diff<'a>(&'a self, older: &'a Snapshot<V>) -> Vec<Change<'a, V>> {
         let (new, old) = (&*self.version, &*older.version);
+        let (newer, older) = (self.tree(), older.tree());
         let mut raw = Vec::new();
         if std::ptr::eq(&*new.storage, &*old.storage) {
-            // SAFETY: both generations are held by the borrowed snapshots; same storage.
-            unsafe {
-                diff::diff(
-                    &new.storage,
-                    &new.geo,
-                    old.root,
-                    new.root,
-                    new.geo.height,
-                    0,
-                    &mut raw,
-                )
-            };
+            // One storage: walk both trees together, skipping the subtrees they share.
+            let h = new.geo.height;
+            diff::diff(older, newer, older.root(), newer.root(), h, 0, &mut raw);
         } else {
-            // SAFETY: as above, each walk in its own storage.
-            let (a, b): (Vec<Piece>, Vec<Piece>) = unsafe {
-                (
-                    Walk::new(&old.storage, old.geo, old.root, 0, old.geo.max_addr)
-                        .map(|(_, p)| p)
-                        .collect(),
-                    Walk::new(&new.storage, new.geo, new.root, 0, new.geo.max_addr)
-                        .map(|(_, p)| p)
-                        .collect(),
-                )
-            };
+            let a: Vec<_> = older.walk(0, old.geo.max_addr).collect();
+            let b: Vec<_> = newer.walk(0, new.geo.max_addr).collect();
             diff::sweep(&a, &b, 0, new.geo.max_addr.max(old.geo.max_addr), &mut raw);
         }
-        let side = |storage: &'a crate::arena::Storage<V>, p: Option<Piece>| {
+        let side = |tree: TreeRef<'a, V>, p: Option<PieceRef<'a>>| {
             p.map(|p| Mapping {
-                // SAFETY: the piece is reachable from a generation borrowed for 'a.
-                value: unsafe { storage.piece_value(&p) },
+                value: tree.value(p),
                 piece: p.start..=p.end,
                 origin: p.origin,
             })
@@ -249,8 +237,8 @@ impl<V> Snapshot<V> {
         raw.into_iter()
             .map(|(s, e, a, b)| Change {
                 range: s..=e,
-                old: side(&old.storage, a),
-                new: side(&new.storage, b),
+                old: side(older, a),
+                new: side(newer, b),
             })
             .collect()
     }
@@ -259,9 +247,7 @@ impl<V> Snapshot<V> {
     /// trees built by different paths). Not a stable format.
     #[doc(hidden)]
     pub fn canonical_form(&self) -> Vec<u64> {
-        let v = &*self.version;
-        // SAFETY: `self` keeps the generation alive.
-        unsafe { tree::fingerprint(&v.storage, v.root) }
+        self.tree().fingerprint()
     }
 }
 
@@ -283,17 +269,15 @@ impl<V: fmt::Debug> fmt::Debug for Snapshot<V> {
 /// Iterator over `(range, value)` pieces of a [`Snapshot`], in address order.
 pub struct Iter<'a, V> {
     walk: Walk<'a, V>,
-    snap: &'a Snapshot<V>,
+    tree: TreeRef<'a, V>,
 }
 
 impl<'a, V> Iterator for Iter<'a, V> {
     type Item = (RangeInclusive<u64>, &'a V);
 
     fn next(&mut self) -> Option<Self::Item> {
-        let (_, piece) = self.walk.next()?;
-        // SAFETY: the piece is reachable from the generation `snap` holds.
-        let value = unsafe { self.snap.version.storage.piece_value(&piece) };
-        Some((piece.start..=piece.end, value))
+        let piece = self.walk.next()?;
+        Some((piece.start..=piece.end, self.tree.value(piece)))
     }
 }
 
@@ -308,12 +292,8 @@ impl<'a, V> IntoIterator for &'a Snapshot<V> {
 impl<V> Snapshot<V> {
     /// The pieces of this generation with their origins: `(range, origin, value)`.
     pub fn pieces(&self) -> impl Iterator<Item = (RangeInclusive<u64>, u64, &V)> + '_ {
-        let v = &*self.version;
-        // SAFETY: borrowed from `self`, which keeps the generation alive.
-        unsafe { Walk::new(&v.storage, v.geo, v.root, 0, v.geo.max_addr) }.map(move |(_, p)| {
-            // SAFETY: reachable from the generation `self` holds.
-            let value = unsafe { v.storage.piece_value(&p) };
-            (p.start..=p.end, p.origin, value)
-        })
+        let tree = self.tree();
+        tree.walk(0, self.version.geo.max_addr)
+            .map(move |p| (p.start..=p.end, p.origin, tree.value(p)))
     }
 }

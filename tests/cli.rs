@@ -3,11 +3,13 @@
 
 use std::process::Command;
 
-const DUMPS: [&str; 5] = [
+const DUMPS: [&str; 7] = [
     "q35-idle.txt",
     "q35-booted.txt",
     "q35-4g-virtio.txt",
+    "q35-24-virtio-net.txt",
     "pc-i440fx.txt",
+    "pc-dimms.txt",
     "virt-arm.txt",
 ];
 
@@ -47,8 +49,17 @@ fn flatviews(text: &str) -> Vec<(String, Vec<Range>)> {
             let (a, b) = span.split_once('-').unwrap();
             let (attrs, name) = rest.split_once("): ").unwrap();
             let kind = attrs.split_once(", ").unwrap().1.to_string();
-            let (name, offset) = match name.rsplit_once(" @") {
-                Some((n, o)) => (n.to_string(), u64::from_str_radix(o, 16).unwrap()),
+            // `name [@offset] [KVM]`: QEMU marks ranges registered with KVM after the offset.
+            let (name, offset) = match name.split_once(" @") {
+                Some((n, rest)) => {
+                    let (o, flag) = rest.split_once(' ').unwrap_or((rest, ""));
+                    let n = if flag.is_empty() {
+                        n.to_string()
+                    } else {
+                        format!("{n} {flag}")
+                    };
+                    (n, u64::from_str_radix(o, 16).unwrap())
+                }
                 None => (name.to_string(), 0),
             };
             let range = (

@@ -104,7 +104,7 @@ proptest! {
             apply(&map, &mut oracle, o, &mut next);
         }
         let (lo, hi) = (q.0.min(q.1), q.0.max(q.1));
-        let got: Vec<_> = map.snapshot().range(lo..=hi).map(|(r, v)| (*r.start(), *r.end(), *v)).collect();
+        let got: Vec<_> = map.snapshot().range(lo..=hi).unwrap().map(|(r, v)| (*r.start(), *r.end(), *v)).collect();
         let want: Vec<_> = oracle.pieces.iter().filter(|p| p.end >= lo && p.start <= hi).map(|p| (p.start, p.end, p.id)).collect();
         prop_assert_eq!(got, want);
     }

@@ -1,4 +1,6 @@
-//! The four workloads of BENCHMARKS.md, deterministic.
+//! The workloads of BENCHMARKS.md, deterministic: real QEMU maps with the four address mixes
+//! of exits and DMA, large maps with addresses spread over their RAM, and synthetic maps of
+//! 10 to 1M ranges.
 #![allow(dead_code)]
 
 use super::baselines::Region;
@@ -205,4 +207,221 @@ pub fn physmap_of(w: &Workload) -> physmap::PhysMap<u64> {
     }
     t.commit().unwrap();
     map
+}
+
+/// What a flat range is, for drawing addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// RAM or ROM: guest accesses do not exit; device DMA reads and writes it.
+    Ram,
+    /// MMIO: every access exits to the VMM.
+    Mmio,
+}
+
+/// A memory map: sorted, non-overlapping regions with their kinds.
+pub struct Map {
+    pub name: String,
+    pub regions: Vec<Region>,
+    pub kinds: Vec<Kind>,
+}
+
+/// How addresses are drawn from a map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mix {
+    /// A uniformly chosen MMIO range, then a uniform address in it (MMIO exits).
+    Mmio,
+    /// A uniformly chosen RAM range, then a uniform address in it (device DMA).
+    Ram,
+    /// Uniform over the low 64 GiB, mapped or not.
+    Low64G,
+    /// Runs of 2 to 17 repeats of one MMIO address (exits cluster on a device).
+    Bursts,
+}
+
+impl Mix {
+    pub const ALL: [Mix; 4] = [Mix::Mmio, Mix::Ram, Mix::Low64G, Mix::Bursts];
+    pub fn name(self) -> &'static str {
+        match self {
+            Mix::Mmio => "mmio",
+            Mix::Ram => "ram",
+            Mix::Low64G => "low64g",
+            Mix::Bursts => "bursts",
+        }
+    }
+}
+
+/// Addresses per lookup benchmark iteration.
+pub const MIX_LOOKUPS: usize = 65_536;
+
+/// A uniform address of `r`.
+fn inside(rng: &mut Rng, r: &Region) -> u64 {
+    match (r.end - r.start).checked_add(1) {
+        Some(len) => r.start + rng.below(len),
+        None => rng.next(),
+    }
+}
+
+impl Map {
+    /// The "memory" FlatView of a dump in `tests/data`.
+    pub fn from_dump(file: &str) -> Map {
+        let path = format!("{}/tests/data/{file}", env!("CARGO_MANIFEST_DIR"));
+        let text = std::fs::read_to_string(&path).unwrap();
+        let dump = physmap::mtree::Dump::parse(&text, &path).unwrap();
+        let fv = dump.find("memory").unwrap();
+        let mut v: Vec<(Region, Kind)> = fv
+            .ranges
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let kind = if r.kind == "ram" || r.kind == "rom" || r.kind == "romd" {
+                    Kind::Ram
+                } else {
+                    Kind::Mmio
+                };
+                (
+                    Region {
+                        start: r.start,
+                        end: r.end,
+                        value: i as u64,
+                    },
+                    kind,
+                )
+            })
+            .collect();
+        v.sort_by_key(|(r, _)| r.start);
+        Map {
+            name: file.trim_end_matches(".txt").to_string(),
+            regions: v.iter().map(|x| x.0).collect(),
+            kinds: v.iter().map(|x| x.1).collect(),
+        }
+    }
+
+    fn of(&self, kind: Kind) -> Vec<Region> {
+        self.regions
+            .iter()
+            .zip(&self.kinds)
+            .filter(|(_, k)| **k == kind)
+            .map(|(r, _)| *r)
+            .collect()
+    }
+
+    /// `n` addresses drawn by `mix` (deterministic).
+    pub fn addresses(&self, mix: Mix, n: usize) -> Vec<u64> {
+        let mut rng = Rng::new(0x5eed ^ mix as u64);
+        let mmio = self.of(Kind::Mmio);
+        let ram = self.of(Kind::Ram);
+        let pick = |rng: &mut Rng, set: &[Region]| {
+            let r = set[rng.below(set.len() as u64) as usize];
+            inside(rng, &r)
+        };
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            match mix {
+                Mix::Mmio => out.push(pick(&mut rng, &mmio)),
+                Mix::Ram => out.push(pick(&mut rng, &ram)),
+                Mix::Low64G => out.push(rng.below(64 << 30)),
+                Mix::Bursts => {
+                    let a = pick(&mut rng, &mmio);
+                    for _ in 0..2 + rng.below(16) {
+                        out.push(a);
+                    }
+                }
+            }
+        }
+        out.truncate(n);
+        out
+    }
+
+    /// The workload of this map and mix.
+    pub fn workload(&self, mix: Mix) -> Workload {
+        Workload {
+            name: Box::leak(format!("{}/{}", self.name, mix.name()).into_boxed_str()),
+            regions: self.regions.clone(),
+            addrs: self.addresses(mix, MIX_LOOKUPS),
+        }
+    }
+}
+
+/// The real machines of the read-path benchmarks: a booted q35 (default devices), a q35
+/// with 24 virtio-net devices, an i440FX pc, a pc with two DIMMs, and aarch64 virt.
+pub fn real_maps() -> Vec<Map> {
+    [
+        "q35-booted.txt",
+        "q35-24-virtio-net.txt",
+        "pc-i440fx.txt",
+        "pc-dimms.txt",
+        "virt-arm.txt",
+    ]
+    .into_iter()
+    .map(Map::from_dump)
+    .collect()
+}
+
+/// The booted q35 plus a 1 TiB virtio-mem device at 1 TiB in 2 MiB blocks, every `nth`
+/// block unplugged (`nth` = 8: 65,536 plugged runs; 64: 8,192).
+pub fn q35_virtio_mem(nth: u64) -> Map {
+    let mut m = Map::from_dump("q35-booted.txt");
+    let block = 2u64 << 20;
+    let base = 1u64 << 40;
+    let blocks = (1u64 << 40) / block;
+    let mut k = 0;
+    let mut value = m.regions.len() as u64;
+    while k < blocks {
+        let run = (nth - 1).min(blocks - k);
+        m.regions.push(Region {
+            start: base + k * block,
+            end: base + (k + run) * block - 1,
+            value,
+        });
+        m.kinds.push(Kind::Ram);
+        value += 1;
+        k += nth;
+    }
+    m.name = format!("q35-virtio-mem-1t-{}k-runs", (blocks / nth).div_ceil(1024));
+    m
+}
+
+/// 1,000,000 contiguous 4 KiB pages alternating private/shared, as a map of RAM.
+pub fn cvm_map() -> Map {
+    let w = cvm_1m();
+    Map {
+        name: "cvm-1m-pages".into(),
+        kinds: vec![Kind::Ram; w.regions.len()],
+        regions: w.regions,
+    }
+}
+
+/// `n` ranges of mixed sizes (registers, BARs, RAM) 16 MiB apart from 4 GiB on, for the plot
+/// of lookup time against the number of ranges; addresses uniform over the ranges.
+pub fn ranges_n(n: u64) -> Workload {
+    let mut rng = Rng::new(n);
+    let stride = if n <= 100_000 { 16u64 << 20 } else { 1 << 20 };
+    let regions: Vec<Region> = (0..n)
+        .map(|i| {
+            let start = (1 << 32) + i * stride + rng.below(64) * 0x1000;
+            let len = match i % 4 {
+                0 => 0x100 + rng.below(0x100),
+                1 => 0x4000,
+                2 => (1 + rng.below(64)) << 12,
+                _ => stride / 2,
+            };
+            Region {
+                start,
+                end: start + len - 1,
+                value: i,
+            }
+        })
+        .collect();
+    let mut rng = Rng::new(n + 1);
+    let addrs = (0..MIX_LOOKUPS)
+        .map(|_| {
+            let r = regions[rng.below(n) as usize];
+            inside(&mut rng, &r)
+        })
+        .collect();
+    Workload {
+        name: Box::leak(format!("ranges/{n}").into_boxed_str()),
+        regions,
+        addrs,
+    }
 }

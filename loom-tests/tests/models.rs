@@ -180,7 +180,7 @@ fn reader_refresh_vs_commit() {
             assert_eq!(v, expected(g, a), "generation {g}, addr {a:#x}");
         }
         writer.join().unwrap();
-        assert_eq!(r.generation(), 3);
+        assert_eq!(r.refresh(), 3);
         assert_eq!(r.lookup(0x81).map(|h| *h.value), Some(3));
         assert_eq!(r.lookup(0x07).map(|h| *h.value), None);
     });
@@ -320,7 +320,7 @@ fn reclaim_in_order_past_a_held_generation() {
         // A `Reader` that follows the commits meanwhile, dropping each generation it leaves.
         let follower = thread::spawn(move || {
             for a in [0x00u64, 0x80, 0x40] {
-                let g = r.generation();
+                let g = r.refresh();
                 let v = r.lookup(a).map(|h| *h.value);
                 assert!(r.last_generation() >= g);
                 if v.is_some() {

@@ -1,9 +1,8 @@
-//! Publication and reclamation: generations, and when their garbage may be reused.
+//! Reclamation: when the slots a commit retired may be reused.
 //!
-//! Each commit publishes a new [`Version`] (one immutable tree root) with a single pointer
-//! swap in the [`Publisher`](crate::sync::Publisher). The superseded version goes, with the
-//! slots the new tree no longer uses ("retired by its successor"), to the back of the
-//! writer's [`Graveyard`]:
+//! Each commit publishes a new [`Version`] with a single pointer store. The superseded version
+//! goes, with the slots the new tree no longer uses ("retired by its successor"), to the back
+//! of the writer's [`Graveyard`]:
 //!
 //! ```text
 //!   graveyard (oldest first):  (v1, R1) (v2, R2) (v3, R3)      published: v4
@@ -12,53 +11,27 @@
 //! `Ri` holds slots reachable from `vi` (and maybe older versions) but not from `vi+1`. The
 //! writer frees `Ri` only when `vi` is at the front (every older version is already gone)
 //! and the graveyard's reference to `vi` is the last one (`Arc::try_unwrap` succeeds): then
-//! no snapshot or reader of any generation `<= i` exists, so nothing can reach `Ri`.
+//! no snapshot or reader of any generation `<= i` exists, so nothing can reach `Ri` (I4).
 //!
 //! This is a reference-counted grace period, run entirely by the writer: readers and
 //! snapshot holders only ever decrement a count (they never run reclamation code, never
-//! allocate or free, never drop a value), a reader that holds a snapshot for an hour pins
-//! the garbage of the commits made in that hour and nothing else, and reading costs no shared
-//! write (the counted reference is taken only when a reader refreshes its cached version).
+//! allocate or free, never drop a value).
 
-use crate::arena::{Retired, Storage};
-use crate::config::Geometry;
 use crate::sync::Arc;
-use crate::tree::Entry;
+use crate::version::Version;
 use std::collections::VecDeque;
 
-/// One published generation: an immutable root and what is needed to walk it.
-///
-/// Aligned to a cache line so that, inside its `Arc`, the fields readers read on every
-/// lookup do not share a line with the reference counts the writer and refreshing readers
-/// write (false sharing measured at about 2x on the reader with a writer committing
-/// continuously, `benches/concurrent.rs`).
-#[repr(align(64))]
-pub(crate) struct Version<V> {
-    pub generation: u64,
-    pub root: Entry,
-    pub storage: Arc<Storage<V>>,
-    /// Copy of the map's geometry, next to the root: the lookup reads both at once.
-    pub geo: Geometry,
-}
-
-impl<V> Version<V> {
-    pub(crate) fn new(
-        generation: u64,
-        root: Entry,
-        storage: Arc<Storage<V>>,
-        geo: Geometry,
-    ) -> Self {
-        Version {
-            generation,
-            root,
-            storage,
-            geo,
-        }
-    }
+/// Slots retired by one commit: reachable from the generation before it, not from it.
+#[derive(Debug, Default)]
+pub(crate) struct Retired {
+    pub nodes: Vec<u32>,
+    pub tables: Vec<u32>,
+    pub pieces: Vec<u32>,
+    pub sections: Vec<u32>,
 }
 
 /// Superseded versions, oldest first, each with the slots its successor retired.
-/// Writer only (it lives in the writer state, behind the writer lock).
+/// Writer only (it lives in the writer, behind the writer lock).
 pub(crate) struct Graveyard<V> {
     queue: VecDeque<(Arc<Version<V>>, Retired)>,
 }
@@ -84,7 +57,7 @@ impl<V> Graveyard<V> {
             // `try_unwrap` succeeds only if ours is the last reference. Its compare-exchange
             // is followed by an Acquire fence, pairing with the Release decrement of every
             // other holder (`Arc::drop`): every read any reader or snapshot made through this
-            // version happens-before the writer reuses its slots.
+            // version happens-before the writer reuses its slots (I4).
             match Arc::try_unwrap(version) {
                 Ok(_gone) => out.push(retired),
                 Err(held) => {
@@ -105,7 +78,9 @@ impl<V> Graveyard<V> {
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
+    use crate::arena::Storage;
     use crate::config::Config;
+    use crate::entry::Entry;
 
     fn version(g: u64, storage: &Arc<Storage<u8>>) -> Arc<Version<u8>> {
         let geo = Config::default().geometry().unwrap();
@@ -121,7 +96,7 @@ mod tests {
 
     #[test]
     fn garbage_is_freed_in_order_once_unheld() {
-        let storage = Arc::new(Storage::new(512));
+        let storage = Arc::new(Storage::new(9));
         let mut g = Graveyard::new();
         let v1 = version(1, &storage);
         let v2 = version(2, &storage);

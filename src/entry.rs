@@ -1,0 +1,188 @@
+//! The tree's 32-bit entry: named bit fields, one encoder per kind, one decoder.
+//!
+//! ```text
+//!  31 30 | 29 ............................. 0
+//!  0  0  | 0                                    empty (the whole word is 0)
+//!  0  1  | piece slot (30 bits)                 leaf: one piece covers every mapped byte
+//!                                               of the entry's span
+//!  1  0  | sub-page table slot (30 bits)        several pieces in one page
+//!  1  1  | shift (6 bits) | node slot (24 bits) node
+//! ```
+//!
+//! A node entry carries the *shift* of the node it points to: the lookup takes the child
+//! index as `(addr >> shift) & mask`, so a path may skip levels (path compression) and the
+//! walk needs neither the node's height nor a multiplication. The writer converts between
+//! shifts and heights with [`Geometry::shift`](crate::config::Geometry::shift) and
+//! [`Geometry::height_of_shift`](crate::config::Geometry::height_of_shift).
+//!
+//! Node entries are the top quarter of the `u32` range, so "is this a node" is one compare
+//! ([`Entry::is_node`]), the test the lookup loop runs at every level.
+
+/// A tree entry (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+pub(crate) struct Entry(u32);
+
+/// What an entry is, decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Empty,
+    Leaf(u32),
+    Subpage(u32),
+    Node { shift: u32, index: u32 },
+}
+
+/// Bit position of the tag.
+const TAG_SHIFT: u32 = 30;
+const TAG_LEAF: u32 = 1;
+const TAG_SUBPAGE: u32 = 2;
+const TAG_NODE: u32 = 3;
+/// The smallest node entry: tag `11`, everything else 0.
+const NODE_MIN: u32 = TAG_NODE << TAG_SHIFT;
+/// Bits of a piece or table slot.
+const SLOT_BITS: u32 = 30;
+/// Bit position and width of a node entry's shift.
+const SHIFT_POS: u32 = 24;
+const SHIFT_BITS: u32 = 6;
+/// Bits of a node slot.
+const NODE_BITS: u32 = 24;
+
+/// One more than the largest piece or sub-page table slot an entry can name.
+pub(crate) const SLOT_LIMIT: usize = 1 << SLOT_BITS;
+/// One more than the largest node slot an entry can name.
+pub(crate) const NODE_LIMIT: usize = 1 << NODE_BITS;
+/// One more than the largest shift a node entry can carry.
+pub(crate) const SHIFT_LIMIT: u32 = 1 << SHIFT_BITS;
+
+const fn mask(bits: u32) -> u32 {
+    (1 << bits) - 1
+}
+
+impl Entry {
+    pub(crate) const EMPTY: Entry = Entry(0);
+
+    pub(crate) fn leaf(piece: u32) -> Entry {
+        debug_assert!((piece as usize) < SLOT_LIMIT);
+        Entry(TAG_LEAF << TAG_SHIFT | piece)
+    }
+
+    pub(crate) fn subpage(table: u32) -> Entry {
+        debug_assert!((table as usize) < SLOT_LIMIT);
+        Entry(TAG_SUBPAGE << TAG_SHIFT | table)
+    }
+
+    pub(crate) fn node(shift: u32, index: u32) -> Entry {
+        debug_assert!(shift < SHIFT_LIMIT && (index as usize) < NODE_LIMIT);
+        Entry(NODE_MIN | shift << SHIFT_POS | index)
+    }
+
+    /// The one decoder.
+    #[inline(always)]
+    pub(crate) fn kind(self) -> Kind {
+        let slot = self.0 & mask(SLOT_BITS);
+        match self.0 >> TAG_SHIFT {
+            0 => Kind::Empty,
+            TAG_LEAF => Kind::Leaf(slot),
+            TAG_SUBPAGE => Kind::Subpage(slot),
+            _ => {
+                let (shift, index) = self.node_parts();
+                Kind::Node { shift, index }
+            }
+        }
+    }
+
+    /// Whether this is a node entry: one compare, for the lookup loop.
+    #[inline(always)]
+    pub(crate) fn is_node(self) -> bool {
+        self.0 >= NODE_MIN
+    }
+
+    /// `(shift, node slot)` of a node entry (meaningless for other kinds): the lookup loop's
+    /// decoder, the same fields [`Entry::kind`] reads.
+    #[inline(always)]
+    pub(crate) fn node_parts(self) -> (u32, u32) {
+        (
+            self.0 >> SHIFT_POS & mask(SHIFT_BITS),
+            self.0 & mask(NODE_BITS),
+        )
+    }
+
+    pub(crate) fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// Whether the entry points to a structure of its own (a node or a sub-page table).
+    pub(crate) fn is_inner(self) -> bool {
+        matches!(self.kind(), Kind::Node { .. } | Kind::Subpage(_))
+    }
+
+    /// The raw word, for storing in a node cell.
+    #[inline(always)]
+    pub(crate) fn bits(self) -> u32 {
+        self.0
+    }
+
+    /// An entry read back from a node cell.
+    #[inline(always)]
+    pub(crate) fn from_bits(bits: u32) -> Entry {
+        Entry(bits)
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn the_corners_round_trip() {
+        assert_eq!(Entry::EMPTY.kind(), Kind::Empty);
+        assert!(Entry::EMPTY.is_empty() && !Entry::EMPTY.is_node());
+        for slot in [0, 1, SLOT_LIMIT as u32 - 1] {
+            assert_eq!(Entry::leaf(slot).kind(), Kind::Leaf(slot));
+            assert_eq!(Entry::subpage(slot).kind(), Kind::Subpage(slot));
+            assert!(!Entry::leaf(slot).is_node() && !Entry::subpage(slot).is_node());
+        }
+        for (shift, index) in [(0, 0), (63, NODE_LIMIT as u32 - 1), (12, 5)] {
+            let e = Entry::node(shift, index);
+            assert_eq!(e.kind(), Kind::Node { shift, index });
+            assert!(e.is_node() && e.is_inner());
+            assert_eq!(e.node_parts(), (shift, index));
+        }
+    }
+
+    proptest! {
+        /// Every encodable value decodes to itself, through both decoders, and no two
+        /// different values share a word.
+        #[test]
+        fn every_kind_round_trips(slot in 0u32..SLOT_LIMIT as u32, shift in 0u32..SHIFT_LIMIT, index in 0u32..NODE_LIMIT as u32) {
+            let leaf = Entry::leaf(slot);
+            let table = Entry::subpage(slot);
+            let node = Entry::node(shift, index);
+            prop_assert_eq!(leaf.kind(), Kind::Leaf(slot));
+            prop_assert_eq!(table.kind(), Kind::Subpage(slot));
+            prop_assert_eq!(node.kind(), Kind::Node { shift, index });
+            prop_assert_eq!(Entry::from_bits(node.bits()), node);
+            prop_assert!(leaf != table && table != node && leaf != node);
+            prop_assert!(!leaf.is_empty() && !table.is_empty() && !node.is_empty());
+        }
+
+        /// Any word decodes to exactly one kind, and re-encoding that kind gives the word
+        /// back (the encoding has no unused or ambiguous words but the empty one's).
+        #[test]
+        fn every_word_decodes_and_re_encodes(bits in any::<u32>()) {
+            let e = Entry::from_bits(bits);
+            let again = match e.kind() {
+                Kind::Empty => Entry::EMPTY,
+                Kind::Leaf(p) => Entry::leaf(p),
+                Kind::Subpage(t) => Entry::subpage(t),
+                Kind::Node { shift, index } => Entry::node(shift, index),
+            };
+            if bits >> TAG_SHIFT == 0 {
+                prop_assert_eq!(e.kind(), Kind::Empty);
+            } else {
+                prop_assert_eq!(again, e);
+            }
+            prop_assert_eq!(e.is_node(), matches!(e.kind(), Kind::Node { .. }));
+        }
+    }
+}

@@ -1,0 +1,495 @@
+//! [`TreeRef`]: a safe, read-only view of one generation's tree, valid for a lifetime `'g`.
+//!
+//! A `TreeRef<'g, V>` is made only from a `&'g Version<V>` (see the version invariant in
+//! `version.rs`): for `'g`, every slot reachable from its root exists (I1, I2) and is not
+//! written (I3, I4). That one fact is what the few `unsafe` blocks below rely on; everything
+//! built on them (the lookup, in-order walks, a node's children, the shape, the dump, the
+//! fingerprint) is safe code, and the writer reads its current tree through the same view.
+//!
+//! The walk: the entry's tag says what it is; a node entry carries the shift of its node's
+//! index (`entry.rs`), so a path may skip levels. Every lookup ends with "does the piece
+//! really hold the address" (QEMU's final check), which makes early leaves, folded holes and
+//! skipped levels correct: if a piece holds `addr`, the walk reaches it, because a piece
+//! overlaps every span on the path to `addr`.
+
+use crate::arena::{Piece, SubEntry};
+use crate::config::Geometry;
+use crate::entry::{Entry, Kind};
+use crate::version::Version;
+use std::marker::PhantomData;
+
+/// An entry read from a tree borrowed for `'g`: only [`TreeRef`] makes them, so the slots
+/// it names are readable for `'g`. (Entries of two trees of the same storage, both borrowed
+/// for `'g`, may be mixed: any slot reachable from a held generation is readable.)
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) struct TreeEntry<'g> {
+    e: Entry,
+    _g: PhantomData<&'g ()>,
+}
+
+impl<'g> TreeEntry<'g> {
+    fn new(e: Entry) -> Self {
+        TreeEntry { e, _g: PhantomData }
+    }
+    /// The plain entry (for comparing with, or storing next to, new entries).
+    #[inline(always)]
+    pub(crate) fn get(self) -> Entry {
+        self.e
+    }
+    pub(crate) fn kind(self) -> Kind {
+        self.e.kind()
+    }
+}
+
+/// A piece read from a tree borrowed for `'g` (only [`TreeRef`] makes them).
+#[derive(Clone, Copy)]
+pub(crate) struct PieceRef<'g> {
+    piece: &'g Piece,
+}
+
+impl std::ops::Deref for PieceRef<'_> {
+    type Target = Piece;
+    fn deref(&self) -> &Piece {
+        self.piece
+    }
+}
+
+/// A read-only view of one generation's tree (see the module docs).
+pub(crate) struct TreeRef<'g, V> {
+    version: &'g Version<V>,
+}
+
+impl<V> Clone for TreeRef<'_, V> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<V> Copy for TreeRef<'_, V> {}
+
+impl<'g, V> TreeRef<'g, V> {
+    /// The tree of `version`, for as long as it is borrowed.
+    #[inline(always)]
+    pub(crate) fn new(version: &'g Version<V>) -> Self {
+        TreeRef { version }
+    }
+
+    pub(crate) fn root(self) -> TreeEntry<'g> {
+        TreeEntry::new(self.version.hot.root)
+    }
+
+    pub(crate) fn geo(self) -> &'g Geometry {
+        &self.version.geo
+    }
+
+    // ----- The raw accessors, private to this module: the only `unsafe` of the read side.
+    // Every index they are given comes from an entry of a tree borrowed for 'g (a
+    // `TreeEntry<'g>`, or a table row of one), so the slot is reachable from a generation
+    // held for 'g (the version invariant): exactly the contract of the `Storage` readers.
+
+    /// Entry `i` of node `node` (`i` < fan-out).
+    #[inline(always)]
+    fn entry(self, node: u32, i: usize) -> Entry {
+        let v = self.version;
+        debug_assert!(i < v.geo.fanout);
+        // SAFETY: see above (I1-I4).
+        unsafe { v.storage.node_entry(&v.hot.nodes, node, i) }
+    }
+
+    /// First page of node `node`.
+    fn base_of(self, node: u32) -> u64 {
+        // SAFETY: see above (I1-I4).
+        unsafe { self.version.storage.node_base(node) }
+    }
+
+    /// Piece `slot`.
+    #[inline(always)]
+    fn piece_at(self, slot: u32) -> PieceRef<'g> {
+        let v = self.version;
+        // SAFETY: see above (I1-I4).
+        let piece = unsafe { v.storage.piece(&v.hot.pieces, slot) };
+        PieceRef { piece }
+    }
+
+    /// Sub-page table `slot`.
+    #[inline(always)]
+    fn table_at(self, slot: u32) -> &'g [SubEntry] {
+        // SAFETY: see above (I1-I4).
+        unsafe { self.version.storage.table(slot) }
+    }
+
+    /// The value of a piece of a tree borrowed for 'g.
+    #[inline(always)]
+    pub(crate) fn value(self, piece: PieceRef<'g>) -> &'g V {
+        // SAFETY: `piece` was read from a tree borrowed for 'g (only this module makes
+        // `PieceRef`s), so its section is one of a held generation's: live, holding `Some`,
+        // not written meanwhile (I1, I3, I4, I5).
+        unsafe { self.version.storage.value(piece.piece) }
+    }
+
+    // ----- Built on the accessors: safe.
+
+    /// The piece holding `addr`, if any: one load per level, then the final range check.
+    #[inline(always)]
+    pub(crate) fn find(self, addr: u64) -> Option<PieceRef<'g>> {
+        let mask = self.version.hot.mask;
+        let mut e = self.version.hot.root;
+        while e.is_node() {
+            let (shift, node) = e.node_parts();
+            e = self.entry(node, ((addr >> shift) & mask) as usize);
+        }
+        let piece = match e.kind() {
+            Kind::Leaf(p) => self.piece_at(p),
+            Kind::Subpage(t) => {
+                let rows = self.table_at(t);
+                let i = rows.partition_point(|r| r.start <= addr);
+                self.piece_at(rows.get(i.wrapping_sub(1))?.piece)
+            }
+            _ => return None,
+        };
+        (piece.start <= addr && addr <= piece.end).then_some(piece)
+    }
+
+    /// Height and first page of a node entry of this tree.
+    pub(crate) fn node_info(self, e: TreeEntry<'g>) -> Option<(u32, u64)> {
+        match e.kind() {
+            Kind::Node { shift, index } => Some((self.height(shift), self.base_of(index))),
+            _ => None,
+        }
+    }
+
+    /// The entries of node `index` (of height `h`) that lie inside the space.
+    fn entries(self, index: u32, h: u32) -> impl Iterator<Item = TreeEntry<'g>> + 'g {
+        let n = self.geo().children_in_space(h, self.base_of(index));
+        (0..n).map(move |i| TreeEntry::new(self.entry(index, i)))
+    }
+
+    /// Whether node entry `e` of this tree holds exactly `kids` (a fan-out of entries).
+    pub(crate) fn node_holds(self, e: TreeEntry<'g>, kids: &[Entry]) -> bool {
+        match e.kind() {
+            Kind::Node { index, .. } => kids
+                .iter()
+                .enumerate()
+                .all(|(i, k)| self.entry(index, i) == *k),
+            _ => false,
+        }
+    }
+
+    /// Whether table entry `e` of this tree holds exactly `rows`.
+    pub(crate) fn table_holds(self, e: TreeEntry<'g>, rows: &[SubEntry]) -> bool {
+        match e.kind() {
+            Kind::Subpage(t) => self.table_at(t) == rows,
+            _ => false,
+        }
+    }
+
+    /// The height of the node a node entry with `shift` points to.
+    fn height(self, shift: u32) -> u32 {
+        self.geo().height_of_shift(shift)
+    }
+
+    /// The pieces overlapping `[lo, hi]`, in address order, each once.
+    pub(crate) fn walk(self, lo: u64, hi: u64) -> Walk<'g, V> {
+        self.walk_from(self.root(), lo, hi)
+    }
+
+    /// The same, under entry `e` of this tree only.
+    pub(crate) fn walk_from(self, e: TreeEntry<'g>, lo: u64, hi: u64) -> Walk<'g, V> {
+        Walk {
+            tree: self,
+            lo,
+            hi,
+            stack: Vec::new(),
+            pending: &[],
+            last: None,
+            root: (lo <= hi).then_some(e.get()),
+        }
+    }
+
+    /// The canonical entries of the children of the position of height `h > 0` at page
+    /// `base` whose entry is `e`: a fan-out-sized vector, entries past the space left empty.
+    /// Filled by ranges, not child by child: a leaf stands for every child its piece
+    /// overlaps, a compressed node or table for the one child that holds it.
+    pub(crate) fn children(self, e: TreeEntry<'g>, h: u32, base: u64) -> Vec<TreeEntry<'g>> {
+        let geo = self.geo();
+        let mut kids = vec![TreeEntry::new(Entry::EMPTY); geo.fanout];
+        match e.kind() {
+            Kind::Empty => {}
+            Kind::Leaf(p) => {
+                let piece = self.piece_at(p);
+                for k in &mut kids[geo.children_overlapping(h, base, piece.start, piece.end)] {
+                    *k = e;
+                }
+            }
+            Kind::Subpage(t) => {
+                if let Some(i) = geo.child_holding(h, base, self.table_at(t)[0].start) {
+                    kids[i] = e;
+                }
+            }
+            Kind::Node { shift, index } if self.height(shift) == h => {
+                for (k, x) in kids.iter_mut().zip(self.entries(index, h)) {
+                    *k = x;
+                }
+            }
+            Kind::Node { index, .. } => {
+                let at = self.base_of(index) << geo.page_bits;
+                if let Some(i) = geo.child_holding(h, base, at) {
+                    kids[i] = e;
+                }
+            }
+        }
+        kids
+    }
+
+    /// Shape of the tree: nodes, sub-page tables, sub-page rows, deepest node path.
+    pub(crate) fn shape(self) -> (usize, usize, usize, u32) {
+        let (mut nodes, mut tables, mut rows, mut deepest) = (0, 0, 0, 0);
+        let mut stack = vec![(self.root(), 0u32)];
+        while let Some((e, depth)) = stack.pop() {
+            match e.kind() {
+                Kind::Empty | Kind::Leaf(_) => {}
+                Kind::Subpage(t) => {
+                    tables += 1;
+                    rows += self.table_at(t).len();
+                }
+                Kind::Node { shift, index } => {
+                    nodes += 1;
+                    deepest = deepest.max(depth + 1);
+                    let kids = self.entries(index, self.height(shift));
+                    stack.extend(kids.filter(|c| c.get().is_inner()).map(|c| (c, depth + 1)));
+                }
+            }
+        }
+        (nodes, tables, rows, deepest)
+    }
+
+    /// Every node and sub-page table under `e` (an entry of this tree), as plain entries:
+    /// what the writer retires when it replaces the subtree.
+    pub(crate) fn inner_entries(self, e: TreeEntry<'g>, out: &mut Vec<Entry>) {
+        let mut stack = vec![e];
+        while let Some(e) = stack.pop() {
+            match e.kind() {
+                Kind::Subpage(_) => out.push(e.get()),
+                Kind::Node { shift, index } => {
+                    out.push(e.get());
+                    let kids = self.entries(index, self.height(shift));
+                    stack.extend(kids.filter(|c| c.get().is_inner()));
+                }
+                Kind::Empty | Kind::Leaf(_) => {}
+            }
+        }
+    }
+
+    /// The tree as numbers, without slot indices: for each entry in depth-first order its
+    /// kind, the height and first page of nodes, and the byte ranges of pieces. Two trees
+    /// with the same fingerprint have the same shape and the same pieces.
+    pub(crate) fn fingerprint(self) -> Vec<u64> {
+        let mut out = Vec::new();
+        let mut stack = vec![self.root().get()];
+        while let Some(e) = stack.pop() {
+            match e.kind() {
+                Kind::Empty => out.push(0),
+                Kind::Leaf(p) => {
+                    let piece = self.piece_at(p);
+                    out.extend([1, piece.start, piece.end]);
+                }
+                Kind::Subpage(t) => {
+                    out.push(2);
+                    for row in self.table_at(t) {
+                        let piece = self.piece_at(row.piece);
+                        out.extend([row.start, piece.start, piece.end]);
+                    }
+                }
+                Kind::Node { shift, index } => {
+                    out.extend([3, self.height(shift) as u64, self.base_of(index)]);
+                    let kids: Vec<Entry> = (0..self.geo().fanout)
+                        .map(|i| self.entry(index, i))
+                        .collect();
+                    stack.extend(kids.into_iter().rev());
+                }
+            }
+        }
+        out
+    }
+
+    /// Writes the tree level by level, in the spirit of QEMU's dispatch listing: each node
+    /// with its height, first address, and runs of equal entries.
+    pub(crate) fn dump(
+        self,
+        out: &mut dyn std::fmt::Write,
+        label: &dyn Fn(&V) -> String,
+    ) -> std::fmt::Result {
+        let geo = self.geo();
+        let describe = |e: Entry| -> String {
+            match e.kind() {
+                Kind::Empty => "-".to_string(),
+                Kind::Leaf(p) => {
+                    let piece = self.piece_at(p);
+                    let v = label(self.value(piece));
+                    format!("leaf {:#x}..={:#x} {v}", piece.start, piece.end)
+                }
+                Kind::Subpage(t) => format!("sub-page table {t}"),
+                Kind::Node { shift, index } => {
+                    format!("node {index} (height {})", self.height(shift))
+                }
+            }
+        };
+        let span_bytes = |h: u32| -> String {
+            let bits = h * geo.level_bits + geo.page_bits;
+            match bits {
+                0..=9 => format!("{} B", 1u128 << bits),
+                10..=19 => format!("{} KiB", 1u128 << (bits - 10)),
+                20..=29 => format!("{} MiB", 1u128 << (bits - 20)),
+                30..=39 => format!("{} GiB", 1u128 << (bits - 30)),
+                40..=49 => format!("{} TiB", 1u128 << (bits - 40)),
+                50..=59 => format!("{} PiB", 1u128 << (bits - 50)),
+                _ => format!("2^{bits} B"),
+            }
+        };
+        writeln!(
+            out,
+            "root (height {}, {} per entry at the top): {}",
+            geo.height,
+            span_bytes(geo.height),
+            describe(self.root().get())
+        )?;
+        let mut level: Vec<TreeEntry<'g>> = vec![self.root()];
+        let mut tables = Vec::new();
+        while !level.is_empty() {
+            let mut next = Vec::new();
+            let mut nodes: Vec<(u32, u32)> = level
+                .iter()
+                .filter_map(|e| match e.kind() {
+                    Kind::Node { shift, index } => Some((self.height(shift), index)),
+                    Kind::Subpage(t) => {
+                        tables.push(t);
+                        None
+                    }
+                    _ => None,
+                })
+                .collect();
+            nodes.sort_by_key(|&(h, i)| (std::cmp::Reverse(h), i));
+            for (height, index) in nodes {
+                let base = self.base_of(index);
+                writeln!(
+                    out,
+                    "  node {index}: height {height}, from {:#x}, {} per entry",
+                    (base as u128) << geo.page_bits,
+                    span_bytes(height - 1)
+                )?;
+                let entries: Vec<TreeEntry<'g>> = self.entries(index, height).collect();
+                let mut i = 0;
+                while i < entries.len() {
+                    let e = entries[i];
+                    let j = i + entries[i..].iter().take_while(|&&x| x == e).count() - 1;
+                    let idx = if i == j {
+                        format!("{i}")
+                    } else {
+                        format!("{i}..{j}")
+                    };
+                    writeln!(out, "    {idx:>9}  {}", describe(e.get()))?;
+                    if e.get().is_inner() {
+                        next.push(e);
+                    }
+                    i = j + 1;
+                }
+            }
+            level = next;
+        }
+        for t in tables {
+            writeln!(out, "  sub-page table {t}:")?;
+            for row in self.table_at(t) {
+                writeln!(
+                    out,
+                    "    from {:#x}: {}",
+                    row.start,
+                    describe(Entry::leaf(row.piece))
+                )?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// In-order walk of the pieces overlapping `[lo, hi]`, each piece once.
+pub(crate) struct Walk<'g, V> {
+    tree: TreeRef<'g, V>,
+    lo: u64,
+    hi: u64,
+    /// (node, next child, end child)
+    stack: Vec<(u32, usize, usize)>,
+    /// Rows of a sub-page table still to yield.
+    pending: &'g [SubEntry],
+    last: Option<u32>,
+    root: Option<Entry>,
+}
+
+impl<'g, V> Walk<'g, V> {
+    /// Handles one entry (of the walked tree); returns a piece to yield, if any.
+    fn visit(&mut self, e: Entry) -> Option<PieceRef<'g>> {
+        match e.kind() {
+            Kind::Empty => None,
+            Kind::Leaf(p) => self.offer(p),
+            Kind::Subpage(t) => {
+                self.pending = self.tree.table_at(t);
+                None
+            }
+            Kind::Node { shift, index } => {
+                let h = self.tree.height(shift);
+                let base = self.tree.base_of(index);
+                let r = self
+                    .tree
+                    .geo()
+                    .children_overlapping(h, base, self.lo, self.hi);
+                if !r.is_empty() {
+                    self.stack.push((index, r.start, r.end));
+                }
+                None
+            }
+        }
+    }
+
+    fn offer(&mut self, p: u32) -> Option<PieceRef<'g>> {
+        if self.last == Some(p) {
+            return None;
+        }
+        let piece = self.tree.piece_at(p);
+        if piece.end < self.lo || piece.start > self.hi {
+            return None;
+        }
+        self.last = Some(p);
+        Some(piece)
+    }
+}
+
+impl<'g, V> Iterator for Walk<'g, V> {
+    type Item = PieceRef<'g>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some((row, rest)) = self.pending.split_first() {
+                self.pending = rest;
+                if let Some(hit) = self.offer(row.piece) {
+                    return Some(hit);
+                }
+                continue;
+            }
+            if let Some(root) = self.root.take() {
+                if let Some(hit) = self.visit(root) {
+                    return Some(hit);
+                }
+                continue;
+            }
+            let top = self.stack.last_mut()?;
+            let (node, next, end) = *top;
+            if next >= end {
+                self.stack.pop();
+                continue;
+            }
+            top.1 += 1;
+            let e = self.tree.entry(node, next);
+            if let Some(hit) = self.visit(e) {
+                return Some(hit);
+            }
+        }
+    }
+}

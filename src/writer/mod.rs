@@ -1,0 +1,293 @@
+//! The write side: [`Writer`] owns every piece of mutable state behind the writer lock (the
+//! working mapping, the section lifecycle, the slot allocators, the current version and the
+//! graveyard) and runs a commit end to end in one function, [`Writer::commit`], which reads
+//! as the protocol.
+//!
+//! - `edit.rs`: the edits a transaction makes to the working mapping (`insert`, `overwrite`,
+//!   `remove`, `extend`), each logged in a [`Log`] so that it can be undone;
+//! - `rebuild.rs`: the copy-on-write rebuild of the tree inside the changed ranges (and the
+//!   writer's [`Sink`](crate::bulk::Sink) for the bulk builder);
+//! - here: the state, the commit and rollback protocols, reclamation and accounting.
+//!
+//! The working mapping is a `BTreeMap` of pieces (start -> end, origin, section, slot).
+//! Transaction calls edit it directly and log how to undo each edit and which byte ranges
+//! they touched ("dirty"). `commit` rebuilds the tree only inside the dirty ranges, reusing
+//! every old subtree outside them, and publishes the new root.
+
+mod edit;
+mod rebuild;
+
+use crate::arena::{Counts, Kind, Piece, SlabAlloc, Storage};
+use crate::config::Geometry;
+use crate::drops::drop_all;
+use crate::map::Memory;
+use crate::reclaim::{Graveyard, Retired};
+use crate::sync::{Arc, Publisher};
+use crate::version::Version;
+use crate::{Config, Error};
+use std::collections::BTreeMap;
+
+pub(crate) use edit::Log;
+use rebuild::Build;
+
+/// The publication point: where the writer stores each new version and readers load it.
+pub(crate) type Published<V> = Arc<Publisher<Version<V>>>;
+
+/// A piece of the working mapping (keyed by its start in the map).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct PieceInfo {
+    end: u64,
+    origin: u64,
+    section: u32,
+    /// Piece slot once written to the arena; `None` for pieces made since the last commit.
+    slot: Option<u32>,
+}
+
+/// The section lifecycle: which section slots exist, how many pieces of the working mapping
+/// each has, and whether a published generation has seen it.
+///
+/// A section is made by `insert`/`overwrite` (slot allocated, value written); when its last
+/// piece goes, it is freed at commit, right away if no generation ever published it,
+/// otherwise through the graveyard once no generation that reaches it is held (I4).
+#[derive(Default)]
+struct Sections {
+    alloc: SlabAlloc,
+    /// Pieces of the working mapping per section slot.
+    refs: Vec<u32>,
+    /// Whether a section slot has been part of a published generation.
+    published: Vec<bool>,
+}
+
+/// Writer-only state, behind the writer lock (I6). Every field is private: the write side
+/// changes only through the methods of this module and its children.
+pub(crate) struct Writer<V> {
+    geo: Geometry,
+    storage: Arc<Storage<V>>,
+    publisher: Published<V>,
+    /// The newest published version.
+    current: Arc<Version<V>>,
+    /// Superseded versions waiting for their readers to go.
+    graveyard: Graveyard<V>,
+    /// The working mapping.
+    map: BTreeMap<u64, PieceInfo>,
+    sections: Sections,
+    nodes: SlabAlloc,
+    pieces: SlabAlloc,
+    tables: SlabAlloc,
+    /// Rows in live sub-page tables.
+    rows: usize,
+    /// Subtrees built from a sorted slice (the bulk path), since the map was created.
+    bulk_builds: u64,
+    /// Nodes whose children a bulk build made in parallel, since the map was created.
+    parallel_builds: u64,
+}
+
+impl<V> Writer<V> {
+    /// A writer for an empty map; returns it with the publication point readers load from.
+    pub(crate) fn new(config: &Config) -> Result<(Self, Published<V>), Error> {
+        let geo = config.geometry()?;
+        let storage = Arc::new(Storage::new(geo.level_bits));
+        let current = Arc::new(Version::new(
+            0,
+            crate::entry::Entry::EMPTY,
+            storage.clone(),
+            geo,
+        ));
+        let publisher = Arc::new(Publisher::new(current.clone()));
+        let writer = Writer {
+            geo,
+            storage,
+            publisher: publisher.clone(),
+            current,
+            graveyard: Graveyard::new(),
+            map: BTreeMap::new(),
+            sections: Sections {
+                alloc: SlabAlloc::new(config.max_pieces, "sections"),
+                ..Sections::default()
+            },
+            nodes: SlabAlloc::new(config.max_nodes, "nodes"),
+            pieces: SlabAlloc::new(config.max_pieces, "pieces"),
+            tables: SlabAlloc::new(config.max_pieces, "sub-page tables"),
+            rows: 0,
+            bulk_builds: 0,
+            parallel_builds: 0,
+        };
+        Ok((writer, publisher))
+    }
+
+    pub(crate) fn geo(&self) -> &Geometry {
+        &self.geo
+    }
+
+    /// The generation transactions are based on.
+    pub(crate) fn generation(&self) -> u64 {
+        self.current.generation
+    }
+
+    /// Publishes everything `log` changed as one new generation: the publish protocol, end
+    /// to end. On error (`CapacityExhausted` while rebuilding) nothing is published and every
+    /// edit of `log` is undone.
+    pub(crate) fn commit(&mut self, mut log: Log) -> Result<u64, Error> {
+        // 1. Rebuild. The new tree is built copy-on-write from the current one, only inside
+        //    the byte ranges the transaction touched; every slot it writes is fresh or
+        //    reclaimed, unreachable from any generation a reader may hold (I3).
+        let current = self.current.clone();
+        let mut cx = Build::default();
+        let root = match self.rebuild_root(current.tree(), log.dirty(), &mut cx) {
+            Ok(root) => root,
+            Err(e) => {
+                self.undo_build(cx);
+                self.rollback(log);
+                return Err(e);
+            }
+        };
+        let mut retired = cx.into_retired();
+        retired.pieces = log.take_retired_pieces();
+        // 2. Sections. One whose last piece went is retired with the tree's garbage if a
+        //    published generation may reach it; if it never was published it is freed now,
+        //    its value put aside to drop last. Sections made here are published from now on.
+        let mut unseen = Vec::new();
+        for s in log.take_emptied() {
+            if self.sections.refs[s as usize] == 0 {
+                if self.sections.published[s as usize] {
+                    retired.sections.push(s);
+                } else {
+                    unseen.extend(self.free_section(s));
+                }
+            }
+        }
+        for s in log.take_new_sections() {
+            if self.sections.refs[s as usize] > 0 {
+                self.sections.published[s as usize] = true;
+            }
+        }
+        // 3. Publish: one pointer store. Everything the new tree reaches was written (and
+        //    its chunks made visible, I2) before this store, which readers acquire.
+        let generation = current.generation + 1;
+        let next = Arc::new(Version::new(
+            generation,
+            root,
+            self.storage.clone(),
+            self.geo,
+        ));
+        self.publisher.store(next.clone());
+        // 4. Bury: the superseded version goes to the graveyard with the slots the new tree
+        //    stopped using; they are reused once it and every older version are unheld (I4).
+        let superseded = std::mem::replace(&mut self.current, next);
+        drop(current);
+        self.graveyard.bury(superseded, retired);
+        // 5. User code last: a panicking `Drop` finds the commit complete and the writer
+        //    consistent (`drops.rs`).
+        drop_all(unseen);
+        Ok(generation)
+    }
+
+    /// Undoes every edit of `log` (the transaction is dropped, or its commit failed), then
+    /// drops the values of the sections it made, once every slot is back (`drops.rs`).
+    pub(crate) fn rollback(&mut self, log: Log) {
+        let new_sections = self.undo(log);
+        let mut values = Vec::new();
+        for s in new_sections {
+            values.extend(self.free_section(s));
+        }
+        drop_all(values);
+    }
+
+    /// Returns to the free lists every slot that no generation can reach any more, then
+    /// drops the values of the freed sections, on the writer's thread. Every slot is freed
+    /// before the first value is dropped, so a panicking `Drop` leaks nothing and leaves the
+    /// writer consistent (`drops.rs`).
+    pub(crate) fn reclaim(&mut self) {
+        let mut values = Vec::new();
+        for batch in self.graveyard.collect() {
+            self.free(batch, &mut values);
+        }
+        drop_all(values);
+    }
+
+    /// Frees every slot of `batch`, putting the values of freed sections in `values`.
+    fn free(&mut self, batch: Retired, values: &mut Vec<V>) {
+        for n in batch.nodes {
+            self.nodes.free(n);
+        }
+        for p in batch.pieces {
+            self.pieces.free(p);
+        }
+        for t in batch.tables {
+            self.free_table(t);
+        }
+        for s in batch.sections {
+            values.extend(self.free_section(s));
+        }
+    }
+
+    fn free_table(&mut self, t: u32) {
+        // SAFETY: `t` is unreachable from every generation anyone can read (reclaimed, or
+        // never published), and we are the writer (I3, I4, I6).
+        let rows = unsafe { self.storage.take_table(t) };
+        self.rows -= rows.len();
+        self.tables.free(t);
+    }
+
+    /// A new section holding `value`, or `CapacityExhausted` (the value is dropped).
+    fn new_section(&mut self, value: V) -> Result<u32, Error> {
+        let s = self
+            .storage
+            .alloc(&mut self.sections.alloc, Kind::Sections)?;
+        // SAFETY: freshly allocated: unreachable from every generation (I3, I6).
+        unsafe { self.storage.write_section(s, value) };
+        let i = s as usize;
+        if self.sections.refs.len() <= i {
+            self.sections.refs.resize(i + 1, 0);
+            self.sections.published.resize(i + 1, false);
+        }
+        self.sections.refs[i] = 0;
+        self.sections.published[i] = false;
+        Ok(s)
+    }
+
+    /// Frees section slot `s` and hands back its value, for the caller to drop once its own
+    /// bookkeeping is done (`drops::drop_all`): dropping runs user code that may panic.
+    #[must_use]
+    fn free_section(&mut self, s: u32) -> Option<V> {
+        // SAFETY: `s` is unreachable from every generation anyone can read (reclaimed, or
+        // never published), and we are the writer (I3, I4, I6).
+        let value = unsafe { self.storage.take_section(s) };
+        self.sections.published[s as usize] = false;
+        self.sections.alloc.free(s);
+        value
+    }
+
+    /// What the arena holds, after reclaiming what nobody can reach any more.
+    pub(crate) fn memory(&mut self) -> Memory {
+        self.reclaim();
+        let counts = Counts {
+            nodes: self.nodes.live(),
+            tables: self.tables.live(),
+            rows: self.rows,
+            pieces: self.pieces.live(),
+            sections: self.sections.alloc.live(),
+        };
+        Memory {
+            live_bytes: counts.bytes::<V>(self.geo.fanout),
+            nodes: counts.nodes,
+            pieces: counts.pieces,
+            subpage_tables: counts.tables,
+            sections: counts.sections,
+            pinned_generations: self.graveyard.len(),
+            bulk_builds: self.bulk_builds,
+            parallel_builds: self.parallel_builds,
+            reserved_node_bytes: self.storage.reserved_node_bytes(),
+        }
+    }
+}
+
+/// A piece record for the arena, from the working mapping.
+fn piece_record<V>(storage: &Storage<V>, start: u64, info: &PieceInfo) -> Piece {
+    Piece {
+        start,
+        end: info.end,
+        origin: info.origin,
+        section: storage.section_cell(info.section),
+    }
+}

@@ -1,0 +1,299 @@
+//! The copy-on-write rebuild: the canonical tree of the working mapping, made from the
+//! current tree by rebuilding only the spans that the transaction's dirty ranges touch.
+//!
+//! Why the rebuild may stop at a clean subtree: an unchanged piece never overlaps a dirty
+//! range (dirty ranges are the full extents of removed and added pieces, and pieces never
+//! overlap), so a span with no dirty byte holds the same pieces as before, and its canonical
+//! subtree is the old one (I7).
+
+use super::{piece_record, PieceInfo, Writer};
+use crate::arena::{Kind as Slot, SlabAlloc, Storage, SubEntry};
+use crate::bulk::{self, Sink, SlicePiece};
+use crate::canon::{self, Span};
+use crate::config::Geometry;
+use crate::entry::{Entry, Kind};
+use crate::reclaim::Retired;
+use crate::view::{TreeEntry, TreeRef};
+use crate::Error;
+
+/// What one rebuild allocated and retired.
+#[derive(Default)]
+pub(crate) struct Build {
+    retired: Retired,
+    fresh_nodes: Vec<u32>,
+    fresh_tables: Vec<u32>,
+    fresh_pieces: Vec<u32>,
+}
+
+impl Build {
+    /// The slots the new tree no longer uses (the pieces are the caller's to add).
+    pub(crate) fn into_retired(self) -> Retired {
+        self.retired
+    }
+}
+
+/// The writer's arena as a place to build into: node and table slots, counted in `cx`.
+struct Arena<'a, V> {
+    geo: &'a Geometry,
+    storage: &'a Storage<V>,
+    nodes: &'a mut SlabAlloc,
+    tables: &'a mut SlabAlloc,
+    rows: &'a mut usize,
+    parallel_builds: &'a mut u64,
+    cx: &'a mut Build,
+}
+
+impl<V> Sink for Arena<'_, V> {
+    fn node(&mut self, h: u32, base: u64, kids: &[Entry]) -> Result<Entry, Error> {
+        let n = self.storage.alloc(self.nodes, Slot::Nodes)?;
+        // SAFETY: freshly allocated: unreachable from every generation (I3, I6).
+        unsafe { self.storage.write_node(n, base, kids) };
+        self.cx.fresh_nodes.push(n);
+        Ok(Entry::node(self.geo.shift(h), n))
+    }
+
+    fn table(&mut self, rows: Vec<SubEntry>) -> Result<Entry, Error> {
+        let t = self.storage.alloc(self.tables, Slot::Subpages)?;
+        *self.rows += rows.len();
+        // SAFETY: freshly allocated: unreachable from every generation (I3, I6).
+        unsafe { self.storage.write_table(t, rows.into_boxed_slice()) };
+        self.cx.fresh_tables.push(t);
+        Ok(Entry::subpage(t))
+    }
+
+    fn went_parallel(&mut self) {
+        *self.parallel_builds += 1;
+    }
+}
+
+impl<V> Writer<V> {
+    fn arena<'a>(&'a mut self, cx: &'a mut Build) -> Arena<'a, V> {
+        Arena {
+            geo: &self.geo,
+            storage: &self.storage,
+            nodes: &mut self.nodes,
+            tables: &mut self.tables,
+            rows: &mut self.rows,
+            parallel_builds: &mut self.parallel_builds,
+            cx,
+        }
+    }
+
+    /// The new root: the whole space rebuilt from `tree` (the current tree) inside `dirty`.
+    pub(super) fn rebuild_root<'g>(
+        &mut self,
+        tree: TreeRef<'g, V>,
+        dirty: &[(u64, u64)],
+        cx: &mut Build,
+    ) -> Result<Entry, Error> {
+        self.rebuild(tree, tree.root(), self.geo.height, 0, dirty, cx)
+    }
+
+    /// The canonical entry for the span of height `h` at page `base`, given that the old
+    /// canonical entry for it was `old` and `dirty` lists the changed byte ranges inside it.
+    fn rebuild<'g>(
+        &mut self,
+        tree: TreeRef<'g, V>,
+        old: TreeEntry<'g>,
+        h: u32,
+        base: u64,
+        dirty: &[(u64, u64)],
+        cx: &mut Build,
+    ) -> Result<Entry, Error> {
+        if dirty.is_empty() {
+            return Ok(old.get());
+        }
+        let (s, e) = self.geo.span(h, base);
+        if h > 0 && dirty.len() == 1 && dirty[0].0 <= s && e <= dirty[0].1 {
+            if let Some(new) = self.rebuild_bulk(tree, old, h, base, s, e, cx)? {
+                return Ok(new);
+            }
+        }
+        let (count, first) = self.count(s, e);
+        let new = match Span::of(count, h) {
+            Span::Empty => Entry::EMPTY,
+            Span::Leaf => Entry::leaf(self.materialize(first, cx)?),
+            Span::Table => return self.rebuild_table(tree, old, s, e, cx),
+            Span::Node => return self.rebuild_node(tree, old, h, base, dirty, cx),
+        };
+        if new != old.get() {
+            self.retire_subtree(tree, old, cx);
+        }
+        Ok(new)
+    }
+
+    /// How many pieces overlap `[s, e]` (0, 1 or 2 for "more"), and the first one's key.
+    fn count(&self, s: u64, e: u64) -> (usize, u64) {
+        let mut it = self.map.range(..=e).rev();
+        match it.next() {
+            Some((&k, info)) if info.end >= s => match it.next() {
+                Some((_, prev)) if prev.end >= s => (2, k),
+                _ => (1, k),
+            },
+            _ => (0, s),
+        }
+    }
+
+    /// A span that lies wholly inside one changed range holds only pieces made by this
+    /// transaction: when there are many, build its subtree from a sorted slice of them
+    /// (in parallel above a threshold, see `bulk`) instead of querying the map span by span.
+    #[allow(clippy::too_many_arguments)]
+    fn rebuild_bulk<'g>(
+        &mut self,
+        tree: TreeRef<'g, V>,
+        old: TreeEntry<'g>,
+        h: u32,
+        base: u64,
+        s: u64,
+        e: u64,
+        cx: &mut Build,
+    ) -> Result<Option<Entry>, Error> {
+        // The pieces overlapping the span form a run ending at the last one starting <= e.
+        let first = match self.map.range(..=e).rev().nth(bulk::BULK_MIN - 1) {
+            Some((_, info)) if info.end >= s => {
+                // At least BULK_MIN pieces: find where the run starts.
+                match self.map.range(..=s).next_back() {
+                    Some((&k, info)) if info.end >= s => k,
+                    _ => s,
+                }
+            }
+            _ => return Ok(None),
+        };
+        let keys: Vec<u64> = self.map.range(first..=e).map(|(&k, _)| k).collect();
+        let mut pieces = Vec::with_capacity(keys.len());
+        for k in keys {
+            let slot = self.materialize(k, cx)?;
+            let end = self.map[&k].end;
+            pieces.push(SlicePiece {
+                start: k,
+                end,
+                slot,
+            });
+        }
+        let geo = self.geo;
+        let new = bulk::build(&geo, &mut self.arena(cx), h, base, &pieces)?;
+        self.retire_subtree(tree, old, cx);
+        self.bulk_builds += 1;
+        Ok(Some(new))
+    }
+
+    fn rebuild_table<'g>(
+        &mut self,
+        tree: TreeRef<'g, V>,
+        old: TreeEntry<'g>,
+        s: u64,
+        e: u64,
+        cx: &mut Build,
+    ) -> Result<Entry, Error> {
+        let mut keys: Vec<u64> = self
+            .map
+            .range(..=e)
+            .rev()
+            .take_while(|(_, i)| i.end >= s)
+            .map(|(&k, _)| k)
+            .collect();
+        keys.reverse();
+        let mut rows = Vec::with_capacity(keys.len());
+        for k in keys {
+            rows.push(SubEntry {
+                start: k.max(s),
+                piece: self.materialize(k, cx)?,
+            });
+        }
+        if tree.table_holds(old, &rows) {
+            return Ok(old.get());
+        }
+        let new = self.arena(cx).table(rows)?;
+        self.retire_subtree(tree, old, cx);
+        Ok(new)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn rebuild_node<'g>(
+        &mut self,
+        tree: TreeRef<'g, V>,
+        old: TreeEntry<'g>,
+        h: u32,
+        base: u64,
+        dirty: &[(u64, u64)],
+        cx: &mut Build,
+    ) -> Result<Entry, Error> {
+        let geo = self.geo;
+        // The old node of this very span, if there was one (not a compressed path through it).
+        let expanded = tree.node_info(old).is_some_and(|(oh, _)| oh == h);
+        // The old canonical children, filled by ranges rather than child by child: a commit
+        // touches few children of a 512-entry node. Only the touched ones are rebuilt.
+        let old_kids = tree.children(old, h, base);
+        let mut kids: Vec<Entry> = old_kids.iter().map(|k| k.get()).collect();
+        let mut next = 0; // first child not rebuilt yet
+        for &(ds, de) in dirty {
+            let touched = geo.children_overlapping(h, base, ds, de);
+            for i in touched.start.max(next)..touched.end {
+                let cb = geo.child_base(h, base, i);
+                let (cs, ce) = geo.span(h - 1, cb);
+                let lo = dirty.partition_point(|r| r.1 < cs);
+                let hi = lo + dirty[lo..].partition_point(|r| r.0 <= ce);
+                kids[i] = self.rebuild(tree, old_kids[i], h - 1, cb, &dirty[lo..hi], cx)?;
+            }
+            next = next.max(touched.end);
+        }
+        let new = match canon::collapse(&kids) {
+            Some(single) => single,
+            None if expanded && tree.node_holds(old, &kids) => old.get(),
+            None => self.arena(cx).node(h, base, &kids)?,
+        };
+        if expanded && new != old.get() {
+            // Only the node itself: its children were retired by their own rebuilds, or are
+            // shared with the new tree.
+            if let Kind::Node { index, .. } = old.kind() {
+                cx.retired.nodes.push(index);
+            }
+        }
+        Ok(new)
+    }
+
+    /// Makes sure the piece starting at `key` has an arena slot, writing it if not.
+    fn materialize(&mut self, key: u64, cx: &mut Build) -> Result<u32, Error> {
+        let info: PieceInfo = self.map[&key];
+        if let Some(slot) = info.slot {
+            return Ok(slot);
+        }
+        let slot = self.storage.alloc(&mut self.pieces, Slot::Pieces)?;
+        // SAFETY: freshly allocated: unreachable from every generation (I3, I6).
+        unsafe {
+            self.storage
+                .write_piece(slot, piece_record(&self.storage, key, &info))
+        };
+        if let Some(i) = self.map.get_mut(&key) {
+            i.slot = Some(slot);
+        }
+        cx.fresh_pieces.push(slot);
+        Ok(slot)
+    }
+
+    /// Retires every node and sub-page table under `e` (an entry of the current tree).
+    fn retire_subtree<'g>(&self, tree: TreeRef<'g, V>, e: TreeEntry<'g>, cx: &mut Build) {
+        let mut inner = Vec::new();
+        tree.inner_entries(e, &mut inner);
+        for x in inner {
+            match x.kind() {
+                Kind::Node { index, .. } => cx.retired.nodes.push(index),
+                Kind::Subpage(t) => cx.retired.tables.push(t),
+                _ => {}
+            }
+        }
+    }
+
+    /// Frees what a failed rebuild allocated (it was never reachable from anything).
+    pub(super) fn undo_build(&mut self, cx: Build) {
+        for n in cx.fresh_nodes {
+            self.nodes.free(n);
+        }
+        for t in cx.fresh_tables {
+            self.free_table(t);
+        }
+        for p in cx.fresh_pieces {
+            self.pieces.free(p);
+        }
+    }
+}
