@@ -46,7 +46,16 @@ struct Set {
     locks: bool,
 }
 
+/// Whether to set up `group` at all: `PHYSMAP_BENCH=<substring>` skips the (slow) building
+/// of the others, where criterion's own filter would still build every map.
+fn wanted(group: &str) -> bool {
+    std::env::var("PHYSMAP_BENCH").map_or(true, |f| group.contains(&f))
+}
+
 fn bench_workload(c: &mut Criterion, group: &str, w: &Workload, set: Set) {
+    if !wanted(group) {
+        return;
+    }
     let mut g = c.benchmark_group(group);
     g.throughput(Throughput::Elements(w.addrs.len() as u64));
     let map = physmap_of(w);
@@ -100,7 +109,11 @@ fn real(c: &mut Criterion) {
 }
 
 fn large(c: &mut Criterion) {
-    for m in [q35_virtio_mem(8), q35_virtio_mem(64), cvm_map()] {
+    for make in [|| q35_virtio_mem(8), || q35_virtio_mem(64), cvm_map] {
+        if !wanted("lookup-large/") {
+            return;
+        }
+        let m = make();
         let w = m.workload(Mix::Ram);
         bench_workload(
             c,
@@ -113,12 +126,18 @@ fn large(c: &mut Criterion) {
 
 fn scaling(c: &mut Criterion) {
     for n in [10u64, 100, 1_000, 10_000, 100_000, 1_000_000] {
+        if !wanted(&format!("lookup-scaling/{n}")) {
+            continue;
+        }
         let w = ranges_n(n);
         bench_workload(c, &format!("lookup-scaling/{n}"), &w, Set { locks: true });
     }
 }
 
 fn epoch(c: &mut Criterion) {
+    if !wanted("lookup-epoch") {
+        return;
+    }
     // Epoch-based alternative to the Reader's cache: pin per lookup, then walk the same tree.
     let w = Map::from_dump("q35-24-virtio-net.txt").workload(Mix::Mmio);
     let map = physmap_of(&w);

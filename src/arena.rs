@@ -1,15 +1,24 @@
-//! The arena: slot storage shared by all generations.
+//! The arena: where trees live, shared by all generations.
 //!
-//! Storage grows in chunks that never move (chunk `k` holds `first << k` slots), so a slot
-//! index stays valid for as long as the arena lives and readers follow indices without a
-//! lock (invariant I1 of `ARCHITECTURE.md`). Which slots are in use is the writer's
-//! bookkeeping ([`SlabAlloc`]); when a slot may be written is the reclamation protocol's
-//! (I3, I4). This module owns every raw cell access of the crate: the readers' accessors
-//! (`Storage::node_entry`, `piece`, `table`, `value`) and the writer's (`write_*`, `take_*`),
-//! each `unsafe` with the invariant it needs spelled out once, here.
+//! - Nodes, pieces and sub-page rows live in three contiguous arrays ([`Cells`]) that grow by
+//!   copying: the writer allocates a twice larger array, copies every cell and builds on in
+//!   it, while generations built before keep the array they were built in (each [`Version`]
+//!   holds its arrays, [`Arrays`]). So a lookup reaches any slot with one multiply-add from a
+//!   base pointer it read with the root, and a slot's address never changes while a
+//!   generation that uses the array lives (invariant I1 of `ARCHITECTURE.md`).
+//! - Node base pages and section values live in a [`Slab`]: chunks that never move, shared
+//!   by all generations (`Storage`), because pieces point straight at their section's cell.
+//!
+//! Which slots are in use is the writer's bookkeeping ([`Arena`], [`SlabAlloc`]); when a slot
+//! may be written is the reclamation protocol's (I3, I4). This module owns every raw cell
+//! access of the crate: the readers' ([`Bases`], `Storage::value`) and the writer's
+//! (`Arena::write_*`, `Storage::write_section`, `take_section`), each `unsafe` with the
+//! invariant it needs spelled out here, once.
+//!
+//! [`Version`]: crate::version::Version
 
-use crate::entry::Entry;
-use crate::sync::{AtomicPtr, Ordering, UnsafeCell};
+use crate::entry::{Entry, NODE_LIMIT, SLOT_LIMIT, TABLE_OFFSET_LIMIT};
+use crate::sync::{Arc, AtomicPtr, Ordering, UnsafeCell};
 use crate::Error;
 use std::ptr;
 
@@ -20,12 +29,17 @@ const MAX_CHUNKS: usize = 32;
 #[cfg(loom)]
 const MAX_CHUNKS: usize = 8;
 
-/// log2 of the first chunk of the node, base and sub-page slabs (in slots): 64 nodes (128 KiB
-/// at the default fan-out) cover a real machine's map and the garbage of many commits, so its
-/// lookups stay on the fast path while a writer churns.
-const SMALL_FIRST: u32 = if cfg!(loom) { 1 } else { 6 };
-/// log2 of the first chunk of the piece and section slabs (in slots).
-const LARGE_FIRST: u32 = if cfg!(loom) { 1 } else { 8 };
+/// log2 of the first chunk of the node-base slab, and of the initial node array (in nodes).
+const SMALL_FIRST: u32 = if cfg!(loom) { 1 } else { 4 };
+/// log2 of the first chunk of the section slab, and of the initial piece array (in slots).
+const LARGE_FIRST: u32 = if cfg!(loom) { 1 } else { 6 };
+
+/// Node entries are addressed in units of this many cells (see `entry.rs`): a node takes at
+/// least one unit.
+pub(crate) const NODE_UNIT: usize = 8;
+
+/// Rows of the smallest sub-page table block: one 64-byte line of 8 starts and 8 pieces.
+pub(crate) const MIN_TABLE_ROWS: usize = 8;
 
 /// One mapped, contiguous piece of a section: 32 bytes, aligned so that a piece never
 /// straddles two cache lines.
@@ -44,6 +58,13 @@ pub(crate) struct Piece {
     pub section: *const (),
 }
 
+// SAFETY: a piece is plain data; its section address is only dereferenced through
+// `Storage::value`, whose contract (a generation holding the piece is held) makes the read
+// sound on any thread.
+unsafe impl Send for Piece {}
+// SAFETY: as above.
+unsafe impl Sync for Piece {}
+
 impl Default for Piece {
     fn default() -> Self {
         Piece {
@@ -55,124 +76,465 @@ impl Default for Piece {
     }
 }
 
-/// One row of a sub-page table: from `start` (clamped to the page) on, piece `piece`.
+/// One row of a sub-page table: from byte `start` (clamped to the page) on, piece `piece`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct SubEntry {
     pub start: u64,
     pub piece: u32,
 }
 
-/// A sub-page table: the pieces overlapping one page, by start address.
-pub(crate) type Subpage = Box<[SubEntry]>;
+// ---------------------------------------------------------------------------------------------
+// Contiguous arrays.
 
-/// Chunk 0 of a slab, copied where a lookup reads it without touching the slab: its cells,
-/// its number of slots, and log2 of the cells a slot has.
-pub(crate) struct ChunkZero<T> {
-    cells: *const UnsafeCell<T>,
-    slots: u32,
-    unit_shift: u32,
+/// A contiguous array of cells. Which cells a reader may read, and when the writer may write
+/// one, is the reclamation protocol's business (I3, I4); this type only owns the memory.
+pub(crate) struct Cells<T> {
+    cells: Box<[UnsafeCell<T>]>,
 }
 
-impl<T> Clone for ChunkZero<T> {
-    fn clone(&self) -> Self {
-        *self
+// SAFETY: cells are written only by the writer while unreachable from any generation that
+// can be read (I3), and read through generations that keep the array alive: sharing the
+// array between threads is sharing `T`s that are never written while shared.
+unsafe impl<T: Send + Sync> Sync for Cells<T> {}
+// SAFETY: as above; the array owns its `T`s.
+unsafe impl<T: Send + Sync> Send for Cells<T> {}
+
+impl<T: Copy + Default> Cells<T> {
+    fn new(len: usize) -> Self {
+        Cells {
+            cells: (0..len).map(|_| UnsafeCell::new(T::default())).collect(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.cells.len()
+    }
+
+    /// An array of `len` cells holding a copy of this one's (the writer growing an array).
+    fn grown(&self, len: usize) -> Self {
+        let cells = (0..len)
+            .map(|i| {
+                let v = match self.cells.get(i) {
+                    // SAFETY: only the writer writes cells (I6), and it is the caller.
+                    Some(c) => c.with(|p| unsafe { *p }),
+                    None => T::default(),
+                };
+                UnsafeCell::new(v)
+            })
+            .collect();
+        Cells { cells }
+    }
+
+    fn base(&self) -> *const UnsafeCell<T> {
+        self.cells.as_ptr()
+    }
+
+    /// Cell `i`, for the writer (I6).
+    fn cell(&self, i: usize) -> &UnsafeCell<T> {
+        &self.cells[i]
     }
 }
-impl<T> Copy for ChunkZero<T> {}
 
-impl<T> ChunkZero<T> {
-    /// Cell `i` of `slot` if the slot is in chunk 0.
-    ///
-    /// # Safety
-    /// The slab this came from is alive, and `i < 1 << unit_shift`.
-    #[inline(always)]
-    unsafe fn get(&self, slot: u32, i: usize) -> Option<&UnsafeCell<T>> {
-        if slot < self.slots {
-            // SAFETY: chunk 0 holds `slots << unit_shift` cells and lives as long as the slab
-            // (I1); `i` is inside the slot by the contract.
-            Some(unsafe { &*self.cells.add(((slot as usize) << self.unit_shift) + i) })
-        } else {
-            None
+/// The arrays a generation's tree lives in; a [`Version`](crate::version::Version) holds
+/// them, so their cells outlive every reference to the version (I1).
+#[derive(Clone)]
+pub(crate) struct Arrays {
+    nodes: Arc<Cells<u32>>,
+    pieces: Arc<Cells<Piece>>,
+    rows: Arc<Cells<u32>>,
+}
+
+impl Arrays {
+    /// Their base addresses, for the lookup.
+    pub(crate) fn bases(&self) -> Bases {
+        Bases {
+            nodes: self.nodes.base(),
+            pieces: self.pieces.base(),
+            rows: self.rows.base(),
         }
     }
 }
 
-/// Fixed-address chunked storage of `1 << unit_shift` consecutive cells per slot.
-///
-/// Chunk 0 is allocated with the slab and never changes, so its address is a plain field:
-/// slots in it (all of them, for maps of the size of a real machine) are reached with one
-/// compare and one shift-add, no atomic load.
+/// The base addresses of a generation's arrays, copied into its header: every read of the
+/// read side goes through here.
+pub(crate) struct Bases {
+    nodes: *const UnsafeCell<u32>,
+    pieces: *const UnsafeCell<Piece>,
+    rows: *const UnsafeCell<u32>,
+}
+
+impl Clone for Bases {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl Copy for Bases {}
+
+// Every reader below has the same contract:
+//
+// # Safety
+// The bases are those of a generation the caller holds for the returned lifetime, and the
+// slot is reachable from that generation's root: then the cell is inside the array (I1) and
+// nothing writes it meanwhile (I3, I4).
+impl Bases {
+    /// Entry `i` of the node at unit offset `unit`.
+    #[inline(always)]
+    pub(crate) unsafe fn entry(&self, unit: u32, i: usize) -> Entry {
+        // SAFETY: see the contract above.
+        let cell = unsafe { &*self.nodes.add(unit as usize * NODE_UNIT + i) };
+        // SAFETY: as above: the cell is not written while it is reachable.
+        Entry::from_bits(cell.with(|p| unsafe { *p }))
+    }
+
+    /// Piece `slot`.
+    #[inline(always)]
+    pub(crate) unsafe fn piece<'a>(&self, slot: u32) -> &'a Piece {
+        // SAFETY: see the contract above.
+        let cell = unsafe { &*self.pieces.add(slot as usize) };
+        // SAFETY: as above.
+        cell.with(|p| unsafe { &*p })
+    }
+
+    /// The piece of the row of a sub-page table (at row-block offset `offset`, `rows` rows)
+    /// that holds page offset `off`: the row with the last start `<= off`, if any.
+    ///
+    /// A block is `rows` starts (page offsets, ascending, padded with `u32::MAX`), then
+    /// `rows` pieces (padded with the last one, so that a padding row found for
+    /// `off == u32::MAX` still gives the right piece), then the page number in two cells.
+    #[inline(always)]
+    pub(crate) unsafe fn table_piece(&self, offset: u32, rows: usize, off: u32) -> Option<u32> {
+        // SAFETY: see the contract above: the block is reachable, so its cells exist and are
+        // not written.
+        let first = unsafe { self.rows.add(offset as usize) };
+        // SAFETY: as above; `i < 2 * rows`.
+        let cell = |i: usize| unsafe { (*first.add(i)).with(|p| *p) };
+        let n = if rows == MIN_TABLE_ROWS {
+            // The common table: one line, counted without a branch.
+            (0..MIN_TABLE_ROWS).map(|i| (cell(i) <= off) as usize).sum()
+        } else {
+            // Binary search: the number of starts `<= off`.
+            let (mut lo, mut len) = (0, rows);
+            while len > 1 {
+                let half = len / 2;
+                if cell(lo + half) <= off {
+                    lo += half;
+                }
+                len -= half;
+            }
+            lo + (cell(lo) <= off) as usize
+        };
+        Some(cell(rows + n.checked_sub(1)?))
+    }
+
+    /// The page (number) a sub-page table (see [`Bases::table_piece`]) is for: the two cells
+    /// after its rows.
+    pub(crate) unsafe fn table_page(&self, offset: u32, rows: usize) -> u64 {
+        // SAFETY: see the contract above.
+        let first = unsafe { self.rows.add(offset as usize + 2 * rows) };
+        // SAFETY: as above.
+        let cell = |i: usize| unsafe { (*first.add(i)).with(|p| *p) } as u64;
+        cell(0) | cell(1) << 32
+    }
+
+    /// The real rows of a sub-page table (see [`Bases::table_piece`]), as (page offset,
+    /// piece): the rows before the padding, which repeats the last piece.
+    pub(crate) unsafe fn table_rows(&self, offset: u32, rows: usize) -> Vec<(u32, u32)> {
+        // SAFETY: see the contract above.
+        let first = unsafe { self.rows.add(offset as usize) };
+        // SAFETY: as above; `i < 2 * rows`.
+        let cell = |i: usize| unsafe { (*first.add(i)).with(|p| *p) };
+        let mut out: Vec<(u32, u32)> = Vec::with_capacity(rows);
+        for i in 0..rows {
+            let piece = cell(rows + i);
+            if out.last().is_some_and(|&(_, last)| last == piece) {
+                break; // padding: two rows of one table never share a piece
+            }
+            out.push((cell(i), piece));
+        }
+        out
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The writer's side of the arrays.
+
+/// The writer's arena: the current arrays, the slot allocators, and growth (I6).
+pub(crate) struct Arena {
+    arrays: Arrays,
+    /// Cells a node takes: its fan-out, at least one unit.
+    node_cells: usize,
+    nodes: SlabAlloc,
+    pieces: SlabAlloc,
+    rows: RowAlloc,
+}
+
+/// Free blocks of sub-page rows, by size class (`MIN_TABLE_ROWS << class` rows).
+#[derive(Default)]
+struct RowAlloc {
+    /// Cells handed out so far (blocks are never merged back).
+    high: usize,
+    free: Vec<Vec<u32>>,
+    /// Tables in use, and the real rows in them (for accounting).
+    tables: usize,
+    rows: usize,
+    /// Cells of the blocks in use.
+    cells: usize,
+    limit: usize,
+}
+
+impl Arena {
+    pub(crate) fn new(fanout: usize, max_nodes: usize, max_pieces: usize) -> Self {
+        let node_cells = fanout.max(NODE_UNIT);
+        Arena {
+            arrays: Arrays {
+                nodes: Arc::new(Cells::new(node_cells << SMALL_FIRST)),
+                pieces: Arc::new(Cells::new(1 << LARGE_FIRST)),
+                rows: Arc::new(Cells::new((2 * MIN_TABLE_ROWS) << SMALL_FIRST)),
+            },
+            node_cells,
+            nodes: SlabAlloc::new(max_nodes.min(Self::node_limit(fanout)), "nodes"),
+            pieces: SlabAlloc::new(max_pieces.min(SLOT_LIMIT - 1), "pieces"),
+            rows: RowAlloc {
+                limit: max_pieces,
+                ..RowAlloc::default()
+            },
+        }
+    }
+
+    /// Most nodes an entry can address at this fan-out.
+    pub(crate) fn node_limit(fanout: usize) -> usize {
+        NODE_LIMIT / (fanout.max(NODE_UNIT) / NODE_UNIT)
+    }
+
+    /// The current arrays (for a new version).
+    pub(crate) fn arrays(&self) -> Arrays {
+        self.arrays.clone()
+    }
+
+    fn units(&self) -> usize {
+        self.node_cells / NODE_UNIT
+    }
+
+    /// A free node, as the unit offset its entries carry; grows the node array if needed.
+    pub(crate) fn alloc_node(&mut self) -> Result<u32, Error> {
+        let slot = self.nodes.alloc()?;
+        let need = (slot as usize + 1) * self.node_cells;
+        grow(&mut self.arrays.nodes, need);
+        Ok((slot as usize * self.units()) as u32)
+    }
+
+    pub(crate) fn free_node(&mut self, unit: u32) {
+        self.nodes.free((unit as usize / self.units()) as u32);
+    }
+
+    /// A free piece slot; grows the piece array if needed.
+    pub(crate) fn alloc_piece(&mut self) -> Result<u32, Error> {
+        let slot = self.pieces.alloc()?;
+        grow(&mut self.arrays.pieces, slot as usize + 1);
+        Ok(slot)
+    }
+
+    pub(crate) fn free_piece(&mut self, slot: u32) {
+        self.pieces.free(slot);
+    }
+
+    /// Writes a new sub-page table for `page` of `rows` (page offsets ascending, piece slots)
+    /// and returns its entry; grows the row array if needed.
+    pub(crate) fn alloc_table(&mut self, page: u64, rows: &[(u32, u32)]) -> Result<Entry, Error> {
+        let mut class = 0;
+        while MIN_TABLE_ROWS << class < rows.len() {
+            class += 1;
+        }
+        let cap = MIN_TABLE_ROWS << class;
+        let cells = block_cells(cap);
+        let r = &mut self.rows;
+        if r.rows + rows.len() > r.limit {
+            return Err(Error::CapacityExhausted {
+                kind: "sub-page rows",
+                limit: r.limit,
+            });
+        }
+        if r.free.len() <= class {
+            r.free.resize_with(class + 1, Vec::new);
+        }
+        let offset = match r.free[class].pop() {
+            Some(o) => o as usize,
+            None => {
+                let o = r.high;
+                if o + cells > TABLE_OFFSET_LIMIT {
+                    return Err(Error::CapacityExhausted {
+                        kind: "sub-page rows",
+                        limit: TABLE_OFFSET_LIMIT / 2,
+                    });
+                }
+                r.high += cells;
+                o
+            }
+        };
+        r.tables += 1;
+        r.rows += rows.len();
+        r.cells += cells;
+        grow(&mut self.arrays.rows, offset + cells);
+        let last = rows[rows.len() - 1].1;
+        for k in 0..cap {
+            let (start, piece) = rows.get(k).copied().unwrap_or((u32::MAX, last));
+            // SAFETY: a block no table of any published generation uses (fresh, or freed by
+            // reclamation), and we are the writer (I3, I4, I6).
+            unsafe {
+                self.write_row_cell(offset + k, start);
+                self.write_row_cell(offset + cap + k, piece);
+            }
+        }
+        // SAFETY: as above.
+        unsafe {
+            self.write_row_cell(offset + 2 * cap, page as u32);
+            self.write_row_cell(offset + 2 * cap + 1, (page >> 32) as u32);
+        }
+        Ok(Entry::subpage(class as u32, offset as u32))
+    }
+
+    /// Frees the table of entry `e`.
+    pub(crate) fn free_table(&mut self, e: Entry) {
+        let (class, offset) = e.table_parts();
+        // SAFETY: the writer reads its own table block (I6): it is allocated and nothing
+        // writes it meanwhile.
+        let rows = unsafe {
+            self.arrays
+                .bases()
+                .table_rows(offset, MIN_TABLE_ROWS << class)
+        }
+        .len();
+        let r = &mut self.rows;
+        r.free[class as usize].push(offset);
+        r.tables -= 1;
+        r.rows -= rows;
+        r.cells -= block_cells(MIN_TABLE_ROWS << class);
+    }
+
+    /// Slots in use: nodes, pieces, tables, real rows, and bytes of row blocks.
+    pub(crate) fn live(&self) -> (usize, usize, usize, usize, usize) {
+        let r = &self.rows;
+        (
+            self.nodes.live(),
+            self.pieces.live(),
+            r.tables,
+            r.rows,
+            r.cells * std::mem::size_of::<u32>(),
+        )
+    }
+
+    /// Bytes of node storage reserved by the current node array.
+    pub(crate) fn reserved_node_bytes(&self) -> usize {
+        self.arrays.nodes.len() * std::mem::size_of::<u32>()
+    }
+
+    /// Bytes a node takes.
+    pub(crate) fn node_bytes(fanout: usize) -> usize {
+        fanout.max(NODE_UNIT) * std::mem::size_of::<u32>() + std::mem::size_of::<u64>()
+    }
+
+    // ----- Writing, into slots no generation anyone can still read reaches (fresh, or
+    // reclaimed: I3, I4), by the writer (I6). Each has that contract:
+    //
+    // # Safety
+    // The slot is allocated to the writer and unreachable from every generation anyone can
+    // still read.
+
+    /// Writes the entries of the node at unit offset `unit`.
+    pub(crate) unsafe fn write_node(&self, unit: u32, kids: &[Entry]) {
+        let first = unit as usize * NODE_UNIT;
+        for (i, k) in kids.iter().enumerate() {
+            let cell = self.arrays.nodes.cell(first + i);
+            // SAFETY: see the contract above.
+            cell.with_mut(|p| unsafe { *p = k.bits() });
+        }
+    }
+
+    /// Writes piece `slot`.
+    pub(crate) unsafe fn write_piece(&self, slot: u32, piece: Piece) {
+        let cell = self.arrays.pieces.cell(slot as usize);
+        // SAFETY: see the contract above.
+        cell.with_mut(|p| unsafe { *p = piece });
+    }
+
+    unsafe fn write_row_cell(&self, i: usize, v: u32) {
+        let cell = self.arrays.rows.cell(i);
+        // SAFETY: see the contract above.
+        cell.with_mut(|p| unsafe { *p = v });
+    }
+}
+
+/// Cells of a table block of `rows` rows: starts, pieces, and the page in two cells.
+fn block_cells(rows: usize) -> usize {
+    2 * rows + 2
+}
+
+/// Makes `array` hold at least `need` cells, by copying it into one at least twice as large
+/// (versions built before keep the old one).
+fn grow<T: Copy + Default>(array: &mut Arc<Cells<T>>, need: usize) {
+    if need > array.len() {
+        let len = need.max(array.len() * 2);
+        *array = Arc::new(array.grown(len));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Chunked storage with stable addresses: node base pages and section values.
+
+/// Fixed-address chunked storage, one cell per slot (chunk `k` holds `first << k` slots).
 pub(crate) struct Slab<T: Default> {
-    zero: ChunkZero<T>,
     chunks: [AtomicPtr<UnsafeCell<T>>; MAX_CHUNKS],
     /// log2 of the number of slots in chunk 0.
     first_shift: u32,
 }
 
 impl<T: Default> Slab<T> {
-    pub(crate) fn new(first_shift: u32, unit_shift: u32) -> Self {
-        let chunks = std::array::from_fn(|_| AtomicPtr::new(ptr::null_mut()));
-        let mut slab = Slab {
-            zero: ChunkZero {
-                cells: ptr::null(),
-                slots: 1 << first_shift,
-                unit_shift,
-            },
-            chunks,
+    pub(crate) fn new(first_shift: u32) -> Self {
+        Slab {
+            chunks: std::array::from_fn(|_| AtomicPtr::new(ptr::null_mut())),
             first_shift,
-        };
-        slab.ensure(0);
-        slab.zero.cells = slab.chunks[0].load(Ordering::Relaxed);
-        slab
+        }
     }
 
-    /// (chunk, first cell) of `slot`.
+    /// (chunk, offset in it) of `slot`.
     #[inline(always)]
     fn locate(&self, slot: u32) -> (usize, usize) {
         let j = slot as u64 + (1u64 << self.first_shift);
         let top = 63 - j.leading_zeros();
-        let chunk = (top - self.first_shift) as usize;
-        let offset = (j - (1u64 << top)) as usize;
-        (chunk, offset << self.zero.unit_shift)
+        (
+            (top - self.first_shift) as usize,
+            (j - (1u64 << top)) as usize,
+        )
     }
 
-    fn chunk_cells(&self, chunk: usize) -> usize {
-        (1usize << (self.first_shift as usize + chunk)) << self.zero.unit_shift
+    fn chunk_len(&self, chunk: usize) -> usize {
+        1usize << (self.first_shift as usize + chunk)
     }
 
-    /// Chunk 0, for copying into a generation's header (see `version.rs`).
-    pub(crate) fn zero(&self) -> ChunkZero<T> {
-        self.zero
-    }
-
-    /// Cell `i` of `slot`.
+    /// Cell of `slot`.
     ///
     /// # Safety
     /// `slot` was made available with [`Slab::ensure`] and that happens-before this call
     /// (I2: true for any slot reachable from a generation the caller holds, and for the
-    /// writer); `i` is less than the cells of a slot.
-    #[inline(always)]
-    pub(crate) unsafe fn cell(&self, slot: u32, i: usize) -> &UnsafeCell<T> {
-        // SAFETY: forwarded contract.
-        if let Some(c) = unsafe { self.zero.get(slot, i) } {
-            return c;
-        }
-        let (chunk, first) = self.locate(slot);
+    /// writer).
+    #[inline]
+    unsafe fn cell(&self, slot: u32) -> &UnsafeCell<T> {
+        let (chunk, offset) = self.locate(slot);
         // Relaxed: the chunk pointer was stored (Release) before the generation that made
         // `slot` reachable was published, and the caller acquired that generation (I2), so by
         // coherence this load sees the pointer, which never changes again while the slab lives.
         let base = self.chunks[chunk].load(Ordering::Relaxed);
         debug_assert!(!base.is_null());
-        // SAFETY: `base` points to a live chunk of `chunk_cells(chunk)` cells (allocated in
-        // `ensure`, freed only in `Drop`, I1), and `first + i` is inside it by `locate`.
-        unsafe { &*base.add(first + i) }
+        // SAFETY: `base` points to a live chunk of `chunk_len(chunk)` cells (allocated in
+        // `ensure`, freed only in `Drop`, I1), and `offset` is inside it by `locate`.
+        unsafe { &*base.add(offset) }
     }
 
     /// Makes sure the chunk holding `slot` exists. Writer only (I6).
-    pub(crate) fn ensure(&self, slot: u32) {
+    fn ensure(&self, slot: u32) {
         let (chunk, _) = self.locate(slot);
         if self.chunks[chunk].load(Ordering::Relaxed).is_null() {
-            let cells: Box<[UnsafeCell<T>]> = (0..self.chunk_cells(chunk))
+            let cells: Box<[UnsafeCell<T>]> = (0..self.chunk_len(chunk))
                 .map(|_| UnsafeCell::new(T::default()))
                 .collect();
             // Release: the initialised cells happen-before any thread that acquires the
@@ -183,14 +545,6 @@ impl<T: Default> Slab<T> {
             );
         }
     }
-
-    /// Cells reserved by allocated chunks (for memory reporting).
-    pub(crate) fn reserved_cells(&self) -> usize {
-        (0..MAX_CHUNKS)
-            .filter(|&c| !self.chunks[c].load(Ordering::Relaxed).is_null())
-            .map(|c| self.chunk_cells(c))
-            .sum()
-    }
 }
 
 impl<T: Default> Drop for Slab<T> {
@@ -199,7 +553,7 @@ impl<T: Default> Drop for Slab<T> {
         for (c, chunk) in self.chunks.iter_mut().enumerate() {
             let p = chunk.with_mut_ptr();
             if !p.is_null() {
-                let len = (1usize << (self.first_shift as usize + c)) << self.zero.unit_shift;
+                let len = 1usize << (self.first_shift as usize + c);
                 // SAFETY: `p` came from `Box::into_raw` of a boxed slice of exactly `len` cells
                 // in `ensure`; we have `&mut self`, so no reader can hold a reference into it.
                 boxes.push(unsafe { Box::from_raw(ptr::slice_from_raw_parts_mut(p, len)) });
@@ -231,7 +585,7 @@ impl<T> GetMutPtr<T> for AtomicPtr<T> {
     }
 }
 
-/// Writer-side bookkeeping of one slab: high-water mark and free list.
+/// Writer-side bookkeeping of one kind of slot: high-water mark and free list.
 #[derive(Debug, Default)]
 pub(crate) struct SlabAlloc {
     high: u32,
@@ -252,19 +606,13 @@ impl SlabAlloc {
         }
     }
 
-    /// A slot that no published generation can reach, or `CapacityExhausted` (naming this
-    /// slab's kind and limit) if the limit is reached.
-    pub(crate) fn alloc<T: Default>(&mut self, slab: &Slab<T>) -> Result<u32, Error> {
+    /// A free slot, or `CapacityExhausted` (naming this kind and limit) at the limit.
+    pub(crate) fn alloc(&mut self) -> Result<u32, Error> {
         self.room(1)?;
-        let slot = match self.free.pop() {
-            Some(s) => s,
-            None => {
-                let s = self.high;
-                slab.ensure(s);
-                self.high += 1;
-                s
-            }
-        };
+        let slot = self.free.pop().unwrap_or_else(|| {
+            self.high += 1;
+            self.high - 1
+        });
         self.live += 1;
         Ok(slot)
     }
@@ -298,7 +646,8 @@ impl SlabAlloc {
 pub(crate) struct Counts {
     pub nodes: usize,
     pub tables: usize,
-    pub rows: usize,
+    /// Bytes of the tables' row blocks.
+    pub table_bytes: usize,
     pub pieces: usize,
     pub sections: usize,
 }
@@ -306,9 +655,7 @@ pub(crate) struct Counts {
 impl Counts {
     /// Bytes of nodes and sub-page tables (what QEMU's own figure counts).
     pub(crate) fn tree_bytes(&self, fanout: usize) -> usize {
-        self.nodes * (fanout * std::mem::size_of::<u32>() + std::mem::size_of::<u64>())
-            + self.tables * std::mem::size_of::<Subpage>()
-            + self.rows * std::mem::size_of::<SubEntry>()
+        self.nodes * Arena::node_bytes(fanout) + self.table_bytes
     }
 
     /// Bytes of everything: the tree, pieces and section slots of values of type `V`.
@@ -319,18 +666,19 @@ impl Counts {
     }
 }
 
-/// Everything the generations share: the slabs.
+/// Bytes of the block of a table whose entry has size class `class`.
+pub(crate) fn table_bytes(class: u32) -> usize {
+    block_cells(MIN_TABLE_ROWS << class) * std::mem::size_of::<u32>()
+}
+
+/// What all generations share at fixed addresses: node base pages and section values.
 ///
-/// Cache-line aligned so that the reference counts in its `Arc` do not share a line with the
-/// slab headers that lookups past chunk 0 read.
+/// Cache-line aligned so that the reference counts in its `Arc` do not share a line with
+/// the slab headers.
 #[repr(align(64))]
 pub(crate) struct Storage<V> {
-    /// Node entries, `fanout` cells a slot.
-    nodes: Slab<u32>,
-    /// First page covered by each node (for range walks, diff and the writer).
+    /// First page covered by each node (for range walks, diff and the writer), by node slot.
     node_base: Slab<u64>,
-    pieces: Slab<Piece>,
-    subpages: Slab<Subpage>,
     sections: Slab<Option<V>>,
 }
 
@@ -341,95 +689,39 @@ unsafe impl<V: Send + Sync> Send for Storage<V> {}
 // SAFETY: as above.
 unsafe impl<V: Send + Sync> Sync for Storage<V> {}
 
-/// The slabs a [`SlabAlloc`] allocates from.
-pub(crate) enum Kind {
-    Nodes,
-    Pieces,
-    Subpages,
-    Sections,
-}
-
 impl<V> Storage<V> {
-    pub(crate) fn new(level_bits: u32) -> Self {
+    pub(crate) fn new() -> Self {
         Storage {
-            nodes: Slab::new(SMALL_FIRST, level_bits),
-            node_base: Slab::new(SMALL_FIRST, 0),
-            pieces: Slab::new(LARGE_FIRST, 0),
-            subpages: Slab::new(SMALL_FIRST, 0),
-            sections: Slab::new(LARGE_FIRST, 0),
+            node_base: Slab::new(SMALL_FIRST),
+            sections: Slab::new(LARGE_FIRST),
         }
     }
 
-    /// A free slot of `kind` from `alloc`, its chunk made available (I2). Writer only.
-    pub(crate) fn alloc(&self, alloc: &mut SlabAlloc, kind: Kind) -> Result<u32, Error> {
-        let slot = match kind {
-            Kind::Nodes => {
-                let n = alloc.alloc(&self.nodes)?;
-                self.node_base.ensure(n);
-                n
-            }
-            Kind::Pieces => alloc.alloc(&self.pieces)?,
-            Kind::Subpages => alloc.alloc(&self.subpages)?,
-            Kind::Sections => alloc.alloc(&self.sections)?,
-        };
-        Ok(slot)
+    /// Makes section slot `slot` available (I2). Writer only.
+    pub(crate) fn ensure_section(&self, slot: u32) {
+        self.sections.ensure(slot);
     }
 
-    /// Chunk 0 of the node and piece slabs, for a generation's header.
-    pub(crate) fn zeros(&self) -> (ChunkZero<u32>, ChunkZero<Piece>) {
-        (self.nodes.zero(), self.pieces.zero())
+    /// First page of the node at unit offset `unit` (of fan-out `fanout`).
+    ///
+    /// # Safety
+    /// The node is reachable from a generation the caller holds, or the caller is the writer
+    /// and the node is allocated (I2, I3).
+    pub(crate) unsafe fn node_base(&self, unit: u32, fanout: usize) -> u64 {
+        let slot = unit / (fanout.max(NODE_UNIT) / NODE_UNIT) as u32;
+        // SAFETY: forwarded contract.
+        unsafe { self.node_base.cell(slot).with(|p| *p) }
     }
 
-    /// Bytes of node storage reserved by allocated chunks.
-    pub(crate) fn reserved_node_bytes(&self) -> usize {
-        self.nodes.reserved_cells() * std::mem::size_of::<u32>()
-    }
-
-    // ----- Reading. Every reader below has the same contract:
-    //
-    // # Safety
-    // The slot is reachable from a generation the caller holds (or the caller is the writer
-    // and the slot is allocated), for the lifetime of the returned borrow: then its chunk
-    // exists and is visible (I1, I2) and nothing writes the cell meanwhile (I3, I4).
-
-    /// Entry `i` of node `node`, through chunk 0 of `zero` when it is there.
-    #[inline(always)]
-    pub(crate) unsafe fn node_entry(&self, zero: &ChunkZero<u32>, node: u32, i: usize) -> Entry {
-        // SAFETY: see the contract above; `zero` is chunk 0 of `self.nodes` and `i` < fanout.
-        let cell = match unsafe { zero.get(node, i) } {
-            Some(c) => c,
-            // SAFETY: as above.
-            None => unsafe { self.nodes.cell(node, i) },
-        };
-        // SAFETY: as above: the cell is not written while it is reachable.
-        Entry::from_bits(cell.with(|p| unsafe { *p }))
-    }
-
-    /// First page of node `node`.
-    #[inline]
-    pub(crate) unsafe fn node_base(&self, node: u32) -> u64 {
-        // SAFETY: see the contract above.
-        unsafe { self.node_base.cell(node, 0).with(|p| *p) }
-    }
-
-    /// Piece `slot`, through chunk 0 of `zero` when it is there.
-    #[inline(always)]
-    pub(crate) unsafe fn piece(&self, zero: &ChunkZero<Piece>, slot: u32) -> &Piece {
-        // SAFETY: see the contract above; `zero` is chunk 0 of `self.pieces`.
-        let cell = match unsafe { zero.get(slot, 0) } {
-            Some(c) => c,
-            // SAFETY: as above.
-            None => unsafe { self.pieces.cell(slot, 0) },
-        };
-        // SAFETY: as above.
-        cell.with(|p| unsafe { &*p })
-    }
-
-    /// Sub-page table `slot`.
-    #[inline]
-    pub(crate) unsafe fn table(&self, slot: u32) -> &[SubEntry] {
-        // SAFETY: see the contract above; the boxed slice is not replaced while reachable.
-        unsafe { self.subpages.cell(slot, 0).with(|p| &**p) }
+    /// Records the first page of a node the writer is building.
+    ///
+    /// # Safety
+    /// As [`Arena::write_node`]: the node is the writer's and unreachable.
+    pub(crate) unsafe fn write_node_base(&self, unit: u32, fanout: usize, base: u64) {
+        let slot = unit / (fanout.max(NODE_UNIT) / NODE_UNIT) as u32;
+        self.node_base.ensure(slot);
+        // SAFETY: forwarded contract.
+        unsafe { self.node_base.cell(slot).with_mut(|p| *p = base) };
     }
 
     /// The value of the section a piece of a reachable generation refers to.
@@ -437,57 +729,28 @@ impl<V> Storage<V> {
     /// Production and loom builds run this same code: the piece holds the address of its
     /// section's cell (slots never move, I1), and the read goes through the cell's `with`,
     /// which loom tracks and which is a plain pointer read otherwise.
+    ///
+    /// # Safety
+    /// The piece is reachable from a generation the caller holds for `'a` (then its section
+    /// holds `Some` and is not written meanwhile: I3, I4, I5).
     #[inline(always)]
     pub(crate) unsafe fn value<'a>(&'a self, piece: &Piece) -> &'a V {
         let cell = piece.section as *const UnsafeCell<Option<V>>;
-        // SAFETY: see the contract above: `piece.section` was set by the writer from a live
-        // section cell of this storage, which holds `Some` while the piece is reachable (I5).
+        // SAFETY: `piece.section` was set by the writer from a live section cell of this
+        // storage (forwarded contract).
         cell_value(unsafe { &*cell })
     }
 
-    // ----- Writing: the writer only (I6), into slots no published generation can reach
-    // (fresh, or reclaimed: I3, I4). Each has that contract:
-    //
-    // # Safety
-    // The slot is allocated to the writer and unreachable from every generation anyone can
-    // still read.
-
-    /// Writes node `node`: its first page and its entries.
-    pub(crate) unsafe fn write_node(&self, node: u32, base: u64, kids: &[Entry]) {
-        for (i, k) in kids.iter().enumerate() {
-            // SAFETY: see the contract above; `i` < fanout (`kids` is one node's worth).
-            unsafe { self.nodes.cell(node, i).with_mut(|p| *p = k.bits()) };
-        }
-        // SAFETY: as above.
-        unsafe { self.node_base.cell(node, 0).with_mut(|p| *p = base) };
-    }
-
-    /// Writes piece `slot`.
-    pub(crate) unsafe fn write_piece(&self, slot: u32, piece: Piece) {
-        // SAFETY: see the contract above.
-        unsafe { self.pieces.cell(slot, 0).with_mut(|p| *p = piece) };
-    }
-
-    /// Writes sub-page table `slot`.
-    pub(crate) unsafe fn write_table(&self, slot: u32, rows: Subpage) {
-        // SAFETY: see the contract above.
-        unsafe { self.subpages.cell(slot, 0).with_mut(|p| *p = rows) };
-    }
-
-    /// Empties sub-page table `slot`, returning its rows.
-    pub(crate) unsafe fn take_table(&self, slot: u32) -> Subpage {
-        // SAFETY: see the contract above.
-        unsafe {
-            self.subpages
-                .cell(slot, 0)
-                .with_mut(|p| std::mem::take(&mut *p))
-        }
-    }
+    // ----- Writing sections: the writer only (I6), into slots no generation anyone can
+    // still read reaches (I3, I4). Each has that contract.
 
     /// Puts `value` in section `slot` and returns the cell's address (for pieces).
+    ///
+    /// # Safety
+    /// See above; `slot` was made available with [`Storage::ensure_section`].
     pub(crate) unsafe fn write_section(&self, slot: u32, value: V) -> *const () {
-        // SAFETY: see the contract above.
-        let cell = unsafe { self.sections.cell(slot, 0) };
+        // SAFETY: forwarded contract.
+        let cell = unsafe { self.sections.cell(slot) };
         cell.with_mut(|p| {
             // SAFETY: as above: nobody else reads or writes the cell now.
             unsafe { *p = Some(value) }
@@ -497,15 +760,18 @@ impl<V> Storage<V> {
 
     /// The address of section `slot`'s cell (for pieces). Writer only; the slot is live.
     pub(crate) fn section_cell(&self, slot: u32) -> *const () {
-        // SAFETY: a live section slot was allocated by the writer, so its chunk exists (I2);
-        // taking the address reads nothing.
-        unsafe { self.sections.cell(slot, 0) as *const _ as *const () }
+        // SAFETY: a live section slot was made available by the writer (I2); taking the
+        // address reads nothing.
+        unsafe { self.sections.cell(slot) as *const _ as *const () }
     }
 
     /// Empties section `slot`, returning its value (for the caller to drop, `drops.rs`).
+    ///
+    /// # Safety
+    /// See above.
     pub(crate) unsafe fn take_section(&self, slot: u32) -> Option<V> {
-        // SAFETY: see the contract above.
-        unsafe { self.sections.cell(slot, 0).with_mut(|p| (*p).take()) }
+        // SAFETY: forwarded contract.
+        unsafe { self.sections.cell(slot).with_mut(|p| (*p).take()) }
     }
 }
 
@@ -532,59 +798,109 @@ mod tests {
     use super::*;
 
     #[test]
-    fn slots_map_to_distinct_cells_inside_their_chunk() {
-        for (first, unit_shift) in [(1u32, 0u32), (2, 2), (6, 0)] {
-            let slab: Slab<u32> = Slab::new(first, unit_shift);
+    fn slab_slots_map_to_distinct_cells_inside_their_chunk() {
+        for first in [1u32, 2, 6] {
+            let slab: Slab<u32> = Slab::new(first);
             let mut seen = std::collections::HashSet::new();
             for slot in 0..600u32 {
                 let (chunk, cell) = slab.locate(slot);
-                assert!(
-                    cell + (1 << unit_shift) <= slab.chunk_cells(chunk),
-                    "slot {slot}"
-                );
+                assert!(cell < slab.chunk_len(chunk), "slot {slot}");
                 assert!(seen.insert((chunk, cell)), "slot {slot} collides");
             }
         }
     }
 
     #[test]
-    fn cells_keep_what_the_writer_put() {
-        let slab: Slab<u32> = Slab::new(1, 2);
-        let mut alloc = SlabAlloc::new(100, "cells");
-        let slots: Vec<u32> = (0..40).map(|_| alloc.alloc(&slab).unwrap()).collect();
-        for &s in &slots {
-            for i in 0..4 {
-                // SAFETY: allocated above, single-threaded.
-                unsafe { slab.cell(s, i).with_mut(|p| *p = s * 10 + i as u32) };
-            }
-        }
-        for &s in &slots {
-            for i in 0..4 {
-                // SAFETY: as above.
-                assert_eq!(unsafe { slab.cell(s, i).with(|p| *p) }, s * 10 + i as u32);
-            }
-        }
-        alloc.free(7);
-        assert_eq!(alloc.alloc(&slab), Ok(7), "freed slots are reused first");
-        assert_eq!(alloc.live(), 40);
-        let mut small = SlabAlloc::new(2, "cells");
-        assert!(small.alloc(&slab).is_ok() && small.alloc(&slab).is_ok());
+    fn allocators_reuse_freed_slots_and_stop_at_the_limit() {
+        let mut alloc = SlabAlloc::new(40, "cells");
+        let slots: Vec<u32> = (0..40).map(|_| alloc.alloc().unwrap()).collect();
+        assert_eq!(slots, (0..40).collect::<Vec<u32>>());
         assert_eq!(
-            small.alloc(&slab),
+            alloc.alloc(),
             Err(Error::CapacityExhausted {
                 kind: "cells",
-                limit: 2
+                limit: 40
             })
         );
+        alloc.free(7);
+        assert_eq!(alloc.alloc(), Ok(7), "freed slots are reused first");
+        assert_eq!(alloc.live(), 40);
+    }
+
+    #[test]
+    fn grown_arrays_keep_their_cells_and_old_ones_stay_valid() {
+        #[allow(clippy::type_complexity)]
+        let mut arena = Arena::new(4, 1000, 1000);
+        let mut nodes = Vec::new();
+        for n in 0..100u32 {
+            let unit = arena.alloc_node().unwrap();
+            let kids: Vec<Entry> = (0..4).map(|i| Entry::leaf(n * 10 + i)).collect();
+            // SAFETY: fresh node, single-threaded.
+            unsafe { arena.write_node(unit, &kids) };
+            nodes.push((unit, arena.arrays(), kids));
+        }
+        let now = arena.arrays().bases();
+        for (unit, then, kids) in &nodes {
+            let then = then.bases();
+            for (i, k) in kids.iter().enumerate() {
+                // SAFETY: written above; every array that held the node is still alive.
+                unsafe {
+                    assert_eq!(then.entry(*unit, i), *k);
+                    assert_eq!(now.entry(*unit, i), *k);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn tables_pad_to_a_line_and_find_their_rows() {
+        let mut arena = Arena::new(512, 10, 1000);
+        let rows = [(0x10u32, 5u32), (0x400, 6), (u32::MAX, 7)];
+        let e = arena.alloc_table(1 << 40, &rows).unwrap();
+        let (class, offset) = e.table_parts();
+        assert_eq!(MIN_TABLE_ROWS << class, 8);
+        let bases = arena.arrays().bases();
+        // SAFETY: written above, single-threaded.
+        let find = |off| unsafe { bases.table_piece(offset, 8, off) };
+        // SAFETY: as above.
+        assert_eq!(unsafe { bases.table_rows(offset, 8) }, rows.to_vec());
+        // SAFETY: as above.
+        assert_eq!(unsafe { bases.table_page(offset, 8) }, 1 << 40);
+        for (off, want) in [
+            (0xf, None),
+            (0x10, Some(5)),
+            (0x3ff, Some(5)),
+            (0x400, Some(6)),
+        ] {
+            assert_eq!(find(off), want, "{off:#x}");
+        }
+        assert_eq!(find(u32::MAX), Some(7), "a row at the very last offset");
+        let big: Vec<(u32, u32)> = (0..20).map(|i| (i * 0x10 + 1, i)).collect();
+        let e = arena.alloc_table(3, &big).unwrap();
+        let (class, offset) = e.table_parts();
+        let cap = MIN_TABLE_ROWS << class;
+        assert_eq!(cap, 32);
+        let bases = arena.arrays().bases();
+        for off in 0..0x200u32 {
+            let want = big.iter().rposition(|&(s, _)| s <= off).map(|i| big[i].1);
+            // SAFETY: as above.
+            assert_eq!(
+                // SAFETY: as above.
+                unsafe { bases.table_piece(offset, cap, off) },
+                want,
+                "{off:#x}"
+            );
+        }
+        // SAFETY: as above.
+        assert_eq!(unsafe { bases.table_rows(offset, cap) }, big);
     }
 
     #[test]
     fn values_in_sections_are_dropped_with_the_storage() {
-        let storage: Storage<String> = Storage::new(2);
-        let mut alloc = SlabAlloc::new(10, "sections");
-        let s = storage.alloc(&mut alloc, Kind::Sections).unwrap();
+        let storage: Storage<String> = Storage::new();
+        storage.ensure_section(0);
         // SAFETY: fresh slot, single-threaded.
-        let cell = unsafe { storage.write_section(s, "pc.ram".to_string()) };
+        let cell = unsafe { storage.write_section(0, "pc.ram".to_string()) };
         let piece = Piece {
             section: cell,
             ..Piece::default()

@@ -66,7 +66,7 @@ impl<'a> LocalSink<'a> {
         let mut nodes: Vec<Entry> = Vec::with_capacity(self.nodes.len());
         let renumber = |e: Entry, nodes: &[Entry]| match e.kind() {
             Kind::Node { index, .. } => nodes[index as usize],
-            Kind::Subpage(t) => tables[t as usize],
+            Kind::Subpage(_, t) => tables[t as usize],
             _ => e,
         };
         let fanout = self.geo.fanout;
@@ -96,7 +96,7 @@ impl Sink for LocalSink<'_> {
     }
     fn table(&mut self, rows: Vec<SubEntry>) -> Result<Entry, Error> {
         self.tables.push(rows);
-        Ok(Entry::subpage((self.tables.len() - 1) as u32))
+        Ok(Entry::subpage(0, (self.tables.len() - 1) as u32))
     }
 }
 

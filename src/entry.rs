@@ -5,9 +5,15 @@
 //!  0  0  | 0                                    empty (the whole word is 0)
 //!  0  1  | piece slot (30 bits)                 leaf: one piece covers every mapped byte
 //!                                               of the entry's span
-//!  1  0  | sub-page table slot (30 bits)        several pieces in one page
-//!  1  1  | shift (6 bits) | node slot (24 bits) node
+//!  1  0  | class (4 bits) | row block (26 bits) sub-page table: several pieces in one page,
+//!                                               `8 << class` rows at this offset of the
+//!                                               row array
+//!  1  1  | shift (6 bits) | node (24 bits)      node: at this offset of the node array,
+//!                                               in units of 8 cells
 //! ```
+//!
+//! Node and table entries locate their node or rows directly in their array (the lookup
+//! computes the address with one multiply-add); the arena (`arena.rs`) owns those units.
 //!
 //! A node entry carries the *shift* of the node it points to: the lookup takes the child
 //! index as `(addr >> shift) & mask`, so a path may skip levels (path compression) and the
@@ -27,8 +33,12 @@ pub(crate) struct Entry(u32);
 pub(crate) enum Kind {
     Empty,
     Leaf(u32),
-    Subpage(u32),
-    Node { shift: u32, index: u32 },
+    /// A sub-page table: `(class, row-block offset)`.
+    Subpage(u32, u32),
+    Node {
+        shift: u32,
+        index: u32,
+    },
 }
 
 /// Bit position of the tag.
@@ -43,13 +53,18 @@ const SLOT_BITS: u32 = 30;
 /// Bit position and width of a node entry's shift.
 const SHIFT_POS: u32 = 24;
 const SHIFT_BITS: u32 = 6;
-/// Bits of a node slot.
+/// Bits of a node's unit offset.
 const NODE_BITS: u32 = 24;
+/// Bit position and width of a table entry's size class; bits of its row-block offset.
+const CLASS_POS: u32 = 26;
+const CLASS_BITS: u32 = 4;
 
 /// One more than the largest piece or sub-page table slot an entry can name.
 pub(crate) const SLOT_LIMIT: usize = 1 << SLOT_BITS;
-/// One more than the largest node slot an entry can name.
+/// One more than the largest node unit offset an entry can carry.
 pub(crate) const NODE_LIMIT: usize = 1 << NODE_BITS;
+/// One more than the largest row-block offset a table entry can carry.
+pub(crate) const TABLE_OFFSET_LIMIT: usize = 1 << CLASS_POS;
 /// One more than the largest shift a node entry can carry.
 pub(crate) const SHIFT_LIMIT: u32 = 1 << SHIFT_BITS;
 
@@ -65,9 +80,18 @@ impl Entry {
         Entry(TAG_LEAF << TAG_SHIFT | piece)
     }
 
-    pub(crate) fn subpage(table: u32) -> Entry {
-        debug_assert!((table as usize) < SLOT_LIMIT);
-        Entry(TAG_SUBPAGE << TAG_SHIFT | table)
+    pub(crate) fn subpage(class: u32, offset: u32) -> Entry {
+        debug_assert!(class < 1 << CLASS_BITS && (offset as usize) < TABLE_OFFSET_LIMIT);
+        Entry(TAG_SUBPAGE << TAG_SHIFT | class << CLASS_POS | offset)
+    }
+
+    /// `(class, row-block offset)` of a table entry (meaningless for other kinds).
+    #[inline(always)]
+    pub(crate) fn table_parts(self) -> (u32, u32) {
+        (
+            self.0 >> CLASS_POS & mask(CLASS_BITS),
+            self.0 & mask(CLASS_POS),
+        )
     }
 
     pub(crate) fn node(shift: u32, index: u32) -> Entry {
@@ -82,7 +106,10 @@ impl Entry {
         match self.0 >> TAG_SHIFT {
             0 => Kind::Empty,
             TAG_LEAF => Kind::Leaf(slot),
-            TAG_SUBPAGE => Kind::Subpage(slot),
+            TAG_SUBPAGE => {
+                let (class, offset) = self.table_parts();
+                Kind::Subpage(class, offset)
+            }
             _ => {
                 let (shift, index) = self.node_parts();
                 Kind::Node { shift, index }
@@ -112,7 +139,7 @@ impl Entry {
 
     /// Whether the entry points to a structure of its own (a node or a sub-page table).
     pub(crate) fn is_inner(self) -> bool {
-        matches!(self.kind(), Kind::Node { .. } | Kind::Subpage(_))
+        matches!(self.kind(), Kind::Node { .. } | Kind::Subpage(..))
     }
 
     /// The raw word, for storing in a node cell.
@@ -139,8 +166,12 @@ mod tests {
         assert!(Entry::EMPTY.is_empty() && !Entry::EMPTY.is_node());
         for slot in [0, 1, SLOT_LIMIT as u32 - 1] {
             assert_eq!(Entry::leaf(slot).kind(), Kind::Leaf(slot));
-            assert_eq!(Entry::subpage(slot).kind(), Kind::Subpage(slot));
-            assert!(!Entry::leaf(slot).is_node() && !Entry::subpage(slot).is_node());
+            assert!(!Entry::leaf(slot).is_node());
+        }
+        for (class, offset) in [(0, 0), (15, TABLE_OFFSET_LIMIT as u32 - 1), (3, 64)] {
+            let e = Entry::subpage(class, offset);
+            assert_eq!(e.kind(), Kind::Subpage(class, offset));
+            assert!(!e.is_node() && e.is_inner());
         }
         for (shift, index) in [(0, 0), (63, NODE_LIMIT as u32 - 1), (12, 5)] {
             let e = Entry::node(shift, index);
@@ -154,12 +185,12 @@ mod tests {
         /// Every encodable value decodes to itself, through both decoders, and no two
         /// different values share a word.
         #[test]
-        fn every_kind_round_trips(slot in 0u32..SLOT_LIMIT as u32, shift in 0u32..SHIFT_LIMIT, index in 0u32..NODE_LIMIT as u32) {
+        fn every_kind_round_trips(slot in 0u32..SLOT_LIMIT as u32, shift in 0u32..SHIFT_LIMIT, index in 0u32..NODE_LIMIT as u32, class in 0u32..16, offset in 0u32..TABLE_OFFSET_LIMIT as u32) {
             let leaf = Entry::leaf(slot);
-            let table = Entry::subpage(slot);
+            let table = Entry::subpage(class, offset);
             let node = Entry::node(shift, index);
             prop_assert_eq!(leaf.kind(), Kind::Leaf(slot));
-            prop_assert_eq!(table.kind(), Kind::Subpage(slot));
+            prop_assert_eq!(table.kind(), Kind::Subpage(class, offset));
             prop_assert_eq!(node.kind(), Kind::Node { shift, index });
             prop_assert_eq!(Entry::from_bits(node.bits()), node);
             prop_assert!(leaf != table && table != node && leaf != node);
@@ -174,7 +205,7 @@ mod tests {
             let again = match e.kind() {
                 Kind::Empty => Entry::EMPTY,
                 Kind::Leaf(p) => Entry::leaf(p),
-                Kind::Subpage(t) => Entry::subpage(t),
+                Kind::Subpage(class, offset) => Entry::subpage(class, offset),
                 Kind::Node { shift, index } => Entry::node(shift, index),
             };
             if bits >> TAG_SHIFT == 0 {

@@ -17,6 +17,7 @@
 //! snapshot holders only ever decrement a count (they never run reclamation code, never
 //! allocate or free, never drop a value).
 
+use crate::entry::Entry;
 use crate::sync::Arc;
 use crate::version::Version;
 use std::collections::VecDeque;
@@ -25,7 +26,7 @@ use std::collections::VecDeque;
 #[derive(Debug, Default)]
 pub(crate) struct Retired {
     pub nodes: Vec<u32>,
-    pub tables: Vec<u32>,
+    pub tables: Vec<Entry>,
     pub pieces: Vec<u32>,
     pub sections: Vec<u32>,
 }
@@ -84,7 +85,8 @@ mod tests {
 
     fn version(g: u64, storage: &Arc<Storage<u8>>) -> Arc<Version<u8>> {
         let geo = Config::default().geometry().unwrap();
-        Arc::new(Version::new(g, Entry::EMPTY, storage.clone(), geo))
+        let arrays = crate::arena::Arena::new(512, 10, 10).arrays();
+        Arc::new(Version::new(g, Entry::EMPTY, arrays, storage.clone(), geo))
     }
 
     fn retired(n: u32) -> Retired {
@@ -96,7 +98,7 @@ mod tests {
 
     #[test]
     fn garbage_is_freed_in_order_once_unheld() {
-        let storage = Arc::new(Storage::new(9));
+        let storage = Arc::new(Storage::new());
         let mut g = Graveyard::new();
         let v1 = version(1, &storage);
         let v2 = version(2, &storage);

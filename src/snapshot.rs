@@ -131,7 +131,7 @@ impl<V> Snapshot<V> {
     /// Walks the whole tree: a diagnostic, not a hot-path call.
     pub fn stats(&self) -> Stats {
         let tree = self.tree();
-        let (nodes, tables, rows, levels) = tree.shape();
+        let (nodes, tables, _rows, table_bytes, levels) = tree.shape();
         let mut pieces = 0;
         let mut sections = HashSet::new();
         for piece in tree.walk(0, self.version.geo.max_addr) {
@@ -141,7 +141,7 @@ impl<V> Snapshot<V> {
         let counts = Counts {
             nodes,
             tables,
-            rows,
+            table_bytes,
             pieces,
             sections: sections.len(),
         };

@@ -9,10 +9,12 @@
 //! `arc-swap`, `parking_lot` and `rayon` are not loom-aware. Under loom:
 //! - [`Mutex`] is `loom::sync::Mutex` (parking_lot's has no poisoning and neither has ours:
 //!   a poisoned loom lock is simply taken, matching parking_lot's behaviour);
-//! - [`Publisher`] is a loom `Mutex<Arc<T>>` plus a loom `AtomicPtr` that mirrors the current
-//!   pointer, and [`Cache`] compares that pointer, as `arc_swap::Cache` does. What the models
-//!   check is therefore our protocol on top of "an atomic cell holding an `Arc`"; arc-swap's
-//!   own implementation of that cell is trusted (it has its own test suite);
+//! - [`Publisher`] is a loom `Mutex<Arc<T>>` where production has an `arc_swap::ArcSwap`;
+//!   both mirror the current address in an `AtomicPtr`, stored after the value with Release,
+//!   and [`Cache`] (the same code in both builds) compares that address with Relaxed, as
+//!   `arc_swap::Cache` does. What the models check is therefore our protocol on top of "an
+//!   atomic cell holding an `Arc`"; arc-swap's own implementation of that cell is trusted (it
+//!   has its own test suite);
 //! - [`par_map`] (rayon's parallel map in the bulk build) runs sequentially.
 
 #[cfg(not(loom))]
@@ -53,22 +55,37 @@ mod imp {
         }
     }
 
-    /// Holds the newest published value (`arc_swap::ArcSwap`).
-    pub(crate) struct Publisher<T>(arc_swap::ArcSwap<T>);
+    /// Holds the newest published value: an `arc_swap::ArcSwap` (for counted references)
+    /// and its address mirrored in an atomic (for [`Cache`](super::Cache)'s revalidation).
+    pub(crate) struct Publisher<T> {
+        current: arc_swap::ArcSwap<T>,
+        ptr: AtomicPtr<T>,
+    }
 
     impl<T> Publisher<T> {
         pub(crate) fn new(value: Arc<T>) -> Self {
-            Publisher(arc_swap::ArcSwap::new(value))
+            let ptr = AtomicPtr::new(Arc::as_ptr(&value) as *mut T);
+            Publisher {
+                current: arc_swap::ArcSwap::new(value),
+                ptr,
+            }
         }
         /// A counted reference to the newest value.
         pub(crate) fn load_full(&self) -> Arc<T> {
-            self.0.load_full()
+            self.current.load_full()
         }
         /// Publishes `value`. arc-swap's store is a SeqCst swap of the pointer: everything the
         /// writer did before (filling the new tree's nodes) happens-before any load that
-        /// returns the new pointer.
+        /// returns the new pointer. The mirror is stored after it (Release), so a reader that
+        /// sees the new address and then loads the `ArcSwap` gets the new value or a newer one.
         pub(crate) fn store(&self, value: Arc<T>) {
-            self.0.store(value)
+            let ptr = Arc::as_ptr(&value) as *mut T;
+            self.current.store(value);
+            self.ptr.store(ptr, Ordering::Release);
+        }
+        /// The mirrored address of the newest value.
+        pub(crate) fn ptr(&self) -> &AtomicPtr<T> {
+            &self.ptr
         }
     }
 
@@ -79,31 +96,6 @@ mod imp {
     ) -> Vec<R> {
         use rayon::prelude::*;
         items.par_iter().map(f).collect()
-    }
-
-    /// `Arc<Publisher<T>>` seen as the `ArcSwap` that `arc_swap::Cache` wants.
-    pub(crate) struct PublisherRef<T>(Arc<Publisher<T>>);
-
-    impl<T> std::ops::Deref for PublisherRef<T> {
-        type Target = arc_swap::ArcSwap<T>;
-        fn deref(&self) -> &Self::Target {
-            &self.0 .0
-        }
-    }
-
-    /// A per-thread cached copy of the newest value; revalidating it costs one load and
-    /// one pointer compare (`arc_swap::Cache`).
-    pub(crate) struct Cache<T>(arc_swap::Cache<PublisherRef<T>, Arc<T>>);
-
-    impl<T> Cache<T> {
-        pub(crate) fn new(publisher: Arc<Publisher<T>>) -> Self {
-            Cache(arc_swap::Cache::new(PublisherRef(publisher)))
-        }
-        /// The newest value, refreshed if the publisher moved on since the last call.
-        #[inline]
-        pub(crate) fn load(&mut self) -> &Arc<T> {
-            self.0.load()
-        }
     }
 }
 
@@ -147,14 +139,16 @@ mod imp {
         pub(crate) fn load_full(&self) -> Arc<T> {
             self.current.lock().unwrap().clone()
         }
+        /// As production: the value first, then the mirror (Release, as there: no
+        /// stronger). The mutex stands for `ArcSwap`'s own synchronisation of the value.
         pub(crate) fn store(&self, value: Arc<T>) {
-            let mut guard = self.current.lock().unwrap();
-            // Release: pairs with the Acquire in `Cache::load`; the mutex orders the value.
-            self.ptr
-                .store(Arc::as_ptr(&value) as *mut T, Ordering::Release);
-            let old = std::mem::replace(&mut *guard, value);
-            drop(guard);
+            let ptr = Arc::as_ptr(&value) as *mut T;
+            let old = std::mem::replace(&mut *self.current.lock().unwrap(), value);
+            self.ptr.store(ptr, Ordering::Release);
             drop(old);
+        }
+        pub(crate) fn ptr(&self) -> &AtomicPtr<T> {
+            &self.ptr
         }
     }
 
@@ -166,29 +160,41 @@ mod imp {
     ) -> Vec<R> {
         items.iter().map(f).collect()
     }
-
-    /// Loom stand-in for `arc_swap::Cache`.
-    pub(crate) struct Cache<T> {
-        publisher: Arc<Publisher<T>>,
-        cached: Arc<T>,
-    }
-
-    impl<T> Cache<T> {
-        pub(crate) fn new(publisher: Arc<Publisher<T>>) -> Self {
-            let cached = publisher.load_full();
-            Cache { publisher, cached }
-        }
-        pub(crate) fn load(&mut self) -> &Arc<T> {
-            // Relaxed, as `arc_swap::Cache::revalidate` does: nothing is synchronised through
-            // the pointer; if it changed, `load_full` (the lock) synchronises. Our cached Arc
-            // keeps its value alive, so no ABA on the address.
-            let now = self.publisher.ptr.load(Ordering::Relaxed);
-            if !std::ptr::eq(now, Arc::as_ptr(&self.cached)) {
-                self.cached = self.publisher.load_full();
-            }
-            &self.cached
-        }
-    }
 }
 
 pub(crate) use imp::*;
+
+/// A per-thread cached copy of the newest value, as `arc_swap::Cache` keeps one: revalidating
+/// it costs one load of the publisher's mirrored address and one compare; only when the
+/// address changed does it take a counted reference (out of line). The same code runs in
+/// production and under loom (only the [`Publisher`] differs).
+pub(crate) struct Cache<T> {
+    publisher: Arc<Publisher<T>>,
+    cached: Arc<T>,
+}
+
+impl<T> Cache<T> {
+    pub(crate) fn new(publisher: Arc<Publisher<T>>) -> Self {
+        let cached = publisher.load_full();
+        Cache { publisher, cached }
+    }
+
+    /// The newest value, refreshed if the publisher moved on since the last call.
+    #[inline(always)]
+    pub(crate) fn load(&mut self) -> &Arc<T> {
+        // Relaxed, as `arc_swap::Cache::revalidate`: nothing is synchronised through the
+        // address; if it changed, `refresh` takes a counted reference, which synchronises.
+        // The cached Arc keeps its value alive, so its address cannot be reused (no ABA).
+        let now = self.publisher.ptr().load(Ordering::Relaxed);
+        if !std::ptr::eq(now, Arc::as_ptr(&self.cached)) {
+            self.refresh();
+        }
+        &self.cached
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn refresh(&mut self) {
+        self.cached = self.publisher.load_full();
+    }
+}

@@ -1,21 +1,21 @@
 //! One published generation: an immutable tree root and what is needed to walk it.
 
-use crate::arena::{ChunkZero, Piece, Storage};
+use crate::arena::{Arrays, Bases, Storage};
 use crate::config::Geometry;
 use crate::entry::Entry;
 use crate::sync::Arc;
 use crate::view::TreeRef;
 
-/// What every lookup reads first, in one cache line: the root and the walk's constants,
-/// with chunk 0 of the node and piece slabs copied in (their addresses never change, I1),
-/// so the walk starts without touching the shared storage.
+/// What every lookup reads first, in one cache line: the root, the walk's constants and the
+/// base addresses of the arrays the tree lives in, so that the walk touches nothing else.
 #[derive(Clone, Copy)]
 pub(crate) struct Hot {
     pub root: Entry,
-    /// `fanout - 1`: the child index is `(addr >> shift) & mask`.
+    /// `fanout - 1`: a node's child index is `(addr >> shift) & mask`.
     pub mask: u64,
-    pub nodes: ChunkZero<u32>,
-    pub pieces: ChunkZero<Piece>,
+    /// `page size - 1`: a sub-page table is searched for `addr & page_mask`.
+    pub page_mask: u64,
+    pub bases: Bases,
 }
 
 /// One published generation.
@@ -26,38 +26,42 @@ pub(crate) struct Hot {
 /// **The version invariant** (I4 of `ARCHITECTURE.md`): whoever can reach a `&Version` can
 /// read its tree, for as long as that reference lives. Every way to get one keeps the tree's
 /// slots from reuse meanwhile: an `Arc` (a [`Snapshot`](crate::Snapshot), the writer's current
-/// version), or a [`Reader`](crate::Reader)'s announced generation. This is what makes
-/// [`Version::tree`] safe.
+/// version), or a [`Reader`](crate::Reader)'s cached generation. The version also holds the
+/// arrays its tree lives in (I1). This is what makes [`Version::tree`] safe.
 #[repr(align(64))]
 pub(crate) struct Version<V> {
     pub hot: Hot,
     pub generation: u64,
+    /// Keeps the arrays `hot.bases` points into alive.
+    _arrays: Arrays,
     pub storage: Arc<Storage<V>>,
     pub geo: Geometry,
 }
 
-// SAFETY: the raw pointers in `hot` point into `storage`, which the version owns a share of;
-// sending or sharing a version sends or shares that share (Storage is Send + Sync for such V).
+// SAFETY: the raw pointers in `hot` point into `_arrays` and `storage`, which the version
+// owns a share of; sending or sharing a version sends or shares those shares (both are
+// Send + Sync for such V), and a version is immutable.
 unsafe impl<V: Send + Sync> Send for Version<V> {}
-// SAFETY: as above; a version is immutable.
+// SAFETY: as above.
 unsafe impl<V: Send + Sync> Sync for Version<V> {}
 
 impl<V> Version<V> {
     pub(crate) fn new(
         generation: u64,
         root: Entry,
+        arrays: Arrays,
         storage: Arc<Storage<V>>,
         geo: Geometry,
     ) -> Self {
-        let (nodes, pieces) = storage.zeros();
         Version {
             hot: Hot {
                 root,
                 mask: geo.mask,
-                nodes,
-                pieces,
+                page_mask: (1u64 << geo.page_bits) - 1,
+                bases: arrays.bases(),
             },
             generation,
+            _arrays: arrays,
             storage,
             geo,
         }

@@ -12,7 +12,7 @@
 //! skipped levels correct: if a piece holds `addr`, the walk reaches it, because a piece
 //! overlaps every span on the path to `addr`.
 
-use crate::arena::{Piece, SubEntry};
+use crate::arena::{Piece, SubEntry, MIN_TABLE_ROWS};
 use crate::config::Geometry;
 use crate::entry::{Entry, Kind};
 use crate::version::Version;
@@ -45,6 +45,26 @@ impl<'g> TreeEntry<'g> {
 #[derive(Clone, Copy)]
 pub(crate) struct PieceRef<'g> {
     piece: &'g Piece,
+}
+
+impl<'g> PieceRef<'g> {
+    /// The piece's address, to remember it (see [`PieceRef::remembered`]).
+    pub(crate) fn as_ptr(self) -> *const Piece {
+        self.piece
+    }
+
+    /// A piece remembered with [`PieceRef::as_ptr`].
+    ///
+    /// # Safety
+    /// `p` came from a `PieceRef` of a generation that is held for `'g`.
+    #[inline(always)]
+    pub(crate) unsafe fn remembered(p: *const Piece) -> PieceRef<'g> {
+        PieceRef {
+            // SAFETY: forwarded contract: the piece's slot is not reused while its generation
+            // is held (I4), and its array lives as long as the generation (I1).
+            piece: unsafe { &*p },
+        }
+    }
 }
 
 impl std::ops::Deref for PieceRef<'_> {
@@ -86,35 +106,44 @@ impl<'g, V> TreeRef<'g, V> {
     // `TreeEntry<'g>`, or a table row of one), so the slot is reachable from a generation
     // held for 'g (the version invariant): exactly the contract of the `Storage` readers.
 
-    /// Entry `i` of node `node` (`i` < fan-out).
+    /// Entry `i` of the node at unit offset `node` (`i` < fan-out).
     #[inline(always)]
     fn entry(self, node: u32, i: usize) -> Entry {
-        let v = self.version;
-        debug_assert!(i < v.geo.fanout);
+        debug_assert!(i < self.version.geo.fanout);
         // SAFETY: see above (I1-I4).
-        unsafe { v.storage.node_entry(&v.hot.nodes, node, i) }
+        unsafe { self.version.hot.bases.entry(node, i) }
     }
 
-    /// First page of node `node`.
+    /// First page of the node at unit offset `node`.
     fn base_of(self, node: u32) -> u64 {
+        let v = self.version;
         // SAFETY: see above (I1-I4).
-        unsafe { self.version.storage.node_base(node) }
+        unsafe { v.storage.node_base(node, v.geo.fanout) }
     }
 
     /// Piece `slot`.
     #[inline(always)]
     fn piece_at(self, slot: u32) -> PieceRef<'g> {
-        let v = self.version;
         // SAFETY: see above (I1-I4).
-        let piece = unsafe { v.storage.piece(&v.hot.pieces, slot) };
+        let piece = unsafe { self.version.hot.bases.piece(slot) };
         PieceRef { piece }
     }
 
-    /// Sub-page table `slot`.
-    #[inline(always)]
-    fn table_at(self, slot: u32) -> &'g [SubEntry] {
+    /// The rows of the sub-page table of class `class` at `offset`, as (first byte, piece
+    /// slot).
+    fn table_at(self, class: u32, offset: u32) -> Vec<(u64, u32)> {
+        let (bases, rows) = (self.version.hot.bases, MIN_TABLE_ROWS << class);
         // SAFETY: see above (I1-I4).
-        unsafe { self.version.storage.table(slot) }
+        let (page, raw) = unsafe {
+            (
+                bases.table_page(offset, rows),
+                bases.table_rows(offset, rows),
+            )
+        };
+        let first = page << self.version.geo.page_bits;
+        raw.into_iter()
+            .map(|(off, p)| (first + off as u64, p))
+            .collect()
     }
 
     /// The value of a piece of a tree borrowed for 'g.
@@ -131,21 +160,25 @@ impl<'g, V> TreeRef<'g, V> {
     /// The piece holding `addr`, if any: one load per level, then the final range check.
     #[inline(always)]
     pub(crate) fn find(self, addr: u64) -> Option<PieceRef<'g>> {
-        let mask = self.version.hot.mask;
-        let mut e = self.version.hot.root;
+        // The header in locals, so that the loop keeps it in registers.
+        let hot = self.version.hot;
+        let mut e = hot.root;
         while e.is_node() {
             let (shift, node) = e.node_parts();
-            e = self.entry(node, ((addr >> shift) & mask) as usize);
+            let i = (addr >> shift) & hot.mask;
+            // SAFETY: `node` comes from an entry of this tree (I1-I4); `i` < fan-out.
+            e = unsafe { hot.bases.entry(node, i as usize) };
         }
-        let piece = match e.kind() {
-            Kind::Leaf(p) => self.piece_at(p),
-            Kind::Subpage(t) => {
-                let rows = self.table_at(t);
-                let i = rows.partition_point(|r| r.start <= addr);
-                self.piece_at(rows.get(i.wrapping_sub(1))?.piece)
+        let slot = match e.kind() {
+            Kind::Leaf(p) => p,
+            Kind::Subpage(class, offset) => {
+                let off = (addr & hot.page_mask) as u32;
+                // SAFETY: a table of this tree (I1-I4).
+                unsafe { hot.bases.table_piece(offset, MIN_TABLE_ROWS << class, off) }?
             }
             _ => return None,
         };
+        let piece = self.piece_at(slot);
         (piece.start <= addr && addr <= piece.end).then_some(piece)
     }
 
@@ -177,7 +210,10 @@ impl<'g, V> TreeRef<'g, V> {
     /// Whether table entry `e` of this tree holds exactly `rows`.
     pub(crate) fn table_holds(self, e: TreeEntry<'g>, rows: &[SubEntry]) -> bool {
         match e.kind() {
-            Kind::Subpage(t) => self.table_at(t) == rows,
+            Kind::Subpage(class, offset) => self
+                .table_at(class, offset)
+                .into_iter()
+                .eq(rows.iter().map(|r| (r.start, r.piece))),
             _ => false,
         }
     }
@@ -199,7 +235,7 @@ impl<'g, V> TreeRef<'g, V> {
             lo,
             hi,
             stack: Vec::new(),
-            pending: &[],
+            pending: Vec::new(),
             last: None,
             root: (lo <= hi).then_some(e.get()),
         }
@@ -220,8 +256,8 @@ impl<'g, V> TreeRef<'g, V> {
                     *k = e;
                 }
             }
-            Kind::Subpage(t) => {
-                if let Some(i) = geo.child_holding(h, base, self.table_at(t)[0].start) {
+            Kind::Subpage(class, offset) => {
+                if let Some(i) = geo.child_holding(h, base, self.table_at(class, offset)[0].0) {
                     kids[i] = e;
                 }
             }
@@ -240,16 +276,18 @@ impl<'g, V> TreeRef<'g, V> {
         kids
     }
 
-    /// Shape of the tree: nodes, sub-page tables, sub-page rows, deepest node path.
-    pub(crate) fn shape(self) -> (usize, usize, usize, u32) {
-        let (mut nodes, mut tables, mut rows, mut deepest) = (0, 0, 0, 0);
+    /// Shape of the tree: nodes, sub-page tables, sub-page rows, bytes of the tables' row
+    /// blocks, deepest node path.
+    pub(crate) fn shape(self) -> (usize, usize, usize, usize, u32) {
+        let (mut nodes, mut tables, mut rows, mut table_bytes, mut deepest) = (0, 0, 0, 0, 0);
         let mut stack = vec![(self.root(), 0u32)];
         while let Some((e, depth)) = stack.pop() {
             match e.kind() {
                 Kind::Empty | Kind::Leaf(_) => {}
-                Kind::Subpage(t) => {
+                Kind::Subpage(class, offset) => {
                     tables += 1;
-                    rows += self.table_at(t).len();
+                    rows += self.table_at(class, offset).len();
+                    table_bytes += crate::arena::table_bytes(class);
                 }
                 Kind::Node { shift, index } => {
                     nodes += 1;
@@ -259,7 +297,7 @@ impl<'g, V> TreeRef<'g, V> {
                 }
             }
         }
-        (nodes, tables, rows, deepest)
+        (nodes, tables, rows, table_bytes, deepest)
     }
 
     /// Every node and sub-page table under `e` (an entry of this tree), as plain entries:
@@ -268,7 +306,7 @@ impl<'g, V> TreeRef<'g, V> {
         let mut stack = vec![e];
         while let Some(e) = stack.pop() {
             match e.kind() {
-                Kind::Subpage(_) => out.push(e.get()),
+                Kind::Subpage(..) => out.push(e.get()),
                 Kind::Node { shift, index } => {
                     out.push(e.get());
                     let kids = self.entries(index, self.height(shift));
@@ -292,11 +330,11 @@ impl<'g, V> TreeRef<'g, V> {
                     let piece = self.piece_at(p);
                     out.extend([1, piece.start, piece.end]);
                 }
-                Kind::Subpage(t) => {
+                Kind::Subpage(class, offset) => {
                     out.push(2);
-                    for row in self.table_at(t) {
-                        let piece = self.piece_at(row.piece);
-                        out.extend([row.start, piece.start, piece.end]);
+                    for (start, p) in self.table_at(class, offset) {
+                        let piece = self.piece_at(p);
+                        out.extend([start, piece.start, piece.end]);
                     }
                 }
                 Kind::Node { shift, index } => {
@@ -327,7 +365,7 @@ impl<'g, V> TreeRef<'g, V> {
                     let v = label(self.value(piece));
                     format!("leaf {:#x}..={:#x} {v}", piece.start, piece.end)
                 }
-                Kind::Subpage(t) => format!("sub-page table {t}"),
+                Kind::Subpage(_, offset) => format!("sub-page table {offset}"),
                 Kind::Node { shift, index } => {
                     format!("node {index} (height {})", self.height(shift))
                 }
@@ -360,8 +398,8 @@ impl<'g, V> TreeRef<'g, V> {
                 .iter()
                 .filter_map(|e| match e.kind() {
                     Kind::Node { shift, index } => Some((self.height(shift), index)),
-                    Kind::Subpage(t) => {
-                        tables.push(t);
+                    Kind::Subpage(class, offset) => {
+                        tables.push((class, offset));
                         None
                     }
                     _ => None,
@@ -395,15 +433,10 @@ impl<'g, V> TreeRef<'g, V> {
             }
             level = next;
         }
-        for t in tables {
-            writeln!(out, "  sub-page table {t}:")?;
-            for row in self.table_at(t) {
-                writeln!(
-                    out,
-                    "    from {:#x}: {}",
-                    row.start,
-                    describe(Entry::leaf(row.piece))
-                )?;
+        for (class, offset) in tables {
+            writeln!(out, "  sub-page table {offset}:")?;
+            for (start, piece) in self.table_at(class, offset) {
+                writeln!(out, "    from {start:#x}: {}", describe(Entry::leaf(piece)))?;
             }
         }
         Ok(())
@@ -417,8 +450,8 @@ pub(crate) struct Walk<'g, V> {
     hi: u64,
     /// (node, next child, end child)
     stack: Vec<(u32, usize, usize)>,
-    /// Rows of a sub-page table still to yield.
-    pending: &'g [SubEntry],
+    /// Pieces of a sub-page table still to yield (reversed).
+    pending: Vec<u32>,
     last: Option<u32>,
     root: Option<Entry>,
 }
@@ -429,8 +462,9 @@ impl<'g, V> Walk<'g, V> {
         match e.kind() {
             Kind::Empty => None,
             Kind::Leaf(p) => self.offer(p),
-            Kind::Subpage(t) => {
-                self.pending = self.tree.table_at(t);
+            Kind::Subpage(class, offset) => {
+                let rows = self.tree.table_at(class, offset);
+                self.pending = rows.into_iter().rev().map(|(_, p)| p).collect();
                 None
             }
             Kind::Node { shift, index } => {
@@ -466,9 +500,8 @@ impl<'g, V> Iterator for Walk<'g, V> {
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
-            if let Some((row, rest)) = self.pending.split_first() {
-                self.pending = rest;
-                if let Some(hit) = self.offer(row.piece) {
+            if let Some(p) = self.pending.pop() {
+                if let Some(hit) = self.offer(p) {
                     return Some(hit);
                 }
                 continue;

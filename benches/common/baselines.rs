@@ -139,13 +139,15 @@ pub fn cached_lookup(cache: &mut VecCache<'_>, addr: u64) -> Option<(u64, u64)> 
 
 /// QEMU's `AddressSpaceDispatch`, rebuilt in full at every change: 6 levels of 512 entries of
 /// 32 bits (`skip:6, ptr:26`), leaves at any level when a whole aligned span is covered
-/// (`phys_page_set_level`), one 4096-entry `u16` table per page holding several sections
+/// (`phys_page_set_level`), one 4096-entry table per page holding several sections (`u16`
+/// entries in QEMU, which asserts fewer than 4096 sections; `u32` here so that the large
+/// synthetic maps fit, counted at QEMU's 8 KiB)
 /// (`subpage_t`), compaction of single-child chains (`phys_page_compact`), an `ArcSwap` (RCU)
 /// publication of the whole dispatch. Nodes that become unreachable during compaction stay
 /// allocated, as in QEMU.
 pub struct QemuDispatch {
     pub nodes: Vec<[u32; 512]>,
-    pub subpages: Vec<Box<[u16; 4096]>>,
+    pub subpages: Vec<Box<[u32; 4096]>>,
     /// Section table: (start, end, value); #0 is "unassigned".
     pub sections: Vec<(u64, u64, u64)>,
     pub root: u32,
@@ -267,7 +269,7 @@ impl QemuDispatch {
                 (self.sections[t as usize].2 & !SUBPAGE_FLAG) as usize
             }
             _ => {
-                self.subpages.push(Box::new([0u16; 4096]));
+                self.subpages.push(Box::new([0u32; 4096]));
                 let t = self.subpages.len() - 1;
                 let cont = self.sections.len() as u32;
                 self.sections
@@ -279,7 +281,7 @@ impl QemuDispatch {
             }
         };
         for b in (s & 0xfff)..=(e & 0xfff) {
-            self.subpages[table][b as usize] = sec as u16;
+            self.subpages[table][b as usize] = sec;
         }
     }
 

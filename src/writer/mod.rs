@@ -17,7 +17,7 @@
 mod edit;
 mod rebuild;
 
-use crate::arena::{Counts, Kind, Piece, SlabAlloc, Storage};
+use crate::arena::{Arena, Counts, Piece, SlabAlloc, Storage};
 use crate::config::Geometry;
 use crate::drops::drop_all;
 use crate::map::Memory;
@@ -62,6 +62,9 @@ struct Sections {
 /// changes only through the methods of this module and its children.
 pub(crate) struct Writer<V> {
     geo: Geometry,
+    /// Nodes, pieces and sub-page tables.
+    arena: Arena,
+    /// Node base pages and section values.
     storage: Arc<Storage<V>>,
     publisher: Published<V>,
     /// The newest published version.
@@ -71,11 +74,6 @@ pub(crate) struct Writer<V> {
     /// The working mapping.
     map: BTreeMap<u64, PieceInfo>,
     sections: Sections,
-    nodes: SlabAlloc,
-    pieces: SlabAlloc,
-    tables: SlabAlloc,
-    /// Rows in live sub-page tables.
-    rows: usize,
     /// Subtrees built from a sorted slice (the bulk path), since the map was created.
     bulk_builds: u64,
     /// Nodes whose children a bulk build made in parallel, since the map was created.
@@ -86,16 +84,14 @@ impl<V> Writer<V> {
     /// A writer for an empty map; returns it with the publication point readers load from.
     pub(crate) fn new(config: &Config) -> Result<(Self, Published<V>), Error> {
         let geo = config.geometry()?;
-        let storage = Arc::new(Storage::new(geo.level_bits));
-        let current = Arc::new(Version::new(
-            0,
-            crate::entry::Entry::EMPTY,
-            storage.clone(),
-            geo,
-        ));
+        let arena = Arena::new(geo.fanout, config.max_nodes, config.max_pieces);
+        let storage = Arc::new(Storage::new());
+        let empty = crate::entry::Entry::EMPTY;
+        let current = Arc::new(Version::new(0, empty, arena.arrays(), storage.clone(), geo));
         let publisher = Arc::new(Publisher::new(current.clone()));
         let writer = Writer {
             geo,
+            arena,
             storage,
             publisher: publisher.clone(),
             current,
@@ -105,10 +101,6 @@ impl<V> Writer<V> {
                 alloc: SlabAlloc::new(config.max_pieces, "sections"),
                 ..Sections::default()
             },
-            nodes: SlabAlloc::new(config.max_nodes, "nodes"),
-            pieces: SlabAlloc::new(config.max_pieces, "pieces"),
-            tables: SlabAlloc::new(config.max_pieces, "sub-page tables"),
-            rows: 0,
             bulk_builds: 0,
             parallel_builds: 0,
         };
@@ -164,12 +156,9 @@ impl<V> Writer<V> {
         // 3. Publish: one pointer store. Everything the new tree reaches was written (and
         //    its chunks made visible, I2) before this store, which readers acquire.
         let generation = current.generation + 1;
-        let next = Arc::new(Version::new(
-            generation,
-            root,
-            self.storage.clone(),
-            self.geo,
-        ));
+        let arrays = self.arena.arrays();
+        let next = Version::new(generation, root, arrays, self.storage.clone(), self.geo);
+        let next = Arc::new(next);
         self.publisher.store(next.clone());
         // 4. Bury: the superseded version goes to the graveyard with the slots the new tree
         //    stopped using; they are reused once it and every older version are unheld (I4).
@@ -208,32 +197,23 @@ impl<V> Writer<V> {
     /// Frees every slot of `batch`, putting the values of freed sections in `values`.
     fn free(&mut self, batch: Retired, values: &mut Vec<V>) {
         for n in batch.nodes {
-            self.nodes.free(n);
+            self.arena.free_node(n);
         }
         for p in batch.pieces {
-            self.pieces.free(p);
+            self.arena.free_piece(p);
         }
         for t in batch.tables {
-            self.free_table(t);
+            self.arena.free_table(t);
         }
         for s in batch.sections {
             values.extend(self.free_section(s));
         }
     }
 
-    fn free_table(&mut self, t: u32) {
-        // SAFETY: `t` is unreachable from every generation anyone can read (reclaimed, or
-        // never published), and we are the writer (I3, I4, I6).
-        let rows = unsafe { self.storage.take_table(t) };
-        self.rows -= rows.len();
-        self.tables.free(t);
-    }
-
     /// A new section holding `value`, or `CapacityExhausted` (the value is dropped).
     fn new_section(&mut self, value: V) -> Result<u32, Error> {
-        let s = self
-            .storage
-            .alloc(&mut self.sections.alloc, Kind::Sections)?;
+        let s = self.sections.alloc.alloc()?;
+        self.storage.ensure_section(s);
         // SAFETY: freshly allocated: unreachable from every generation (I3, I6).
         unsafe { self.storage.write_section(s, value) };
         let i = s as usize;
@@ -261,11 +241,12 @@ impl<V> Writer<V> {
     /// What the arena holds, after reclaiming what nobody can reach any more.
     pub(crate) fn memory(&mut self) -> Memory {
         self.reclaim();
+        let (nodes, pieces, tables, _rows, table_bytes) = self.arena.live();
         let counts = Counts {
-            nodes: self.nodes.live(),
-            tables: self.tables.live(),
-            rows: self.rows,
-            pieces: self.pieces.live(),
+            nodes,
+            tables,
+            table_bytes,
+            pieces,
             sections: self.sections.alloc.live(),
         };
         Memory {
@@ -277,7 +258,7 @@ impl<V> Writer<V> {
             pinned_generations: self.graveyard.len(),
             bulk_builds: self.bulk_builds,
             parallel_builds: self.parallel_builds,
-            reserved_node_bytes: self.storage.reserved_node_bytes(),
+            reserved_node_bytes: self.arena.reserved_node_bytes(),
         }
     }
 }

@@ -7,7 +7,7 @@
 //! subtree is the old one (I7).
 
 use super::{piece_record, PieceInfo, Writer};
-use crate::arena::{Kind as Slot, SlabAlloc, Storage, SubEntry};
+use crate::arena::{Arena as Slots, Storage, SubEntry};
 use crate::bulk::{self, Sink, SlicePiece};
 use crate::canon::{self, Span};
 use crate::config::Geometry;
@@ -21,7 +21,7 @@ use crate::Error;
 pub(crate) struct Build {
     retired: Retired,
     fresh_nodes: Vec<u32>,
-    fresh_tables: Vec<u32>,
+    fresh_tables: Vec<Entry>,
     fresh_pieces: Vec<u32>,
 }
 
@@ -32,33 +32,35 @@ impl Build {
     }
 }
 
-/// The writer's arena as a place to build into: node and table slots, counted in `cx`.
+/// The writer's arena as a place to build into: nodes and tables, counted in `cx`.
 struct Arena<'a, V> {
     geo: &'a Geometry,
+    slots: &'a mut Slots,
     storage: &'a Storage<V>,
-    nodes: &'a mut SlabAlloc,
-    tables: &'a mut SlabAlloc,
-    rows: &'a mut usize,
     parallel_builds: &'a mut u64,
     cx: &'a mut Build,
 }
 
 impl<V> Sink for Arena<'_, V> {
     fn node(&mut self, h: u32, base: u64, kids: &[Entry]) -> Result<Entry, Error> {
-        let n = self.storage.alloc(self.nodes, Slot::Nodes)?;
+        let unit = self.slots.alloc_node()?;
         // SAFETY: freshly allocated: unreachable from every generation (I3, I6).
-        unsafe { self.storage.write_node(n, base, kids) };
-        self.cx.fresh_nodes.push(n);
-        Ok(Entry::node(self.geo.shift(h), n))
+        unsafe {
+            self.slots.write_node(unit, kids);
+            self.storage.write_node_base(unit, self.geo.fanout, base);
+        }
+        self.cx.fresh_nodes.push(unit);
+        Ok(Entry::node(self.geo.shift(h), unit))
     }
 
     fn table(&mut self, rows: Vec<SubEntry>) -> Result<Entry, Error> {
-        let t = self.storage.alloc(self.tables, Slot::Subpages)?;
-        *self.rows += rows.len();
-        // SAFETY: freshly allocated: unreachable from every generation (I3, I6).
-        unsafe { self.storage.write_table(t, rows.into_boxed_slice()) };
-        self.cx.fresh_tables.push(t);
-        Ok(Entry::subpage(t))
+        let page_bits = self.geo.page_bits;
+        let page = rows[0].start >> page_bits;
+        let in_page = |start: u64| (start - (page << page_bits)) as u32;
+        let rows: Vec<(u32, u32)> = rows.iter().map(|r| (in_page(r.start), r.piece)).collect();
+        let e = self.slots.alloc_table(page, &rows)?;
+        self.cx.fresh_tables.push(e);
+        Ok(e)
     }
 
     fn went_parallel(&mut self) {
@@ -70,10 +72,8 @@ impl<V> Writer<V> {
     fn arena<'a>(&'a mut self, cx: &'a mut Build) -> Arena<'a, V> {
         Arena {
             geo: &self.geo,
+            slots: &mut self.arena,
             storage: &self.storage,
-            nodes: &mut self.nodes,
-            tables: &mut self.tables,
-            rows: &mut self.rows,
             parallel_builds: &mut self.parallel_builds,
             cx,
         }
@@ -258,12 +258,10 @@ impl<V> Writer<V> {
         if let Some(slot) = info.slot {
             return Ok(slot);
         }
-        let slot = self.storage.alloc(&mut self.pieces, Slot::Pieces)?;
+        let slot = self.arena.alloc_piece()?;
+        let record = piece_record(&self.storage, key, &info);
         // SAFETY: freshly allocated: unreachable from every generation (I3, I6).
-        unsafe {
-            self.storage
-                .write_piece(slot, piece_record(&self.storage, key, &info))
-        };
+        unsafe { self.arena.write_piece(slot, record) };
         if let Some(i) = self.map.get_mut(&key) {
             i.slot = Some(slot);
         }
@@ -278,7 +276,7 @@ impl<V> Writer<V> {
         for x in inner {
             match x.kind() {
                 Kind::Node { index, .. } => cx.retired.nodes.push(index),
-                Kind::Subpage(t) => cx.retired.tables.push(t),
+                Kind::Subpage(..) => cx.retired.tables.push(x),
                 _ => {}
             }
         }
@@ -287,13 +285,13 @@ impl<V> Writer<V> {
     /// Frees what a failed rebuild allocated (it was never reachable from anything).
     pub(super) fn undo_build(&mut self, cx: Build) {
         for n in cx.fresh_nodes {
-            self.nodes.free(n);
+            self.arena.free_node(n);
         }
         for t in cx.fresh_tables {
-            self.free_table(t);
+            self.arena.free_table(t);
         }
         for p in cx.fresh_pieces {
-            self.pieces.free(p);
+            self.arena.free_piece(p);
         }
     }
 }
