@@ -209,8 +209,10 @@ impl Bases {
         // SAFETY: as above; `i < 2 * rows`.
         let cell = |i: usize| unsafe { (*first.add(i)).with(|p| *p) };
         let n = if rows == MIN_TABLE_ROWS {
-            // The common table: one line, counted without a branch.
-            (0..MIN_TABLE_ROWS).map(|i| (cell(i) <= off) as usize).sum()
+            // The common table: one line, counted without a branch (vectorised).
+            (0..MIN_TABLE_ROWS)
+                .map(|i| (cell(i) <= off) as u32)
+                .sum::<u32>() as usize
         } else {
             // Binary search: the number of starts `<= off`.
             let (mut lo, mut len) = (0, rows);

@@ -32,36 +32,42 @@ use crate::view::PieceRef;
 /// ```
 pub struct Reader<V> {
     cache: Cache<Version<V>>,
-    last: Last<V>,
+    last: Last,
 }
 
 /// What a reader remembers of its last lookup.
-struct Last<V> {
-    /// The version that answered it, which the remembered piece belongs to.
-    seen: *const Version<V>,
-    /// Its generation (0 before any lookup).
+struct Last {
+    /// The generation of the cached version.
     generation: u64,
-    /// The piece answered from, a piece of `seen` (or [`NO_PIECE`]).
-    mru: *const Piece,
-    /// How many lookups in a row the walk found `mru` again (see [`Reader::lookup`]).
-    repeats: u32,
+    /// The piece answered from, a piece of the cached version (or [`NO_PIECE`]): its
+    /// address, with in the low bits (pieces are 32-byte aligned) how many lookups in a row
+    /// the walk found it again, up to [`REPEATS`] (see [`Reader::lookup`]). One word, so that
+    /// remembering costs one load and one store.
+    mru: usize,
 }
 
-impl<V> Last<V> {
+/// Repeats after which the remembered piece is tried first; also the most the count holds.
+const REPEATS: usize = 2;
+/// The bits of `Last::mru` that hold the count.
+const COUNT: usize = 3;
+
+impl Last {
     /// The newest version, through `cache`; forgets the remembered piece if it changed.
-    /// Every use of the cache goes through here, so that `seen` is never stale (the address
-    /// of a dropped version could be reused by a later one).
+    /// Every use of the cache goes through here, so that the remembered piece always belongs
+    /// to the cached version.
     #[inline(always)]
-    fn current<'a>(&mut self, cache: &'a mut Cache<Version<V>>) -> &'a Version<V> {
-        let v: &Version<V> = cache.load();
-        if !std::ptr::eq(v, self.seen) {
-            // A new generation: the remembered piece may be gone.
-            self.seen = v;
-            self.generation = v.generation;
-            self.mru = &NO_PIECE;
-            self.repeats = 0;
+    fn current<'a, V>(&mut self, cache: &'a mut Cache<Version<V>>) -> &'a Version<V> {
+        if cache.revalidate() {
+            self.forget(cache.get().generation);
         }
-        v
+        cache.get()
+    }
+
+    #[cold]
+    fn forget(&mut self, generation: u64) {
+        // A new generation: the remembered piece may be gone.
+        self.generation = generation;
+        self.mru = &NO_PIECE as *const Piece as usize;
     }
 }
 
@@ -80,13 +86,12 @@ unsafe impl<V: Send + Sync> Send for Reader<V> {}
 
 impl<V> Reader<V> {
     pub(crate) fn new(cache: Cache<Version<V>>) -> Self {
+        let generation = cache.get().generation;
         Reader {
             cache,
             last: Last {
-                seen: std::ptr::null(),
-                generation: 0,
-                mru: &NO_PIECE,
-                repeats: 0,
+                generation,
+                mru: &NO_PIECE as *const Piece as usize,
             },
         }
     }
@@ -102,22 +107,24 @@ impl<V> Reader<V> {
     pub fn lookup(&mut self, addr: u64) -> Option<Hit<'_, V>> {
         let tree = self.last.current(&mut self.cache).tree();
         let last = &mut self.last;
-        if last.repeats >= 2 {
-            // SAFETY: `mru` is `NO_PIECE` or a piece of `seen`, the version the cache holds
-            // for as long as `self` is borrowed (it was reset when the version changed).
-            let m = unsafe { PieceRef::remembered(last.mru) };
+        let (mru, count) = (last.mru & !COUNT, last.mru & COUNT);
+        if count >= REPEATS {
+            // SAFETY: `mru` is `NO_PIECE` or a piece of the version the cache holds for as
+            // long as `self` is borrowed (it was reset when the version changed).
+            let m = unsafe { PieceRef::remembered(mru as *const Piece) };
             if m.start <= addr && addr <= m.end {
                 return Some(Hit::new(tree.value(m), &m, addr));
             }
         }
         let piece = tree.find(addr)?;
-        let p = piece.as_ptr();
-        last.repeats = (last.repeats + 1) * std::ptr::eq(p, last.mru) as u32;
-        last.mru = p;
+        let p = piece.as_ptr() as usize;
+        let count = (count + 1).min(REPEATS) * (p == mru) as usize;
+        last.mru = p | count;
         Some(Hit::new(tree.value(piece), &piece, addr))
     }
 
-    /// The generation that answered the last [`lookup`](Reader::lookup) (0 before any).
+    /// The generation that answered the last [`lookup`](Reader::lookup) (before any, the one
+    /// the reader was made on).
     /// Does not refresh: use it to tie an answer to the generation it came from.
     pub fn last_generation(&self) -> u64 {
         self.last.generation

@@ -179,16 +179,31 @@ impl<T> Cache<T> {
         Cache { publisher, cached }
     }
 
-    /// The newest value, refreshed if the publisher moved on since the last call.
+    /// Catches up with the publisher if it moved on since the last call; returns whether
+    /// the cached value changed.
     #[inline(always)]
-    pub(crate) fn load(&mut self) -> &Arc<T> {
+    pub(crate) fn revalidate(&mut self) -> bool {
         // Relaxed, as `arc_swap::Cache::revalidate`: nothing is synchronised through the
         // address; if it changed, `refresh` takes a counted reference, which synchronises.
         // The cached Arc keeps its value alive, so its address cannot be reused (no ABA).
         let now = self.publisher.ptr().load(Ordering::Relaxed);
-        if !std::ptr::eq(now, Arc::as_ptr(&self.cached)) {
-            self.refresh();
+        if std::ptr::eq(now, Arc::as_ptr(&self.cached)) {
+            return false;
         }
+        self.refresh();
+        true
+    }
+
+    /// The cached value (as of the last [`Cache::revalidate`]).
+    #[inline(always)]
+    pub(crate) fn get(&self) -> &Arc<T> {
+        &self.cached
+    }
+
+    /// The newest value, refreshed if the publisher moved on since the last call.
+    #[inline(always)]
+    pub(crate) fn load(&mut self) -> &Arc<T> {
+        self.revalidate();
         &self.cached
     }
 
