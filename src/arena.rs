@@ -17,7 +17,7 @@
 //!
 //! [`Version`]: crate::version::Version
 
-use crate::entry::{Entry, NODE_LIMIT, SLOT_LIMIT, TABLE_OFFSET_LIMIT};
+use crate::entry::{as_words, as_words_mut, Entry, NODE_LIMIT, SLOT_LIMIT, TABLE_OFFSET_LIMIT};
 use crate::sync::{Arc, AtomicPtr, Ordering, UnsafeCell};
 use crate::Error;
 use std::ptr;
@@ -34,9 +34,14 @@ const SMALL_FIRST: u32 = if cfg!(loom) { 1 } else { 4 };
 /// log2 of the first chunk of the section slab, and of the initial piece array (in slots).
 const LARGE_FIRST: u32 = if cfg!(loom) { 1 } else { 6 };
 
-/// Node entries are addressed in units of this many cells (see `entry.rs`): a node takes at
-/// least one unit.
-pub(crate) const NODE_UNIT: usize = 8;
+/// Node entries are addressed in units of this many cells (see `entry.rs`): one 64-byte
+/// [`Line`]; a node takes at least one, and starts on a cache line.
+pub(crate) const NODE_UNIT: usize = 16;
+
+/// One cache line of node entries: the unit of the node array.
+#[derive(Clone, Copy, Default)]
+#[repr(C, align(64))]
+pub(crate) struct Line([u32; NODE_UNIT]);
 
 /// Rows of the smallest sub-page table block: one 64-byte line of 8 starts and 8 pieces.
 pub(crate) const MIN_TABLE_ROWS: usize = 8;
@@ -139,7 +144,7 @@ impl<T: Copy + Default> Cells<T> {
 /// them, so their cells outlive every reference to the version (I1).
 #[derive(Clone)]
 pub(crate) struct Arrays {
-    nodes: Arc<Cells<u32>>,
+    nodes: Arc<Cells<Line>>,
     pieces: Arc<Cells<Piece>>,
     rows: Arc<Cells<u32>>,
 }
@@ -158,7 +163,7 @@ impl Arrays {
 /// The base addresses of a generation's arrays, copied into its header: every read of the
 /// read side goes through here.
 pub(crate) struct Bases {
-    nodes: *const UnsafeCell<u32>,
+    nodes: *const UnsafeCell<Line>,
     pieces: *const UnsafeCell<Piece>,
     rows: *const UnsafeCell<u32>,
 }
@@ -180,10 +185,20 @@ impl Bases {
     /// Entry `i` of the node at unit offset `unit`.
     #[inline(always)]
     pub(crate) unsafe fn entry(&self, unit: u32, i: usize) -> Entry {
-        // SAFETY: see the contract above.
-        let cell = unsafe { &*self.nodes.add(unit as usize * NODE_UNIT + i) };
-        // SAFETY: as above: the cell is not written while it is reachable.
-        Entry::from_bits(cell.with(|p| unsafe { *p }))
+        // SAFETY: see the contract above: the node's lines are inside the array.
+        let line = unsafe { &*self.nodes.add(unit as usize + i / NODE_UNIT) };
+        // SAFETY: as above: the line is not written while it is reachable.
+        Entry::from_bits(line.with(|p| unsafe { (*p).0[i % NODE_UNIT] }))
+    }
+
+    /// The first `out.len()` entries of the node at unit offset `unit`, copied line by line.
+    pub(crate) unsafe fn node_entries(&self, unit: u32, out: &mut [Entry]) {
+        for (l, chunk) in as_words_mut(out).chunks_mut(NODE_UNIT).enumerate() {
+            // SAFETY: see the contract above: the node's lines are inside the array.
+            let line = unsafe { &*self.nodes.add(unit as usize + l) };
+            // SAFETY: as above: the line is not written while it is reachable.
+            line.with(|p| chunk.copy_from_slice(unsafe { &(&(*p).0)[..chunk.len()] }));
+        }
     }
 
     /// Piece `slot`.
@@ -289,7 +304,7 @@ impl Arena {
         let node_cells = fanout.max(NODE_UNIT);
         Arena {
             arrays: Arrays {
-                nodes: Arc::new(Cells::new(node_cells << SMALL_FIRST)),
+                nodes: Arc::new(Cells::new((node_cells / NODE_UNIT) << SMALL_FIRST)),
                 pieces: Arc::new(Cells::new(1 << LARGE_FIRST)),
                 rows: Arc::new(Cells::new((2 * MIN_TABLE_ROWS) << SMALL_FIRST)),
             },
@@ -320,7 +335,7 @@ impl Arena {
     /// A free node, as the unit offset its entries carry; grows the node array if needed.
     pub(crate) fn alloc_node(&mut self) -> Result<u32, Error> {
         let slot = self.nodes.alloc()?;
-        let need = (slot as usize + 1) * self.node_cells;
+        let need = (slot as usize + 1) * self.units();
         grow(&mut self.arrays.nodes, need);
         Ok((slot as usize * self.units()) as u32)
     }
@@ -427,7 +442,7 @@ impl Arena {
 
     /// Bytes of node storage reserved by the current node array.
     pub(crate) fn reserved_node_bytes(&self) -> usize {
-        self.arrays.nodes.len() * std::mem::size_of::<u32>()
+        self.arrays.nodes.len() * std::mem::size_of::<Line>()
     }
 
     /// Bytes a node takes.
@@ -444,11 +459,10 @@ impl Arena {
 
     /// Writes the entries of the node at unit offset `unit`.
     pub(crate) unsafe fn write_node(&self, unit: u32, kids: &[Entry]) {
-        let first = unit as usize * NODE_UNIT;
-        for (i, k) in kids.iter().enumerate() {
-            let cell = self.arrays.nodes.cell(first + i);
+        for (l, chunk) in as_words(kids).chunks(NODE_UNIT).enumerate() {
+            let cell = self.arrays.nodes.cell(unit as usize + l);
             // SAFETY: see the contract above.
-            cell.with_mut(|p| unsafe { *p = k.bits() });
+            cell.with_mut(|p| unsafe { (&mut (*p).0)[..chunk.len()].copy_from_slice(chunk) });
         }
     }
 

@@ -34,12 +34,23 @@ impl Span {
 /// Rule 2: the entry standing for a span whose children are `kids`, if it is not a node of
 /// its own (`None`: at least two children are non-empty, the span needs a node).
 pub(crate) fn collapse(kids: &[Entry]) -> Option<Entry> {
-    let mut nonempty = kids.iter().filter(|k| !k.is_empty());
-    match (nonempty.next(), nonempty.next()) {
-        (None, _) => Some(Entry::EMPTY),
-        (Some(&only), None) => Some(only),
-        _ => None,
+    // Count non-empty children a line at a time (vectorised), stopping at two.
+    let mut only = Entry::EMPTY;
+    let mut count = 0;
+    for chunk in kids.chunks(16) {
+        let n: u32 = chunk.iter().map(|k| !k.is_empty() as u32).sum();
+        if n > 0 {
+            count += n as usize;
+            if count > 1 {
+                return None;
+            }
+            only = *chunk
+                .iter()
+                .find(|k| !k.is_empty())
+                .expect("one is non-empty");
+        }
     }
+    Some(only)
 }
 
 #[cfg(all(test, not(loom)))]

@@ -62,7 +62,8 @@ pub(crate) fn diff<'g, V>(
         let geo = newer.geo();
         let a = older.children(old, h, base);
         let b = newer.children(new, h, base);
-        for (i, (&a, &b)) in a.iter().zip(&b).enumerate() {
+        for i in 0..a.len() {
+            let (a, b) = (a.at(i), b.at(i));
             if a.get() != b.get() {
                 diff(older, newer, a, b, h - 1, geo.child_base(h, base, i), out);
             }

@@ -9,7 +9,7 @@
 //!                                               `8 << class` rows at this offset of the
 //!                                               row array
 //!  1  1  | shift (6 bits) | node (24 bits)      node: at this offset of the node array,
-//!                                               in units of 8 cells
+//!                                               in units of 16 cells (a cache line)
 //! ```
 //!
 //! Node and table entries locate their node or rows directly in their array (the lookup
@@ -26,7 +26,20 @@
 
 /// A tree entry (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+#[repr(transparent)]
 pub(crate) struct Entry(u32);
+
+/// Entries as the words they are, for copying nodes in bulk.
+pub(crate) fn as_words(entries: &[Entry]) -> &[u32] {
+    // SAFETY: `Entry` is `repr(transparent)` over `u32`: same size, alignment and validity.
+    unsafe { std::slice::from_raw_parts(entries.as_ptr() as *const u32, entries.len()) }
+}
+
+/// The same, mutably (every `u32` is a valid entry: `Entry::kind` decodes any word).
+pub(crate) fn as_words_mut(entries: &mut [Entry]) -> &mut [u32] {
+    // SAFETY: as in `as_words`, and any `u32` is a valid `Entry`.
+    unsafe { std::slice::from_raw_parts_mut(entries.as_mut_ptr() as *mut u32, entries.len()) }
+}
 
 /// What an entry is, decoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -142,12 +155,6 @@ impl Entry {
         matches!(self.kind(), Kind::Node { .. } | Kind::Subpage(..))
     }
 
-    /// The raw word, for storing in a node cell.
-    #[inline(always)]
-    pub(crate) fn bits(self) -> u32 {
-        self.0
-    }
-
     /// An entry read back from a node cell.
     #[inline(always)]
     pub(crate) fn from_bits(bits: u32) -> Entry {
@@ -192,7 +199,7 @@ mod tests {
             prop_assert_eq!(leaf.kind(), Kind::Leaf(slot));
             prop_assert_eq!(table.kind(), Kind::Subpage(class, offset));
             prop_assert_eq!(node.kind(), Kind::Node { shift, index });
-            prop_assert_eq!(Entry::from_bits(node.bits()), node);
+            prop_assert_eq!(Entry::from_bits(as_words(&[node])[0]), node);
             prop_assert!(leaf != table && table != node && leaf != node);
             prop_assert!(!leaf.is_empty() && !table.is_empty() && !node.is_empty());
         }

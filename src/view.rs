@@ -13,6 +13,7 @@
 //! overlaps every span on the path to `addr`.
 
 use crate::arena::{Piece, SubEntry, MIN_TABLE_ROWS};
+use crate::canon;
 use crate::config::Geometry;
 use crate::entry::{Entry, Kind};
 use crate::version::Version;
@@ -38,6 +39,73 @@ impl<'g> TreeEntry<'g> {
     }
     pub(crate) fn kind(self) -> Kind {
         self.e.kind()
+    }
+}
+
+/// The children of a position of a tree borrowed for `'g` ([`TreeRef::children`]): entries
+/// of the tree, read one by one as [`TreeEntry`]s, or turned into the entry of a new tree
+/// once some are replaced ([`Kids::collapse`]).
+pub(crate) struct Kids<'g> {
+    repr: Repr,
+    fanout: usize,
+    _g: PhantomData<&'g ()>,
+}
+
+/// A node's children as stored, or (for a leaf, a table or a compressed path standing at the
+/// position) one entry over a run of children, the rest empty: no fan-out-sized vector for
+/// the positions a commit passes through on its way down a compressed path.
+enum Repr {
+    Dense(Vec<Entry>),
+    Run(std::ops::Range<usize>, Entry),
+}
+
+impl<'g> Kids<'g> {
+    /// Child `i`.
+    #[inline]
+    pub(crate) fn at(&self, i: usize) -> TreeEntry<'g> {
+        TreeEntry::new(match &self.repr {
+            Repr::Dense(v) => v[i],
+            Repr::Run(r, e) if r.contains(&i) => *e,
+            Repr::Run(..) => Entry::EMPTY,
+        })
+    }
+
+    /// How many there are (the fan-out).
+    pub(crate) fn len(&self) -> usize {
+        self.fanout
+    }
+
+    /// The children with `changed` ones replaced (sorted by index): the entry that stands
+    /// for them all if rule 2 of `canon.rs` collapses them, else all of them, for a node.
+    pub(crate) fn collapse(self, changed: &[(usize, Entry)]) -> Result<Entry, Vec<Entry>> {
+        if let Repr::Run(r, e) = &self.repr {
+            // Few non-empty children: apply the rule to them alone (at most two of the run's
+            // untouched ones matter).
+            let mut rest = r
+                .clone()
+                .filter(|i| changed.binary_search_by_key(i, |c| c.0).is_err());
+            let some: Vec<Entry> = rest
+                .by_ref()
+                .take(2)
+                .map(|_| *e)
+                .chain(changed.iter().map(|c| c.1))
+                .collect();
+            if let Some(single) = canon::collapse(&some) {
+                return Ok(single);
+            }
+        }
+        let mut kids = match self.repr {
+            Repr::Dense(v) => v,
+            Repr::Run(r, e) => {
+                let mut v = vec![Entry::EMPTY; self.fanout];
+                v[r].fill(e);
+                v
+            }
+        };
+        for &(i, e) in changed {
+            kids[i] = e;
+        }
+        canon::collapse(&kids).ok_or(kids)
     }
 }
 
@@ -245,35 +313,44 @@ impl<'g, V> TreeRef<'g, V> {
     /// `base` whose entry is `e`: a fan-out-sized vector, entries past the space left empty.
     /// Filled by ranges, not child by child: a leaf stands for every child its piece
     /// overlaps, a compressed node or table for the one child that holds it.
-    pub(crate) fn children(self, e: TreeEntry<'g>, h: u32, base: u64) -> Vec<TreeEntry<'g>> {
+    pub(crate) fn children(self, e: TreeEntry<'g>, h: u32, base: u64) -> Kids<'g> {
         let geo = self.geo();
-        let mut kids = vec![TreeEntry::new(Entry::EMPTY); geo.fanout];
+        let run = |range: std::ops::Range<usize>| Kids {
+            repr: Repr::Run(range, e.get()),
+            fanout: geo.fanout,
+            _g: PhantomData,
+        };
         match e.kind() {
-            Kind::Empty => {}
+            Kind::Empty => run(0..0),
             Kind::Leaf(p) => {
                 let piece = self.piece_at(p);
-                for k in &mut kids[geo.children_overlapping(h, base, piece.start, piece.end)] {
-                    *k = e;
-                }
+                run(geo.children_overlapping(h, base, piece.start, piece.end))
             }
             Kind::Subpage(class, offset) => {
-                if let Some(i) = geo.child_holding(h, base, self.table_at(class, offset)[0].0) {
-                    kids[i] = e;
+                match geo.child_holding(h, base, self.table_at(class, offset)[0].0) {
+                    Some(i) => run(i..i + 1),
+                    None => run(0..0),
                 }
             }
             Kind::Node { shift, index } if self.height(shift) == h => {
-                for (k, x) in kids.iter_mut().zip(self.entries(index, h)) {
-                    *k = x;
+                let mut kids = vec![Entry::EMPTY; geo.fanout];
+                let n = geo.children_in_space(h, base);
+                // SAFETY: a node of this tree (I1-I4); `n` <= fan-out.
+                unsafe { self.version.hot.bases.node_entries(index, &mut kids[..n]) };
+                Kids {
+                    repr: Repr::Dense(kids),
+                    fanout: geo.fanout,
+                    _g: PhantomData,
                 }
             }
             Kind::Node { index, .. } => {
                 let at = self.base_of(index) << geo.page_bits;
-                if let Some(i) = geo.child_holding(h, base, at) {
-                    kids[i] = e;
+                match geo.child_holding(h, base, at) {
+                    Some(i) => run(i..i + 1),
+                    None => run(0..0),
                 }
             }
         }
-        kids
     }
 
     /// Shape of the tree: nodes, sub-page tables, sub-page rows, bytes of the tables' row

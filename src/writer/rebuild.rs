@@ -9,7 +9,7 @@
 use super::{piece_record, PieceInfo, Writer};
 use crate::arena::{Arena as Slots, Storage, SubEntry};
 use crate::bulk::{self, Sink, SlicePiece};
-use crate::canon::{self, Span};
+use crate::canon::Span;
 use crate::config::Geometry;
 use crate::entry::{Entry, Kind};
 use crate::reclaim::Retired;
@@ -224,7 +224,7 @@ impl<V> Writer<V> {
         // The old canonical children, filled by ranges rather than child by child: a commit
         // touches few children of a 512-entry node. Only the touched ones are rebuilt.
         let old_kids = tree.children(old, h, base);
-        let mut kids: Vec<Entry> = old_kids.iter().map(|k| k.get()).collect();
+        let mut changed = Vec::new();
         let mut next = 0; // first child not rebuilt yet
         for &(ds, de) in dirty {
             let touched = geo.children_overlapping(h, base, ds, de);
@@ -233,14 +233,15 @@ impl<V> Writer<V> {
                 let (cs, ce) = geo.span(h - 1, cb);
                 let lo = dirty.partition_point(|r| r.1 < cs);
                 let hi = lo + dirty[lo..].partition_point(|r| r.0 <= ce);
-                kids[i] = self.rebuild(tree, old_kids[i], h - 1, cb, &dirty[lo..hi], cx)?;
+                let kid = self.rebuild(tree, old_kids.at(i), h - 1, cb, &dirty[lo..hi], cx)?;
+                changed.push((i, kid));
             }
             next = next.max(touched.end);
         }
-        let new = match canon::collapse(&kids) {
-            Some(single) => single,
-            None if expanded && tree.node_holds(old, &kids) => old.get(),
-            None => self.arena(cx).node(h, base, &kids)?,
+        let new = match old_kids.collapse(&changed) {
+            Ok(single) => single,
+            Err(kids) if expanded && tree.node_holds(old, &kids) => old.get(),
+            Err(kids) => self.arena(cx).node(h, base, &kids)?,
         };
         if expanded && new != old.get() {
             // Only the node itself: its children were retired by their own rebuilds, or are
@@ -254,17 +255,15 @@ impl<V> Writer<V> {
 
     /// Makes sure the piece starting at `key` has an arena slot, writing it if not.
     fn materialize(&mut self, key: u64, cx: &mut Build) -> Result<u32, Error> {
-        let info: PieceInfo = self.map[&key];
+        let info: &mut PieceInfo = self.map.get_mut(&key).expect("materialize: piece exists");
         if let Some(slot) = info.slot {
             return Ok(slot);
         }
         let slot = self.arena.alloc_piece()?;
-        let record = piece_record(&self.storage, key, &info);
+        info.slot = Some(slot);
+        let record = piece_record(&self.storage, key, info);
         // SAFETY: freshly allocated: unreachable from every generation (I3, I6).
         unsafe { self.arena.write_piece(slot, record) };
-        if let Some(i) = self.map.get_mut(&key) {
-            i.slot = Some(slot);
-        }
         cx.fresh_pieces.push(slot);
         Ok(slot)
     }
