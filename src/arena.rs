@@ -17,7 +17,7 @@
 //!
 //! [`Version`]: crate::version::Version
 
-use crate::entry::{as_words, as_words_mut, Entry, NODE_LIMIT, SLOT_LIMIT, TABLE_OFFSET_LIMIT};
+use crate::entry::{as_words, Entry, NODE_LIMIT, SLOT_LIMIT, TABLE_OFFSET_LIMIT};
 use crate::sync::{Arc, AtomicPtr, Ordering, UnsafeCell};
 use crate::Error;
 use std::ptr;
@@ -35,13 +35,8 @@ const SMALL_FIRST: u32 = if cfg!(loom) { 1 } else { 4 };
 const LARGE_FIRST: u32 = if cfg!(loom) { 1 } else { 6 };
 
 /// Node entries are addressed in units of this many cells (see `entry.rs`): one 64-byte
-/// [`Line`]; a node takes at least one, and starts on a cache line.
+/// line of the node array; a node takes at least one, and starts on a cache line.
 pub(crate) const NODE_UNIT: usize = 16;
-
-/// One cache line of node entries: the unit of the node array.
-#[derive(Clone, Copy, Default)]
-#[repr(C, align(64))]
-pub(crate) struct Line([u32; NODE_UNIT]);
 
 /// Rows of the smallest sub-page table block: one 64-byte line of 8 starts and 8 pieces.
 pub(crate) const MIN_TABLE_ROWS: usize = 8;
@@ -91,52 +86,67 @@ pub(crate) struct SubEntry {
 // ---------------------------------------------------------------------------------------------
 // Contiguous arrays.
 
-/// A contiguous array of cells. Which cells a reader may read, and when the writer may write
-/// one, is the reclamation protocol's business (I3, I4); this type only owns the memory.
-pub(crate) struct Cells<T> {
-    cells: Box<[UnsafeCell<T>]>,
+/// A contiguous array of cells, in 64-byte-aligned blocks of `N` cells (so that a node, a
+/// table or a piece starts on a cache line). Which cells a reader may read, and when the
+/// writer may write one, is the reclamation protocol's business (I3, I4); this type only owns
+/// the memory.
+pub(crate) struct Cells<T, const N: usize> {
+    blocks: Box<[Block<T, N>]>,
 }
+
+#[repr(C, align(64))]
+struct Block<T, const N: usize>([UnsafeCell<T>; N]);
 
 // SAFETY: cells are written only by the writer while unreachable from any generation that
 // can be read (I3), and read through generations that keep the array alive: sharing the
 // array between threads is sharing `T`s that are never written while shared.
-unsafe impl<T: Send + Sync> Sync for Cells<T> {}
+unsafe impl<T: Send + Sync, const N: usize> Sync for Cells<T, N> {}
 // SAFETY: as above; the array owns its `T`s.
-unsafe impl<T: Send + Sync> Send for Cells<T> {}
+unsafe impl<T: Send + Sync, const N: usize> Send for Cells<T, N> {}
 
-impl<T: Copy + Default> Cells<T> {
+impl<T: Copy + Default, const N: usize> Cells<T, N> {
+    /// Blocks have no padding, so cell `i` is `i` cells from the base (see [`Cells::base`]).
+    const FLAT: () =
+        assert!(std::mem::size_of::<Block<T, N>>() == N * std::mem::size_of::<UnsafeCell<T>>());
+
     fn new(len: usize) -> Self {
-        Cells {
-            cells: (0..len).map(|_| UnsafeCell::new(T::default())).collect(),
-        }
+        Self::filled(len, |_| T::default())
+    }
+
+    /// `len` cells (rounded up to whole blocks), cell `i` holding `init(i)`.
+    fn filled(len: usize, init: impl Fn(usize) -> T) -> Self {
+        #[allow(clippy::let_unit_value)]
+        let () = Self::FLAT;
+        let blocks = (0..len.div_ceil(N))
+            .map(|b| Block(std::array::from_fn(|k| UnsafeCell::new(init(b * N + k)))))
+            .collect();
+        Cells { blocks }
     }
 
     fn len(&self) -> usize {
-        self.cells.len()
+        self.blocks.len() * N
     }
 
     /// An array of `len` cells holding a copy of this one's (the writer growing an array).
     fn grown(&self, len: usize) -> Self {
-        let cells = (0..len)
-            .map(|i| {
-                let v = match self.cells.get(i) {
-                    // SAFETY: only the writer writes cells (I6), and it is the caller.
-                    Some(c) => c.with(|p| unsafe { *p }),
-                    None => T::default(),
-                };
-                UnsafeCell::new(v)
-            })
-            .collect();
-        Cells { cells }
+        Self::filled(len, |i| {
+            if i < self.len() {
+                // SAFETY: only the writer writes cells (I6), and it is the caller.
+                self.cell(i).with(|p| unsafe { *p })
+            } else {
+                T::default()
+            }
+        })
     }
 
+    /// The first cell: cell `i` is at `base().add(i)` (blocks are flat, `FLAT`).
     fn base(&self) -> *const UnsafeCell<T> {
-        self.cells.as_ptr()
+        self.blocks.as_ptr() as *const UnsafeCell<T>
     }
 
     /// Cell `i`, for the writer (I6).
     fn cell(&self, i: usize) -> &UnsafeCell<T> {
-        &self.cells[i]
+        &self.blocks[i / N].0[i % N]
     }
 }
 
@@ -144,9 +154,9 @@ impl<T: Copy + Default> Cells<T> {
 /// them, so their cells outlive every reference to the version (I1).
 #[derive(Clone)]
 pub(crate) struct Arrays {
-    nodes: Arc<Cells<Line>>,
-    pieces: Arc<Cells<Piece>>,
-    rows: Arc<Cells<u32>>,
+    nodes: Arc<Cells<u32, NODE_UNIT>>,
+    pieces: Arc<Cells<Piece, 2>>,
+    rows: Arc<Cells<u32, 16>>,
 }
 
 impl Arrays {
@@ -163,7 +173,7 @@ impl Arrays {
 /// The base addresses of a generation's arrays, copied into its header: every read of the
 /// read side goes through here.
 pub(crate) struct Bases {
-    nodes: *const UnsafeCell<Line>,
+    nodes: *const UnsafeCell<u32>,
     pieces: *const UnsafeCell<Piece>,
     rows: *const UnsafeCell<u32>,
 }
@@ -185,19 +195,17 @@ impl Bases {
     /// Entry `i` of the node at unit offset `unit`.
     #[inline(always)]
     pub(crate) unsafe fn entry(&self, unit: u32, i: usize) -> Entry {
-        // SAFETY: see the contract above: the node's lines are inside the array.
-        let line = unsafe { &*self.nodes.add(unit as usize + i / NODE_UNIT) };
-        // SAFETY: as above: the line is not written while it is reachable.
-        Entry::from_bits(line.with(|p| unsafe { (*p).0[i % NODE_UNIT] }))
+        // SAFETY: see the contract above: the node's cells are inside the array.
+        let cell = unsafe { &*self.nodes.add(unit as usize * NODE_UNIT + i) };
+        // SAFETY: as above: the cell is not written while it is reachable.
+        Entry::from_bits(cell.with(|p| unsafe { *p }))
     }
 
-    /// The first `out.len()` entries of the node at unit offset `unit`, copied line by line.
+    /// The first `out.len()` entries of the node at unit offset `unit`.
     pub(crate) unsafe fn node_entries(&self, unit: u32, out: &mut [Entry]) {
-        for (l, chunk) in as_words_mut(out).chunks_mut(NODE_UNIT).enumerate() {
-            // SAFETY: see the contract above: the node's lines are inside the array.
-            let line = unsafe { &*self.nodes.add(unit as usize + l) };
-            // SAFETY: as above: the line is not written while it is reachable.
-            line.with(|p| chunk.copy_from_slice(unsafe { &(&(*p).0)[..chunk.len()] }));
+        for (i, o) in out.iter_mut().enumerate() {
+            // SAFETY: forwarded contract.
+            *o = unsafe { self.entry(unit, i) };
         }
     }
 
@@ -304,7 +312,7 @@ impl Arena {
         let node_cells = fanout.max(NODE_UNIT);
         Arena {
             arrays: Arrays {
-                nodes: Arc::new(Cells::new((node_cells / NODE_UNIT) << SMALL_FIRST)),
+                nodes: Arc::new(Cells::new(node_cells << SMALL_FIRST)),
                 pieces: Arc::new(Cells::new(1 << LARGE_FIRST)),
                 rows: Arc::new(Cells::new((2 * MIN_TABLE_ROWS) << SMALL_FIRST)),
             },
@@ -335,7 +343,7 @@ impl Arena {
     /// A free node, as the unit offset its entries carry; grows the node array if needed.
     pub(crate) fn alloc_node(&mut self) -> Result<u32, Error> {
         let slot = self.nodes.alloc()?;
-        let need = (slot as usize + 1) * self.units();
+        let need = (slot as usize + 1) * self.node_cells;
         grow(&mut self.arrays.nodes, need);
         Ok((slot as usize * self.units()) as u32)
     }
@@ -442,7 +450,7 @@ impl Arena {
 
     /// Bytes of node storage reserved by the current node array.
     pub(crate) fn reserved_node_bytes(&self) -> usize {
-        self.arrays.nodes.len() * std::mem::size_of::<Line>()
+        self.arrays.nodes.len() * std::mem::size_of::<u32>()
     }
 
     /// Bytes a node takes.
@@ -459,10 +467,13 @@ impl Arena {
 
     /// Writes the entries of the node at unit offset `unit`.
     pub(crate) unsafe fn write_node(&self, unit: u32, kids: &[Entry]) {
-        for (l, chunk) in as_words(kids).chunks(NODE_UNIT).enumerate() {
-            let cell = self.arrays.nodes.cell(unit as usize + l);
-            // SAFETY: see the contract above.
-            cell.with_mut(|p| unsafe { (&mut (*p).0)[..chunk.len()].copy_from_slice(chunk) });
+        let nodes = &self.arrays.nodes;
+        let first = unit as usize * NODE_UNIT;
+        assert!(first + kids.len() <= nodes.len());
+        for (i, &k) in as_words(kids).iter().enumerate() {
+            // SAFETY: inside the array (checked above, blocks are flat); see the contract
+            // above for the write.
+            unsafe { (*nodes.base().add(first + i)).with_mut(|p| *p = k) };
         }
     }
 
@@ -487,7 +498,7 @@ fn block_cells(rows: usize) -> usize {
 
 /// Makes `array` hold at least `need` cells, by copying it into one at least twice as large
 /// (versions built before keep the old one).
-fn grow<T: Copy + Default>(array: &mut Arc<Cells<T>>, need: usize) {
+fn grow<T: Copy + Default, const N: usize>(array: &mut Arc<Cells<T, N>>, need: usize) {
     if need > array.len() {
         let len = need.max(array.len() * 2);
         *array = Arc::new(array.grown(len));

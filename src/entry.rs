@@ -35,12 +35,6 @@ pub(crate) fn as_words(entries: &[Entry]) -> &[u32] {
     unsafe { std::slice::from_raw_parts(entries.as_ptr() as *const u32, entries.len()) }
 }
 
-/// The same, mutably (every `u32` is a valid entry: `Entry::kind` decodes any word).
-pub(crate) fn as_words_mut(entries: &mut [Entry]) -> &mut [u32] {
-    // SAFETY: as in `as_words`, and any `u32` is a valid `Entry`.
-    unsafe { std::slice::from_raw_parts_mut(entries.as_mut_ptr() as *mut u32, entries.len()) }
-}
-
 /// What an entry is, decoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kind {
