@@ -21,8 +21,10 @@ pub struct Config {
     pub page_bits: u32,
     /// Bits of page number consumed per tree level: 1..=16; default 9 (512-entry nodes).
     pub level_bits: u32,
-    /// Most tree nodes the arena may hold at once (live plus not yet reclaimed);
-    /// at most 2^24 - 1, the default.
+    /// Most tree nodes the arena may hold at once (live plus not yet reclaimed). Node entries
+    /// address 2^24 cache lines of the node array, so the arena holds at most
+    /// 2^24 / ceil(2^level_bits / 16) nodes (524,288 at the default 9 bits a level) whatever
+    /// this says; the default asks for as many as fit.
     pub max_nodes: usize,
     /// Most pieces, sections and sub-page tables (each counted separately) the arena may hold
     /// at once; at most 2^30 - 1, the default.

@@ -40,15 +40,21 @@
 //!   of it (the final "does the piece hold the address" check rejects the rest). 1 TiB of RAM
 //!   is one leaf; with the legacy hole punched in it, four nodes.
 //! - **Path compression.** A node with a single non-empty child is replaced by that child;
-//!   the entry carries the child's height, so the walk skips the missing levels.
-//! - **Sub-page tables.** A page holding several pieces gets a small sorted table (16 bytes a
-//!   row, not QEMU's 8 KiB per page), so sections resolve to the byte.
+//!   the entry carries the child's index shift, so the walk skips the missing levels without
+//!   knowing them.
+//! - **Sub-page tables.** A page holding several pieces gets a 64-byte block of rows (eight
+//!   starts, eight pieces; larger for crowded pages), searched without branches, not QEMU's
+//!   8 KiB per page; sections resolve to the byte.
 //! - **Canonical shape.** After every commit the tree is the unique fully collapsed tree of
 //!   the mapping, whatever history built it.
 //!
-//! Writers build the new tree copy-on-write in an arena shared by all generations and
+//! Nodes, pieces and table rows live in contiguous arrays: a node entry holds its node's
+//! offset in the node array, so each level of the walk is one multiply-add from a base
+//! pointer read with the root, and one load. Writers build the new tree copy-on-write in
+//! those arrays (growing one copies it; generations built before keep the old copy) and
 //! publish its root with one atomic pointer swap (`arc-swap`); readers walk an immutable
-//! generation (RCU style).
+//! generation (RCU style). `ARCHITECTURE.md` has the module map and the numbered invariants
+//! the code relies on.
 //!
 //! ## Guarantees
 //!
@@ -57,8 +63,7 @@
 //!   [`Transaction::commit`] returned answers from that generation or a newer one.
 //! - **Readers never block.** [`Reader::lookup`] takes no lock, allocates nothing and writes
 //!   no memory shared with other threads: one load and pointer compare to check its cached
-//!   generation, then at most one dependent load per tree level plus the final range check
-//!   (a node past the arena's first 64 also costs a read of its chunk table, which stays in L1).
+//!   generation, then one dependent load per tree level plus the final range check.
 //! - **Immutable once published.** No slot reachable from a published root is written again.
 //! - **Bounded garbage.** A commit puts the generation it superseded, with the slots the new
 //!   tree stopped using, in the writer's graveyard; the writer reuses them once that
@@ -84,14 +89,18 @@
 //!
 //! ## Costs
 //!
-//! - Lookup: O(levels) ≤ 6 dependent loads by default, typically 0 when the reader's last
-//!   piece matches again.
+//! - Lookup: one dependent load per level, at most 6 by default (3 for the devices of a real
+//!   q35 machine), then the piece and its value; none when a reader's lookups keep landing in
+//!   the same piece (it then tries that piece first).
 //! - Commit: copies only the nodes on the paths through changed ranges: a one-range change
 //!   touches at most `levels` nodes, whatever the size of the map (plus O(log n) in the
 //!   writer's `BTreeMap` of pieces).
-//! - Memory: 2 KiB per node + 8 bytes of base address, 32 bytes per piece, 16 bytes per
-//!   sub-page row, `size_of::<Option<V>>()` per section; plus the writer's `BTreeMap` of
-//!   pieces (about 48 bytes a piece).
+//! - Memory: 2 KiB per node + 8 bytes of base address, 32 bytes per piece, 72 bytes per
+//!   sub-page table of up to 8 pieces, `size_of::<Option<V>>()` per section; plus the
+//!   writer's `BTreeMap` of pieces (about 48 bytes a piece). The arrays grow by doubling and
+//!   keep their capacity; growing one copies it, once, during the commit that needs it.
+//! - Capacity: 524,288 nodes at the default fan-out (node entries address 2^24 cache lines),
+//!   2^30 - 1 pieces; past that a commit returns [`Error::CapacityExhausted`].
 //!
 //! ## Scale
 //!

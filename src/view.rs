@@ -12,7 +12,7 @@
 //! skipped levels correct: if a piece holds `addr`, the walk reaches it, because a piece
 //! overlaps every span on the path to `addr`.
 
-use crate::arena::{Piece, SubEntry, MIN_TABLE_ROWS};
+use crate::arena::{Piece, SubEntry, MIN_TABLE_ROWS, NODE_UNIT};
 use crate::canon;
 use crate::config::Geometry;
 use crate::entry::{Entry, Kind};
@@ -286,6 +286,11 @@ impl<'g, V> TreeRef<'g, V> {
         }
     }
 
+    /// The number of the node at unit offset `index` (its slot), for listings.
+    fn node_number(self, index: u32) -> u32 {
+        index / (self.geo().fanout.max(NODE_UNIT) / NODE_UNIT) as u32
+    }
+
     /// The height of the node a node entry with `shift` points to.
     fn height(self, shift: u32) -> u32 {
         self.geo().height_of_shift(shift)
@@ -444,7 +449,7 @@ impl<'g, V> TreeRef<'g, V> {
                 }
                 Kind::Subpage(_, offset) => format!("sub-page table {offset}"),
                 Kind::Node { shift, index } => {
-                    format!("node {index} (height {})", self.height(shift))
+                    format!("node {} (height {})", self.node_number(index), self.height(shift))
                 }
             }
         };
@@ -487,7 +492,8 @@ impl<'g, V> TreeRef<'g, V> {
                 let base = self.base_of(index);
                 writeln!(
                     out,
-                    "  node {index}: height {height}, from {:#x}, {} per entry",
+                    "  node {}: height {height}, from {:#x}, {} per entry",
+                    self.node_number(index),
                     (base as u128) << geo.page_bits,
                     span_bytes(height - 1)
                 )?;
