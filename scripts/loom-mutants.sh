@@ -48,17 +48,21 @@ run() { # name, file, pattern, replacement
 MAX_BOUND=${MAX_BOUND:-3}
 
 run "update a published node in place instead of copying it (no copy-on-write)" \
-  src/writer.rs '\} else \{\s*self\.alloc_node\(h, base, &kids, cx\)\?\s*\};' \
-  '} else if let Some(idx) = expanded { unsafe { for (c, k) in self.storage.nodes.cells(idx).iter().zip(&kids) { c.with_mut(|p| *p = k.0); } } old } else { self.alloc_node(h, base, &kids, cx)? };'
+  src/writer/rebuild.rs 'Err\(kids\) => self\.arena\(cx\)\.node\(h, base, &kids\)\?,' \
+  'Err(kids) if expanded => { if let Kind::Node { index, .. } = old.kind() { unsafe { self.arena.write_node(index, &kids) } } old.get() } Err(kids) => self.arena(cx).node(h, base, &kids)?,'
 run "free a superseded generation's slots without checking that nobody holds it" \
-  src/publish.rs 'match Arc::try_unwrap\(version\) \{' 'match Ok::<_, Arc<Version<V>>>(version) {'
+  src/reclaim.rs 'match Arc::try_unwrap\(version\) \{' 'match Ok::<_, Arc<Version<V>>>(version) {'
 run "check 'nobody holds it' with a Relaxed count read instead of try_unwrap's Acquire" \
-  src/publish.rs 'match Arc::try_unwrap\(version\) \{' 'match if Arc::strong_count(&version) == 1 { Ok(()) } else { Err(version) } {'
+  src/reclaim.rs 'match Arc::try_unwrap\(version\) \{' 'match if Arc::strong_count(&version) == 1 { Ok(()) } else { Err(version) } {'
 run "free unheld generations newest first (past an older one still held)" \
-  src/publish.rs 'self\.queue\.pop_front\(\)(.*?)self\.queue\.push_front' 'self.queue.pop_back()\1self.queue.push_back'
-run "reader keeps its remembered piece across a refresh" \
-  src/reader.rs 'self\.mru = NO_PIECE;' ''
+  src/reclaim.rs 'self\.queue\.pop_front\(\)(.*?)self\.queue\.push_front' 'self.queue.pop_back()\1self.queue.push_back'
 run "superseded generation is never buried (its slots leak)" \
-  src/publish.rs 'self\.queue\.push_back\(\(version, retired\)\);' 'drop((version, retired));'
+  src/reclaim.rs 'self\.queue\.push_back\(\(version, retired\)\);' 'drop((version, retired));'
+run "a published section freed at commit with the never-published ones" \
+  src/writer/mod.rs 'if self\.sections\.published\[s as usize\] \{' 'if false {'
+run "reader keeps its remembered piece across a refresh" \
+  src/reader.rs 'self\.mru = &NO_PIECE as \*const Piece as usize;\n    \}' '}'
+run "reader's cache never catches up with the publisher" \
+  src/sync.rs 'self\.refresh\(\);\n        true' 'true'
 run "abandoned transaction is not rolled back" \
-  src/transaction.rs 'if self\.finished \{\s*return;\s*\}' 'return;'
+  src/transaction.rs 'self\.w\.rollback\(log\);' 'drop(log);'
