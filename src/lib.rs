@@ -134,6 +134,7 @@ mod map;
 #[cfg(feature = "mtree")]
 #[cfg_attr(docsrs, doc(cfg(feature = "mtree")))]
 pub mod mtree;
+mod qsbr;
 mod reader;
 mod reclaim;
 mod snapshot;

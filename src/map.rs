@@ -1,20 +1,33 @@
-//! The map handle: configuration, the writer lock and the publication point.
+//! The map handle: configuration, and the state its handles share (the writer, the
+//! publication point, the readers' registry).
 
+use crate::qsbr::Registry;
 use crate::reader::Reader;
 use crate::snapshot::Snapshot;
-use crate::sync::{Arc, Cache, Mutex, Publisher};
+use crate::sync::{Arc, Mutex, Publisher};
 use crate::transaction::Transaction;
 use crate::version::Version;
 use crate::writer::Writer;
 use crate::{Config, Error};
+use std::time::{Duration, Instant};
 
 /// A guest-physical address map shared by many vCPU threads.
 ///
 /// See the [crate docs](crate) for an example, the guarantees and the costs.
 pub struct PhysMap<V> {
     config: Config,
-    publisher: Arc<Publisher<Version<V>>>,
-    writer: Mutex<Writer<V>>,
+    shared: Arc<Shared<V>>,
+}
+
+/// What the map, its readers and its transactions share. Readers hold it too, so that the
+/// versions they read (owned by the writer) live as long as they do.
+pub(crate) struct Shared<V> {
+    /// The newest version: loaded by readers and snapshots, stored by the writer.
+    pub publisher: Publisher<Version<V>>,
+    /// The readers' announcements (`qsbr.rs`).
+    pub registry: Registry,
+    /// The write side, behind the writer lock (I6).
+    pub writer: Mutex<Writer<V>>,
 }
 
 /// Memory held by a map's arena, as the writer accounts it.
@@ -32,9 +45,10 @@ pub struct Memory {
     pub subpage_tables: usize,
     /// Section slots in use.
     pub sections: usize,
-    /// Superseded generations still waiting because a snapshot or reader holds them (or one
-    /// older than them). Non-zero with no snapshot held means a `Reader` is idle on an old
-    /// generation (see [`Reader::refresh`](crate::Reader::refresh)).
+    /// Superseded generations still waiting because a snapshot holds them, or an online
+    /// reader announced them (or an older one). Non-zero with no snapshot held means a
+    /// `Reader` is online but idle on an old generation (see
+    /// [`Reader::offline`](crate::Reader::offline)).
     pub pinned_generations: usize,
     /// Subtrees built by the bulk path (from a sorted slice of new pieces) since the map was
     /// created.
@@ -56,10 +70,14 @@ impl<V> PhysMap<V> {
     /// An empty map of the given shape; `Err(Error::InvalidConfig)` if it makes no sense.
     pub fn with_config(config: Config) -> Result<Self, Error> {
         let (writer, publisher) = Writer::new(&config)?;
+        let shared = Shared {
+            publisher,
+            registry: Registry::new(),
+            writer: Mutex::new(writer),
+        };
         Ok(PhysMap {
             config,
-            publisher,
-            writer: Mutex::new(writer),
+            shared: Arc::new(shared),
         })
     }
 
@@ -89,25 +107,83 @@ impl<V> PhysMap<V> {
 
     /// Starts a transaction, waiting for the previous writer to finish. Readers never wait.
     pub fn transaction(&self) -> Transaction<'_, V> {
-        Transaction::new(self.writer.lock())
+        Transaction::new(&self.shared)
     }
 
     /// The newest published generation.
     pub fn snapshot(&self) -> Snapshot<V> {
         Snapshot {
-            version: self.publisher.load_full(),
+            version: self.shared.publisher.load_full(),
         }
     }
 
-    /// A per-vCPU reader that always answers from the newest generation.
+    /// A per-vCPU reader that always answers from the newest generation. It registers a
+    /// slot where it announces the generation it reads (see [`Reader`]).
     pub fn reader(&self) -> Reader<V> {
-        Reader::new(Cache::new(self.publisher.clone()))
+        Reader::new(self.shared.clone())
     }
 
     /// Takes back the slots of generations nobody holds any more, then reports the arena's
     /// memory. Takes the writer lock (waits for a running transaction).
     pub fn memory(&self) -> Memory {
-        self.writer.lock().memory()
+        self.shared.writer.lock().memory(&self.shared.registry)
+    }
+
+    /// Waits until no [`Reader`] can still be answering from a generation older than the one
+    /// published when this is called: every reader has since started a lookup (and so
+    /// announced that generation or a newer one), or is offline, or was dropped.
+    ///
+    /// What it guarantees, precisely:
+    /// - **Readers.** When it returns, no `Hit` from an older generation is alive in any
+    ///   reader (a `Hit` borrows its reader, which announces a newer generation only at its
+    ///   next lookup), so a device or region removed by an earlier commit is no longer being
+    ///   dispatched to through a reader. A reader that stays online without looking anything
+    ///   up holds it back: a vCPU thread should go [`offline`](Reader::offline) while it
+    ///   blocks or runs the guest (see [`PhysMap::synchronize_timeout`]).
+    /// - **Offline readers** hold nothing and are not waited for.
+    /// - **Snapshots** are not waited for: a [`Snapshot`] keeps its generation, and the values
+    ///   in it, alive for as long as it is held.
+    ///
+    /// The VMM recipe for removing a device: commit the transaction that unmaps it, call
+    /// `synchronize()`, then tear the device down.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// let map = physmap::PhysMap::new();
+    /// let device = Arc::new("uart");
+    /// let mut t = map.transaction();
+    /// t.insert(0x3f8..=0x3ff, device.clone()).unwrap();
+    /// t.commit().unwrap();
+    /// let mut vcpu = map.reader();
+    /// assert!(vcpu.lookup(0x3f8).is_some());
+    /// let mut t = map.transaction();
+    /// t.remove(0x3f8..=0x3ff).unwrap();
+    /// t.commit().unwrap();
+    /// vcpu.offline();        // the vCPU thread, about to block in KVM_RUN
+    /// map.synchronize();     // returns: no reader is still using the old generation
+    /// drop(device);          // safe to tear the device down
+    /// ```
+    pub fn synchronize(&self) {
+        self.synchronize_until(None);
+    }
+
+    /// [`PhysMap::synchronize`], giving up after `timeout`; returns whether every reader got
+    /// past (false: an online reader is still on an older generation, e.g. idle without
+    /// having gone offline).
+    pub fn synchronize_timeout(&self, timeout: Duration) -> bool {
+        self.synchronize_until(Some(Instant::now() + timeout))
+    }
+
+    fn synchronize_until(&self, deadline: Option<Instant>) -> bool {
+        let target = self.shared.publisher.load_full().generation;
+        let mut spins = 0u32;
+        while !self.shared.registry.all_past(target) {
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return false;
+            }
+            crate::sync::backoff(&mut spins);
+        }
+        true
     }
 }
 

@@ -1,21 +1,28 @@
-//! Per-vCPU readers: a cached snapshot plus the most recently used piece.
+//! Per-vCPU readers: a quiescent-state reader (`qsbr.rs`) with a remembered piece.
 
 use crate::arena::Piece;
+use crate::map::Shared;
+use crate::qsbr::Slot;
 use crate::snapshot::{Hit, Snapshot};
-use crate::sync::Cache;
+use crate::sync::{Arc, Ordering};
 use crate::version::Version;
 use crate::view::PieceRef;
+use std::sync::Arc as StdArc;
 
 /// A per-vCPU lookup handle. Give each vCPU thread its own.
 ///
-/// It caches the newest snapshot and the last piece it answered from. Each lookup first
-/// checks, with one load and one pointer compare, that the cached snapshot is still the newest
-/// (refreshing it if not, which takes one reference count), then tries the remembered piece
-/// (two compares), and only then walks the tree. It never writes to memory shared with other
-/// threads, except when it refreshes.
+/// A reader announces, in a slot of its own, the generation it reads; the writer frees a
+/// generation's memory only once every online reader has announced a newer one. A lookup
+/// loads the published version's address and compares it with the reader's (one load, one
+/// compare); only when a commit published a new one does the reader announce it, with one
+/// store to its own slot. No reference count, no read-modify-write, no write to memory
+/// another thread writes: a busy writer does not slow readers down.
 ///
-/// A reader that is idle keeps its cached generation alive; call [`Reader::refresh`] (or drop
-/// it) when a vCPU parks for long, so the slots later commits retired can be reused.
+/// A reader is **online** from its first lookup on, and holds the generation it announced
+/// until its next lookup. A vCPU that halts, or blocks in `KVM_RUN`, should go
+/// [`offline`](Reader::offline): it then holds nothing, neither garbage nor
+/// [`PhysMap::synchronize`](crate::PhysMap::synchronize), and its next lookup goes online
+/// again by itself. Dropping a reader takes it out.
 ///
 /// ```
 /// use physmap::PhysMap;
@@ -29,46 +36,20 @@ use crate::view::PieceRef;
 /// txn.overwrite(0x60..=0x60, "i8042").unwrap();
 /// txn.commit().unwrap();
 /// assert_eq!(*vcpu.lookup(0x60).unwrap().value, "i8042"); // always the newest generation
+/// vcpu.offline(); // about to run the guest: hold nothing meanwhile
 /// ```
 pub struct Reader<V> {
-    cache: Cache<Version<V>>,
-    last: Last,
-}
-
-/// What a reader remembers of its last lookup.
-struct Last {
-    /// The generation of the cached version.
+    shared: Arc<Shared<V>>,
+    slot: StdArc<Slot>,
+    /// The version this reader announced and reads; null while offline.
+    cached: *const Version<V>,
+    /// Its generation (the last one announced).
     generation: u64,
-    /// The piece answered from, a piece of the cached version (or [`NO_PIECE`]): its
-    /// address, with in the low bits (pieces are 32-byte aligned) how many lookups in a row
-    /// the walk found it again, up to [`REPEATS`] (see [`Reader::lookup`]). One word, so that
+    /// The last piece answered from, a piece of `cached` (or [`NO_PIECE`]): its address,
+    /// with in the low bits (pieces are 32-byte aligned) how many lookups in a row the walk
+    /// found it again, up to [`REPEATS`] (see [`Reader::lookup`]). One word, so that
     /// remembering costs one load and one store.
     mru: usize,
-}
-
-/// Repeats after which the remembered piece is tried first; also the most the count holds.
-const REPEATS: usize = 2;
-/// The bits of `Last::mru` that hold the count.
-const COUNT: usize = 3;
-
-impl Last {
-    /// The newest version, through `cache`; forgets the remembered piece if it changed.
-    /// Every use of the cache goes through here, so that the remembered piece always belongs
-    /// to the cached version.
-    #[inline(always)]
-    fn current<'a, V>(&mut self, cache: &'a mut Cache<Version<V>>) -> &'a Version<V> {
-        if cache.revalidate() {
-            self.forget(cache.get().generation);
-        }
-        cache.get()
-    }
-
-    #[cold]
-    fn forget(&mut self, generation: u64) {
-        // A new generation: the remembered piece may be gone.
-        self.generation = generation;
-        self.mru = &NO_PIECE as *const Piece as usize;
-    }
 }
 
 /// The remembered piece when there is none: an empty range, which no address is in.
@@ -79,21 +60,67 @@ static NO_PIECE: Piece = Piece {
     section: std::ptr::null(),
 };
 
-// SAFETY: the raw pointers point into the generation the cache holds, which the reader owns
-// a share of; moving the reader to another thread moves that ownership with it. Values are
-// shared with other threads, hence `V: Sync`; generations may be dropped here, hence Send.
+/// Repeats after which the remembered piece is tried first; also the most the count holds.
+const REPEATS: usize = 2;
+/// The bits of `Reader::mru` that hold the count.
+const COUNT: usize = 3;
+
+fn no_piece() -> usize {
+    &NO_PIECE as *const Piece as usize
+}
+
+// SAFETY: the raw pointers point into a version that the reader's announcement keeps alive
+// (I8), which does not depend on the thread; values are shared with other threads, hence
+// `V: Sync`; the last reader may drop the map's state (and values), hence `V: Send`.
 unsafe impl<V: Send + Sync> Send for Reader<V> {}
 
 impl<V> Reader<V> {
-    pub(crate) fn new(cache: Cache<Version<V>>) -> Self {
-        let generation = cache.get().generation;
+    /// A registered reader, offline until its first lookup.
+    pub(crate) fn new(shared: Arc<Shared<V>>) -> Self {
+        let slot = shared.registry.register();
         Reader {
-            cache,
-            last: Last {
-                generation,
-                mru: &NO_PIECE as *const Piece as usize,
-            },
+            shared,
+            slot,
+            cached: std::ptr::null(),
+            generation: 0,
+            mru: no_piece(),
         }
+    }
+
+    /// The newest version, announced (going online first if offline).
+    #[inline(always)]
+    fn current(&mut self) -> &Version<V> {
+        // Acquire: pairs with the writer's Release store of the address, made after the
+        // version and everything it reaches were written (I2).
+        let p = self.shared.publisher.ptr().load(Ordering::Acquire);
+        if !std::ptr::eq(p, self.cached) {
+            self.catch_up();
+        }
+        // SAFETY: `cached` is the version this reader announced (or one its announcement
+        // covers): the writer neither reuses its slots nor drops it until the reader
+        // announces a newer one or goes offline, which needs `&mut self` (I8).
+        unsafe { &*self.cached }
+    }
+
+    /// Announces the newest version (cold: once per commit, or when going online).
+    #[cold]
+    #[inline(never)]
+    fn catch_up(&mut self) {
+        if self.cached.is_null() {
+            // Offline: announce "anything" first (`qsbr.rs`), so that the version loaded
+            // below cannot be reclaimed before the announcement of its generation.
+            self.slot.enter();
+        }
+        // Acquire: as in `current`; loaded after `enter` when going online.
+        let p = self.shared.publisher.ptr().load(Ordering::Acquire);
+        // SAFETY: the version at `p` is protected by our current announcement: `0` just
+        // entered, or a generation not newer than `p`'s (the address only moves forward),
+        // and the writer drops no version a reader's announcement covers (I8).
+        let generation = unsafe { (*p).generation };
+        self.slot.announce(generation);
+        self.cached = p;
+        self.generation = generation;
+        self.mru = no_piece();
     }
 
     /// Looks `addr` up in the newest published generation.
@@ -102,15 +129,18 @@ impl<V> Reader<V> {
     /// walk found the same piece twice in a row, as exits do when they cluster on a device).
     /// On spread traffic the hit-or-miss branch of a remembered piece is a coin toss the CPU
     /// mispredicts, which costs more than the walk it would save; so there the reader only
-    /// walks, and the remembered piece costs a compare and two stores.
+    /// walks, and the remembered piece costs a compare and a store.
     #[inline(always)]
     pub fn lookup(&mut self, addr: u64) -> Option<Hit<'_, V>> {
-        let tree = self.last.current(&mut self.cache).tree();
-        let last = &mut self.last;
-        let (mru, count) = (last.mru & !COUNT, last.mru & COUNT);
+        // The version through its address (not `current()`'s borrow): the borrow of `self`
+        // below must be the one the returned `Hit` keeps.
+        self.current();
+        // SAFETY: as in `current` (just announced); the `Hit` borrows `self`, so the reader
+        // cannot announce anything else while it lives (I8).
+        let tree = unsafe { &*self.cached }.tree();
+        let (mru, count) = (self.mru & !COUNT, self.mru & COUNT);
         if count >= REPEATS {
-            // SAFETY: `mru` is `NO_PIECE` or a piece of the version the cache holds for as
-            // long as `self` is borrowed (it was reset when the version changed).
+            // SAFETY: `mru` is `NO_PIECE` or a piece of `cached` (reset when it changed).
             let m = unsafe { PieceRef::remembered(mru as *const Piece) };
             if m.start <= addr && addr <= m.end {
                 return Some(Hit::new(tree.value(m), &m, addr));
@@ -119,29 +149,57 @@ impl<V> Reader<V> {
         let piece = tree.find(addr)?;
         let p = piece.as_ptr() as usize;
         let count = (count + 1).min(REPEATS) * (p == mru) as usize;
-        last.mru = p | count;
+        self.mru = p | count;
         Some(Hit::new(tree.value(piece), &piece, addr))
     }
 
-    /// The generation that answered the last [`lookup`](Reader::lookup) (before any, the one
-    /// the reader was made on).
+    /// The generation that answered the last [`lookup`](Reader::lookup) (0 before any).
     /// Does not refresh: use it to tie an answer to the generation it came from.
     pub fn last_generation(&self) -> u64 {
-        self.last.generation
+        self.generation
     }
 
-    /// The cached snapshot (refreshed first).
+    /// A snapshot of the newest generation (the reader catches up with it first).
     pub fn snapshot(&mut self) -> Snapshot<V> {
-        self.last.current(&mut self.cache);
+        self.current();
         Snapshot {
-            version: self.cache.load().clone(),
+            version: self.shared.publisher.load_full(),
         }
     }
 
-    /// Catches up with the newest generation now, letting go of the one held before (the
-    /// newest generation pins no garbage). Returns its number: the generation the next
-    /// lookup will answer from, unless another commit comes first.
+    /// Catches up with the newest generation now (going online if offline) and returns its
+    /// number: the generation the next lookup answers from, unless another commit comes
+    /// first.
     pub fn refresh(&mut self) -> u64 {
-        self.last.current(&mut self.cache).generation
+        self.current().generation
+    }
+
+    /// Goes offline: the reader holds no generation until its next lookup (or
+    /// [`online`](Reader::online)), so it delays neither reclamation nor
+    /// [`PhysMap::synchronize`](crate::PhysMap::synchronize). For a vCPU thread about to halt
+    /// or enter the guest. Cheap: one store to the reader's own slot.
+    pub fn offline(&mut self) {
+        if !self.cached.is_null() {
+            self.slot.leave();
+            self.cached = std::ptr::null();
+            self.mru = no_piece();
+        }
+    }
+
+    /// Goes online now (a lookup does it by itself): announces the newest generation.
+    pub fn online(&mut self) {
+        self.current();
+    }
+
+    /// Whether the reader holds a generation (between a lookup and [`offline`](Reader::offline)).
+    pub fn is_online(&self) -> bool {
+        !self.cached.is_null()
+    }
+}
+
+impl<V> Drop for Reader<V> {
+    fn drop(&mut self) {
+        self.slot.leave();
+        self.shared.registry.deregister(&self.slot);
     }
 }

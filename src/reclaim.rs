@@ -9,13 +9,15 @@
 //! ```
 //!
 //! `Ri` holds slots reachable from `vi` (and maybe older versions) but not from `vi+1`. The
-//! writer frees `Ri` only when `vi` is at the front (every older version is already gone)
-//! and the graveyard's reference to `vi` is the last one (`Arc::try_unwrap` succeeds): then
-//! no snapshot or reader of any generation `<= i` exists, so nothing can reach `Ri` (I4).
+//! writer frees `Ri` (and drops `vi`) only when `vi` is at the front (every older version is
+//! already gone), no [`Reader`](crate::Reader) may still read generation `i` (every online
+//! reader announced a newer one: `qsbr.rs`, I8), and the graveyard's reference to `vi` is the
+//! last one (`Arc::try_unwrap` succeeds: no [`Snapshot`](crate::Snapshot) holds it). Then
+//! nothing can reach `Ri` (I4).
 //!
-//! This is a reference-counted grace period, run entirely by the writer: readers and
-//! snapshot holders only ever decrement a count (they never run reclamation code, never
-//! allocate or free, never drop a value).
+//! Readers never touch a count (they announce a generation in their own slot); snapshot
+//! holders only ever decrement one. Neither runs reclamation code, allocates, frees or drops
+//! a value: the writer does all of it.
 
 use crate::entry::Entry;
 use crate::sync::Arc;
@@ -50,11 +52,17 @@ impl<V> Graveyard<V> {
         self.queue.push_back((version, retired));
     }
 
-    /// The retired slots of the oldest versions that nobody but the graveyard holds any
-    /// more, in order, stopping at the first version still held.
-    pub(crate) fn collect(&mut self) -> Vec<Retired> {
+    /// The retired slots of the oldest versions that no reader may still read (their
+    /// generation is older than `oldest_in_use`) and nobody but the graveyard holds any
+    /// more, in order, stopping at the first version still in use.
+    pub(crate) fn collect(&mut self, oldest_in_use: u64) -> Vec<Retired> {
         let mut out = Vec::new();
         while let Some((version, retired)) = self.queue.pop_front() {
+            if version.generation >= oldest_in_use {
+                // A reader announced this generation, or an older one (I8).
+                self.queue.push_front((version, retired));
+                break;
+            }
             // `try_unwrap` succeeds only if ours is the last reference. Its compare-exchange
             // is followed by an Acquire fence, pairing with the Release decrement of every
             // other holder (`Arc::drop`): every read any reader or snapshot made through this
@@ -109,13 +117,24 @@ mod tests {
         g.bury(v2, retired(2));
         g.bury(v3, retired(3));
         // v1 is held: nothing may be freed, not even v2's garbage (v1 may reach it).
-        assert!(g.collect().is_empty());
+        assert!(g.collect(u64::MAX).is_empty());
         assert_eq!(g.len(), 3);
         drop(held1);
-        let freed: Vec<u32> = g.collect().into_iter().flat_map(|r| r.nodes).collect();
-        assert_eq!(freed, vec![1, 2], "stops at v3, still held");
+        // A reader announced generation 2: v2 and later stay.
+        let freed: Vec<u32> = g.collect(2).into_iter().flat_map(|r| r.nodes).collect();
+        assert_eq!(freed, vec![1]);
+        let freed: Vec<u32> = g
+            .collect(u64::MAX)
+            .into_iter()
+            .flat_map(|r| r.nodes)
+            .collect();
+        assert_eq!(freed, vec![2], "stops at v3, still held");
         drop(held3);
-        let freed: Vec<u32> = g.collect().into_iter().flat_map(|r| r.nodes).collect();
+        let freed: Vec<u32> = g
+            .collect(u64::MAX)
+            .into_iter()
+            .flat_map(|r| r.nodes)
+            .collect();
         assert_eq!(freed, vec![3]);
         assert_eq!(g.len(), 0);
     }

@@ -9,17 +9,17 @@
 //! `arc-swap`, `parking_lot` and `rayon` are not loom-aware. Under loom:
 //! - [`Mutex`] is `loom::sync::Mutex` (parking_lot's has no poisoning and neither has ours:
 //!   a poisoned loom lock is simply taken, matching parking_lot's behaviour);
-//! - [`Publisher`] is a loom `Mutex<Arc<T>>` where production has an `arc_swap::ArcSwap`;
-//!   both mirror the current address in an `AtomicPtr`, stored after the value with Release,
-//!   and [`Cache`] (the same code in both builds) compares that address with Relaxed, as
-//!   `arc_swap::Cache` does. What the models check is therefore our protocol on top of "an
-//!   atomic cell holding an `Arc`"; arc-swap's own implementation of that cell is trusted (it
-//!   has its own test suite);
+//! - [`Publisher`] is a loom `Mutex<Arc<T>>` where production has an `arc_swap::ArcSwap`
+//!   (which only snapshots use, for counted references); both mirror the current address in
+//!   an `AtomicPtr`, stored after the value with Release, which readers load with Acquire.
+//!   What the models check is therefore our protocol on top of "an atomic cell holding an
+//!   `Arc`"; arc-swap's own implementation of that cell is trusted (it has its own test
+//!   suite);
 //! - [`par_map`] (rayon's parallel map in the bulk build) runs sequentially.
 
 #[cfg(not(loom))]
 mod imp {
-    pub(crate) use std::sync::atomic::{AtomicPtr, Ordering};
+    pub(crate) use std::sync::atomic::{fence, AtomicPtr, AtomicU64, Ordering};
     pub(crate) use std::sync::Arc;
 
     /// Writer lock: `parking_lot::Mutex`, which does not poison, so a writer that panicked
@@ -55,8 +55,9 @@ mod imp {
         }
     }
 
-    /// Holds the newest published value: an `arc_swap::ArcSwap` (for counted references)
-    /// and its address mirrored in an atomic (for [`Cache`](super::Cache)'s revalidation).
+    /// Holds the newest published value: an `arc_swap::ArcSwap` (for counted references,
+    /// taken by snapshots) and its address mirrored in an atomic (loaded by readers, whose
+    /// announcements protect what they read: `qsbr.rs`).
     pub(crate) struct Publisher<T> {
         current: arc_swap::ArcSwap<T>,
         ptr: AtomicPtr<T>,
@@ -83,7 +84,9 @@ mod imp {
             self.current.store(value);
             self.ptr.store(ptr, Ordering::Release);
         }
-        /// The mirrored address of the newest value.
+        /// The mirrored address of the newest value (load it with Acquire: it is stored with
+        /// Release after the value, so the value and everything written before it are
+        /// visible to whoever sees the address).
         pub(crate) fn ptr(&self) -> &AtomicPtr<T> {
             &self.ptr
         }
@@ -101,7 +104,7 @@ mod imp {
 
 #[cfg(loom)]
 mod imp {
-    pub(crate) use loom::sync::atomic::{AtomicPtr, Ordering};
+    pub(crate) use loom::sync::atomic::{fence, AtomicPtr, AtomicU64, Ordering};
     pub(crate) use loom::sync::Arc;
 
     /// Writer lock (loom model). Poisoning is ignored, like parking_lot.
@@ -164,52 +167,16 @@ mod imp {
 
 pub(crate) use imp::*;
 
-/// A per-thread cached copy of the newest value, as `arc_swap::Cache` keeps one: revalidating
-/// it costs one load of the publisher's mirrored address and one compare; only when the
-/// address changed does it take a counted reference (out of line). The same code runs in
-/// production and under loom (only the [`Publisher`] differs).
-pub(crate) struct Cache<T> {
-    publisher: Arc<Publisher<T>>,
-    cached: Arc<T>,
-}
-
-impl<T> Cache<T> {
-    pub(crate) fn new(publisher: Arc<Publisher<T>>) -> Self {
-        let cached = publisher.load_full();
-        Cache { publisher, cached }
-    }
-
-    /// Catches up with the publisher if it moved on since the last call; returns whether
-    /// the cached value changed.
-    #[inline(always)]
-    pub(crate) fn revalidate(&mut self) -> bool {
-        // Relaxed, as `arc_swap::Cache::revalidate`: nothing is synchronised through the
-        // address; if it changed, `refresh` takes a counted reference, which synchronises.
-        // The cached Arc keeps its value alive, so its address cannot be reused (no ABA).
-        let now = self.publisher.ptr().load(Ordering::Relaxed);
-        if std::ptr::eq(now, Arc::as_ptr(&self.cached)) {
-            return false;
-        }
-        self.refresh();
-        true
-    }
-
-    /// The cached value (as of the last [`Cache::revalidate`]).
-    #[inline(always)]
-    pub(crate) fn get(&self) -> &Arc<T> {
-        &self.cached
-    }
-
-    /// The newest value, refreshed if the publisher moved on since the last call.
-    #[inline(always)]
-    pub(crate) fn load(&mut self) -> &Arc<T> {
-        self.revalidate();
-        &self.cached
-    }
-
-    #[cold]
-    #[inline(never)]
-    fn refresh(&mut self) {
-        self.cached = self.publisher.load_full();
+/// Waits a little longer each call: spins, then yields, then sleeps (for
+/// `PhysMap::synchronize`). Under loom, a yield to the model's scheduler.
+pub(crate) fn backoff(spins: &mut u32) {
+    *spins = spins.saturating_add(1);
+    #[cfg(loom)]
+    loom::thread::yield_now();
+    #[cfg(not(loom))]
+    match *spins {
+        0..=64 => std::hint::spin_loop(),
+        65..=128 => std::thread::yield_now(),
+        _ => std::thread::sleep(std::time::Duration::from_micros(50)),
     }
 }

@@ -1,6 +1,7 @@
 //! Transactions: the writer lock, held, plus the log of what this transaction changed.
 
 use crate::drops::drop_all;
+use crate::map::Shared;
 use crate::sync::MutexGuard;
 use crate::writer::{Log, Writer};
 use crate::Error;
@@ -25,16 +26,19 @@ use std::ops::RangeBounds;
 /// ```
 pub struct Transaction<'a, V> {
     w: MutexGuard<'a, Writer<V>>,
+    shared: &'a Shared<V>,
     /// `None` once committed.
     log: Option<Log>,
 }
 
 impl<'a, V> Transaction<'a, V> {
-    /// Takes the lock's writer, after reclaiming what nobody can reach any more.
-    pub(crate) fn new(mut w: MutexGuard<'a, Writer<V>>) -> Self {
-        w.reclaim();
+    /// Takes the writer lock, then reclaims what nobody can reach any more.
+    pub(crate) fn new(shared: &'a Shared<V>) -> Self {
+        let mut w = shared.writer.lock();
+        w.reclaim(&shared.registry);
         Transaction {
             w,
+            shared,
             log: Some(Log::default()),
         }
     }
@@ -119,7 +123,7 @@ impl<'a, V> Transaction<'a, V> {
     /// the commit has taken effect and the panic propagates from here.
     pub fn commit(mut self) -> Result<u64, Error> {
         let log = self.log.take().expect("a live transaction has its log");
-        self.w.commit(log)
+        self.w.commit(log, &self.shared.publisher)
     }
 
     /// Drops every change of this transaction (the same as dropping it).

@@ -449,7 +449,11 @@ impl<'g, V> TreeRef<'g, V> {
                 }
                 Kind::Subpage(_, offset) => format!("sub-page table {offset}"),
                 Kind::Node { shift, index } => {
-                    format!("node {} (height {})", self.node_number(index), self.height(shift))
+                    format!(
+                        "node {} (height {})",
+                        self.node_number(index),
+                        self.height(shift)
+                    )
                 }
             }
         };

@@ -1,6 +1,11 @@
-//! Loom models of physmap's own publish / read / cache-refresh / reclaim code.
+//! Loom models of physmap's own publish / read / announce / reclaim / synchronize code.
 //!
-//! Run with: `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 cargo test -p loom-tests --release`
+//! Run with: `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=3 cargo test -p loom-tests --release`
+//!
+//! Snapshots (reference-counted) and readers (quiescent-state: they announce the generation
+//! they read in a slot of their own) are both modelled; every access to node, piece, row and
+//! section cells is tracked, so a slot reused while a reader can still read it is a
+//! causality violation.
 //!
 //! Loom starts each execution on the main thread and, without preemptions, switches only
 //! when a thread blocks or ends. So in every model the readers' work is on the main thread
@@ -157,9 +162,10 @@ fn publish_vs_read() {
     });
 }
 
-/// (2) `Reader` cache refresh racing two commits: every answer matches the generation the
-/// reader reports, generations never go backwards, and once the commits have returned the
-/// reader answers from the newest.
+/// (2) `Reader` refresh racing two commits: every answer matches the generation the reader
+/// reports, generations never go backwards, and once the commits have returned the reader
+/// answers from the newest. Repeated lookups make the reader try its remembered piece, which
+/// must be forgotten when the generation changes.
 #[test]
 fn reader_refresh_vs_commit() {
     model("reader_refresh_vs_commit", || {
@@ -172,7 +178,7 @@ fn reader_refresh_vs_commit() {
             commit(&m, 3);
         });
         let mut last = 0;
-        for a in [0x08u64, 0x08, 0x40, 0x81, 0x81, 0x07] {
+        for a in [0x81u64, 0x81, 0x81, 0x08, 0x81, 0x07] {
             let v = r.lookup(a).map(|h| *h.value);
             let g = r.last_generation();
             assert!(g >= last, "generation went back from {last} to {g}");
@@ -180,8 +186,10 @@ fn reader_refresh_vs_commit() {
             assert_eq!(v, expected(g, a), "generation {g}, addr {a:#x}");
         }
         writer.join().unwrap();
+        for _ in 0..3 {
+            assert_eq!(r.lookup(0x81).map(|h| *h.value), Some(3));
+        }
         assert_eq!(r.refresh(), 3);
-        assert_eq!(r.lookup(0x81).map(|h| *h.value), Some(3));
         assert_eq!(r.lookup(0x07).map(|h| *h.value), None);
     });
 }
@@ -228,8 +236,9 @@ fn reclaim_vs_reuse() {
     });
 }
 
-/// (3b) the same with a `Reader` whose cached generation is the last one holding the
-/// retired slots: its refresh drops it on the reader thread.
+/// (3b) a reader that leaves an old generation by going offline, racing two commits: the
+/// writer reuses what it read only after it left (every cell access is tracked), and once it
+/// is gone the arena holds exactly the newest tree.
 #[test]
 fn reader_drops_last_old_generation() {
     model("reader_drops_last_old_generation", || {
@@ -246,7 +255,7 @@ fn reader_drops_last_old_generation() {
             let v = r.lookup(a).map(|h| *h.value);
             assert_eq!(v, expected(r.last_generation(), a));
         }
-        r.refresh();
+        r.offline();
         drop(r);
         writer.join().unwrap();
         let mem = map.memory();
@@ -334,6 +343,140 @@ fn reclaim_in_order_past_a_held_generation() {
         drop(old);
         writer.join().unwrap();
         follower.join().unwrap();
+        let mem = map.memory();
+        assert_eq!(mem.live_bytes, map.snapshot().stats().bytes);
+        assert_eq!(mem.pinned_generations, 0);
+    });
+}
+
+// ----- Quiescent-state readers (`qsbr.rs`).
+
+/// (5) announce vs reclaim: a reader keeps looking up while the writer commits three times,
+/// each transaction reclaiming what the readers moved past. No cell the reader reads is
+/// reused under it; every answer is its generation's; memory returns to the newest tree.
+#[test]
+fn announce_vs_reclaim() {
+    model("announce_vs_reclaim", || {
+        let map = StdArc::new(PhysMap::with_config(config()).unwrap());
+        commit(&map, 1);
+        let mut r = map.reader();
+        let m = map.clone();
+        let writer = thread::spawn(move || {
+            commit(&m, 2);
+            commit(&m, 3);
+            commit(&m, 4);
+        });
+        for a in [0x40u64, 0x08, 0x81, 0xc1] {
+            let v = r.lookup(a).map(|h| *h.value);
+            assert_eq!(v, expected(r.last_generation(), a), "addr {a:#x}");
+        }
+        writer.join().unwrap();
+        assert_eq!(r.lookup(0xc1).map(|h| *h.value), Some(4));
+        drop(r);
+        let mem = map.memory();
+        assert_eq!(mem.live_bytes, map.snapshot().stats().bytes);
+        assert_eq!(mem.pinned_generations, 0);
+    });
+}
+
+/// (6) offline / online vs reclaim: a reader goes offline and back online (by looking up)
+/// while the writer commits and reclaims: going online must not pick a generation whose
+/// garbage the writer is freeing.
+#[test]
+fn offline_online_vs_reclaim() {
+    model("offline_online_vs_reclaim", || {
+        let map = StdArc::new(PhysMap::with_config(config()).unwrap());
+        commit(&map, 1);
+        let mut r = map.reader();
+        assert_eq!(r.lookup(0x00).map(|h| *h.value), Some(1));
+        r.offline();
+        let m = map.clone();
+        let writer = thread::spawn(move || {
+            commit(&m, 2);
+            commit(&m, 3);
+        });
+        for a in [0x40u64, 0x08] {
+            let v = r.lookup(a).map(|h| *h.value);
+            assert_eq!(v, expected(r.last_generation(), a), "addr {a:#x}");
+            r.offline();
+            assert!(!r.is_online());
+        }
+        writer.join().unwrap();
+        let mem = map.memory();
+        assert_eq!(
+            mem.live_bytes,
+            map.snapshot().stats().bytes,
+            "offline readers pin nothing: {mem:?}"
+        );
+        drop(r);
+    });
+}
+
+/// (7) synchronize vs a reader mid-lookup: the writer unmaps a device, synchronizes, then
+/// tears the device down (writes its state); a reader that found the device reads its state
+/// while it holds the `Hit`. If `synchronize` returned while the reader could still hold a
+/// `Hit` from the older generation, the teardown would race the read (a causality
+/// violation loom reports).
+#[test]
+fn synchronize_vs_reader_mid_lookup() {
+    use loom::cell::UnsafeCell;
+    model("synchronize_vs_reader_mid_lookup", || {
+        let map = StdArc::new(PhysMap::with_config(config()).unwrap());
+        let mut t = map.transaction();
+        t.insert(0x40..=0x47, 7u64).unwrap();
+        t.insert(0x80..=0x87, 8u64).unwrap();
+        t.commit().unwrap();
+        #[allow(clippy::arc_with_non_send_sync)] // loom cells are shared by design
+        let device = StdArc::new(UnsafeCell::new(1u64)); // 1: alive
+        let mut r = map.reader();
+        let (m, d) = (map.clone(), device.clone());
+        let writer = thread::spawn(move || {
+            let mut t = m.transaction();
+            t.remove(0x40..=0x47).unwrap();
+            t.commit().unwrap();
+            m.synchronize();
+            // Tear the device down: nobody may be reading it any more.
+            d.with_mut(|p| unsafe { *p = 0 });
+        });
+        for a in [0x40u64, 0x80, 0x44] {
+            if let Some(h) = r.lookup(a) {
+                if *h.value == 7 {
+                    // Dispatching to the device while holding the hit.
+                    assert_eq!(
+                        device.with(|p| unsafe { *p }),
+                        1,
+                        "device used after teardown"
+                    );
+                }
+            }
+        }
+        r.offline();
+        writer.join().unwrap();
+        assert_eq!(r.lookup(0x44).map(|h| *h.value), None);
+    });
+}
+
+/// (8) a reader dropped mid-way: one reader thread looks up and is dropped while the writer
+/// commits, synchronizes and reclaims; the dropped reader holds nothing afterwards.
+#[test]
+fn reader_dropped_mid_way() {
+    model("reader_dropped_mid_way", || {
+        let map = StdArc::new(PhysMap::with_config(config()).unwrap());
+        commit(&map, 1);
+        let mut r = map.reader();
+        let m = map.clone();
+        let writer = thread::spawn(move || {
+            commit(&m, 2);
+            m.synchronize();
+            commit(&m, 3);
+        });
+        for a in [0x40u64, 0x81] {
+            let v = r.lookup(a).map(|h| *h.value);
+            assert_eq!(v, expected(r.last_generation(), a), "addr {a:#x}");
+        }
+        drop(r);
+        writer.join().unwrap();
+        assert!(map.synchronize_timeout(std::time::Duration::from_secs(1)));
         let mem = map.memory();
         assert_eq!(mem.live_bytes, map.snapshot().stats().bytes);
         assert_eq!(mem.pinned_generations, 0);

@@ -21,6 +21,7 @@ use crate::arena::{Arena, Counts, Piece, SlabAlloc, Storage};
 use crate::config::Geometry;
 use crate::drops::drop_all;
 use crate::map::Memory;
+use crate::qsbr::Registry;
 use crate::reclaim::{Graveyard, Retired};
 use crate::sync::{Arc, Publisher};
 use crate::version::Version;
@@ -29,9 +30,6 @@ use std::collections::BTreeMap;
 
 pub(crate) use edit::Log;
 use rebuild::Build;
-
-/// The publication point: where the writer stores each new version and readers load it.
-pub(crate) type Published<V> = Arc<Publisher<Version<V>>>;
 
 /// A piece of the working mapping (keyed by its start in the map).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,7 +64,6 @@ pub(crate) struct Writer<V> {
     arena: Arena,
     /// Node base pages and section values.
     storage: Arc<Storage<V>>,
-    publisher: Published<V>,
     /// The newest published version.
     current: Arc<Version<V>>,
     /// Superseded versions waiting for their readers to go.
@@ -81,19 +78,19 @@ pub(crate) struct Writer<V> {
 }
 
 impl<V> Writer<V> {
-    /// A writer for an empty map; returns it with the publication point readers load from.
-    pub(crate) fn new(config: &Config) -> Result<(Self, Published<V>), Error> {
+    /// A writer for an empty map, with the publication point readers load from (holding
+    /// generation 0, the empty tree).
+    pub(crate) fn new(config: &Config) -> Result<(Self, Publisher<Version<V>>), Error> {
         let geo = config.geometry()?;
         let arena = Arena::new(geo.fanout, config.max_nodes, config.max_pieces);
         let storage = Arc::new(Storage::new());
         let empty = crate::entry::Entry::EMPTY;
         let current = Arc::new(Version::new(0, empty, arena.arrays(), storage.clone(), geo));
-        let publisher = Arc::new(Publisher::new(current.clone()));
+        let publisher = Publisher::new(current.clone());
         let writer = Writer {
             geo,
             arena,
             storage,
-            publisher: publisher.clone(),
             current,
             graveyard: Graveyard::new(),
             map: BTreeMap::new(),
@@ -116,10 +113,14 @@ impl<V> Writer<V> {
         self.current.generation
     }
 
-    /// Publishes everything `log` changed as one new generation: the publish protocol, end
-    /// to end. On error (`CapacityExhausted` while rebuilding) nothing is published and every
-    /// edit of `log` is undone.
-    pub(crate) fn commit(&mut self, mut log: Log) -> Result<u64, Error> {
+    /// Publishes everything `log` changed as one new generation through `publisher`: the
+    /// publish protocol, end to end. On error (`CapacityExhausted` while rebuilding) nothing
+    /// is published and every edit of `log` is undone.
+    pub(crate) fn commit(
+        &mut self,
+        mut log: Log,
+        publisher: &Publisher<Version<V>>,
+    ) -> Result<u64, Error> {
         // 1. Rebuild. The new tree is built copy-on-write from the current one, only inside
         //    the byte ranges the transaction touched; every slot it writes is fresh or
         //    reclaimed, unreachable from any generation a reader may hold (I3).
@@ -159,7 +160,7 @@ impl<V> Writer<V> {
         let arrays = self.arena.arrays();
         let next = Version::new(generation, root, arrays, self.storage.clone(), self.geo);
         let next = Arc::new(next);
-        self.publisher.store(next.clone());
+        publisher.store(next.clone());
         // 4. Bury: the superseded version goes to the graveyard with the slots the new tree
         //    stopped using; they are reused once it and every older version are unheld (I4).
         let superseded = std::mem::replace(&mut self.current, next);
@@ -182,13 +183,18 @@ impl<V> Writer<V> {
         drop_all(values);
     }
 
-    /// Returns to the free lists every slot that no generation can reach any more, then
+    /// Returns to the free lists every slot that no generation can reach any more (no
+    /// snapshot holds it, and every reader of `readers` has moved past it: I4, I8), then
     /// drops the values of the freed sections, on the writer's thread. Every slot is freed
     /// before the first value is dropped, so a panicking `Drop` leaks nothing and leaves the
     /// writer consistent (`drops.rs`).
-    pub(crate) fn reclaim(&mut self) {
+    pub(crate) fn reclaim(&mut self, readers: &Registry) {
+        if self.graveyard.len() == 0 {
+            return;
+        }
+        let oldest_in_use = readers.oldest_in_use();
         let mut values = Vec::new();
-        for batch in self.graveyard.collect() {
+        for batch in self.graveyard.collect(oldest_in_use) {
             self.free(batch, &mut values);
         }
         drop_all(values);
@@ -239,8 +245,8 @@ impl<V> Writer<V> {
     }
 
     /// What the arena holds, after reclaiming what nobody can reach any more.
-    pub(crate) fn memory(&mut self) -> Memory {
-        self.reclaim();
+    pub(crate) fn memory(&mut self, readers: &Registry) -> Memory {
+        self.reclaim(readers);
         let (nodes, pieces, tables, _rows, table_bytes) = self.arena.live();
         let counts = Counts {
             nodes,
