@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Breaks the publish/read/reclaim protocol on purpose, one mutation at a time, and runs the
-# loom models against each, printing CAUGHT (by which models) or MISSED.
+# Breaks the publish / read / announce / reclaim / synchronize protocol on purpose, one
+# mutation at a time, and runs the loom models against each, printing CAUGHT (at which
+# preemption bound, by which models) or MISSED.
 # Known miss: replacing `Arc::try_unwrap` (whose Acquire fence orders the writer's reuse after
 # every reader's Release decrement) by a Relaxed `Arc::strong_count(..) == 1` check is not
 # caught: loom's `Arc` does not model a plain count read as unsynchronised. The code relies
@@ -61,8 +62,23 @@ run "superseded generation is never buried (its slots leak)" \
 run "a published section freed at commit with the never-published ones" \
   src/writer/mod.rs 'if self\.sections\.published\[s as usize\] \{' 'if false {'
 run "reader keeps its remembered piece across a refresh" \
-  src/reader.rs 'self\.mru = &NO_PIECE as \*const Piece as usize;\n    \}' '}'
-run "reader's cache never catches up with the publisher" \
-  src/sync.rs 'self\.refresh\(\);\n        true' 'true'
+  src/reader.rs 'self\.generation = generation;\n        self\.mru = no_piece\(\);' 'self.generation = generation;'
+run "reader never catches up with the publisher" \
+  src/reader.rs 'if !std::ptr::eq\(p, self\.cached\) \{' 'if self.cached.is_null() {'
+# Quiescent-state readers (qsbr.rs).
+run "announcement weakened to Relaxed" \
+  src/qsbr.rs 'self\.state\.store\(g, Ordering::Release\);' 'self.state.store(g, Ordering::Relaxed);'
+run "going offline weakened to Relaxed" \
+  src/qsbr.rs 'self\.state\.store\(OFFLINE, Ordering::Release\);' 'self.state.store(OFFLINE, Ordering::Relaxed);'
+run "going online without the fence" \
+  src/qsbr.rs 'self\.state\.store\(0, Ordering::Relaxed\);\n        fence\(Ordering::SeqCst\);' 'self.state.store(0, Ordering::Relaxed);'
+run "reclaiming at the announced generation instead of after it" \
+  src/reclaim.rs 'if version\.generation >= oldest_in_use \{' 'if version.generation > oldest_in_use {'
+run "an offline reader treated as online (at generation 0)" \
+  src/qsbr.rs 'OFFLINE => None,' 'OFFLINE => Some(0),'
+run "an online reader treated as offline" \
+  src/qsbr.rs 'g => Some\(g\),' '_ => None,'
+run "synchronize returning early" \
+  src/map.rs 'while !self\.shared\.registry\.all_past\(target\) \{' 'while !self.shared.registry.all_past(target - 1) {'
 run "abandoned transaction is not rolled back" \
   src/transaction.rs 'self\.w\.rollback\(log\);' 'drop(log);'
