@@ -137,11 +137,21 @@ fn readers_never_see_a_torn_or_stale_map() {
     let writers_left = AtomicU64::new(WRITERS as u64);
     let generation_changes = AtomicU64::new(0);
 
+    let synchronized = AtomicU64::new(0);
+    let offline_spells = AtomicU64::new(0);
     std::thread::scope(|s| {
-        for _ in 0..WRITERS {
-            s.spawn(|| {
+        for w in 0..WRITERS {
+            let (map, synchronized) = (&map, &synchronized);
+            let (layouts, start, writers_left) = (&layouts, &start, &writers_left);
+            s.spawn(move || {
                 start.wait();
-                for _ in 0..commits {
+                for c in 0..commits {
+                    if w == 0 && (c % 64 == 63 || c == commits / 2) {
+                        // Every reader is looking up or offline: they all get past.
+                        let ok = map.synchronize_timeout(std::time::Duration::from_secs(30));
+                        assert!(ok, "synchronize timed out");
+                        synchronized.fetch_add(1, Ordering::Relaxed);
+                    }
                     let mut t = map.transaction();
                     let g = t.base_generation();
                     let (old, new) = (&layouts.table[g as usize], &layouts.table[g as usize + 1]);
@@ -164,6 +174,7 @@ fn readers_never_see_a_torn_or_stale_map() {
             let (map, layouts, probes) = (&map, &layouts, &probes);
             let (mismatches, lookups, snapshots_checked) =
                 (&mismatches, &lookups, &snapshots_checked);
+            let offline_spells = &offline_spells;
             let (start, writers_left, generation_changes) =
                 (&start, &writers_left, &generation_changes);
             s.spawn(move || {
@@ -203,6 +214,15 @@ fn readers_never_see_a_torn_or_stale_map() {
                     }
                     let a = probes[i % probes.len()];
                     i = i.wrapping_mul(31).wrapping_add(17);
+                    if id % 4 == 1 && i % 61 == 0 {
+                        // A vCPU that halts or enters the guest: offline for a while; its
+                        // next lookup goes online again by itself.
+                        reader.offline();
+                        offline_spells.fetch_add(1, Ordering::Relaxed);
+                        if i % 7 == 0 {
+                            std::thread::yield_now();
+                        }
+                    }
                     let got = reader.lookup(a).map(|h| (*h.value, h.offset));
                     let g = reader.last_generation();
                     if g < last_gen {
@@ -231,10 +251,13 @@ fn readers_never_see_a_torn_or_stale_map() {
     let mismatches = mismatches.into_inner();
     let lookups = lookups.into_inner();
     eprintln!(
-        "stress: {READERS} readers, {WRITERS} writers, {total} commits, {lookups} lookups, {} snapshots checked, {} generation changes seen by readers, {mismatches} mismatches",
+        "stress: {READERS} readers, {WRITERS} writers, {total} commits, {lookups} lookups, {} snapshots checked, {} generation changes seen by readers, {} offline spells, {} synchronizes, {mismatches} mismatches",
         snapshots_checked.into_inner(),
         generation_changes.load(Ordering::Relaxed),
+        offline_spells.load(Ordering::Relaxed),
+        synchronized.load(Ordering::Relaxed),
     );
+    assert!(offline_spells.into_inner() > 0 && synchronized.into_inner() > 0);
     assert!(
         generation_changes.into_inner() > READERS as u64,
         "readers did overlap the writers"

@@ -482,3 +482,32 @@ fn reader_dropped_mid_way() {
         assert_eq!(mem.pinned_generations, 0);
     });
 }
+
+/// (9) a reader's remembered piece belongs to its generation: after three lookups in the
+/// same piece the reader tries that piece first; a commit that cuts the piece, racing the
+/// reader, must make it forget the piece (and the writer may only reuse the piece's slot once
+/// the reader moved on).
+#[test]
+fn reader_forgets_its_piece_on_a_new_generation() {
+    model("reader_forgets_its_piece_on_a_new_generation", || {
+        let map = StdArc::new(PhysMap::with_config(config()).unwrap());
+        commit(&map, 1);
+        commit(&map, 2);
+        let mut r = map.reader();
+        for _ in 0..3 {
+            assert_eq!(r.lookup(0x81).map(|h| *h.value), Some(2)); // piece 0x81..=0x82
+        }
+        let m = map.clone();
+        let writer = thread::spawn(move || {
+            commit(&m, 3); // 0x82 unmapped, 0x81 now its own piece
+            commit(&m, 4);
+        });
+        for a in [0x82u64, 0x81] {
+            let v = r.lookup(a).map(|h| *h.value);
+            assert_eq!(v, expected(r.last_generation(), a), "addr {a:#x}");
+        }
+        writer.join().unwrap();
+        assert_eq!(r.lookup(0x82).map(|h| *h.value), None);
+        assert_eq!(r.lookup(0x81).map(|h| *h.value), Some(3));
+    });
+}

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Shows that a reader's lookup, refresh and generation change do no atomic read-modify-write
+# and no fence: disassembles the reader paths of examples/disasm.rs (x86-64: a `lock`-prefixed
+# instruction or an `xchg` with memory is an atomic RMW on shared memory, `mfence` or a
+# `lock or` of 0 to the thread's own stack is a SeqCst fence, as LLVM emits it) and prints
+# every such instruction per function. Only going online (after `offline`, or the first
+# lookup) may fence: that path is `Slot::enter`, reached from the out-of-line catch-up.
+# Usage: scripts/check-no-rmw.sh   (needs objdump)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build -q --release --example disasm
+bin=target/release/examples/disasm
+asm=$(objdump -d --no-show-raw-insn "$bin")
+status=0
+for f in disasm_reader_lookup disasm_reader_refresh disasm_reader_offline \
+         '_ZN7physmap6reader15Reader$LT$V$GT$8catch_up'; do
+  body=$(awk -v f="$f" 'index($0, "<"f) && /:$/ {p=1} p && /^$/ {exit} p' <<<"$asm")
+  if [ -z "$body" ]; then echo "$f: not found"; status=1; continue; fi
+  n=$(grep -c '^ ' <<<"$body")
+  rmw=$(grep -E '\slock |\sxchg[a-z]*\s.*\(|\scmpxchg' <<<"$body" | grep -v 'lock or[lq] *\$0x0,.*(%rsp)' || true)
+  fences=$(grep -E '\smfence|lock or[lq] *\$0x0,.*\(%rsp\)' <<<"$body" || true)
+  echo "$f: $n instructions, atomic RMWs: ${rmw:-none}, fences: ${fences:-none}"
+  case "$f" in
+    *catch_up) ;;                       # may fence when going online (Slot::enter)
+    *) [ -n "$fences" ] && status=1 ;;
+  esac
+  [ -n "$rmw" ] && status=1
+done
+exit $status
