@@ -568,3 +568,86 @@ fn readers_follow_commits_and_snapshots_are_shareable() {
     assert_eq!(snap.range(0x800..0x900).unwrap().count(), 1);
     assert_eq!(snap.range(0x10_0000_0000..).unwrap().count(), 0);
 }
+
+/// Online readers on an old generation hold its garbage; once they move on (a lookup), go
+/// offline or are dropped, the arena shrinks back to exactly the newest tree, in another
+/// thread as well as this one.
+#[test]
+fn memory_returns_to_the_newest_tree_once_readers_move_on() {
+    let map = std::sync::Arc::new(PhysMap::new());
+    let churn = |map: &PhysMap<u64>, from: u64| {
+        for i in from..from + 200 {
+            let mut t = map.transaction();
+            let s = (4 << 30) + (i % 64) * (2 << 20);
+            t.overwrite(s..s + (2 << 20), i).unwrap();
+            t.overwrite(
+                0xfe00_0000 + (i % 8) * 0x10..0xfe00_0000 + (i % 8) * 0x10 + 8,
+                i,
+            )
+            .unwrap();
+            t.commit().unwrap();
+        }
+    };
+    let exact = |map: &PhysMap<u64>| {
+        let mem = map.memory();
+        let stats = map.snapshot().stats();
+        (mem.pinned_generations, mem.live_bytes, stats.bytes)
+    };
+    churn(&map, 0);
+    let (pinned, live, newest) = exact(&map);
+    assert_eq!((pinned, live), (0, newest), "no reader, no snapshot");
+
+    // Reader A (this thread) and reader B (another thread) hold the current generation.
+    let mut a = map.reader();
+    a.lookup(0xfe00_0000);
+    let (to_b, b_rx) = std::sync::mpsc::channel::<&'static str>();
+    let (b_done, done_rx) = std::sync::mpsc::channel::<()>();
+    let m = map.clone();
+    let b = std::thread::spawn(move || {
+        let mut r = m.reader();
+        r.lookup(0xfe00_0000);
+        b_done.send(()).unwrap();
+        while let Ok(cmd) = b_rx.recv() {
+            match cmd {
+                "lookup" => drop(r.lookup(0xfe00_0000)),
+                "offline" => r.offline(),
+                _ => break,
+            }
+            b_done.send(()).unwrap();
+        }
+    });
+    done_rx.recv().unwrap();
+    churn(&map, 1000);
+    let (pinned, live, newest) = exact(&map);
+    assert!(pinned >= 200, "both readers pin everything since: {pinned}");
+    assert!(live > newest, "{live} vs {newest}");
+
+    // A moves on; B still holds the old generation.
+    a.lookup(0xfe00_0000);
+    let (pinned, live, _) = exact(&map);
+    assert!(pinned >= 200 && live > newest, "B still pins: {pinned}");
+
+    // B moves on: back to the newest tree.
+    to_b.send("lookup").unwrap();
+    done_rx.recv().unwrap();
+    let (pinned, live, newest) = exact(&map);
+    assert_eq!((pinned, live), (0, newest), "readers moved on");
+
+    // Offline readers pin nothing however long they stay away.
+    to_b.send("offline").unwrap();
+    done_rx.recv().unwrap();
+    a.offline();
+    churn(&map, 2000);
+    let (pinned, live, newest) = exact(&map);
+    assert_eq!((pinned, live), (0, newest), "readers offline");
+
+    // Online again: pins what it announced until it moves on; dropping it releases it.
+    a.lookup(0xfe00_0000);
+    churn(&map, 3000);
+    assert!(exact(&map).0 >= 200);
+    drop(a);
+    to_b.send("quit").unwrap();
+    b.join().unwrap();
+    let (pinned, live, newest) = exact(&map);
+    assert_eq!((pinned, live), (0, newest), "reader dropped");
+}
