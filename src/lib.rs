@@ -61,15 +61,24 @@
 //! - **Atomic generations.** A reader sees all of a committed transaction or none of it; the
 //!   generations one [`Reader`] sees never go backwards, and a lookup started after
 //!   [`Transaction::commit`] returned answers from that generation or a newer one.
-//! - **Readers never block.** [`Reader::lookup`] takes no lock, allocates nothing and writes
-//!   no memory shared with other threads: one load and pointer compare to check its cached
-//!   generation, then one dependent load per tree level plus the final range check.
+//! - **Readers never block.** [`Reader::lookup`] takes no lock, allocates nothing and does no
+//!   atomic read-modify-write: one load and pointer compare to check its cached generation,
+//!   then one dependent load per tree level plus the final range check. When the generation
+//!   changed, the reader announces the new one with one plain store to a slot on its own
+//!   cache line (quiescent-state reclamation).
 //! - **Immutable once published.** No slot reachable from a published root is written again.
 //! - **Bounded garbage.** A commit puts the generation it superseded, with the slots the new
-//!   tree stopped using, in the writer's graveyard; the writer reuses them once that
-//!   generation and all older ones are no longer held (reference counted, no epochs to pin;
-//!   readers never run reclamation code). With no old snapshot held, the arena's memory
-//!   ([`PhysMap::memory`]) equals the newest tree ([`Snapshot::stats`]).
+//!   tree stopped using, in the writer's graveyard; the writer reuses them once no
+//!   [`Snapshot`] holds that generation or an older one, and every online [`Reader`] has
+//!   announced a newer one or gone [`offline`](Reader::offline) (readers never run
+//!   reclamation code). With no old snapshot held and every reader moved on, the arena's
+//!   memory ([`PhysMap::memory`]) equals the newest tree ([`Snapshot::stats`]). A reader that
+//!   stays online without looking anything up pins what was garbage since: a vCPU goes
+//!   offline while it runs the guest or blocks.
+//! - **Waiting for readers.** [`PhysMap::synchronize`] returns once every online reader has
+//!   moved past the generations older than the one current at the call, so a device unmapped
+//!   by an earlier commit is no longer being dispatched to (commit, synchronize, then tear the
+//!   device down).
 //! - **Errors, not panics.** Empty, inverted, out-of-space or overflowing ranges, overlaps on
 //!   [`Transaction::insert`] and exhausted capacity return an [`Error`] and leave the
 //!   transaction as it was. A transaction dropped without commit (a panic included) publishes
@@ -116,7 +125,11 @@
 //! `sync` module. Built with `RUSTFLAGS="--cfg loom"`, they become `loom`'s, and the models in
 //! `loom-tests/` run this code: `arc-swap`, `parking_lot` and `rayon` are not loom-aware, so
 //! under loom the publication cell is a loom mutex around an `Arc` with its pointer mirrored in
-//! a loom atomic, the writer lock is a loom mutex, and the bulk build runs sequentially.
+//! a loom atomic, the writer lock is a loom mutex, and the bulk build runs sequentially. The
+//! readers' announcement slots are loom atomics with loom fences; models cover publishing,
+//! refreshing, reclaiming past held generations, announcing, going offline and online,
+//! `synchronize` against a reader mid-lookup, a reader dropped mid-way and a panicking writer,
+//! and `scripts/loom-mutants.sh` shows each seeded protocol bug caught.
 
 #![deny(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]

@@ -116,7 +116,8 @@ impl<'a, V> Transaction<'a, V> {
 
     /// Publishes every change of this transaction as one new generation, atomically, and
     /// returns that generation's number. Commit cost follows the size of the change: only the
-    /// tree paths inside changed ranges are copied.
+    /// tree paths inside changed ranges are copied. A transaction that changed nothing
+    /// publishes nothing and returns the current generation.
     ///
     /// On error ([`Error::CapacityExhausted`]) nothing is published and the transaction is
     /// rolled back. If dropping a value that this transaction made and then overwrote panics,

@@ -651,3 +651,25 @@ fn memory_returns_to_the_newest_tree_once_readers_move_on() {
     let (pinned, live, newest) = exact(&map);
     assert_eq!((pinned, live), (0, newest), "reader dropped");
 }
+
+/// A transaction that changes nothing (no edit, or only refused ones, or removing what is not
+/// mapped) publishes nothing: readers keep their generation.
+#[test]
+fn a_transaction_that_changes_nothing_publishes_nothing() {
+    let map: PhysMap<u32> = PhysMap::new();
+    let mut t = map.transaction();
+    t.insert(0x1000..0x2000, 1).unwrap();
+    let g = t.commit().unwrap();
+    let mut r = map.reader();
+    assert_eq!(r.refresh(), g);
+    assert_eq!(map.transaction().commit().unwrap(), g);
+    let mut t = map.transaction();
+    assert!(t.insert(0x1800..0x1900, 2).is_err());
+    t.remove(0x8000..0x9000).unwrap();
+    assert_eq!(t.commit().unwrap(), g);
+    assert_eq!((r.refresh(), map.snapshot().generation()), (g, g));
+    let mut t = map.transaction();
+    t.remove(0x1000..0x1800).unwrap();
+    assert_eq!(t.commit().unwrap(), g + 1);
+    assert_eq!(r.lookup(0x1000).map(|h| *h.value), None);
+}

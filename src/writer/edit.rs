@@ -26,6 +26,15 @@ pub(crate) struct Log {
 }
 
 impl Log {
+    /// Whether the transaction changed nothing at all (then committing it publishes nothing).
+    pub(crate) fn is_empty(&self) -> bool {
+        self.undo.is_empty()
+            && self.dirty.is_empty()
+            && self.new_sections.is_empty()
+            && self.retired_pieces.is_empty()
+            && self.emptied.is_empty()
+    }
+
     /// The dirty ranges, sorted, with overlapping or touching ones merged.
     pub(crate) fn dirty(&mut self) -> &[(u64, u64)] {
         let mut sorted = std::mem::take(&mut self.dirty);

@@ -121,6 +121,10 @@ impl<V> Writer<V> {
         mut log: Log,
         publisher: &Publisher<Version<V>>,
     ) -> Result<u64, Error> {
+        // 0. Nothing changed: nothing to publish, and no reader pays for a new generation.
+        if log.is_empty() {
+            return Ok(self.current.generation);
+        }
         // 1. Rebuild. The new tree is built copy-on-write from the current one, only inside
         //    the byte ranges the transaction touched; every slot it writes is fresh or
         //    reclaimed, unreachable from any generation a reader may hold (I3).
