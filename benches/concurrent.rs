@@ -187,12 +187,13 @@ fn pairs(json: &mut String) {
             };
             let _ = write!(
                 json,
-                "{{\"mix\":\"{name}\",\"readers\":{threads},\"without\":[{}],\"with\":[{}],\"ratios\":[{}],\"commits_per_s\":[{}],\"paced_ratios\":[{}]}}",
+                "{{\"mix\":\"{name}\",\"readers\":{threads},\"without\":[{}],\"with\":[{}],\"ratios\":[{}],\"commits_per_s\":[{}],\"paced_ratios\":[{}],\"paced_commits_per_s\":[{}]}}",
                 list(&without),
                 list(&with),
                 list(&ratios),
                 list(&commits),
-                list(&paced)
+                list(&paced),
+                list(&paced_commits)
             );
         }
     }
