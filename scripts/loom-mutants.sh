@@ -71,7 +71,7 @@ run "announcement weakened to Relaxed" \
 run "going offline weakened to Relaxed" \
   src/qsbr.rs 'self\.state\.store\(OFFLINE, Ordering::Release\);' 'self.state.store(OFFLINE, Ordering::Relaxed);'
 run "going online without the fence" \
-  src/qsbr.rs 'self\.state\.store\(0, Ordering::Relaxed\);\n        fence\(Ordering::SeqCst\);' 'self.state.store(0, Ordering::Relaxed);'
+  src/qsbr.rs 'self\.state\.store\(last, Ordering::Relaxed\);\n        fence\(Ordering::SeqCst\);' 'self.state.store(last, Ordering::Relaxed);'
 run "reclaiming at the announced generation instead of after it" \
   src/reclaim.rs 'if version\.generation >= oldest_in_use \{' 'if version.generation > oldest_in_use {'
 run "an offline reader treated as online (at generation 0)" \
@@ -79,6 +79,8 @@ run "an offline reader treated as online (at generation 0)" \
 run "an online reader treated as offline" \
   src/qsbr.rs 'g => Some\(g\),' '_ => None,'
 run "synchronize returning early" \
-  src/map.rs 'while !self\.shared\.registry\.all_past\(target\) \{' 'while !self.shared.registry.all_past(target - 1) {'
+  src/map.rs 'self\.shared\.registry\.lagging\(target, skip\)' 'self.shared.registry.lagging(target - 1, skip)'
+run "synchronize forgets to re-read the readers it waits for" \
+  src/map.rs 'Registry::still_lagging\(target, &mut lagging\);' 'lagging.clear();'
 run "abandoned transaction is not rolled back" \
   src/transaction.rs 'self\.w\.rollback\(log\);' 'drop(log);'

@@ -137,6 +137,9 @@
 
 mod arena;
 mod bulk;
+#[cfg(feature = "bus")]
+#[cfg_attr(docsrs, doc(cfg(feature = "bus")))]
+pub mod bus;
 mod canon;
 mod config;
 mod diff;
@@ -155,6 +158,9 @@ mod sync;
 mod transaction;
 mod version;
 mod view;
+#[cfg(feature = "vm-memory")]
+#[cfg_attr(docsrs, doc(cfg(feature = "vm-memory")))]
+pub mod vm_memory;
 mod writer;
 
 pub use config::{checked_range, Config};

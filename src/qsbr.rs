@@ -20,13 +20,16 @@
 //!   orders them before any reuse.
 //! - **Going online** (a new reader, or one that went offline) is the one race: the reader
 //!   has no announcement, so the writer may free a generation's garbage between the reader's
-//!   load of the pointer and its announcement. The reader therefore first announces `0`
-//!   ("anything"), then issues a `SeqCst` fence, then loads the pointer, then announces the
-//!   generation it found (Release). The writer, before it reads the slots, issues a `SeqCst`
-//!   fence too (after its publication of the newer version). This is Dekker's pattern: of
-//!   the two fences one comes first in their single total order; if the writer's, the
-//!   reader's load finds the newer version; if the reader's, the writer sees `0` (or a later
-//!   announcement) and frees nothing it could need. A fence costs the reader a few tens of
+//!   load of the pointer and its announcement. The reader therefore first announces `l`,
+//!   the generation it last announced (0 if never online: "anything"), then issues a
+//!   `SeqCst` fence, then loads the pointer, then announces the generation it found
+//!   (Release). The pointer only moves forward, so that load returns generation `l` or
+//!   newer. The writer, before it reads the slots, issues a `SeqCst` fence too (after its
+//!   publication of the newer version). This is Dekker's pattern: of the two fences one
+//!   comes first in their single total order; if the writer's, the reader's load finds the
+//!   newer version; if the reader's, the writer sees `l` (or a later announcement) and frees
+//!   nothing the reader could load. A reader's online announcements therefore never go
+//!   backwards, even across offline spells. A fence costs the reader a few tens of
 //!   cycles, on its own core, only when it goes online; nothing but loads and plain stores
 //!   touch a slot (so no read-modify-write, and no line another thread writes).
 //! - **Offline.** The reader stores [`OFFLINE`] (Release) and forgets its version: it holds
@@ -34,8 +37,11 @@
 //! - **Reclaim.** The writer computes the smallest announcement of the online readers and
 //!   frees the garbage of superseded versions older than it, oldest first (and only if no
 //!   `Snapshot` holds them: `reclaim.rs`).
-//! - **Synchronize.** Waits until every slot shows [`OFFLINE`] or a generation at least the
-//!   target (reading the slots after a `SeqCst` fence, as reclamation does).
+//! - **Synchronize.** Waits until each slot has been seen [`OFFLINE`] or at a generation at
+//!   least the target, once (reading the slots after a `SeqCst` fence, as reclamation
+//!   does): not all at the same moment, or readers that go online and offline all the time
+//!   (a device bus does, around each dispatch) could starve it. Once seen so, a reader's
+//!   later lookups answer from the target or newer (the argument of "going online").
 
 use crate::sync::{fence, AtomicU64, Mutex, Ordering};
 use std::sync::Arc as StdArc;
@@ -57,14 +63,16 @@ impl Slot {
         }
     }
 
-    /// Going online: announce "anything", then fence, before loading the publication
-    /// pointer (module docs).
+    /// Going online: announce the generation the reader last announced (`last`, 0 for a
+    /// reader never online), then fence, before loading the publication pointer (module
+    /// docs).
     #[inline]
-    pub(crate) fn enter(&self) {
+    pub(crate) fn enter(&self, last: u64) {
         // Relaxed: the fence orders it (Dekker's pattern with the writer's fence in
         // `Registry::read`): either the writer sees it, or our next load of the pointer sees
-        // the writer's newer publication (I8).
-        self.state.store(0, Ordering::Relaxed);
+        // the writer's newer publication (I8). `last` is a lower bound of what that load
+        // returns: the pointer only moves forward and we loaded generation `last` from it.
+        self.state.store(last, Ordering::Relaxed);
         fence(Ordering::SeqCst);
     }
 
@@ -83,14 +91,19 @@ impl Slot {
         self.state.store(OFFLINE, Ordering::Release);
     }
 
+    /// The slot's identity (its address: slots do not move while registered).
+    pub(crate) fn id(&self) -> usize {
+        self as *const Slot as usize
+    }
+
     /// What the writer may rely on: the generation this reader may still read, or `None` if
     /// it is offline. To be called after a `SeqCst` fence (`Registry::read`).
     fn read(&self) -> Option<u64> {
         // Acquire: pairs with the reader's Release announcement (its reads of older
         // generations happen-before our reuse). An online value only grows while the reader
-        // stays online, and after an offline spell it goes through 0 to a generation at
-        // least the one it had: a stale online value is still a lower bound; a stale
-        // OFFLINE is covered by the fences (module docs).
+        // stays online, and after an offline spell it comes back at the generation it had,
+        // then moves on: a stale online value is still a lower bound; a stale OFFLINE is
+        // covered by the fences (module docs).
         match self.state.load(Ordering::Acquire) {
             OFFLINE => None,
             g => Some(g),
@@ -137,8 +150,27 @@ impl Registry {
         self.read(u64::MAX, |min, g| g.map_or(min, |g| g.min(min)))
     }
 
-    /// Whether every registered reader is offline or has announced `target` or newer.
-    pub(crate) fn all_past(&self, target: u64) -> bool {
-        self.read(true, |all, g| all && g.map_or(true, |g| g >= target))
+    /// The readers, but those whose slot address is in `skip`, that may still read a
+    /// generation older than `target` (for `synchronize`).
+    pub(crate) fn lagging(&self, target: u64, skip: &[usize]) -> Vec<StdArc<Slot>> {
+        let slots = self.slots.lock();
+        // SeqCst: as in `read`.
+        fence(Ordering::SeqCst);
+        slots
+            .iter()
+            .filter(|s| !skip.contains(&s.id()) && s.read().is_some_and(|g| g < target))
+            .cloned()
+            .collect()
+    }
+
+    /// Keeps in `lagging` only the readers still behind `target`. A reader seen offline or
+    /// at `target` or newer once is done for good: its next lookups answer from `target`
+    /// or newer (I8: going online announces at least the generation it had, and Dekker's
+    /// fences make it load the newer publication if the writer saw it offline). So readers
+    /// that keep going online and offline cannot starve `synchronize`.
+    pub(crate) fn still_lagging(target: u64, lagging: &mut Vec<StdArc<Slot>>) {
+        // SeqCst: as in `read`.
+        fence(Ordering::SeqCst);
+        lagging.retain(|s| s.read().is_some_and(|g| g < target));
     }
 }

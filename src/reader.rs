@@ -4,7 +4,7 @@ use crate::arena::Piece;
 use crate::map::Shared;
 use crate::qsbr::Slot;
 use crate::snapshot::{Hit, Snapshot};
-use crate::sync::{Arc, Ordering};
+use crate::sync::{Arc, AtomicPtr, Ordering};
 use crate::version::Version;
 use crate::view::PieceRef;
 use std::sync::Arc as StdArc;
@@ -40,6 +40,9 @@ use std::sync::Arc as StdArc;
 /// ```
 pub struct Reader<V> {
     shared: Arc<Shared<V>>,
+    /// The publisher's address cell, inside `shared` (which this reader keeps alive): read
+    /// on every lookup, one load closer than through `shared`.
+    latest: *const AtomicPtr<Version<V>>,
     slot: StdArc<Slot>,
     /// The version this reader announced and reads; null while offline.
     cached: *const Version<V>,
@@ -79,6 +82,7 @@ impl<V> Reader<V> {
     pub(crate) fn new(shared: Arc<Shared<V>>) -> Self {
         let slot = shared.registry.register();
         Reader {
+            latest: shared.publisher.ptr(),
             shared,
             slot,
             cached: std::ptr::null(),
@@ -92,7 +96,8 @@ impl<V> Reader<V> {
     fn current(&mut self) -> &Version<V> {
         // Acquire: pairs with the writer's Release store of the address, made after the
         // version and everything it reaches were written (I2).
-        let p = self.shared.publisher.ptr().load(Ordering::Acquire);
+        // SAFETY: `latest` points into `shared`, which `self` holds.
+        let p = unsafe { &*self.latest }.load(Ordering::Acquire);
         if !std::ptr::eq(p, self.cached) {
             self.catch_up();
         }
@@ -107,9 +112,10 @@ impl<V> Reader<V> {
     #[inline(never)]
     fn catch_up(&mut self) {
         if self.cached.is_null() {
-            // Offline: announce "anything" first (`qsbr.rs`), so that the version loaded
-            // below cannot be reclaimed before the announcement of its generation.
-            self.slot.enter();
+            // Offline: announce the generation we had first (`qsbr.rs`), so that the version
+            // loaded below, which is at least as new, cannot be reclaimed before the
+            // announcement of its generation.
+            self.slot.enter(self.generation);
         }
         // Acquire: as in `current`; loaded after `enter` when going online.
         let p = self.shared.publisher.ptr().load(Ordering::Acquire);
@@ -189,6 +195,12 @@ impl<V> Reader<V> {
     /// Goes online now (a lookup does it by itself): announces the newest generation.
     pub fn online(&mut self) {
         self.current();
+    }
+
+    /// The identity of the reader's announcement slot (see `PhysMap::synchronize_except`).
+    #[cfg(feature = "bus")]
+    pub(crate) fn slot_id(&self) -> usize {
+        self.slot.id()
     }
 
     /// Whether the reader holds a generation (between a lookup and [`offline`](Reader::offline)).
