@@ -511,3 +511,42 @@ fn reader_forgets_its_piece_on_a_new_generation() {
         assert_eq!(r.lookup(0x81).map(|h| *h.value), Some(3));
     });
 }
+
+/// (10) synchronize vs a reader that keeps going offline and online (as a device bus's
+/// vCPUs do around each dispatch): `synchronize` checks each reader once, not all at the
+/// same moment, so it must be right that a reader seen offline (or past the target) once
+/// never answers from an older generation afterwards. The reader dispatches to a device
+/// while holding its `Hit`; the writer unmaps the device, synchronizes and tears it down.
+#[test]
+fn synchronize_vs_reader_going_offline_and_online() {
+    use loom::cell::UnsafeCell;
+    model("synchronize_vs_reader_going_offline_and_online", || {
+        let map = StdArc::new(PhysMap::with_config(config()).unwrap());
+        let mut t = map.transaction();
+        t.insert(0x40..=0x47, 7u64).unwrap();
+        t.commit().unwrap();
+        #[allow(clippy::arc_with_non_send_sync)] // loom cells are shared by design
+        let device = StdArc::new(UnsafeCell::new(1u64));
+        let mut r = map.reader();
+        let (m, d) = (map.clone(), device.clone());
+        let writer = thread::spawn(move || {
+            let mut t = m.transaction();
+            t.remove(0x40..=0x47).unwrap();
+            t.commit().unwrap();
+            m.synchronize();
+            d.with_mut(|p| unsafe { *p = 0 });
+        });
+        for _ in 0..2 {
+            if let Some(h) = r.lookup(0x44) {
+                assert_eq!(*h.value, 7);
+                assert_eq!(
+                    device.with(|p| unsafe { *p }),
+                    1,
+                    "device used after teardown"
+                );
+            }
+            r.offline();
+        }
+        writer.join().unwrap();
+    });
+}
