@@ -2,14 +2,14 @@
 # Runs every benchmark BENCHMARKS.md reports, then regenerates it:
 #   - the lookup benchmarks RUNS times (default 5), each run saved as criterion baseline
 #     `runN`, so the report can show each figure's spread and check targets run by run;
-#   - the concurrent, commit, scale and memory benchmarks once.
+#   - the concurrent, commit, scale, memory and rust-vmm (vm-memory, bus) benchmarks once.
 # Usage: scripts/bench-all.sh          (about 40 minutes on a 2-core machine)
 #        RUNS=3 scripts/bench-all.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-5}
 rm -rf target/criterion/lookup* target/physmap-bench
-cargo bench --no-run -q
+cargo bench --no-run -q --all-features
 for n in $(seq 1 "$RUNS"); do
   echo "=== lookup run $n of $RUNS"
   cargo bench -q --bench lookup -- --save-baseline "run$n" --noplot >/dev/null
@@ -19,4 +19,5 @@ cargo bench -q --bench concurrent -- --noplot | grep '^|' || true
 cargo bench -q --bench commit -- --noplot >/dev/null
 cargo bench -q --bench scale -- --noplot >/dev/null
 cargo bench -q --bench memory >/dev/null
+cargo bench -q --features vm-memory,bus --bench rustvmm -- --noplot | grep '^|' || true
 python3 scripts/bench-report.py

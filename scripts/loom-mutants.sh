@@ -79,7 +79,7 @@ run "an offline reader treated as online (at generation 0)" \
 run "an online reader treated as offline" \
   src/qsbr.rs 'g => Some\(g\),' '_ => None,'
 run "synchronize returning early" \
-  src/map.rs 'self\.shared\.registry\.lagging\(target, skip\)' 'self.shared.registry.lagging(target - 1, skip)'
+  src/map.rs 'self\.shared\.registry\.lagging\(target\)' 'self.shared.registry.lagging(target - 1)'
 run "synchronize forgets to re-read the readers it waits for" \
   src/map.rs 'Registry::still_lagging\(target, &mut lagging\);' 'lagging.clear();'
 run "abandoned transaction is not rolled back" \

@@ -18,11 +18,13 @@
 //! (built on [`PhysMap::synchronize`]; a [`BusVcpu`] holds a generation of the bus only
 //! while it dispatches, so a vCPU in `KVM_RUN` holds nothing back). So after `remove`
 //! returns, the removed device is never called again through the bus and may be torn down.
-//! The exception is the calling thread's own dispatch: a device handler that removes or moves
-//! a device on the bus it was called from does not wait for itself (that would deadlock),
-//! and its own call of course finishes. Handlers on two threads that each remove a device
-//! from the other's bus while both are dispatching would wait for each other: do such
-//! changes from the control plane, or from one bus only.
+//! The exception is a call from inside a device handler (a dispatch in progress on the
+//! calling thread, on any bus, as when a PCI config write moves a BAR): there `remove` and
+//! `update_range` publish the change and return without waiting, since waiting could
+//! deadlock (on its own dispatch, or on another vCPU blocked on a lock the handler holds).
+//! Dispatches already in flight on other vCPUs then finish against the old placement, with
+//! the device still alive (the bus holds it in an `Arc`); call [`Bus::synchronize`] from
+//! outside a dispatch to wait for them.
 //!
 //! ```
 //! use std::sync::{Arc, atomic::{AtomicU64, Ordering}};
@@ -56,7 +58,7 @@
 //! ```
 
 use crate::{Config, PhysMap, Reader};
-use std::cell::RefCell;
+use std::cell::Cell;
 use std::fmt;
 use std::ops::RangeInclusive;
 use std::sync::Arc;
@@ -233,22 +235,16 @@ impl<D: ?Sized + Send + Sync> Bus<D> {
     pub fn vcpu(&self) -> BusVcpu<D> {
         BusVcpu {
             reader: self.map.reader(),
-            bus: self.map.id(),
         }
     }
 
-    /// Waits until every dispatch in progress on another thread has returned (dispatches
-    /// started after this call find the current placements).
+    /// Waits until every dispatch that may have found an older placement has returned
+    /// (dispatches started after this call find the current ones). Called from inside a
+    /// device handler it returns at once (see the [module docs](self)).
     pub fn synchronize(&self) {
-        let bus = self.map.id();
-        let mine: Vec<usize> = DISPATCHING.with(|d| {
-            d.borrow()
-                .iter()
-                .filter(|(b, _)| *b == bus)
-                .map(|&(_, slot)| slot)
-                .collect()
-        });
-        self.map.synchronize_except(&mine);
+        if DISPATCHING.with(|d| d.get()) == 0 {
+            self.map.synchronize();
+        }
     }
 
     /// The whole placement holding `addr` (placements are never cut: one piece each).
@@ -261,26 +257,25 @@ impl<D: ?Sized + Send + Sync> Bus<D> {
 }
 
 thread_local! {
-    /// The dispatches in progress on this thread: (bus id, reader slot id). A `synchronize`
-    /// on this thread does not wait for them (it would wait for itself).
-    static DISPATCHING: RefCell<Vec<(usize, usize)>> = const { RefCell::new(Vec::new()) };
+    /// How many dispatches are in progress on this thread (on any bus): inside one, a
+    /// `synchronize` must not wait.
+    static DISPATCHING: Cell<u32> = const { Cell::new(0) };
 }
 
-/// Marks a dispatch in progress on this thread for as long as it lives (unwinding included).
+/// Counts a dispatch in progress on this thread for as long as it lives (unwinding
+/// included).
 struct Dispatching;
 
 impl Dispatching {
-    fn enter(bus: usize, slot: usize) -> Self {
-        DISPATCHING.with(|d| d.borrow_mut().push((bus, slot)));
+    fn enter() -> Self {
+        DISPATCHING.with(|d| d.set(d.get() + 1));
         Dispatching
     }
 }
 
 impl Drop for Dispatching {
     fn drop(&mut self) {
-        DISPATCHING.with(|d| {
-            d.borrow_mut().pop();
-        });
+        DISPATCHING.with(|d| d.set(d.get() - 1));
     }
 }
 
@@ -288,7 +283,6 @@ impl Drop for Dispatching {
 /// Send it to its thread; one per thread.
 pub struct BusVcpu<D: ?Sized> {
     reader: Reader<Placement<D>>,
-    bus: usize,
 }
 
 impl<D: ?Sized + Send + Sync> BusVcpu<D> {
@@ -302,7 +296,6 @@ impl<D: ?Sized + Send + Sync> BusVcpu<D> {
         len: usize,
         f: impl FnOnce(&D, u64, u64) -> T,
     ) -> Result<T, BusError> {
-        let (bus, slot) = (self.bus, self.reader.slot_id());
         let out = match self.reader.lookup(addr) {
             None => Err(BusError::NoDevice { addr }),
             Some(hit) => {
@@ -311,7 +304,7 @@ impl<D: ?Sized + Send + Sync> BusVcpu<D> {
                 if len == 0 || len as u64 > p.size - offset {
                     Err(BusError::AccessOutOfRange { addr, len })
                 } else {
-                    let _in_progress = Dispatching::enter(bus, slot);
+                    let _in_progress = Dispatching::enter();
                     Ok(f(&p.device, p.base, offset))
                 }
             }

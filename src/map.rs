@@ -174,27 +174,9 @@ impl<V> PhysMap<V> {
         self.synchronize_until(Some(Instant::now() + timeout))
     }
 
-    /// As [`synchronize`](PhysMap::synchronize), not waiting for the readers whose
-    /// [`Reader::slot_id`] is in `skip` (the caller's own, mid-lookup: waiting for them
-    /// would wait for itself).
-    #[cfg(feature = "bus")]
-    pub(crate) fn synchronize_except(&self, skip: &[usize]) {
-        self.wait_for_readers(None, skip);
-    }
-
-    /// The identity of the map (shared by nothing else while it lives).
-    #[cfg(feature = "bus")]
-    pub(crate) fn id(&self) -> usize {
-        &*self.shared as *const Shared<V> as *const () as usize
-    }
-
     fn synchronize_until(&self, deadline: Option<Instant>) -> bool {
-        self.wait_for_readers(deadline, &[])
-    }
-
-    fn wait_for_readers(&self, deadline: Option<Instant>, skip: &[usize]) -> bool {
         let target = self.shared.publisher.load_full().generation;
-        let mut lagging = self.shared.registry.lagging(target, skip);
+        let mut lagging = self.shared.registry.lagging(target);
         let mut spins = 0u32;
         while !lagging.is_empty() {
             if deadline.is_some_and(|d| Instant::now() >= d) {

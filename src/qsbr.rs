@@ -91,11 +91,6 @@ impl Slot {
         self.state.store(OFFLINE, Ordering::Release);
     }
 
-    /// The slot's identity (its address: slots do not move while registered).
-    pub(crate) fn id(&self) -> usize {
-        self as *const Slot as usize
-    }
-
     /// What the writer may rely on: the generation this reader may still read, or `None` if
     /// it is offline. To be called after a `SeqCst` fence (`Registry::read`).
     fn read(&self) -> Option<u64> {
@@ -150,15 +145,15 @@ impl Registry {
         self.read(u64::MAX, |min, g| g.map_or(min, |g| g.min(min)))
     }
 
-    /// The readers, but those whose slot address is in `skip`, that may still read a
-    /// generation older than `target` (for `synchronize`).
-    pub(crate) fn lagging(&self, target: u64, skip: &[usize]) -> Vec<StdArc<Slot>> {
+    /// The readers that may still read a generation older than `target` (for
+    /// `synchronize`).
+    pub(crate) fn lagging(&self, target: u64) -> Vec<StdArc<Slot>> {
         let slots = self.slots.lock();
         // SeqCst: as in `read`.
         fence(Ordering::SeqCst);
         slots
             .iter()
-            .filter(|s| !skip.contains(&s.id()) && s.read().is_some_and(|g| g < target))
+            .filter(|s| s.read().is_some_and(|g| g < target))
             .cloned()
             .collect()
     }

@@ -197,12 +197,6 @@ impl<V> Reader<V> {
         self.current();
     }
 
-    /// The identity of the reader's announcement slot (see `PhysMap::synchronize_except`).
-    #[cfg(feature = "bus")]
-    pub(crate) fn slot_id(&self) -> usize {
-        self.slot.id()
-    }
-
     /// Whether the reader holds a generation (between a lookup and [`offline`](Reader::offline)).
     pub fn is_online(&self) -> bool {
         !self.cached.is_null()

@@ -15,7 +15,7 @@
 //!
 //! ```
 //! use std::sync::Arc;
-//! use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemory, GuestRegionMmap};
+//! use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryBackend, GuestRegionMmap};
 //! use physmap::vm_memory::PhysAddressSpace;
 //!
 //! let ram = |start: u64, len: usize| {
