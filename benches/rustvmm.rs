@@ -222,8 +222,11 @@ fn run(b: &Buses, which: Which, accesses: &[(u64, usize)], threads: usize, movin
         if moving {
             s.spawn(move || {
                 let mut at = BAR.0;
-                while !stop.load(Ordering::Relaxed) {
-                    std::thread::sleep(Duration::from_micros(100));
+                // Until stopped, and then back to the first place for the next run.
+                while !stop.load(Ordering::Relaxed) || at != BAR.0 {
+                    if !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(Duration::from_micros(100));
+                    }
                     let to = if at == BAR.0 { BAR.1 } else { BAR.0 };
                     match which {
                         Which::Physmap => b.physmap.update_range(at, to, BAR.2).unwrap(),
