@@ -1,0 +1,49 @@
+//! A real KVM guest (feature `kvm`, Linux on x86-64): its MMIO and port I/O exits are
+//! dispatched through physmap's bus and its memslots follow `Snapshot::diff`, while a
+//! control plane moves a BAR, plugs and unplugs a memory block and toggles a ROM. Skipped,
+//! saying why, where `/dev/kvm` is missing or unusable.
+
+#![cfg(all(target_os = "linux", target_arch = "x86_64"))]
+
+#[path = "../examples/kvm/vmm.rs"]
+#[allow(dead_code)]
+mod vmm;
+
+use vmm::{BusKind, Options};
+
+#[test]
+fn a_kvm_guest_runs_through_physmap_with_a_busy_control_plane() {
+    if let Err(why) = vmm::kvm_usable() {
+        eprintln!("SKIPPED: KVM is not usable here: {why}");
+        return;
+    }
+    let opts = Options {
+        vcpus: 2,
+        seconds: 3.0,
+        bus: BusKind::Physmap,
+        control_plane: true,
+    };
+    let r = vmm::run(&opts).expect("the VM runs");
+    eprintln!("{r:?}");
+    assert_eq!(r.misroutes, 0, "device-detected misroutes");
+    assert_eq!(
+        r.guest_error_count(),
+        0,
+        "guest-detected errors: {:?}",
+        r.guest_errors
+    );
+    assert!(r.total_exits() >= 1_000, "exits: {}", r.total_exits());
+    assert!(
+        r.exits.iter().all(|&e| e > 0),
+        "every vCPU ran: {:?}",
+        r.exits
+    );
+    assert!(r.bar_moves >= 10, "BAR moves: {}", r.bar_moves);
+    assert!(
+        r.memslot_updates >= 10,
+        "memslot updates: {}",
+        r.memslot_updates
+    );
+    assert!(r.block_changes >= 2 && r.rom_toggles >= 2, "{r:?}");
+    assert!(r.memslots_match, "memslots differ from the memory map");
+}
