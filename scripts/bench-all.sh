@@ -2,7 +2,8 @@
 # Runs every benchmark BENCHMARKS.md reports, then regenerates it:
 #   - the lookup benchmarks RUNS times (default 5), each run saved as criterion baseline
 #     `runN`, so the report can show each figure's spread and check targets run by run;
-#   - the concurrent, commit, scale, memory and rust-vmm (vm-memory, bus) benchmarks once.
+#   - the concurrent, commit, scale, memory and rust-vmm (vm-memory, bus) benchmarks once;
+#   - the KVM guest (scripts/kvm-bench.sh), unless SKIP_KVM is set.
 # Usage: scripts/bench-all.sh          (about 40 minutes on a 2-core machine)
 #        RUNS=3 scripts/bench-all.sh
 set -euo pipefail
@@ -20,4 +21,8 @@ cargo bench -q --bench commit -- --noplot >/dev/null
 cargo bench -q --bench scale -- --noplot >/dev/null
 cargo bench -q --bench memory >/dev/null
 cargo bench -q --features vm-memory,bus --bench rustvmm -- --noplot | grep '^|' || true
+if [ -z "${SKIP_KVM:-}" ]; then
+  echo "=== KVM guest (SKIP_KVM=1 skips it)"
+  scripts/kvm-bench.sh >/dev/null || echo "KVM runs failed or KVM is unusable: no KVM section"
+fi
 python3 scripts/bench-report.py
