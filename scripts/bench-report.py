@@ -356,23 +356,23 @@ def main():
         w("|---|---|---|---|---|---|---|")
         for v in (1, 2):
             for bus in ("Physmap", "RwLock"):
-                rs = [r for r in runs if r["vcpus"] == v and r["bus"] == bus and r["round"] != "long"]
+                rs = [x for x in runs if x["vcpus"] == v and x["bus"] == bus and x["round"] != "long"]
                 if not rs:
                     continue
-                md = lambda k: sorted(r[k] for r in rs)[len(rs) // 2]
-                lo = lambda k: min(r[k] for r in rs)
-                hi = lambda k: max(r[k] for r in rs)
-                mis = sum(r["misroutes"] + r["guest_errors"] for r in rs)
+                md = lambda k: sorted(x[k] for x in rs)[len(rs) // 2]
+                lo = lambda k: min(x[k] for x in rs)
+                hi = lambda k: max(x[k] for x in rs)
+                mis = sum(x["misroutes"] + x["guest_errors"] for x in rs)
                 w(f"| {v} | {bus} | {md('exits_per_s'):,.0f} ({lo('exits_per_s'):,.0f}..{hi('exits_per_s'):,.0f}) | "
                   f"{md('dispatch_ns'):.0f} ({lo('dispatch_ns'):.0f}..{hi('dispatch_ns'):.0f}) | {md('bar_moves')} | "
                   f"{md('memslot_updates')} | {mis} |")
-        for r in runs:
-            if r["round"] == "long":
+        for k in runs:
+            if k["round"] == "long":
                 w("")
-                w(f"Long run: {r['seconds']:.0f} s, {r['vcpus']} vCPUs, physmap: {sum(r['exits']):,} exits, "
-                  f"{r['bar_moves']:,} BAR moves, {r['block_changes']:,} block changes, {r['rom_toggles']:,} ROM "
-                  f"toggles, {r['memslot_updates']:,} memslot updates; misroutes: {r['misroutes']} (devices), "
-                  f"{r['guest_errors']} (guest); memslots at the end {'equal' if r['memslots_match'] else 'NOT equal'} "
+                w(f"Long run: {k['seconds']:.0f} s, {k['vcpus']} vCPUs, physmap: {sum(k['exits']):,} exits, "
+                  f"{k['bar_moves']:,} BAR moves, {k['block_changes']:,} block changes, {k['rom_toggles']:,} ROM "
+                  f"toggles, {k['memslot_updates']:,} memslot updates; misroutes: {k['misroutes']} (devices), "
+                  f"{k['guest_errors']} (guest); memslots at the end {'equal' if k['memslots_match'] else 'NOT equal'} "
                   "to the memory map.")
         w("")
 
