@@ -192,6 +192,13 @@ impl Copy for Bases {}
 // slot is reachable from that generation's root: then the cell is inside the array (I1) and
 // nothing writes it meanwhile (I3, I4).
 impl Bases {
+    /// No arrays: the bases of [`Hot::NONE`](crate::version::Hot::NONE), never read through.
+    pub(crate) const NULL: Bases = Bases {
+        nodes: std::ptr::null(),
+        pieces: std::ptr::null(),
+        rows: std::ptr::null(),
+    };
+
     /// Entry `i` of the node at unit offset `unit`.
     #[inline(always)]
     pub(crate) unsafe fn entry(&self, unit: u32, i: usize) -> Entry {

@@ -5,7 +5,7 @@ use crate::map::Shared;
 use crate::qsbr::Slot;
 use crate::snapshot::{Hit, Snapshot};
 use crate::sync::{Arc, AtomicPtr, Ordering};
-use crate::version::Version;
+use crate::version::{Hot, Version};
 use crate::view::PieceRef;
 use std::sync::Arc as StdArc;
 
@@ -53,6 +53,10 @@ pub struct Reader<V> {
     /// found it again, up to [`REPEATS`] (see [`Reader::lookup`]). One word, so that
     /// remembering costs one load and one store.
     mru: usize,
+    /// A copy of `cached`'s header (the root, the walk's constants and the arrays' bases),
+    /// next to the fields every lookup reads, so that the walk needs no load through
+    /// `cached`; [`Hot::NONE`] until the first announcement.
+    hot: Hot,
 }
 
 /// The remembered piece when there is none: an empty range, which no address is in.
@@ -88,6 +92,7 @@ impl<V> Reader<V> {
             cached: std::ptr::null(),
             generation: 0,
             mru: no_piece(),
+            hot: Hot::NONE,
         }
     }
 
@@ -122,9 +127,10 @@ impl<V> Reader<V> {
         // SAFETY: the version at `p` is protected by our current announcement: `0` just
         // entered, or a generation not newer than `p`'s (the address only moves forward),
         // and the writer drops no version a reader's announcement covers (I8).
-        let generation = unsafe { (*p).generation };
+        let (generation, hot) = unsafe { ((*p).generation, (*p).hot) };
         self.slot.announce(generation);
         self.cached = p;
+        self.hot = hot;
         self.generation = generation;
         self.mru = no_piece();
     }
@@ -152,7 +158,9 @@ impl<V> Reader<V> {
                 return Some(Hit::new(tree.value(m), &m, addr));
             }
         }
-        let piece = tree.find(addr)?;
+        // SAFETY: `hot` was copied from `cached` when it was announced (`catch_up`), and
+        // both change only together.
+        let piece = unsafe { tree.find_with(self.hot, addr) }?;
         let p = piece.as_ptr() as usize;
         let count = (count + 1).min(REPEATS) * (p == mru) as usize;
         self.mru = p | count;

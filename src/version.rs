@@ -18,6 +18,18 @@ pub(crate) struct Hot {
     pub bases: Bases,
 }
 
+impl Hot {
+    /// The header of no version: an empty root and null bases. A [`Reader`](crate::Reader)
+    /// holds it until it first copies in the header of the version it announced, and never
+    /// walks it.
+    pub(crate) const NONE: Hot = Hot {
+        root: Entry::EMPTY,
+        mask: 0,
+        page_mask: 0,
+        bases: Bases::NULL,
+    };
+}
+
 /// One published generation.
 ///
 /// Aligned to a cache line so that, inside its `Arc`, the header every lookup reads does not

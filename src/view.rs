@@ -16,7 +16,7 @@ use crate::arena::{Piece, SubEntry, MIN_TABLE_ROWS, NODE_UNIT};
 use crate::canon;
 use crate::config::Geometry;
 use crate::entry::{Entry, Kind};
-use crate::version::Version;
+use crate::version::{Hot, Version};
 use std::marker::PhantomData;
 
 /// An entry read from a tree borrowed for `'g`: only [`TreeRef`] makes them, so the slots
@@ -228,8 +228,19 @@ impl<'g, V> TreeRef<'g, V> {
     /// The piece holding `addr`, if any: one load per level, then the final range check.
     #[inline(always)]
     pub(crate) fn find(self, addr: u64) -> Option<PieceRef<'g>> {
-        // The header in locals, so that the loop keeps it in registers.
-        let hot = self.version.hot;
+        // SAFETY: the header is this tree's own.
+        unsafe { self.find_with(self.version.hot, addr) }
+    }
+
+    /// [`find`](TreeRef::find) with the version's header already in hand: a
+    /// [`Reader`](crate::Reader) keeps a copy beside its announcement, so that its walk does
+    /// not first wait for a load of the version's address and then of its header.
+    ///
+    /// # Safety
+    /// `hot` is a copy of this tree's version's `hot`.
+    #[inline(always)]
+    pub(crate) unsafe fn find_with(self, hot: Hot, addr: u64) -> Option<PieceRef<'g>> {
+        // The header in locals (a parameter), so that the loop keeps it in registers.
         let mut e = hot.root;
         while e.is_node() {
             let (shift, node) = e.node_parts();
@@ -246,7 +257,11 @@ impl<'g, V> TreeRef<'g, V> {
             }
             _ => return None,
         };
-        let piece = self.piece_at(slot);
+        let piece = PieceRef {
+            // SAFETY: `hot.bases` are this tree's (forwarded contract) and the slot is
+            // reachable from its root (I1-I4).
+            piece: unsafe { hot.bases.piece(slot) },
+        };
         (piece.start <= addr && addr <= piece.end).then_some(piece)
     }
 
