@@ -22,20 +22,28 @@ const XARRAY_BYTES_PER_PAGE: f64 = 576.0 / 64.0;
 
 fn main() {
     // `cargo bench` passes `--bench`; ignore arguments.
+    // `true`: ranges with equal values share one section (`Transaction::insert_shared`).
+    let mut shared_cvm = cvm_1m();
+    shared_cvm.name = "cvm-1m-pages, insert_shared";
     let workloads = [
-        q35("q35-4g-virtio.txt", "q35-virtio"),
-        q35("q35-booted.txt", "q35-booted"),
-        regions_1k(),
-        virtio_mem_1t(),
-        cvm_1m(),
-        cvm_runs(),
+        (q35("q35-4g-virtio.txt", "q35-virtio"), false),
+        (q35("q35-booted.txt", "q35-booted"), false),
+        (regions_1k(), false),
+        (virtio_mem_1t(), false),
+        (cvm_1m(), false),
+        (shared_cvm, true),
+        (cvm_runs(), false),
     ];
     let mut json = String::from("{\"workloads\":[");
     println!("Tree bytes = nodes + sub-page tables. Total = tree + per-range records (physmap: pieces and section slots; QEMU: its section table at {QEMU_SECTION_BYTES} B a MemoryRegionSection).\n");
     println!("| workload | ranges | physmap nodes | sub-page tables | physmap tree bytes | physmap total bytes | QEMU-style nodes (reachable) | sub-page tables | QEMU-style tree bytes | QEMU-style total bytes | uncollapsed nodes | uncollapsed bytes | one entry per page (xarray) |");
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
-    for (i, w) in workloads.iter().enumerate() {
-        let map = physmap_of(w);
+    for (i, (w, shared)) in workloads.iter().enumerate() {
+        let map = if *shared {
+            physmap_shared_of(w)
+        } else {
+            physmap_of(w)
+        };
         let s = map.snapshot().stats();
         let q = (w.regions.len() <= 100_000).then(|| QemuDispatch::build(&w.regions));
         let unc = uncollapsed_nodes(&w.regions);

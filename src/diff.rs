@@ -13,7 +13,8 @@ pub struct Mapping<'a, V> {
     pub value: &'a V,
     /// The whole piece (contiguous mapped range) the bytes belong to.
     pub piece: RangeInclusive<u64>,
-    /// The section's origin (`offset = addr - origin`).
+    /// The piece's origin (`offset = addr - origin`): the start of the range its section was
+    /// made for.
     pub origin: u64,
 }
 

@@ -114,7 +114,9 @@
 //! ## Scale
 //!
 //! [`Transaction::extend`] and [`PhysMap::from_ranges`] take many ranges at once and build the
-//! subtrees they fill from a sorted slice, in parallel (rayon) above 16,384 pieces.
+//! subtrees they fill from a sorted slice, in parallel (rayon) above 16,384 pieces;
+//! [`Transaction::insert_shared`] does the same for many ranges that share one value (one
+//! section for all of them, each range its own origin).
 //! [`Snapshot::diff`] lists what changed between two generations at a cost that follows the
 //! change, which is how a memory listener (KVM memslots, vhost, VFIO) keeps in step;
 //! [`Snapshot::range`] lists the pieces under an address range.

@@ -35,7 +35,8 @@ pub struct Hit<'a, V> {
     /// The contiguous mapped piece holding the address (inclusive ends).
     pub range: RangeInclusive<u64>,
     /// `addr - origin`, where origin is the start of the `insert`/`overwrite` that made the
-    /// section; unchanged when later calls cut the section into pieces.
+    /// section (for [`insert_shared`](crate::Transaction::insert_shared), of the range that
+    /// holds `addr`); unchanged when later calls cut the section into pieces.
     pub offset: u64,
 }
 
@@ -78,8 +79,8 @@ impl<V> Snapshot<V> {
         self.version.generation
     }
 
-    /// The section holding `addr`, the piece around it and the offset from the section's
-    /// origin; `None` if `addr` is unmapped.
+    /// The section holding `addr`, the piece around it and the offset from the piece's
+    /// origin (see [`Hit::offset`]); `None` if `addr` is unmapped.
     ///
     /// Wait-free: at most one load per tree level plus the final range check.
     #[inline]

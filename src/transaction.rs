@@ -93,6 +93,41 @@ impl<'a, V> Transaction<'a, V> {
         w.extend(log, batch)
     }
 
+    /// Maps every range of `ranges` to one new section holding `value`, all or nothing (as
+    /// [`extend`](Transaction::extend)). Each range is its own piece with its own origin, its
+    /// start: a lookup answers `value` with the offset from the start of the range it hit.
+    ///
+    /// This is for many ranges that mean one thing (a confidential VM's shared pages, the
+    /// plugged blocks of a virtio-mem device): they share one section slot and one value
+    /// instead of one each. The section lives until its last range is removed or
+    /// overwritten. With no ranges, nothing changes and `value` is dropped.
+    ///
+    /// ```
+    /// use physmap::PhysMap;
+    /// let map = PhysMap::new();
+    /// let mut txn = map.transaction();
+    /// // Every other page of the first 16 MiB is shared with the host.
+    /// let pages = (0..4096u64).step_by(2).map(|i| i << 12..(i + 1) << 12);
+    /// txn.insert_shared(pages, "shared").unwrap();
+    /// txn.commit().unwrap();
+    /// let hit = map.snapshot().lookup(0x2_2010).unwrap();
+    /// assert_eq!((*hit.value, hit.offset), ("shared", 0x10)); // offset within its page
+    /// assert!(map.snapshot().lookup(0x3000).is_none());
+    /// assert_eq!(map.memory().sections, 1);
+    /// ```
+    pub fn insert_shared<R: RangeBounds<u64>>(
+        &mut self,
+        ranges: impl IntoIterator<Item = R>,
+        value: V,
+    ) -> Result<(), Error> {
+        let mut batch = Vec::new();
+        for range in ranges {
+            batch.push(self.w.geo().resolve(&range)?);
+        }
+        let (w, log) = self.parts();
+        w.extend_shared(log, batch, value)
+    }
+
     /// Maps `range` to a new section holding `value`, replacing whatever lies under it.
     /// Sections it cuts keep their origin (their offsets do not move).
     pub fn overwrite(&mut self, range: impl RangeBounds<u64>, value: V) -> Result<(), Error> {

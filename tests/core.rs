@@ -133,6 +133,63 @@ fn offsets_survive_cuts() {
     assert!(s.lookup(0x2fff).is_none());
 }
 
+/// `insert_shared`: one section for many ranges, each range its own origin; cuts keep each
+/// range's origin; a bad range or an overlap anywhere in the list changes nothing.
+#[test]
+fn shared_ranges_have_one_section_and_their_own_offsets() {
+    let map = PhysMap::new();
+    let mut t = map.transaction();
+    t.insert(0..0x1000, "low").unwrap();
+    let blocks = (1..=8u64).map(|i| i << 21..(i << 21) + 0x10_0000);
+    t.insert_shared(blocks, "virtio-mem").unwrap();
+    assert_eq!(
+        t.insert_shared([0x9000..0xa000, 0x500..0x600], "clash"),
+        Err(Error::Overlap {
+            range: (0x500, 0x5ff),
+            existing: (0, 0xfff)
+        })
+    );
+    // Ranges of one call may not overlap each other either (named in address order).
+    assert_eq!(
+        t.insert_shared([0x9000..0xa000, 0x8000..0x9800], "self-clash"),
+        Err(Error::Overlap {
+            range: (0x9000, 0x9fff),
+            existing: (0x8000, 0x97ff)
+        })
+    );
+    #[allow(clippy::reversed_empty_ranges)]
+    let inverted = t.insert_shared([0x9000..0xa000, 0x5000..0x4000], "inverted");
+    assert!(matches!(inverted, Err(Error::InvertedRange { .. })));
+    assert_eq!(
+        t.insert_shared(std::iter::empty::<std::ops::Range<u64>>(), "none"),
+        Ok(())
+    );
+    t.commit().unwrap();
+    let s = map.snapshot();
+    assert_eq!(s.iter().count(), 9);
+    assert!(s.lookup(0x9000).is_none());
+    let h = s.lookup((3 << 21) + 0x1234).unwrap();
+    assert_eq!(
+        (*h.value, h.offset, h.range),
+        ("virtio-mem", 0x1234, 3 << 21..=(3 << 21) + 0xf_ffff)
+    );
+    assert_eq!(map.memory().sections, 2);
+    drop(s);
+    // Cut the middle of one block: both halves keep that block's origin.
+    let mut t = map.transaction();
+    t.remove((5 << 21) + 0x4000..(5 << 21) + 0x5000).unwrap();
+    t.commit().unwrap();
+    let s = map.snapshot();
+    assert_eq!(s.lookup((5 << 21) + 0x6000).unwrap().offset, 0x6000);
+    assert_eq!(s.lookup((5 << 21) + 0x3000).unwrap().offset, 0x3000);
+    drop(s);
+    // The section goes with its last range.
+    let mut t = map.transaction();
+    t.remove(1 << 21..).unwrap();
+    t.commit().unwrap();
+    assert_eq!(map.memory().sections, 1);
+}
+
 fn bad_ranges(max: u64) -> Vec<(BadOp, &'static str)> {
     fn b<R: RangeBounds<u64> + Clone + 'static>(r: R) -> BadOp {
         Box::new(move |t| t.insert(r.clone(), 0))

@@ -11,6 +11,8 @@ enum Op {
     Insert(u64, u64),
     Overwrite(u64, u64),
     Remove(u64, u64),
+    /// `insert_shared`: one value for every range, each range its own origin.
+    InsertShared(Vec<(u64, u64)>),
 }
 
 #[derive(Debug, Clone)]
@@ -56,6 +58,7 @@ fn txns(max: u64, page: u64) -> impl Strategy<Value = Vec<Txn>> {
         4 => range(max, page).prop_map(|(s, e)| Op::Insert(s, e)),
         3 => range(max, page).prop_map(|(s, e)| Op::Overwrite(s, e)),
         2 => range(max, page).prop_map(|(s, e)| Op::Remove(s, e)),
+        2 => proptest::collection::vec(range(max, page), 0..4).prop_map(Op::InsertShared),
     ];
     let txn = (
         proptest::collection::vec(op, 1..8),
@@ -96,6 +99,24 @@ fn run(config: Config, history: Vec<Txn>, probes: Vec<u64>) -> Result<(), TestCa
                 Op::Remove(s, e) => {
                     prop_assert_eq!(t.remove(s..=e), Ok(()));
                     o.cut(s, e);
+                }
+                Op::InsertShared(ranges) => {
+                    let r = t.insert_shared(ranges.iter().map(|&(s, e)| s..=e), id);
+                    let clash = ranges.iter().enumerate().any(|(i, &(s, e))| {
+                        o.overlaps(s, e)
+                            || ranges[i + 1..].iter().any(|&(s2, e2)| s2 <= e && s <= e2)
+                    });
+                    if clash {
+                        prop_assert!(
+                            matches!(r, Err(Error::Overlap { .. })),
+                            "insert_shared {ranges:x?}: {r:?}"
+                        );
+                    } else {
+                        prop_assert_eq!(r, Ok(()));
+                        for &(s, e) in &ranges {
+                            o.put(s, e, id);
+                        }
+                    }
                 }
             }
         }

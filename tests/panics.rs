@@ -265,3 +265,83 @@ fn panicking_drop_in_a_rejected_batch() {
     assert_eq!(reg.alive(), vec![1]);
     no_leak(&map);
 }
+
+/// A value shared by many ranges (`insert_shared`) lives until its last range goes, is
+/// dropped once, and a panicking `Drop` then (in reclaim) or on a refused batch leaks
+/// nothing.
+#[test]
+fn shared_value_is_dropped_once_with_its_last_range() {
+    let reg = Registry::default();
+    let map = PhysMap::new();
+    commit(&map, |t| {
+        let pages = [0x1000..0x2000, 0x3000..0x4000, 0x5000..0x6000];
+        t.insert_shared(pages, reg.bomb(1)).unwrap();
+    });
+    assert_eq!(map.memory().sections, 1);
+    let r = catch_unwind(AssertUnwindSafe(|| {
+        let mut t = map.transaction();
+        // Overlaps value 1's second page: refused, the value dropped (and it panics).
+        t.insert_shared([0x8000..0x9000, 0x3800..0x3900], reg.bomb(2))
+    }));
+    assert!(r.is_err());
+    assert_eq!(reg.alive(), vec![1]);
+    commit(&map, |t| t.remove(0x1000..0x4000).unwrap());
+    expect(&map, &reg, 0x5800, Some(1));
+    assert_eq!(map.snapshot().lookup(0x5800).unwrap().offset, 0x800);
+    no_leak(&map);
+    commit(&map, |t| t.remove(0x5000..0x6000).unwrap());
+    // The next writer reclaims the section and drops the value, which panics.
+    let r = catch_unwind(AssertUnwindSafe(|| map.memory()));
+    assert!(r.is_err());
+    assert!(reg.alive().is_empty(), "left: {:?}", reg.alive());
+    no_leak(&map);
+    expect(&map, &reg, 0x5800, None);
+}
+
+/// A shared value made and then dropped by the same transaction (rolled back, or all its
+/// ranges removed before the commit, or a batch of thousands of ranges rolled back) is
+/// dropped exactly once, and a panicking `Drop` there leaks nothing.
+#[test]
+fn shared_value_made_and_dropped_in_one_transaction() {
+    let reg = Registry::default();
+    let map = PhysMap::new();
+    commit(&map, |t| t.insert(0..0x1000, reg.value(1)).unwrap());
+    // Rolled back (the bomb goes off in the rollback).
+    let r = catch_unwind(AssertUnwindSafe(|| {
+        let mut t = map.transaction();
+        t.insert_shared([0x1000..0x2000, 0x4000..0x5000], reg.bomb(2))
+            .unwrap();
+        t.rollback();
+    }));
+    assert!(r.is_err());
+    assert_eq!(reg.alive(), vec![1]);
+    no_leak(&map);
+    // Every range removed before the commit: never published, freed by the commit.
+    let r = catch_unwind(AssertUnwindSafe(|| {
+        let mut t = map.transaction();
+        t.insert_shared([0x1000..0x2000, 0x4000..0x5000], reg.bomb(3))
+            .unwrap();
+        t.insert(0x8000..0x9000, reg.value(4)).unwrap();
+        t.remove(0x1000..0x5000).unwrap();
+        t.commit()
+    }));
+    assert!(
+        r.is_err(),
+        "the never-published value's Drop panics in commit"
+    );
+    assert_eq!(reg.alive(), vec![1, 4]);
+    expect(&map, &reg, 0x8000, Some(4));
+    expect(&map, &reg, 0x1000, None);
+    no_leak(&map);
+    // Thousands of ranges (the writer merges them in one go) rolled back.
+    let r = catch_unwind(AssertUnwindSafe(|| {
+        let mut t = map.transaction();
+        let pages = (0x10u64..0x10 + 3000).map(|i| i << 12..(i << 12) + 0x800);
+        t.insert_shared(pages, reg.bomb(5)).unwrap();
+        drop(t);
+    }));
+    assert!(r.is_err());
+    assert_eq!(reg.alive(), vec![1, 4]);
+    expect(&map, &reg, 0x10_000, None);
+    no_leak(&map);
+}

@@ -209,6 +209,23 @@ pub fn physmap_of(w: &Workload) -> physmap::PhysMap<u64> {
     map
 }
 
+/// `w` in a physmap, the ranges of each value sharing one section
+/// (`Transaction::insert_shared`), as a VMM maps a confidential VM's shared pages.
+pub fn physmap_shared_of(w: &Workload) -> physmap::PhysMap<u64> {
+    let mut by_value: std::collections::BTreeMap<u64, Vec<std::ops::RangeInclusive<u64>>> =
+        Default::default();
+    for r in &w.regions {
+        by_value.entry(r.value).or_default().push(r.start..=r.end);
+    }
+    let map = physmap::PhysMap::new();
+    let mut t = map.transaction();
+    for (value, ranges) in by_value {
+        t.insert_shared(ranges, value).unwrap();
+    }
+    t.commit().unwrap();
+    map
+}
+
 /// What a flat range is, for drawing addresses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {

@@ -105,25 +105,53 @@ impl<V> Writer<V> {
         log: &mut Log,
         mut batch: Vec<(u64, u64, V)>,
     ) -> Result<(), Error> {
-        if let Err(e) = self.check_batch(&mut batch) {
+        let checked = self
+            .check_disjoint(&mut batch, |b| (b.0, b.1))
+            .and_then(|()| self.sections.alloc.room(batch.len()));
+        if let Err(e) = checked {
             drop_all(batch.into_iter().map(|b| b.2));
             return Err(e);
         }
-        let mut run: Option<(u64, u64)> = None;
         let mut added = Vec::with_capacity(batch.len());
         for (s, e, value) in batch {
             let section = self
                 .new_section(value)
                 .expect("room for the batch was checked");
             log.new_sections.push(section);
-            let info = PieceInfo {
-                end: e,
-                origin: s,
-                section,
-                slot: None,
-            };
-            added.push((s, info));
-            // One dirty range per run of touching ranges.
+            added.push((s, e, section));
+        }
+        self.add_sorted(log, added);
+        Ok(())
+    }
+
+    /// Maps every `[start, end]` of `ranges` to one new section holding `value`, each range
+    /// with its own origin (its start), all or nothing as [`extend`](Writer::extend). No
+    /// ranges: nothing changes and `value` is dropped.
+    pub(crate) fn extend_shared(
+        &mut self,
+        log: &mut Log,
+        mut ranges: Vec<(u64, u64)>,
+        value: V,
+    ) -> Result<(), Error> {
+        self.check_disjoint(&mut ranges, |&r| r)?;
+        if ranges.is_empty() {
+            return Ok(());
+        }
+        let section = self.new_section(value)?;
+        log.new_sections.push(section);
+        self.add_sorted(
+            log,
+            ranges.into_iter().map(|(s, e)| (s, e, section)).collect(),
+        );
+        Ok(())
+    }
+
+    /// Adds the sorted, unmapped, disjoint `(start, end, section)` pieces, each its own
+    /// origin.
+    fn add_sorted(&mut self, log: &mut Log, pieces: Vec<(u64, u64, u32)>) {
+        // One dirty range per run of touching ranges.
+        let mut run: Option<(u64, u64)> = None;
+        for &(s, e, _) in &pieces {
             run = match run {
                 Some((rs, re)) if re.checked_add(1) == Some(s) => Some((rs, e)),
                 Some(r) => {
@@ -134,39 +162,53 @@ impl<V> Writer<V> {
             };
         }
         log.dirty.extend(run);
-        if added.len() >= 1024 && added.len() >= self.map.len() / 2 {
+        let info = |(s, e, section): (u64, u64, u32)| {
+            let info = PieceInfo {
+                end: e,
+                origin: s,
+                section,
+                slot: None,
+            };
+            (s, info)
+        };
+        if pieces.len() >= 1024 && pieces.len() >= self.map.len() / 2 {
             // Sorted and disjoint from the map: merge it in one go (linear), rather than a
             // million single inserts.
-            for (s, info) in &added {
-                self.sections.refs[info.section as usize] += 1;
-                log.undo.push(Undo::Added(*s));
+            for &(s, _, section) in &pieces {
+                self.sections.refs[section as usize] += 1;
+                log.undo.push(Undo::Added(s));
             }
-            let mut more: BTreeMap<u64, PieceInfo> = added.into_iter().collect();
+            let mut more: BTreeMap<u64, PieceInfo> = pieces.into_iter().map(info).collect();
             self.map.append(&mut more);
         } else {
-            for (s, info) in added {
+            for (s, info) in pieces.into_iter().map(info) {
                 self.add(log, s, info);
             }
         }
-        Ok(())
     }
 
-    /// Sorts a batch for `extend` and checks it: no overlap inside it or with the map, and
-    /// room for its sections.
-    fn check_batch(&self, batch: &mut [(u64, u64, V)]) -> Result<(), Error> {
-        batch.sort_unstable_by_key(|&(s, _, _)| s);
+    /// Sorts a batch by start and checks that its ranges (`range` of each item) overlap
+    /// neither each other nor a mapped byte.
+    fn check_disjoint<T>(
+        &self,
+        batch: &mut [T],
+        range: impl Fn(&T) -> (u64, u64),
+    ) -> Result<(), Error> {
+        batch.sort_unstable_by_key(|b| range(b).0);
         for pair in batch.windows(2) {
-            if pair[1].0 <= pair[0].1 {
+            let (a, b) = (range(&pair[0]), range(&pair[1]));
+            if b.0 <= a.1 {
                 return Err(Error::Overlap {
-                    range: (pair[1].0, pair[1].1),
-                    existing: (pair[0].0, pair[0].1),
+                    range: b,
+                    existing: a,
                 });
             }
         }
-        for &(s, e, _) in batch.iter() {
+        for b in batch.iter() {
+            let (s, e) = range(b);
             self.refuse_overlap(s, e)?;
         }
-        self.sections.alloc.room(batch.len())
+        Ok(())
     }
 
     /// `Err(Overlap)` if any byte of `[s, e]` is mapped.

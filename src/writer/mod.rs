@@ -4,7 +4,7 @@
 //! as the protocol.
 //!
 //! - `edit.rs`: the edits a transaction makes to the working mapping (`insert`, `overwrite`,
-//!   `remove`, `extend`), each logged in a [`Log`] so that it can be undone;
+//!   `remove`, `extend`, `extend_shared`), each logged in a [`Log`] so that it can be undone;
 //! - `rebuild.rs`: the copy-on-write rebuild of the tree inside the changed ranges (and the
 //!   writer's [`Sink`](crate::bulk::Sink) for the bulk builder);
 //! - here: the state, the commit and rollback protocols, reclamation and accounting.
@@ -44,7 +44,8 @@ struct PieceInfo {
 /// The section lifecycle: which section slots exist, how many pieces of the working mapping
 /// each has, and whether a published generation has seen it.
 ///
-/// A section is made by `insert`/`overwrite` (slot allocated, value written); when its last
+/// A section is made by `insert`/`overwrite`/`extend` (one per range) or `extend_shared` (one
+/// for all its ranges): slot allocated, value written. When its last
 /// piece goes, it is freed at commit, right away if no generation ever published it,
 /// otherwise through the graveyard once no generation that reaches it is held (I4).
 #[derive(Default)]
