@@ -16,7 +16,10 @@ has_nightly_component() { rustup +nightly component list --installed 2>/dev/null
 
 echo "=== Miri: cargo +nightly miri test --lib --test panics"
 if has_nightly_component miri && has_nightly_component rust-src; then
-  if timed cargo +nightly miri test --no-default-features --lib --test panics --target-dir target/miri; then ran+=("miri"); else status=1; ran+=("miri (FAILED)"); fi
+  # The unit tests include proptests: a few cases each (Miri is slow), and no isolation so that
+  # proptest can look for its regression files.
+  if timed env MIRIFLAGS="-Zmiri-disable-isolation" PROPTEST_CASES=4 \
+      cargo +nightly miri test --no-default-features --lib --test panics --target-dir target/miri; then ran+=("miri"); else status=1; ran+=("miri (FAILED)"); fi
 else
   skipped+=("miri (rustup component add --toolchain nightly miri rust-src)")
 fi
