@@ -110,9 +110,11 @@ impl<'a, V> Transaction<'a, V> {
     /// let pages = (0..4096u64).step_by(2).map(|i| i << 12..(i + 1) << 12);
     /// txn.insert_shared(pages, "shared").unwrap();
     /// txn.commit().unwrap();
-    /// let hit = map.snapshot().lookup(0x2_2010).unwrap();
+    /// let snap = map.snapshot();
+    /// let hit = snap.lookup(0x2_2010).unwrap();
     /// assert_eq!((*hit.value, hit.offset), ("shared", 0x10)); // offset within its page
-    /// assert!(map.snapshot().lookup(0x3000).is_none());
+    /// assert!(snap.lookup(0x3000).is_none());
+    /// drop(snap);
     /// assert_eq!(map.memory().sections, 1);
     /// ```
     pub fn insert_shared<R: RangeBounds<u64>>(
