@@ -162,15 +162,7 @@ impl<V> Writer<V> {
             };
         }
         log.dirty.extend(run);
-        let info = |(s, e, section): (u64, u64, u32)| {
-            let info = PieceInfo {
-                end: e,
-                origin: s,
-                section,
-                slot: None,
-            };
-            (s, info)
-        };
+        let info = |(s, e, section): (u64, u64, u32)| (s, PieceInfo::new(s, e, section));
         if pieces.len() >= 1024 && pieces.len() >= self.map.len() / 2 {
             // Sorted and disjoint from the map: merge it in one go (linear), rather than a
             // million single inserts.
@@ -226,13 +218,7 @@ impl<V> Writer<V> {
 
     /// Maps the unmapped `[s, e]` to `section` (origin `s`).
     fn map_section(&mut self, log: &mut Log, s: u64, e: u64, section: u32) {
-        let info = PieceInfo {
-            end: e,
-            origin: s,
-            section,
-            slot: None,
-        };
-        self.add(log, s, info);
+        self.add(log, s, PieceInfo::new(s, e, section));
         log.dirty.push((s, e));
     }
 

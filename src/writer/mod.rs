@@ -41,6 +41,19 @@ struct PieceInfo {
     slot: Option<u32>,
 }
 
+impl PieceInfo {
+    /// A new piece `[start, end]` of `section`, whose origin is its start, not yet in the
+    /// arena.
+    fn new(start: u64, end: u64, section: u32) -> Self {
+        PieceInfo {
+            end,
+            origin: start,
+            section,
+            slot: None,
+        }
+    }
+}
+
 /// The section lifecycle: which section slots exist, how many pieces of the working mapping
 /// each has, and whether a published generation has seen it.
 ///
