@@ -107,6 +107,14 @@ fn check_whole(snap: &Snapshot<u64>) {
     assert_eq!(pieces, layout(g), "generation {g}");
 }
 
+/// Once every reader and snapshot is gone: the arena holds exactly the newest tree and no
+/// generation is pinned.
+fn assert_back_to_newest_tree(map: &PhysMap<u64>) {
+    let mem = map.memory();
+    assert_eq!(mem.live_bytes, map.snapshot().stats().bytes);
+    assert_eq!(mem.pinned_generations, 0);
+}
+
 /// Runs `f` under loom (preemption bound from `LOOM_MAX_PREEMPTIONS`, 3 by default) and
 /// reports how many interleavings were explored: each run of `f` is one.
 fn model(name: &str, f: impl Fn() + Send + Sync + 'static) {
@@ -343,9 +351,7 @@ fn reclaim_in_order_past_a_held_generation() {
         drop(old);
         writer.join().unwrap();
         follower.join().unwrap();
-        let mem = map.memory();
-        assert_eq!(mem.live_bytes, map.snapshot().stats().bytes);
-        assert_eq!(mem.pinned_generations, 0);
+        assert_back_to_newest_tree(&map);
     });
 }
 
@@ -373,9 +379,7 @@ fn announce_vs_reclaim() {
         writer.join().unwrap();
         assert_eq!(r.lookup(0xc1).map(|h| *h.value), Some(4));
         drop(r);
-        let mem = map.memory();
-        assert_eq!(mem.live_bytes, map.snapshot().stats().bytes);
-        assert_eq!(mem.pinned_generations, 0);
+        assert_back_to_newest_tree(&map);
     });
 }
 
@@ -477,9 +481,7 @@ fn reader_dropped_mid_way() {
         drop(r);
         writer.join().unwrap();
         assert!(map.synchronize_timeout(std::time::Duration::from_secs(1)));
-        let mem = map.memory();
-        assert_eq!(mem.live_bytes, map.snapshot().stats().bytes);
-        assert_eq!(mem.pinned_generations, 0);
+        assert_back_to_newest_tree(&map);
     });
 }
 
