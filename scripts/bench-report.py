@@ -18,6 +18,11 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 CRIT = os.path.join(ROOT, "target", "criterion")
 
 
+def bench_output(name):
+    """A file the benchmarks write beside criterion's results (target/physmap-bench)."""
+    return os.path.join(ROOT, "target", "physmap-bench", name)
+
+
 def load(baseline="new"):
     """Criterion results saved under `baseline`, by full id: ns per iteration and per element."""
     out = {}
@@ -262,7 +267,7 @@ def main():
         w("")
 
     # 2. concurrent
-    cpath = os.path.join(ROOT, "target", "physmap-bench", "concurrent.json")
+    cpath = bench_output("concurrent.json")
     if os.path.exists(cpath):
         cj = json.load(open(cpath))
         w("## Readers with and without a writer committing back to back")
@@ -299,7 +304,7 @@ def main():
 
     # 2b. rust-vmm adapters
     fr = {k.split("/")[-1]: v["per"] for k, v in load().items() if k.startswith("find-region/64-regions/")}
-    rpath = os.path.join(ROOT, "target", "physmap-bench", "rustvmm.json")
+    rpath = bench_output("rustvmm.json")
     if fr or os.path.exists(rpath):
         w("## rust-vmm: vm-memory `find_region` and the device bus")
         w("")
@@ -339,7 +344,7 @@ def main():
         w("")
 
     # 2c. KVM guest
-    kpath = os.path.join(ROOT, "target", "physmap-bench", "kvm.jsonl")
+    kpath = bench_output("kvm.jsonl")
     if os.path.exists(kpath):
         runs = [json.loads(l) for l in open(kpath) if l.strip()]
         w("## A real KVM guest")
@@ -411,7 +416,7 @@ def main():
     w("")
 
     # 5. memory
-    mem_path = os.path.join(ROOT, "target", "physmap-bench", "memory.json")
+    mem_path = bench_output("memory.json")
     if os.path.exists(mem_path):
         m = json.load(open(mem_path))
         w("## Memory")
