@@ -238,9 +238,14 @@ impl Bases {
         let first = unsafe { self.rows.add(offset as usize) };
         // SAFETY: as above; `i < 2 * rows`.
         let cell = |i: usize| unsafe { (*first.add(i)).with(|p| *p) };
+        // The common blocks (every flat node, most tables): counted without a branch
+        // (vectorised).
         let n = if rows == MIN_TABLE_ROWS {
-            // The common table: one line, counted without a branch (vectorised).
             (0..MIN_TABLE_ROWS)
+                .map(|i| (cell(i) <= off) as u32)
+                .sum::<u32>() as usize
+        } else if rows == 2 * MIN_TABLE_ROWS {
+            (0..2 * MIN_TABLE_ROWS)
                 .map(|i| (cell(i) <= off) as u32)
                 .sum::<u32>() as usize
         } else {
@@ -306,8 +311,9 @@ struct RowAlloc {
     /// Cells handed out so far (blocks are never merged back).
     high: usize,
     free: Vec<Vec<u32>>,
-    /// Tables in use, and the real rows in them (for accounting).
+    /// Sub-page tables and flat nodes in use, and the real rows in them (for accounting).
     tables: usize,
+    flats: usize,
     rows: usize,
     /// Cells of the blocks in use.
     cells: usize,
@@ -373,6 +379,17 @@ impl Arena {
     /// Writes a new sub-page table for `page` of `rows` (page offsets ascending, piece slots)
     /// and returns its entry; grows the row array if needed.
     pub(crate) fn alloc_table(&mut self, page: u64, rows: &[(u32, u32)]) -> Result<Entry, Error> {
+        self.alloc_rows(page, rows, false)
+    }
+
+    /// Writes a new flat node whose span starts at page `base`, of `rows` (the low 32 bits
+    /// of each run's first page, ascending; the run's entry as bits) and returns its entry.
+    pub(crate) fn alloc_flat(&mut self, base: u64, rows: &[(u32, u32)]) -> Result<Entry, Error> {
+        self.alloc_rows(base, rows, true)
+    }
+
+    /// A row block (the layout of [`Bases::table_piece`]) for a table or a flat node.
+    fn alloc_rows(&mut self, page: u64, rows: &[(u32, u32)], flat: bool) -> Result<Entry, Error> {
         let mut class = 0;
         while MIN_TABLE_ROWS << class < rows.len() {
             class += 1;
@@ -403,7 +420,11 @@ impl Arena {
                 o
             }
         };
-        r.tables += 1;
+        if flat {
+            r.flats += 1;
+        } else {
+            r.tables += 1;
+        }
         r.rows += rows.len();
         r.cells += cells;
         grow(&mut self.arrays.rows, offset + cells);
@@ -422,10 +443,14 @@ impl Arena {
             self.write_row_cell(offset + 2 * cap, page as u32);
             self.write_row_cell(offset + 2 * cap + 1, (page >> 32) as u32);
         }
-        Ok(Entry::subpage(class as u32, offset as u32))
+        Ok(if flat {
+            Entry::flat(class as u32, offset as u32)
+        } else {
+            Entry::subpage(class as u32, offset as u32)
+        })
     }
 
-    /// Frees the table of entry `e`.
+    /// Frees the table or flat node of entry `e`.
     pub(crate) fn free_table(&mut self, e: Entry) {
         let (class, offset) = e.table_parts();
         // SAFETY: the writer reads its own table block (I6): it is allocated and nothing
@@ -438,17 +463,23 @@ impl Arena {
         .len();
         let r = &mut self.rows;
         r.free[class as usize].push(offset);
-        r.tables -= 1;
+        if e.is_flat() {
+            r.flats -= 1;
+        } else {
+            r.tables -= 1;
+        }
         r.rows -= rows;
         r.cells -= block_cells(MIN_TABLE_ROWS << class);
     }
 
-    /// Slots in use: nodes, pieces, tables, real rows, and bytes of row blocks.
-    pub(crate) fn live(&self) -> (usize, usize, usize, usize, usize) {
+    /// Slots in use: nodes, pieces, flat nodes, tables, real rows, and bytes of row blocks
+    /// (tables' and flat nodes').
+    pub(crate) fn live(&self) -> (usize, usize, usize, usize, usize, usize) {
         let r = &self.rows;
         (
             self.nodes.live(),
             self.pieces.live(),
+            r.flats,
             r.tables,
             r.rows,
             r.cells * std::mem::size_of::<u32>(),
@@ -679,15 +710,16 @@ impl SlabAlloc {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Counts {
     pub nodes: usize,
+    pub flats: usize,
     pub tables: usize,
-    /// Bytes of the tables' row blocks.
+    /// Bytes of the row blocks of tables and flat nodes.
     pub table_bytes: usize,
     pub pieces: usize,
     pub sections: usize,
 }
 
 impl Counts {
-    /// Bytes of nodes and sub-page tables (what QEMU's own figure counts).
+    /// Bytes of nodes, flat nodes and sub-page tables (what QEMU's own figure counts).
     pub(crate) fn tree_bytes(&self, fanout: usize) -> usize {
         self.nodes * Arena::node_bytes(fanout) + self.table_bytes
     }

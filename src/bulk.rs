@@ -10,7 +10,7 @@
 //! `tests/scale.rs`); only slot numbers differ.
 
 use crate::arena::SubEntry;
-use crate::canon::{self, Span};
+use crate::canon::{self, Run, Span};
 use crate::config::Geometry;
 use crate::entry::{Entry, Kind, NODE_LIMIT};
 use crate::Error;
@@ -34,6 +34,9 @@ pub(crate) trait Sink {
     fn node(&mut self, h: u32, base: u64, kids: &[Entry]) -> Result<Entry, Error>;
     /// A sub-page table with these rows.
     fn table(&mut self, rows: Vec<SubEntry>) -> Result<Entry, Error>;
+    /// A flat node (rule 3 of `canon.rs`) whose span starts at page `base`, of these runs
+    /// (first page, entry: empty, leaf or a table this sink made).
+    fn flat(&mut self, base: u64, rows: Vec<(u64, Entry)>) -> Result<Entry, Error>;
     /// Called when a node's children are built in parallel (for `Memory::parallel_builds`).
     fn went_parallel(&mut self) {}
 }
@@ -45,6 +48,7 @@ pub(crate) struct LocalSink<'a> {
     entries: Vec<Entry>,
     nodes: Vec<(u32, u64)>,
     tables: Vec<Vec<SubEntry>>,
+    flats: Vec<(u64, Vec<(u64, Entry)>)>,
 }
 
 impl<'a> LocalSink<'a> {
@@ -54,6 +58,7 @@ impl<'a> LocalSink<'a> {
             entries: Vec::new(),
             nodes: Vec::new(),
             tables: Vec::new(),
+            flats: Vec::new(),
         }
     }
 
@@ -63,10 +68,22 @@ impl<'a> LocalSink<'a> {
         for rows in self.tables {
             tables.push(into.table(rows)?);
         }
+        let mut flats = Vec::with_capacity(self.flats.len());
+        for (base, rows) in self.flats {
+            let rows = rows
+                .into_iter()
+                .map(|(page, e)| match e.kind() {
+                    Kind::Subpage(_, t) => (page, tables[t as usize]),
+                    _ => (page, e),
+                })
+                .collect();
+            flats.push(into.flat(base, rows)?);
+        }
         let mut nodes: Vec<Entry> = Vec::with_capacity(self.nodes.len());
         let renumber = |e: Entry, nodes: &[Entry]| match e.kind() {
             Kind::Node { index, .. } => nodes[index as usize],
             Kind::Subpage(_, t) => tables[t as usize],
+            Kind::Flat(_, f) => flats[f as usize],
             _ => e,
         };
         let fanout = self.geo.fanout;
@@ -98,6 +115,10 @@ impl Sink for LocalSink<'_> {
         self.tables.push(rows);
         Ok(Entry::subpage(0, (self.tables.len() - 1) as u32))
     }
+    fn flat(&mut self, base: u64, rows: Vec<(u64, Entry)>) -> Result<Entry, Error> {
+        self.flats.push((base, rows));
+        Ok(Entry::flat(0, (self.flats.len() - 1) as u32))
+    }
 }
 
 /// The canonical entry for the span of height `h` at page `base`, whose overlapping pieces
@@ -112,18 +133,23 @@ pub(crate) fn build<S: Sink>(
     match Span::of(pieces.len(), h) {
         Span::Empty => return Ok(Entry::EMPTY),
         Span::Leaf => return Ok(Entry::leaf(pieces[0].slot)),
-        Span::Table => {
-            let (s, _) = geo.span(h, base);
-            let rows = pieces
-                .iter()
-                .map(|p| SubEntry {
-                    start: p.start.max(s),
-                    piece: p.slot,
-                })
-                .collect();
-            return sink.table(rows);
-        }
+        Span::Table => return sink.table(page_rows(geo, base, pieces)),
         Span::Node => {}
+    }
+    if canon::may_be_flat(geo, h) {
+        let runs = canon::flat_runs(geo, h, base, pieces.iter().map(|p| (p.start, p.end)));
+        if let Some(runs) = runs {
+            let mut rows = Vec::with_capacity(runs.len());
+            for (page, run) in runs {
+                let e = match run {
+                    Run::Empty => Entry::EMPTY,
+                    Run::Piece(k) => Entry::leaf(pieces[k].slot),
+                    Run::Page(r) => sink.table(page_rows(geo, page, &pieces[r]))?,
+                };
+                rows.push((page, e));
+            }
+            return sink.flat(base, rows);
+        }
     }
     let parts = partition(geo, h, base, pieces);
     let mut kids = vec![Entry::EMPTY; geo.fanout];
@@ -150,6 +176,18 @@ pub(crate) fn build<S: Sink>(
         Some(e) => Ok(e),
         None => sink.node(h, base, &kids),
     }
+}
+
+/// The rows of the sub-page table of page `page`, whose overlapping pieces are `pieces`.
+fn page_rows(geo: &Geometry, page: u64, pieces: &[SlicePiece]) -> Vec<SubEntry> {
+    let s = page << geo.page_bits;
+    pieces
+        .iter()
+        .map(|p| SubEntry {
+            start: p.start.max(s),
+            piece: p.slot,
+        })
+        .collect()
 }
 
 /// The children of the span of height `h` at `base` that overlap `pieces`, each with the

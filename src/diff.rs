@@ -58,8 +58,11 @@ pub(crate) fn diff<'g, V>(
     if old.get() == new.get() {
         return;
     }
+    // Descend where a node stands on either side, unless a flat node does (its span has no
+    // nodes of its own to descend into: its pieces are compared below).
     let has_node = |e: TreeEntry<'_>| matches!(e.kind(), Kind::Node { .. });
-    if h > 0 && (has_node(old) || has_node(new)) {
+    let has_flat = |e: TreeEntry<'_>| matches!(e.kind(), Kind::Flat(..));
+    if h > 0 && (has_node(old) || has_node(new)) && !has_flat(old) && !has_flat(new) {
         let geo = newer.geo();
         let a = older.children(old, h, base);
         let b = newer.children(new, h, base);

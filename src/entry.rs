@@ -5,9 +5,13 @@
 //!  0  0  | 0                                    empty (the whole word is 0)
 //!  0  1  | piece slot (30 bits)                 leaf: one piece covers every mapped byte
 //!                                               of the entry's span
-//!  1  0  | class (4 bits) | row block (26 bits) sub-page table: several pieces in one page,
+//!  1  0  | 0 | class (4) | row block (25 bits) sub-page table: several pieces in one page,
 //!                                               `8 << class` rows at this offset of the
 //!                                               row array
+//!  1  0  | 1 | class (4) | row block (25 bits) flat node: a sparse subtree stored as its
+//!                                               runs, `8 << class` rows of (first page,
+//!                                               entry) in the row array (rule 3 of
+//!                                               `canon.rs`)
 //!  1  1  | shift (6 bits) | node (24 bits)      node: at this offset of the node array,
 //!                                               in units of 16 cells (a cache line)
 //! ```
@@ -22,7 +26,10 @@
 //! [`Geometry::height_of_shift`](crate::config::Geometry::height_of_shift).
 //!
 //! Node entries are the top quarter of the `u32` range, so "is this a node" is one compare
-//! ([`Entry::is_node`]), the test the lookup loop runs at every level.
+//! ([`Entry::is_node`]), the test the lookup loop runs at every level; flat nodes are the
+//! eighth just below, so "is this a flat node" is one shift and compare ([`Entry::is_flat`]).
+//! A flat node's rows hold entries that are never nodes or flat nodes (a flat node ends the
+//! walk: empty, leaf or sub-page table), so the lookup searches at most one.
 
 /// A tree entry (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
@@ -42,6 +49,8 @@ pub(crate) enum Kind {
     Leaf(u32),
     /// A sub-page table: `(class, row-block offset)`.
     Subpage(u32, u32),
+    /// A flat node: `(class, row-block offset)`.
+    Flat(u32, u32),
     Node {
         shift: u32,
         index: u32,
@@ -62,8 +71,10 @@ const SHIFT_POS: u32 = 24;
 const SHIFT_BITS: u32 = 6;
 /// Bits of a node's unit offset.
 const NODE_BITS: u32 = 24;
-/// Bit position and width of a table entry's size class; bits of its row-block offset.
-const CLASS_POS: u32 = 26;
+/// Bit of a row-block entry that makes it a flat node rather than a sub-page table.
+const FLAT_BIT: u32 = 29;
+/// Bit position and width of a row-block entry's size class; bits of its row-block offset.
+const CLASS_POS: u32 = 25;
 const CLASS_BITS: u32 = 4;
 
 /// One more than the largest piece or sub-page table slot an entry can name.
@@ -92,7 +103,19 @@ impl Entry {
         Entry(TAG_SUBPAGE << TAG_SHIFT | class << CLASS_POS | offset)
     }
 
-    /// `(class, row-block offset)` of a table entry (meaningless for other kinds).
+    pub(crate) fn flat(class: u32, offset: u32) -> Entry {
+        debug_assert!(class < 1 << CLASS_BITS && (offset as usize) < TABLE_OFFSET_LIMIT);
+        Entry(TAG_SUBPAGE << TAG_SHIFT | 1 << FLAT_BIT | class << CLASS_POS | offset)
+    }
+
+    /// Whether this is a flat node entry: one shift and compare, for the lookup.
+    #[inline(always)]
+    pub(crate) fn is_flat(self) -> bool {
+        self.0 >> FLAT_BIT == (TAG_SUBPAGE << 1 | 1)
+    }
+
+    /// `(class, row-block offset)` of a table or flat node entry (meaningless for other
+    /// kinds).
     #[inline(always)]
     pub(crate) fn table_parts(self) -> (u32, u32) {
         (
@@ -115,7 +138,11 @@ impl Entry {
             TAG_LEAF => Kind::Leaf(slot),
             TAG_SUBPAGE => {
                 let (class, offset) = self.table_parts();
-                Kind::Subpage(class, offset)
+                if self.is_flat() {
+                    Kind::Flat(class, offset)
+                } else {
+                    Kind::Subpage(class, offset)
+                }
             }
             _ => {
                 let (shift, index) = self.node_parts();
@@ -144,9 +171,13 @@ impl Entry {
         self.0 == 0
     }
 
-    /// Whether the entry points to a structure of its own (a node or a sub-page table).
+    /// Whether the entry points to a structure of its own (a node, flat node or sub-page
+    /// table).
     pub(crate) fn is_inner(self) -> bool {
-        matches!(self.kind(), Kind::Node { .. } | Kind::Subpage(..))
+        matches!(
+            self.kind(),
+            Kind::Node { .. } | Kind::Subpage(..) | Kind::Flat(..)
+        )
     }
 
     /// An entry read back from a node cell.
@@ -172,7 +203,11 @@ mod tests {
         for (class, offset) in [(0, 0), (15, TABLE_OFFSET_LIMIT as u32 - 1), (3, 64)] {
             let e = Entry::subpage(class, offset);
             assert_eq!(e.kind(), Kind::Subpage(class, offset));
-            assert!(!e.is_node() && e.is_inner());
+            assert!(!e.is_node() && !e.is_flat() && e.is_inner());
+            let f = Entry::flat(class, offset);
+            assert_eq!(f.kind(), Kind::Flat(class, offset));
+            assert!(!f.is_node() && f.is_flat() && f.is_inner());
+            assert_eq!(f.table_parts(), (class, offset));
         }
         for (shift, index) in [(0, 0), (63, NODE_LIMIT as u32 - 1), (12, 5)] {
             let e = Entry::node(shift, index);
@@ -186,16 +221,24 @@ mod tests {
         /// Every encodable value decodes to itself, through both decoders, and no two
         /// different values share a word.
         #[test]
-        fn every_kind_round_trips(slot in 0u32..SLOT_LIMIT as u32, shift in 0u32..SHIFT_LIMIT, index in 0u32..NODE_LIMIT as u32, class in 0u32..16, offset in 0u32..TABLE_OFFSET_LIMIT as u32) {
+        fn every_kind_round_trips(slot in 0u32..SLOT_LIMIT as u32, shift in 0u32..SHIFT_LIMIT, index in 0u32..NODE_LIMIT as u32, class in 0u32..1 << CLASS_BITS, offset in 0u32..TABLE_OFFSET_LIMIT as u32) {
             let leaf = Entry::leaf(slot);
             let table = Entry::subpage(class, offset);
             let node = Entry::node(shift, index);
+            let flat = Entry::flat(class, offset);
             prop_assert_eq!(leaf.kind(), Kind::Leaf(slot));
             prop_assert_eq!(table.kind(), Kind::Subpage(class, offset));
+            prop_assert_eq!(flat.kind(), Kind::Flat(class, offset));
             prop_assert_eq!(node.kind(), Kind::Node { shift, index });
             prop_assert_eq!(Entry::from_bits(as_words(&[node])[0]), node);
-            prop_assert!(leaf != table && table != node && leaf != node);
-            prop_assert!(!leaf.is_empty() && !table.is_empty() && !node.is_empty());
+            let all = [leaf, table, flat, node];
+            for (i, a) in all.iter().enumerate() {
+                prop_assert!(!a.is_empty());
+                prop_assert_eq!(a.is_flat(), i == 2);
+                for b in &all[i + 1..] {
+                    prop_assert!(a != b);
+                }
+            }
         }
 
         /// Any word decodes to exactly one kind, and re-encoding that kind gives the word
@@ -207,6 +250,7 @@ mod tests {
                 Kind::Empty => Entry::EMPTY,
                 Kind::Leaf(p) => Entry::leaf(p),
                 Kind::Subpage(class, offset) => Entry::subpage(class, offset),
+                Kind::Flat(class, offset) => Entry::flat(class, offset),
                 Kind::Node { shift, index } => Entry::node(shift, index),
             };
             if bits >> TAG_SHIFT == 0 {
@@ -215,6 +259,7 @@ mod tests {
                 prop_assert_eq!(again, e);
             }
             prop_assert_eq!(e.is_node(), matches!(e.kind(), Kind::Node { .. }));
+            prop_assert_eq!(e.is_flat(), matches!(e.kind(), Kind::Flat(..)));
         }
     }
 }

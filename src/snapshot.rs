@@ -59,6 +59,10 @@ pub struct Stats {
     pub generation: u64,
     /// Radix nodes reachable from the root.
     pub nodes: usize,
+    /// Flat nodes reachable from the root: sparse subtrees stored as their runs (at most 16
+    /// runs of empty pages, one piece's pages, or a page's sub-page table), 136 bytes where
+    /// the nodes they stand for would take 2 KiB each at the default geometry.
+    pub flat_nodes: usize,
     /// Sub-page tables (pages holding more than one piece).
     pub subpage_tables: usize,
     /// Contiguous mapped pieces.
@@ -132,7 +136,7 @@ impl<V> Snapshot<V> {
     /// Walks the whole tree: a diagnostic, not a hot-path call.
     pub fn stats(&self) -> Stats {
         let tree = self.tree();
-        let (nodes, tables, _rows, table_bytes, levels) = tree.shape();
+        let (nodes, flats, tables, table_bytes, levels) = tree.shape();
         let mut pieces = 0;
         let mut sections = HashSet::new();
         for piece in tree.walk(0, self.version.geo.max_addr) {
@@ -141,6 +145,7 @@ impl<V> Snapshot<V> {
         }
         let counts = Counts {
             nodes,
+            flats,
             tables,
             table_bytes,
             pieces,
@@ -150,6 +155,7 @@ impl<V> Snapshot<V> {
         Stats {
             generation: self.version.generation,
             nodes,
+            flat_nodes: flats,
             subpage_tables: tables,
             pieces,
             sections: sections.len(),

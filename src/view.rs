@@ -214,6 +214,34 @@ impl<'g, V> TreeRef<'g, V> {
             .collect()
     }
 
+    /// The runs of the flat node of class `class` at `offset`, as (first page, entry).
+    fn flat_at(self, class: u32, offset: u32) -> Vec<(u64, Entry)> {
+        let (bases, rows) = (self.version.hot.bases, MIN_TABLE_ROWS << class);
+        // SAFETY: see above (I1-I4).
+        let (base, raw) = unsafe {
+            (
+                bases.table_page(offset, rows),
+                bases.table_rows(offset, rows),
+            )
+        };
+        // Rows keep the low 32 bits of the page: the span never crosses a multiple of 2^32
+        // pages (rule 3 of `canon.rs`).
+        raw.into_iter()
+            .map(|(low, e)| (base & !0xffff_ffff | low as u64, Entry::from_bits(e)))
+            .collect()
+    }
+
+    /// The first page of the span of the flat node of class `class` at `offset`.
+    fn flat_base(self, class: u32, offset: u32) -> u64 {
+        // SAFETY: see above (I1-I4).
+        unsafe {
+            self.version
+                .hot
+                .bases
+                .table_page(offset, MIN_TABLE_ROWS << class)
+        }
+    }
+
     /// The value of a piece of a tree borrowed for 'g.
     #[inline(always)]
     pub(crate) fn value(self, piece: PieceRef<'g>) -> &'g V {
@@ -247,6 +275,17 @@ impl<'g, V> TreeRef<'g, V> {
             let i = (addr >> shift) & hot.mask;
             // SAFETY: `node` comes from an entry of this tree (I1-I4); `i` < fan-out.
             e = unsafe { hot.bases.entry(node, i as usize) };
+        }
+        if e.is_flat() {
+            // A flat node ends the walk: its runs are keyed by the low 32 bits of their first
+            // page. An address outside its span (reached through a compressed path) finds
+            // some run or none; either way the final check answers right, since nothing there
+            // is mapped (rule 2 of `canon.rs`).
+            let (class, offset) = e.table_parts();
+            let key = (addr >> hot.page_bits) as u32;
+            // SAFETY: a flat node of this tree (I1-I4).
+            let run = unsafe { hot.bases.table_piece(offset, MIN_TABLE_ROWS << class, key) };
+            e = Entry::from_bits(run.unwrap_or(0));
         }
         let slot = match e.kind() {
             Kind::Leaf(p) => p,
@@ -287,6 +326,44 @@ impl<'g, V> TreeRef<'g, V> {
                 .enumerate()
                 .all(|(i, k)| self.entry(index, i) == *k),
             _ => false,
+        }
+    }
+
+    /// Whether `e` is a flat node of this tree holding exactly `rows` (first page, entry).
+    pub(crate) fn flat_holds(self, e: TreeEntry<'g>, rows: &[(u64, Entry)]) -> bool {
+        match e.kind() {
+            Kind::Flat(class, offset) => self.flat_at(class, offset) == rows,
+            _ => false,
+        }
+    }
+
+    /// The sub-page table under `e` (an entry of this tree) for the page holding `addr`,
+    /// if there is one.
+    pub(crate) fn table_under(self, e: TreeEntry<'g>, addr: u64) -> Option<TreeEntry<'g>> {
+        let geo = self.geo();
+        let mut e = e.get();
+        loop {
+            match e.kind() {
+                Kind::Node { shift, index } => {
+                    e = self.entry(index, ((addr >> shift) & geo.mask) as usize);
+                }
+                Kind::Flat(class, offset) => {
+                    let page = addr >> geo.page_bits;
+                    let rows = self.flat_at(class, offset);
+                    e = rows
+                        .iter()
+                        .rev()
+                        .find(|r| r.0 <= page)
+                        .map_or(Entry::EMPTY, |r| r.1);
+                }
+                Kind::Subpage(class, offset) => {
+                    let rows = MIN_TABLE_ROWS << class;
+                    // SAFETY: see the accessors above (I1-I4).
+                    let page = unsafe { self.version.hot.bases.table_page(offset, rows) };
+                    return (page == addr >> geo.page_bits).then_some(TreeEntry::new(e));
+                }
+                Kind::Empty | Kind::Leaf(_) => return None,
+            }
         }
     }
 
@@ -352,6 +429,16 @@ impl<'g, V> TreeRef<'g, V> {
                     None => run(0..0),
                 }
             }
+            // A flat node standing here through a compressed path (the callers never ask
+            // for the children of a flat node's own span: `rebuild` builds that span afresh,
+            // `diff` walks it).
+            Kind::Flat(class, offset) => {
+                let at = self.flat_base(class, offset) << geo.page_bits;
+                match geo.child_holding(h, base, at) {
+                    Some(i) => run(i..i + 1),
+                    None => run(0..0),
+                }
+            }
             Kind::Node { shift, index } if self.height(shift) == h => {
                 let mut kids = vec![Entry::EMPTY; geo.fanout];
                 let n = geo.children_in_space(h, base);
@@ -373,18 +460,24 @@ impl<'g, V> TreeRef<'g, V> {
         }
     }
 
-    /// Shape of the tree: nodes, sub-page tables, sub-page rows, bytes of the tables' row
-    /// blocks, deepest node path.
+    /// Shape of the tree: nodes, flat nodes, sub-page tables, bytes of the row blocks (of
+    /// tables and flat nodes), deepest path (a flat node counts as one level).
     pub(crate) fn shape(self) -> (usize, usize, usize, usize, u32) {
-        let (mut nodes, mut tables, mut rows, mut table_bytes, mut deepest) = (0, 0, 0, 0, 0);
+        let (mut nodes, mut flats, mut tables, mut table_bytes, mut deepest) = (0, 0, 0, 0, 0);
         let mut stack = vec![(self.root(), 0u32)];
         while let Some((e, depth)) = stack.pop() {
             match e.kind() {
                 Kind::Empty | Kind::Leaf(_) => {}
-                Kind::Subpage(class, offset) => {
+                Kind::Subpage(class, _) => {
                     tables += 1;
-                    rows += self.table_at(class, offset).len();
                     table_bytes += crate::arena::table_bytes(class);
+                }
+                Kind::Flat(class, offset) => {
+                    flats += 1;
+                    deepest = deepest.max(depth + 1);
+                    table_bytes += crate::arena::table_bytes(class);
+                    let rows = self.flat_at(class, offset).into_iter();
+                    stack.extend(rows.map(|r| (TreeEntry::new(r.1), depth + 1)));
                 }
                 Kind::Node { shift, index } => {
                     nodes += 1;
@@ -394,7 +487,7 @@ impl<'g, V> TreeRef<'g, V> {
                 }
             }
         }
-        (nodes, tables, rows, table_bytes, deepest)
+        (nodes, flats, tables, table_bytes, deepest)
     }
 
     /// Every node and sub-page table under `e` (an entry of this tree), as plain entries:
@@ -404,6 +497,11 @@ impl<'g, V> TreeRef<'g, V> {
         while let Some(e) = stack.pop() {
             match e.kind() {
                 Kind::Subpage(..) => out.push(e.get()),
+                Kind::Flat(class, offset) => {
+                    out.push(e.get());
+                    let rows = self.flat_at(class, offset).into_iter();
+                    stack.extend(rows.map(|r| TreeEntry::new(r.1)));
+                }
                 Kind::Node { shift, index } => {
                     out.push(e.get());
                     let kids = self.entries(index, self.height(shift));
@@ -434,6 +532,12 @@ impl<'g, V> TreeRef<'g, V> {
                         out.extend([start, piece.start, piece.end]);
                     }
                 }
+                Kind::Flat(class, offset) => {
+                    let rows = self.flat_at(class, offset);
+                    out.extend([4, self.flat_base(class, offset), rows.len() as u64]);
+                    out.extend(rows.iter().map(|r| r.0));
+                    stack.extend(rows.into_iter().rev().map(|r| r.1));
+                }
                 Kind::Node { shift, index } => {
                     out.extend([3, self.height(shift) as u64, self.base_of(index)]);
                     let kids: Vec<Entry> = (0..self.geo().fanout)
@@ -463,6 +567,10 @@ impl<'g, V> TreeRef<'g, V> {
                     format!("leaf {:#x}..={:#x} {v}", piece.start, piece.end)
                 }
                 Kind::Subpage(_, offset) => format!("sub-page table {offset}"),
+                Kind::Flat(class, offset) => format!(
+                    "flat node {offset} ({} runs)",
+                    self.flat_at(class, offset).len()
+                ),
                 Kind::Node { shift, index } => {
                     format!(
                         "node {} (height {})",
@@ -493,6 +601,7 @@ impl<'g, V> TreeRef<'g, V> {
         )?;
         let mut level: Vec<TreeEntry<'g>> = vec![self.root()];
         let mut tables = Vec::new();
+        let mut flats = Vec::new();
         while !level.is_empty() {
             let mut next = Vec::new();
             let mut nodes: Vec<(u32, u32)> = level
@@ -501,6 +610,10 @@ impl<'g, V> TreeRef<'g, V> {
                     Kind::Node { shift, index } => Some((self.height(shift), index)),
                     Kind::Subpage(class, offset) => {
                         tables.push((class, offset));
+                        None
+                    }
+                    Kind::Flat(class, offset) => {
+                        flats.push((class, offset));
                         None
                     }
                     _ => None,
@@ -535,6 +648,22 @@ impl<'g, V> TreeRef<'g, V> {
             }
             level = next;
         }
+        for (class, offset) in flats {
+            let rows = self.flat_at(class, offset);
+            writeln!(
+                out,
+                "  flat node {offset}: from {:#x}, {} runs",
+                (self.flat_base(class, offset) as u128) << geo.page_bits,
+                rows.len()
+            )?;
+            for (page, e) in rows {
+                let at = (page as u128) << geo.page_bits;
+                writeln!(out, "    from {at:#x}: {}", describe(e))?;
+                if let Kind::Subpage(class, offset) = e.kind() {
+                    tables.push((class, offset));
+                }
+            }
+        }
         for (class, offset) in tables {
             writeln!(out, "  sub-page table {offset}:")?;
             for (start, piece) in self.table_at(class, offset) {
@@ -552,8 +681,8 @@ pub(crate) struct Walk<'g, V> {
     hi: u64,
     /// (node, next child, end child)
     stack: Vec<(u32, usize, usize)>,
-    /// Pieces of a sub-page table still to yield (reversed).
-    pending: Vec<u32>,
+    /// Entries of a flat node or pieces of a sub-page table still to visit (reversed).
+    pending: Vec<Entry>,
     last: Option<u32>,
     root: Option<Entry>,
 }
@@ -566,7 +695,18 @@ impl<'g, V> Walk<'g, V> {
             Kind::Leaf(p) => self.offer(p),
             Kind::Subpage(class, offset) => {
                 let rows = self.tree.table_at(class, offset);
-                self.pending = rows.into_iter().rev().map(|(_, p)| p).collect();
+                let pieces = rows.into_iter().rev().map(|(_, p)| Entry::leaf(p));
+                self.pending.extend(pieces);
+                None
+            }
+            Kind::Flat(class, offset) => {
+                let page_bits = self.tree.geo().page_bits;
+                let (lo, hi) = (self.lo >> page_bits, self.hi >> page_bits);
+                let rows = self.tree.flat_at(class, offset);
+                // The runs that overlap [lo, hi] (a run ends where the next starts).
+                let n = rows.partition_point(|r| r.0 <= hi);
+                let from = rows[..n].partition_point(|r| r.0 <= lo).saturating_sub(1);
+                self.pending.extend(rows[from..n].iter().rev().map(|r| r.1));
                 None
             }
             Kind::Node { shift, index } => {
@@ -602,8 +742,8 @@ impl<'g, V> Iterator for Walk<'g, V> {
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
-            if let Some(p) = self.pending.pop() {
-                if let Some(hit) = self.offer(p) {
+            if let Some(e) = self.pending.pop() {
+                if let Some(hit) = self.visit(e) {
                     return Some(hit);
                 }
                 continue;

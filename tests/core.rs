@@ -403,7 +403,7 @@ fn nonsense_configs_are_rejected() {
 fn capacity_exhausted_is_an_error_and_publishes_nothing() {
     let map = PhysMap::with_config(Config {
         max_nodes: 3,
-        max_pieces: 8,
+        max_pieces: 64,
         ..Config::default()
     })
     .unwrap();
@@ -411,11 +411,14 @@ fn capacity_exhausted_is_an_error_and_publishes_nothing() {
     t.insert(0..0x1000, 0u32).unwrap();
     t.commit().unwrap();
     let before = map.snapshot();
-    // Pieces far apart need a node per level each: more than 3 nodes.
+    // More runs under one 2 MiB span than a flat node holds (rule 3), pieces far apart:
+    // dense nodes at four heights at least, more than 3.
     let mut t = map.transaction();
+    for i in 0..17u64 {
+        let at = (1 << 21) + i * 0x2000;
+        t.insert(at..at + 0x1000, 10 + i as u32).unwrap();
+    }
     t.insert(1 << 50..(1 << 50) + 0x1000, 1).unwrap();
-    t.insert(1 << 30..(1 << 30) + 0x1000, 2).unwrap();
-    t.insert(1 << 21..(1 << 21) + 0x1000, 3).unwrap();
     t.insert(1 << 40..(1 << 40) + 0x1000, 4).unwrap();
     let e = t.commit().unwrap_err();
     assert!(
@@ -431,6 +434,17 @@ fn capacity_exhausted_is_an_error_and_publishes_nothing() {
     let after = map.snapshot();
     assert_eq!(after.generation(), before.generation());
     assert_eq!(after.iter().count(), 1);
+    assert_eq!(map.memory().live_bytes, map.snapshot().stats().bytes);
+    drop((before, after));
+    let map = PhysMap::with_config(Config {
+        max_nodes: 3,
+        max_pieces: 8,
+        ..Config::default()
+    })
+    .unwrap();
+    let mut t = map.transaction();
+    t.insert(0..0x1000, 0u32).unwrap();
+    t.commit().unwrap();
     // Sections run out too, at insert time.
     let mut t = map.transaction();
     let mut err = None;

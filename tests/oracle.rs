@@ -140,11 +140,15 @@ fn run(config: Config, history: Vec<Txn>, probes: Vec<u64>) -> Result<(), TestCa
         let snap = map.snapshot();
         check(&snap, &oracle, &probes).map_err(TestCaseError::fail)?;
         // Canonical shape: same as the mapping built in one go.
-        let f = fresh(config.clone(), &oracle).snapshot().stats();
-        let s = snap.stats();
+        let fresh = fresh(config.clone(), &oracle).snapshot();
+        let (f, s) = (fresh.stats(), snap.stats());
         prop_assert_eq!(
-            (s.nodes, s.subpage_tables, s.pieces),
-            (f.nodes, f.subpage_tables, f.pieces)
+            (s.nodes, s.flat_nodes, s.subpage_tables, s.pieces),
+            (f.nodes, f.flat_nodes, f.subpage_tables, f.pieces)
+        );
+        prop_assert!(
+            snap.canonical_form() == fresh.canonical_form(),
+            "not canonical"
         );
     }
     // Old snapshots still answer exactly as when they were taken, whatever came after

@@ -265,9 +265,10 @@ impl<V> Writer<V> {
     /// What the arena holds, after reclaiming what nobody can reach any more.
     pub(crate) fn memory(&mut self, readers: &Registry) -> Memory {
         self.reclaim(readers);
-        let (nodes, pieces, tables, _rows, table_bytes) = self.arena.live();
+        let (nodes, pieces, flats, tables, _rows, table_bytes) = self.arena.live();
         let counts = Counts {
             nodes,
+            flats,
             tables,
             table_bytes,
             pieces,
@@ -277,6 +278,7 @@ impl<V> Writer<V> {
             live_bytes: counts.bytes::<V>(self.geo.fanout),
             nodes: counts.nodes,
             pieces: counts.pieces,
+            flat_nodes: counts.flats,
             subpage_tables: counts.tables,
             sections: counts.sections,
             pinned_generations: self.graveyard.len(),

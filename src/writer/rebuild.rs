@@ -9,7 +9,7 @@
 use super::{piece_record, PieceInfo, Writer};
 use crate::arena::{Arena as Slots, Storage, SubEntry};
 use crate::bulk::{self, Sink, SlicePiece};
-use crate::canon::Span;
+use crate::canon::{self, Run, Span};
 use crate::config::Geometry;
 use crate::entry::{Entry, Kind};
 use crate::reclaim::Retired;
@@ -59,6 +59,18 @@ impl<V> Sink for Arena<'_, V> {
         let in_page = |start: u64| (start - (page << page_bits)) as u32;
         let rows: Vec<(u32, u32)> = rows.iter().map(|r| (in_page(r.start), r.piece)).collect();
         let e = self.slots.alloc_table(page, &rows)?;
+        self.cx.fresh_tables.push(e);
+        Ok(e)
+    }
+
+    fn flat(&mut self, base: u64, rows: Vec<(u64, Entry)>) -> Result<Entry, Error> {
+        // Rows keep the low 32 bits of their first page: the span has at most 2^32 pages
+        // (rule 3 of `canon.rs`), so they stay in order, and so does a lookup's key.
+        let rows: Vec<(u32, u32)> = rows
+            .iter()
+            .map(|&(page, e)| (page as u32, crate::entry::as_words(&[e])[0]))
+            .collect();
+        let e = self.slots.alloc_flat(base, &rows)?;
         self.cx.fresh_tables.push(e);
         Ok(e)
     }
@@ -114,12 +126,36 @@ impl<V> Writer<V> {
             Span::Empty => Entry::EMPTY,
             Span::Leaf => Entry::leaf(self.materialize(first, cx)?),
             Span::Table => return self.rebuild_table(tree, old, s, e, cx),
-            Span::Node => return self.rebuild_node(tree, old, h, base, dirty, cx),
+            Span::Node => {
+                if canon::may_be_flat(&self.geo, h) {
+                    let mut keys = Vec::new();
+                    let pieces = self.overlapping(s, e).inspect(|&(k, _)| keys.push(k));
+                    if let Some(runs) = canon::flat_runs(&self.geo, h, base, pieces) {
+                        return self.rebuild_flat(tree, old, base, runs, &keys, cx);
+                    }
+                }
+                if let Kind::Flat(..) = old.kind() {
+                    // Its children are not nodes of their own: build the span afresh (the
+                    // flat node held at most FLAT_MAX runs, so this is the transaction's work).
+                    let first = self.overlapping(s, e).next().map_or(s, |p| p.0);
+                    return self.build_from(tree, old, h, base, first, e, cx);
+                }
+                return self.rebuild_node(tree, old, h, base, dirty, cx);
+            }
         };
         if new != old.get() {
             self.retire_subtree(tree, old, cx);
         }
         Ok(new)
+    }
+
+    /// The pieces overlapping `[s, e]`, in order, as `(start, end)`.
+    fn overlapping(&self, s: u64, e: u64) -> impl Iterator<Item = (u64, u64)> + '_ {
+        let first = match self.map.range(..s).next_back() {
+            Some((&k, info)) if info.end >= s => k,
+            _ => s,
+        };
+        self.map.range(first..=e).map(|(&k, info)| (k, info.end))
     }
 
     /// How many pieces overlap `[s, e]` (0, 1 or 2 for "more"), and the first one's key.
@@ -159,6 +195,24 @@ impl<V> Writer<V> {
             }
             _ => return Ok(None),
         };
+        let new = self.build_from(tree, old, h, base, first, e, cx)?;
+        self.bulk_builds += 1;
+        Ok(Some(new))
+    }
+
+    /// The span of height `h` at `base` built from the pieces starting at `first` up to its
+    /// end `e` (the first overlaps it), replacing `old`.
+    #[allow(clippy::too_many_arguments)]
+    fn build_from<'g>(
+        &mut self,
+        tree: TreeRef<'g, V>,
+        old: TreeEntry<'g>,
+        h: u32,
+        base: u64,
+        first: u64,
+        e: u64,
+        cx: &mut Build,
+    ) -> Result<Entry, Error> {
         let keys: Vec<u64> = self.map.range(first..=e).map(|(&k, _)| k).collect();
         let mut pieces = Vec::with_capacity(keys.len());
         for k in keys {
@@ -173,8 +227,56 @@ impl<V> Writer<V> {
         let geo = self.geo;
         let new = bulk::build(&geo, &mut self.arena(cx), h, base, &pieces)?;
         self.retire_subtree(tree, old, cx);
-        self.bulk_builds += 1;
-        Ok(Some(new))
+        Ok(new)
+    }
+
+    /// A flat node of `runs` (rule 3) for the span starting at page `base`, the pieces
+    /// numbered as in `keys`; the old tables of unchanged pages are kept, and `old` itself if
+    /// nothing changed.
+    fn rebuild_flat<'g>(
+        &mut self,
+        tree: TreeRef<'g, V>,
+        old: TreeEntry<'g>,
+        base: u64,
+        runs: Vec<(u64, Run)>,
+        keys: &[u64],
+        cx: &mut Build,
+    ) -> Result<Entry, Error> {
+        let mut rows = Vec::with_capacity(runs.len());
+        let mut kept = Vec::new();
+        for (page, run) in runs {
+            let entry = match run {
+                Run::Empty => Entry::EMPTY,
+                Run::Piece(k) => Entry::leaf(self.materialize(keys[k], cx)?),
+                Run::Page(r) => {
+                    let first = page << self.geo.page_bits;
+                    let mut sub = Vec::with_capacity(r.len());
+                    for &k in &keys[r] {
+                        sub.push(SubEntry {
+                            start: k.max(first),
+                            piece: self.materialize(k, cx)?,
+                        });
+                    }
+                    match tree.table_under(old, first) {
+                        Some(t) if tree.table_holds(t, &sub) => {
+                            kept.push(t.get());
+                            t.get()
+                        }
+                        _ => self.arena(cx).table(sub)?,
+                    }
+                }
+            };
+            rows.push((page, entry));
+        }
+        if tree.flat_holds(old, &rows) {
+            return Ok(old.get());
+        }
+        let new = self.arena(cx).flat(base, rows)?;
+        let mut inner = Vec::new();
+        tree.inner_entries(old, &mut inner);
+        inner.retain(|x| !kept.contains(x));
+        self.retire(inner, cx);
+        Ok(new)
     }
 
     fn rebuild_table<'g>(
@@ -268,14 +370,20 @@ impl<V> Writer<V> {
         Ok(slot)
     }
 
-    /// Retires every node and sub-page table under `e` (an entry of the current tree).
+    /// Retires every node, flat node and sub-page table under `e` (an entry of the current
+    /// tree).
     fn retire_subtree<'g>(&self, tree: TreeRef<'g, V>, e: TreeEntry<'g>, cx: &mut Build) {
         let mut inner = Vec::new();
         tree.inner_entries(e, &mut inner);
+        self.retire(inner, cx);
+    }
+
+    /// Retires these entries' nodes, flat nodes and tables.
+    fn retire(&self, inner: Vec<Entry>, cx: &mut Build) {
         for x in inner {
             match x.kind() {
                 Kind::Node { index, .. } => cx.retired.nodes.push(index),
-                Kind::Subpage(..) => cx.retired.tables.push(x),
+                Kind::Subpage(..) | Kind::Flat(..) => cx.retired.tables.push(x),
                 _ => {}
             }
         }
