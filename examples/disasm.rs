@@ -11,6 +11,13 @@ pub fn disasm_reader_lookup(r: &mut Reader<u64>, addr: u64) -> Option<(u64, u64)
     r.lookup(addr).map(|h| (*h.value, h.offset))
 }
 
+/// A lookup on a held snapshot.
+#[no_mangle]
+#[inline(never)]
+pub fn disasm_snapshot_lookup(s: &physmap::Snapshot<u64>, addr: u64) -> Option<(u64, u64)> {
+    s.lookup(addr).map(|h| (*h.value, h.offset))
+}
+
 /// A refresh (and, when the generation changed, the announcement).
 #[no_mangle]
 #[inline(never)]
@@ -32,6 +39,7 @@ fn main() {
     t.commit().unwrap();
     let mut r = map.reader();
     let hit = disasm_reader_lookup(&mut r, 0x10);
+    assert_eq!(disasm_snapshot_lookup(&map.snapshot(), 0x10), hit);
     let g = disasm_reader_refresh(&mut r);
     disasm_reader_offline(&mut r);
     println!("lookup {hit:?}, generation {g}");

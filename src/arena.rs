@@ -40,6 +40,18 @@ pub(crate) const NODE_UNIT: usize = 16;
 
 /// Rows of the smallest sub-page table block: one 64-byte line of 8 starts and 8 pieces.
 pub(crate) const MIN_TABLE_ROWS: usize = 8;
+/// Rows of every flat node's block (the most runs rule 3 of `canon.rs` stores flat): one
+/// size, so that the lookup searches it without a branch on its size.
+pub(crate) const FLAT_ROWS: usize = 16;
+/// A flat node's block, in cells of the row array: the runs' first keys, their last keys,
+/// their entries (each [`FLAT_ROWS`] cells, padding rows match no key), then the first page
+/// of the node's span in two cells, then the number of runs.
+const FLAT_CELLS: usize = 3 * FLAT_ROWS + 3;
+/// Bytes of a flat node's block.
+pub(crate) const FLAT_BYTES: usize = FLAT_CELLS * std::mem::size_of::<u32>();
+/// Keys are stored and compared as `key ^ FLAT_BIAS`, as `i32`: that turns their unsigned
+/// order into the signed one SSE2 compares.
+const FLAT_BIAS: u32 = 0x8000_0000;
 
 /// One mapped, contiguous piece of a section: 32 bytes, aligned so that a piece never
 /// straddles two cache lines.
@@ -238,14 +250,9 @@ impl Bases {
         let first = unsafe { self.rows.add(offset as usize) };
         // SAFETY: as above; `i < 2 * rows`.
         let cell = |i: usize| unsafe { (*first.add(i)).with(|p| *p) };
-        // The common blocks (every flat node, most tables): counted without a branch
-        // (vectorised).
+        // The common table: one line, counted without a branch (vectorised).
         let n = if rows == MIN_TABLE_ROWS {
             (0..MIN_TABLE_ROWS)
-                .map(|i| (cell(i) <= off) as u32)
-                .sum::<u32>() as usize
-        } else if rows == 2 * MIN_TABLE_ROWS {
-            (0..2 * MIN_TABLE_ROWS)
                 .map(|i| (cell(i) <= off) as u32)
                 .sum::<u32>() as usize
         } else {
@@ -261,6 +268,84 @@ impl Bases {
             lo + (cell(lo) <= off) as usize
         };
         Some(cell(rows + n.checked_sub(1)?))
+    }
+
+    /// The entry of the run of the flat node at row-block offset `offset` (the layout of
+    /// [`FLAT_CELLS`]) that holds the page whose low 32 bits are `key`; empty if none does
+    /// (then the page lies outside the node's span, where nothing is mapped).
+    ///
+    /// Without a branch, and without a second dependent load: every row compares its first
+    /// and last key with `key`, at most one matches, and the entries are masked with the
+    /// matches and OR-ed together.
+    #[inline(always)]
+    pub(crate) unsafe fn flat_entry(&self, offset: u32, key: u32) -> Entry {
+        // SAFETY: see the contract above: the block is reachable, so its cells exist and are
+        // not written.
+        let first = unsafe { self.rows.add(offset as usize) };
+        let key = (key ^ FLAT_BIAS) as i32;
+        #[cfg(all(target_arch = "x86_64", not(loom), not(miri)))]
+        {
+            use std::arch::x86_64::*;
+            // The cells are `repr(transparent)` `u32`s, contiguous in the array (`Cells`).
+            let rows = first as *const __m128i;
+            // SAFETY: SSE2 is part of the x86_64 baseline, so these intrinsics are always
+            // available; the loads read cells `0 .. 3 * FLAT_ROWS` of the block, inside it
+            // (see the contract above for the reads).
+            let bits = unsafe {
+                let k = _mm_set1_epi32(key);
+                let lane = |j: usize| {
+                    let first = _mm_loadu_si128(rows.add(j));
+                    let last = _mm_loadu_si128(rows.add(FLAT_ROWS / 4 + j));
+                    let entry = _mm_loadu_si128(rows.add(FLAT_ROWS / 2 + j));
+                    let miss = _mm_or_si128(_mm_cmpgt_epi32(first, k), _mm_cmpgt_epi32(k, last));
+                    _mm_andnot_si128(miss, entry)
+                };
+                // A tree of ORs over the lanes (`FLAT_ROWS / 4` of them, a power of two).
+                let mut v = [_mm_setzero_si128(); FLAT_ROWS / 4];
+                for (j, x) in v.iter_mut().enumerate() {
+                    *x = lane(j);
+                }
+                let mut n = FLAT_ROWS / 4;
+                while n > 1 {
+                    n /= 2;
+                    for j in 0..n {
+                        v[j] = _mm_or_si128(v[j], v[j + n]);
+                    }
+                }
+                let v = v[0];
+                let v = _mm_or_si128(v, _mm_shuffle_epi32::<0b01_00_11_10>(v));
+                let v = _mm_or_si128(v, _mm_shuffle_epi32::<0b10_11_00_01>(v));
+                _mm_cvtsi128_si32(v) as u32
+            };
+            Entry::from_bits(bits)
+        }
+        #[cfg(not(all(target_arch = "x86_64", not(loom), not(miri))))]
+        {
+            // SAFETY: as above; `i < 3 * FLAT_ROWS`.
+            let cell = |i: usize| unsafe { (*first.add(i)).with(|p| *p) };
+            let mut bits = 0;
+            for i in 0..FLAT_ROWS {
+                let (lo, hi) = (cell(i) as i32, cell(FLAT_ROWS + i) as i32);
+                bits |=
+                    cell(2 * FLAT_ROWS + i) & 0u32.wrapping_sub((lo <= key && key <= hi) as u32);
+            }
+            Entry::from_bits(bits)
+        }
+    }
+
+    /// The runs of a flat node (see [`Bases::flat_entry`]) as (low 32 bits of the first page,
+    /// entry bits), and the first page of its span.
+    pub(crate) unsafe fn flat_rows(&self, offset: u32) -> (Vec<(u32, u32)>, u64) {
+        // SAFETY: see the contract above.
+        let first = unsafe { self.rows.add(offset as usize) };
+        // SAFETY: as above; `i < FLAT_CELLS`.
+        let cell = |i: usize| unsafe { (*first.add(i)).with(|p| *p) };
+        let n = cell(3 * FLAT_ROWS + 2) as usize;
+        let rows = (0..n)
+            .map(|i| (cell(i) ^ FLAT_BIAS, cell(2 * FLAT_ROWS + i)))
+            .collect();
+        let base = cell(3 * FLAT_ROWS) as u64 | (cell(3 * FLAT_ROWS + 1) as u64) << 32;
+        (rows, base)
     }
 
     /// The page (number) a sub-page table (see [`Bases::table_piece`]) is for: the two cells
@@ -305,12 +390,14 @@ pub(crate) struct Arena {
     rows: RowAlloc,
 }
 
-/// Free blocks of sub-page rows, by size class (`MIN_TABLE_ROWS << class` rows).
+/// Free blocks of sub-page rows, by size class (`MIN_TABLE_ROWS << class` rows), and of
+/// flat nodes.
 #[derive(Default)]
 struct RowAlloc {
     /// Cells handed out so far (blocks are never merged back).
     high: usize,
     free: Vec<Vec<u32>>,
+    flat_free: Vec<u32>,
     /// Sub-page tables and flat nodes in use, and the real rows in them (for accounting).
     tables: usize,
     flats: usize,
@@ -379,34 +466,75 @@ impl Arena {
     /// Writes a new sub-page table for `page` of `rows` (page offsets ascending, piece slots)
     /// and returns its entry; grows the row array if needed.
     pub(crate) fn alloc_table(&mut self, page: u64, rows: &[(u32, u32)]) -> Result<Entry, Error> {
-        self.alloc_rows(page, rows, false)
+        self.alloc_rows(page, rows)
     }
 
-    /// Writes a new flat node whose span starts at page `base`, of `rows` (the low 32 bits
-    /// of each run's first page, ascending; the run's entry as bits) and returns its entry.
-    pub(crate) fn alloc_flat(&mut self, base: u64, rows: &[(u32, u32)]) -> Result<Entry, Error> {
-        self.alloc_rows(base, rows, true)
-    }
-
-    /// A row block (the layout of [`Bases::table_piece`]) for a table or a flat node.
-    fn alloc_rows(&mut self, page: u64, rows: &[(u32, u32)], flat: bool) -> Result<Entry, Error> {
-        let mut class = 0;
-        while MIN_TABLE_ROWS << class < rows.len() {
-            class += 1;
+    /// Writes a new flat node whose span starts at page `base` and ends at the page whose
+    /// low 32 bits are `last`, of `rows` (the low 32 bits of each run's first page,
+    /// ascending; the run's entry as bits), and returns its entry.
+    pub(crate) fn alloc_flat(
+        &mut self,
+        base: u64,
+        last: u32,
+        rows: &[(u32, u32)],
+    ) -> Result<Entry, Error> {
+        assert!(
+            !rows.is_empty() && rows.len() <= FLAT_ROWS,
+            "a flat node holds 1..=FLAT_ROWS runs"
+        );
+        let offset = self.alloc_block(None, FLAT_CELLS, rows.len())?;
+        self.rows.flats += 1;
+        for k in 0..FLAT_ROWS {
+            // A padding row matches no key: its first key is above its last.
+            let (lo, hi, e) = match rows.get(k) {
+                Some(&(lo, e)) => {
+                    let hi = rows.get(k + 1).map_or(last, |r| r.0.wrapping_sub(1));
+                    (lo, hi, e)
+                }
+                None => (u32::MAX, 0, 0),
+            };
+            // SAFETY: a block no generation anyone can read reaches (fresh, or freed by
+            // reclamation), and we are the writer (I3, I4, I6).
+            unsafe {
+                self.write_row_cell(offset + k, lo ^ FLAT_BIAS);
+                self.write_row_cell(offset + FLAT_ROWS + k, hi ^ FLAT_BIAS);
+                self.write_row_cell(offset + 2 * FLAT_ROWS + k, e);
+            }
         }
-        let cap = MIN_TABLE_ROWS << class;
-        let cells = block_cells(cap);
+        // SAFETY: as above.
+        unsafe {
+            self.write_row_cell(offset + 3 * FLAT_ROWS, base as u32);
+            self.write_row_cell(offset + 3 * FLAT_ROWS + 1, (base >> 32) as u32);
+            self.write_row_cell(offset + 3 * FLAT_ROWS + 2, rows.len() as u32);
+        }
+        Ok(Entry::flat(0, offset as u32))
+    }
+
+    /// A free block of `cells` cells for `rows` rows, from the free list of size class
+    /// `class` (tables) or of flat nodes (`None`); grows the row array if needed.
+    fn alloc_block(
+        &mut self,
+        class: Option<usize>,
+        cells: usize,
+        rows: usize,
+    ) -> Result<usize, Error> {
         let r = &mut self.rows;
-        if r.rows + rows.len() > r.limit {
+        if r.rows + rows > r.limit {
             return Err(Error::CapacityExhausted {
                 kind: "sub-page rows",
                 limit: r.limit,
             });
         }
-        if r.free.len() <= class {
-            r.free.resize_with(class + 1, Vec::new);
-        }
-        let offset = match r.free[class].pop() {
+        let free = match class {
+            Some(class) => {
+                if r.free.len() <= class {
+                    r.free.resize_with(class + 1, Vec::new);
+                }
+                &mut r.free[class]
+            }
+            None => &mut r.flat_free,
+        };
+        let offset = match free.pop() {
             Some(o) => o as usize,
             None => {
                 let o = r.high;
@@ -420,14 +548,21 @@ impl Arena {
                 o
             }
         };
-        if flat {
-            r.flats += 1;
-        } else {
-            r.tables += 1;
-        }
-        r.rows += rows.len();
+        r.rows += rows;
         r.cells += cells;
         grow(&mut self.arrays.rows, offset + cells);
+        Ok(offset)
+    }
+
+    /// The table block (the layout of [`Bases::table_piece`]).
+    fn alloc_rows(&mut self, page: u64, rows: &[(u32, u32)]) -> Result<Entry, Error> {
+        let mut class = 0;
+        while MIN_TABLE_ROWS << class < rows.len() {
+            class += 1;
+        }
+        let cap = MIN_TABLE_ROWS << class;
+        let offset = self.alloc_block(Some(class), block_cells(cap), rows.len())?;
+        self.rows.tables += 1;
         let last = rows[rows.len() - 1].1;
         for k in 0..cap {
             let (start, piece) = rows.get(k).copied().unwrap_or((u32::MAX, last));
@@ -443,31 +578,28 @@ impl Arena {
             self.write_row_cell(offset + 2 * cap, page as u32);
             self.write_row_cell(offset + 2 * cap + 1, (page >> 32) as u32);
         }
-        Ok(if flat {
-            Entry::flat(class as u32, offset as u32)
-        } else {
-            Entry::subpage(class as u32, offset as u32)
-        })
+        Ok(Entry::subpage(class as u32, offset as u32))
     }
 
     /// Frees the table or flat node of entry `e`.
     pub(crate) fn free_table(&mut self, e: Entry) {
         let (class, offset) = e.table_parts();
-        // SAFETY: the writer reads its own table block (I6): it is allocated and nothing
-        // writes it meanwhile.
-        let rows = unsafe {
-            self.arrays
-                .bases()
-                .table_rows(offset, MIN_TABLE_ROWS << class)
-        }
-        .len();
+        let bases = self.arrays.bases();
         let r = &mut self.rows;
-        r.free[class as usize].push(offset);
         if e.is_flat() {
+            // SAFETY: the writer reads its own block (I6): it is allocated and nothing writes
+            // it meanwhile.
+            let rows = unsafe { bases.flat_rows(offset) }.0.len();
+            r.flat_free.push(offset);
             r.flats -= 1;
-        } else {
-            r.tables -= 1;
+            r.rows -= rows;
+            r.cells -= FLAT_CELLS;
+            return;
         }
+        // SAFETY: as above.
+        let rows = unsafe { bases.table_rows(offset, MIN_TABLE_ROWS << class) }.len();
+        r.free[class as usize].push(offset);
+        r.tables -= 1;
         r.rows -= rows;
         r.cells -= block_cells(MIN_TABLE_ROWS << class);
     }

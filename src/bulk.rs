@@ -34,12 +34,15 @@ pub(crate) trait Sink {
     fn node(&mut self, h: u32, base: u64, kids: &[Entry]) -> Result<Entry, Error>;
     /// A sub-page table with these rows.
     fn table(&mut self, rows: Vec<SubEntry>) -> Result<Entry, Error>;
-    /// A flat node (rule 3 of `canon.rs`) whose span starts at page `base`, of these runs
-    /// (first page, entry: empty, leaf or a table this sink made).
-    fn flat(&mut self, base: u64, rows: Vec<(u64, Entry)>) -> Result<Entry, Error>;
+    /// A flat node (rule 3 of `canon.rs`) for the span of height `h` at page `base`, of these
+    /// runs (first page, entry: empty, leaf or a table this sink made).
+    fn flat(&mut self, h: u32, base: u64, rows: Vec<(u64, Entry)>) -> Result<Entry, Error>;
     /// Called when a node's children are built in parallel (for `Memory::parallel_builds`).
     fn went_parallel(&mut self) {}
 }
+
+/// A flat node of a [`LocalSink`]: height, first page, runs.
+type LocalFlat = (u32, u64, Vec<(u64, Entry)>);
 
 /// A task-local arena: nodes and tables with local indices, in creation order (children
 /// before their parents).
@@ -48,7 +51,7 @@ pub(crate) struct LocalSink<'a> {
     entries: Vec<Entry>,
     nodes: Vec<(u32, u64)>,
     tables: Vec<Vec<SubEntry>>,
-    flats: Vec<(u64, Vec<(u64, Entry)>)>,
+    flats: Vec<LocalFlat>,
 }
 
 impl<'a> LocalSink<'a> {
@@ -69,7 +72,7 @@ impl<'a> LocalSink<'a> {
             tables.push(into.table(rows)?);
         }
         let mut flats = Vec::with_capacity(self.flats.len());
-        for (base, rows) in self.flats {
+        for (h, base, rows) in self.flats {
             let rows = rows
                 .into_iter()
                 .map(|(page, e)| match e.kind() {
@@ -77,7 +80,7 @@ impl<'a> LocalSink<'a> {
                     _ => (page, e),
                 })
                 .collect();
-            flats.push(into.flat(base, rows)?);
+            flats.push(into.flat(h, base, rows)?);
         }
         let mut nodes: Vec<Entry> = Vec::with_capacity(self.nodes.len());
         let renumber = |e: Entry, nodes: &[Entry]| match e.kind() {
@@ -115,8 +118,8 @@ impl Sink for LocalSink<'_> {
         self.tables.push(rows);
         Ok(Entry::subpage(0, (self.tables.len() - 1) as u32))
     }
-    fn flat(&mut self, base: u64, rows: Vec<(u64, Entry)>) -> Result<Entry, Error> {
-        self.flats.push((base, rows));
+    fn flat(&mut self, h: u32, base: u64, rows: Vec<(u64, Entry)>) -> Result<Entry, Error> {
+        self.flats.push((h, base, rows));
         Ok(Entry::flat(0, (self.flats.len() - 1) as u32))
     }
 }
@@ -148,7 +151,7 @@ pub(crate) fn build<S: Sink>(
                 };
                 rows.push((page, e));
             }
-            return sink.flat(base, rows);
+            return sink.flat(h, base, rows);
         }
     }
     let parts = partition(geo, h, base, pieces);
@@ -244,12 +247,18 @@ mod tests {
     /// Small enough for Miri: the bulk path (not the parallel one), diff and reader lookups.
     #[test]
     fn bulk_build_diff_and_reader_on_a_small_space() {
-        let config = Config {
-            addr_bits: 16,
-            page_bits: 2,
-            level_bits: 2,
-            ..Config::default()
-        };
+        for flat_nodes in [false, true] {
+            bulk_build_diff_and_reader(Config {
+                addr_bits: 16,
+                page_bits: 2,
+                level_bits: 2,
+                flat_nodes,
+                ..Config::default()
+            });
+        }
+    }
+
+    fn bulk_build_diff_and_reader(config: Config) {
         let n = if cfg!(miri) { 150u64 } else { 2000 };
         let bulk =
             PhysMap::from_ranges(config.clone(), (0..n).map(|i| (i * 8..i * 8 + 8, i))).unwrap();

@@ -7,7 +7,8 @@
 //!    range check rejects them); by more, a sub-page table at page level, else a node.
 //! 2. A node with a single non-empty child is replaced by that child (path compression: the
 //!    child's entry carries its own shift, so the walk skips the missing levels).
-//! 3. A span that would be a node (rule 1), whose pages number at most 2^32, and whose
+//! 3. With [`Config::flat_nodes`](crate::Config::flat_nodes) (off by default): a span that
+//!    would be a node (rule 1), whose pages number at most 2^32, and whose
 //!    subtree, read page by page, is at most [`FLAT_MAX`] runs of equal entries (empty, a
 //!    leaf, or one page's sub-page table), is a *flat node* of those runs instead: its whole
 //!    subtree in one small block, searched like a sub-page table. Applied top-down (the
@@ -63,8 +64,8 @@ pub(crate) fn collapse(kids: &[Entry]) -> Option<Entry> {
     Some(only)
 }
 
-/// Most runs a flat node holds (rule 3): one 16-row block, searched without a branch.
-pub(crate) const FLAT_MAX: usize = 16;
+/// Most runs a flat node holds (rule 3): one block of the arena's fixed flat size.
+pub(crate) const FLAT_MAX: usize = crate::arena::FLAT_ROWS;
 
 /// What a run of a flat node is (rule 3), pieces numbered in the order given.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,7 +82,7 @@ pub(crate) enum Run {
 /// low 32 bits of a page number order them (an aligned span of at most 2^32 pages never
 /// crosses a multiple of 2^32 pages), which is what a flat node's rows hold.
 pub(crate) fn may_be_flat(geo: &Geometry, h: u32) -> bool {
-    h >= 1 && h * geo.level_bits <= 32
+    geo.flat_nodes && h >= 1 && h * geo.level_bits <= 32
 }
 
 /// Rule 3: the runs of the span of height `h` at page `base`, each with its first page,
@@ -166,6 +167,7 @@ mod tests {
             addr_bits: 16,
             page_bits: 4,
             level_bits: 4,
+            flat_nodes: true,
             ..crate::Config::default()
         }
         .geometry()
@@ -210,5 +212,7 @@ mod tests {
         let few: Vec<(u64, u64)> = (0..8).map(|i| (i * 0x20, i * 0x20 + 0xf)).collect();
         assert_eq!(runs2(&few).map(|r| r.len()), Some(16));
         assert!(may_be_flat(&geo, 2) && !may_be_flat(&geo, 0));
+        let dense = crate::Config::default().geometry().unwrap();
+        assert!(!may_be_flat(&dense, 1), "off by default");
     }
 }

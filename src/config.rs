@@ -29,6 +29,18 @@ pub struct Config {
     /// Most pieces, sections and sub-page tables (each counted separately) the arena may hold
     /// at once; at most 2^30 - 1, the default.
     pub max_pieces: usize,
+    /// Store sparse subtrees as *flat nodes* (rule 3 in ARCHITECTURE.md): a node whose
+    /// subtree is at most 16 runs of pages (empty, one piece, or one page's sub-page table)
+    /// becomes one 204-byte block searched without a branch, instead of 2 KiB nodes per
+    /// level. Default `false`.
+    ///
+    /// The trade: on real VM maps this takes `physmap import`'s total bytes from 16-31 % of
+    /// QEMU's to 3-14 % (one I/O space at 17 %), and RAM lookups (a flat node replaces two
+    /// or three levels) get faster; but an MMIO lookup that ends in a flat node of device
+    /// pages pays a 16-row search where the dense node paid one load, up to ~25 % more per
+    /// lookup on small maps (BENCHMARKS.md, "Flat nodes"). Worth it for maps held by the
+    /// thousand or memory-bound simulators; a VMM's hot exit path keeps the default.
+    pub flat_nodes: bool,
 }
 
 /// Largest node index an entry can encode.
@@ -44,6 +56,7 @@ impl Default for Config {
             level_bits: 9,
             max_nodes: NODE_INDEX_LIMIT,
             max_pieces: PIECE_INDEX_LIMIT,
+            flat_nodes: false,
         }
     }
 }
@@ -60,6 +73,8 @@ pub(crate) struct Geometry {
     pub mask: u64,
     /// Last valid address.
     pub max_addr: u64,
+    /// Whether sparse subtrees are stored as flat nodes ([`Config::flat_nodes`]).
+    pub flat_nodes: bool,
     /// Number of pages in the space.
     pub npages: u128,
 }
@@ -111,6 +126,7 @@ impl Config {
                 (1u64 << self.addr_bits) - 1
             },
             npages: 1u128 << page_number_bits,
+            flat_nodes: self.flat_nodes,
         })
     }
 }

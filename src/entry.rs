@@ -114,6 +114,18 @@ impl Entry {
         self.0 >> FLAT_BIT == (TAG_SUBPAGE << 1 | 1)
     }
 
+    /// The piece slot of a leaf entry (`None` for other kinds): one compare.
+    #[inline(always)]
+    pub(crate) fn leaf_slot(self) -> Option<u32> {
+        (self.0 >> TAG_SHIFT == TAG_LEAF).then_some(self.0 & mask(SLOT_BITS))
+    }
+
+    /// Whether this is a sub-page table entry: one shift and compare.
+    #[inline(always)]
+    pub(crate) fn is_table(self) -> bool {
+        self.0 >> FLAT_BIT == TAG_SUBPAGE << 1
+    }
+
     /// `(class, row-block offset)` of a table or flat node entry (meaningless for other
     /// kinds).
     #[inline(always)]
@@ -260,6 +272,8 @@ mod tests {
             }
             prop_assert_eq!(e.is_node(), matches!(e.kind(), Kind::Node { .. }));
             prop_assert_eq!(e.is_flat(), matches!(e.kind(), Kind::Flat(..)));
+            prop_assert_eq!(e.is_table(), matches!(e.kind(), Kind::Subpage(..)));
+            prop_assert_eq!(e.leaf_slot(), match e.kind() { Kind::Leaf(p) => Some(p), _ => None });
         }
     }
 }

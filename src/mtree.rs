@@ -368,7 +368,13 @@ impl FlatView {
     /// A map of this FlatView with default geometry; each value is the index of its range in
     /// [`FlatView::ranges`]. `Hit::offset + ranges[i].offset` is the offset in the region.
     pub fn build(&self) -> Result<PhysMap<usize>, Error> {
-        let map = PhysMap::new();
+        self.build_with(crate::Config::default())
+    }
+
+    /// [`build`](FlatView::build) with a chosen geometry and layout (e.g.
+    /// [`Config::flat_nodes`](crate::Config::flat_nodes)).
+    pub fn build_with(&self, config: crate::Config) -> Result<PhysMap<usize>, Error> {
+        let map = PhysMap::with_config(config)?;
         let mut t = map.transaction();
         for (i, r) in self.ranges.iter().enumerate() {
             t.insert(r.start..=r.end, i)?;

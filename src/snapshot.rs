@@ -87,7 +87,7 @@ impl<V> Snapshot<V> {
     /// origin (see [`Hit::offset`]); `None` if `addr` is unmapped.
     ///
     /// Wait-free: at most one load per tree level plus the final range check.
-    #[inline]
+    #[inline(always)]
     pub fn lookup(&self, addr: u64) -> Option<Hit<'_, V>> {
         let tree = self.tree();
         let piece = tree.find(addr)?;

@@ -214,32 +214,21 @@ impl<'g, V> TreeRef<'g, V> {
             .collect()
     }
 
-    /// The runs of the flat node of class `class` at `offset`, as (first page, entry).
-    fn flat_at(self, class: u32, offset: u32) -> Vec<(u64, Entry)> {
-        let (bases, rows) = (self.version.hot.bases, MIN_TABLE_ROWS << class);
+    /// The runs of the flat node at `offset`, as (first page, entry).
+    fn flat_at(self, _class: u32, offset: u32) -> Vec<(u64, Entry)> {
         // SAFETY: see above (I1-I4).
-        let (base, raw) = unsafe {
-            (
-                bases.table_page(offset, rows),
-                bases.table_rows(offset, rows),
-            )
-        };
+        let (rows, base) = unsafe { self.version.hot.bases.flat_rows(offset) };
         // Rows keep the low 32 bits of the page: the span never crosses a multiple of 2^32
         // pages (rule 3 of `canon.rs`).
-        raw.into_iter()
+        rows.into_iter()
             .map(|(low, e)| (base & !0xffff_ffff | low as u64, Entry::from_bits(e)))
             .collect()
     }
 
-    /// The first page of the span of the flat node of class `class` at `offset`.
-    fn flat_base(self, class: u32, offset: u32) -> u64 {
+    /// The first page of the span of the flat node at `offset`.
+    fn flat_base(self, _class: u32, offset: u32) -> u64 {
         // SAFETY: see above (I1-I4).
-        unsafe {
-            self.version
-                .hot
-                .bases
-                .table_page(offset, MIN_TABLE_ROWS << class)
-        }
+        unsafe { self.version.hot.bases.flat_rows(offset) }.1
     }
 
     /// The value of a piece of a tree borrowed for 'g.
@@ -276,25 +265,38 @@ impl<'g, V> TreeRef<'g, V> {
             // SAFETY: `node` comes from an entry of this tree (I1-I4); `i` < fan-out.
             e = unsafe { hot.bases.entry(node, i as usize) };
         }
-        if e.is_flat() {
-            // A flat node ends the walk: its runs are keyed by the low 32 bits of their first
-            // page. An address outside its span (reached through a compressed path) finds
-            // some run or none; either way the final check answers right, since nothing there
-            // is mapped (rule 2 of `canon.rs`).
-            let (class, offset) = e.table_parts();
-            let key = (addr >> hot.page_bits) as u32;
-            // SAFETY: a flat node of this tree (I1-I4).
-            let run = unsafe { hot.bases.table_piece(offset, MIN_TABLE_ROWS << class, key) };
-            e = Entry::from_bits(run.unwrap_or(0));
+        // Compares, not `kind()`'s match: a jump table here is an indirect branch that
+        // mispredicts whenever leaves and tables alternate. Empty first (unmapped addresses
+        // end here), flat nodes last (the dense layout never has them).
+        if e.is_empty() {
+            return None;
         }
-        let slot = match e.kind() {
-            Kind::Leaf(p) => p,
-            Kind::Subpage(class, offset) => {
+        // The piece slot of a leaf, or of the row of a table holding `addr`.
+        let piece_of = |e: Entry| -> Option<u32> {
+            if let Some(p) = e.leaf_slot() {
+                Some(p)
+            } else if e.is_table() {
+                let (class, offset) = e.table_parts();
                 let off = (addr & hot.page_mask) as u32;
                 // SAFETY: a table of this tree (I1-I4).
-                unsafe { hot.bases.table_piece(offset, MIN_TABLE_ROWS << class, off) }?
+                unsafe { hot.bases.table_piece(offset, MIN_TABLE_ROWS << class, off) }
+            } else {
+                None
             }
-            _ => return None,
+        };
+        let slot = match piece_of(e) {
+            Some(p) => p,
+            None if e.is_flat() => {
+                // A flat node ends the walk: its runs are keyed by the low 32 bits of their
+                // first page. An address outside its span (reached through a compressed path)
+                // finds no run, or one whose piece fails the final check: nothing there is
+                // mapped (rule 2 of `canon.rs`).
+                let (_, offset) = e.table_parts();
+                let key = (addr >> hot.page_bits) as u32;
+                // SAFETY: a flat node of this tree (I1-I4).
+                piece_of(unsafe { hot.bases.flat_entry(offset, key) })?
+            }
+            None => return None,
         };
         let piece = PieceRef {
             // SAFETY: `hot.bases` are this tree's (forwarded contract) and the slot is
@@ -475,7 +477,7 @@ impl<'g, V> TreeRef<'g, V> {
                 Kind::Flat(class, offset) => {
                     flats += 1;
                     deepest = deepest.max(depth + 1);
-                    table_bytes += crate::arena::table_bytes(class);
+                    table_bytes += crate::arena::FLAT_BYTES;
                     let rows = self.flat_at(class, offset).into_iter();
                     stack.extend(rows.map(|r| (TreeEntry::new(r.1), depth + 1)));
                 }

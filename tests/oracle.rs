@@ -171,6 +171,17 @@ proptest! {
     }
 
     #[test]
+    fn default_geometry_with_flat_nodes(history in txns(u64::MAX, 4096), probes in proptest::collection::vec(any::<u64>(), 32)) {
+        run(Config { flat_nodes: true, ..Config::default() }, history, probes)?;
+    }
+
+    #[test]
+    fn small_geometry_with_flat_nodes(history in txns((1 << 20) - 1, 16), probes in proptest::collection::vec(0u64..(1 << 20), 32)) {
+        let config = Config { addr_bits: 20, page_bits: 4, level_bits: 3, flat_nodes: true, ..Config::default() };
+        run(config, history, probes)?;
+    }
+
+    #[test]
     fn small_geometry(history in txns((1 << 20) - 1, 16), probes in proptest::collection::vec(0u64..(1 << 20), 32)) {
         // 20-bit space, 16-byte pages, 3 bits a level: deep trees, many sub-page tables.
         let config = Config { addr_bits: 20, page_bits: 4, level_bits: 3, ..Config::default() };

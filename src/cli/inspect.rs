@@ -16,13 +16,14 @@ pub(crate) use out;
 pub(crate) fn import(dump: &Dump, json: bool, w: &mut dyn Write) -> Outcome {
     let mut rows = Vec::new();
     for fv in &dump.flatviews {
-        let stats = build(fv)?.snapshot().stats();
-        rows.push((fv, stats));
+        let stats = build(fv, false)?.snapshot().stats();
+        let flat = build(fv, true)?.snapshot().stats();
+        rows.push((fv, stats, flat));
     }
     if json {
         let items = rows
             .iter()
-            .map(|(fv, s)| {
+            .map(|(fv, s, f)| {
                 let mut o = Json::obj()
                     .num("flatview", fv.index as u64)
                     .arr(
@@ -34,7 +35,16 @@ pub(crate) fn import(dump: &Dump, json: bool, w: &mut dyn Write) -> Outcome {
                     .num("subpage_tables", s.subpage_tables as u64)
                     .num("pieces", s.pieces as u64)
                     .num("bytes", s.bytes as u64)
-                    .num("levels", s.levels as u64);
+                    .num("levels", s.levels as u64)
+                    .field(
+                        "with_flat_nodes",
+                        Json::obj()
+                            .num("nodes", f.nodes as u64)
+                            .num("flat_nodes", f.flat_nodes as u64)
+                            .num("subpage_tables", f.subpage_tables as u64)
+                            .num("bytes", f.bytes as u64)
+                            .num("levels", f.levels as u64),
+                    );
                 if let Some(d) = &fv.dispatch {
                     o = o.field(
                         "qemu",
@@ -54,20 +64,23 @@ pub(crate) fn import(dump: &Dump, json: bool, w: &mut dyn Write) -> Outcome {
     }
     out!(
         w,
-        "{:<4} {:<34} {:>6} | {:>5} {:>8} {:>8} | {:>12} {:>8} {:>8} | {:>6}",
+        "{:<4} {:<34} {:>6} | {:>5} {:>8} {:>8} | {:>10} {:>8} | {:>12} {:>8} {:>8} | {:>6} {:>6}",
         "FV",
         "address spaces",
         "ranges",
         "nodes",
         "subpages",
         "bytes",
+        "flat nodes",
+        "bytes",
         "QEMU nodes",
         "subpages",
         "bytes",
-        "ratio"
+        "ratio",
+        "flat"
     );
-    let (mut ours, mut theirs) = (0usize, 0usize);
-    for (fv, s) in &rows {
+    let (mut ours, mut flat, mut theirs) = (0usize, 0usize, 0usize);
+    for (fv, s, f) in &rows {
         let mut label: String = fv.label().chars().take(34).collect();
         if label.chars().count() < fv.label().chars().count() {
             label = label.chars().take(31).collect::<String>() + "...";
@@ -75,40 +88,50 @@ pub(crate) fn import(dump: &Dump, json: bool, w: &mut dyn Write) -> Outcome {
         let q = match &fv.dispatch {
             Some(d) => {
                 ours += s.bytes;
+                flat += f.bytes;
                 theirs += d.bytes();
+                let pct = |b: usize| 100.0 * b as f64 / d.bytes().max(1) as f64;
                 format!(
-                    "{:>12} {:>8} {:>8} | {:>5.1}%",
+                    "{:>12} {:>8} {:>8} | {:>5.1}% {:>5.1}%",
                     format!("{} ({} reach)", d.nodes.len(), d.reachable_nodes()),
                     d.subpage_tables(),
                     d.bytes(),
-                    100.0 * s.bytes as f64 / d.bytes().max(1) as f64
+                    pct(s.bytes),
+                    pct(f.bytes)
                 )
             }
-            None => format!("{:>12} {:>8} {:>8} | {:>6}", "-", "-", "-", "-"),
+            None => format!("{:>12} {:>8} {:>8} | {:>6} {:>6}", "-", "-", "-", "-", "-"),
         };
         out!(
             w,
-            "{:<4} {:<34} {:>6} | {:>5} {:>8} {:>8} | {q}",
+            "{:<4} {:<34} {:>6} | {:>5} {:>8} {:>8} | {:>10} {:>8} | {q}",
             fv.index,
             label,
             fv.ranges.len(),
             s.nodes,
             s.subpage_tables,
-            s.bytes
+            s.bytes,
+            format!("{}+{}", f.nodes, f.flat_nodes),
+            f.bytes
         );
     }
     if theirs > 0 {
         out!(
             w,
-            "total bytes: physmap {ours}, QEMU {theirs} ({:.1}% of QEMU's; QEMU counted at 2 KiB a node, 8 KiB a sub-page table)",
-            100.0 * ours as f64 / theirs as f64
+            "total bytes: physmap {ours}, with flat nodes {flat}, QEMU {theirs} ({:.1}% and {:.1}% of QEMU's; QEMU counted at 2 KiB a node, 8 KiB a sub-page table)",
+            100.0 * ours as f64 / theirs as f64,
+            100.0 * flat as f64 / theirs as f64
+        );
+        out!(
+            w,
+            "bytes: tree, pieces, sub-page rows and section slots; \"flat nodes\": dense nodes + flat nodes with Config::flat_nodes"
         );
     }
     Ok(0)
 }
 
 pub(crate) fn lookup(fv: &FlatView, addrs: &[u64], json: bool, w: &mut dyn Write) -> Outcome {
-    let map = build(fv)?;
+    let map = build(fv, false)?;
     let snap = map.snapshot();
     let mut items = Vec::new();
     for &a in addrs {
@@ -153,17 +176,18 @@ pub(crate) fn lookup(fv: &FlatView, addrs: &[u64], json: bool, w: &mut dyn Write
     Ok(0)
 }
 
-pub(crate) fn dump(fv: &FlatView, w: &mut dyn Write) -> Outcome {
-    let map = build(fv)?;
+pub(crate) fn dump(fv: &FlatView, flat: bool, w: &mut dyn Write) -> Outcome {
+    let map = build(fv, flat)?;
     let snap = map.snapshot();
     let s = snap.stats();
     out!(
         w,
-        "FlatView #{} ({}): {} ranges, {} nodes, {} sub-page tables, {} bytes, {} levels used",
+        "FlatView #{} ({}): {} ranges, {} nodes, {} flat nodes, {} sub-page tables, {} bytes, {} levels used",
         fv.index,
         fv.label(),
         fv.ranges.len(),
         s.nodes,
+        s.flat_nodes,
         s.subpage_tables,
         s.bytes,
         s.levels

@@ -57,6 +57,9 @@ enum Command {
         file: PathBuf,
         #[command(flatten)]
         space: Space,
+        /// Build with flat nodes (`Config::flat_nodes`): sparse subtrees as runs.
+        #[arg(long)]
+        flat: bool,
     },
 }
 
@@ -110,9 +113,8 @@ pub(crate) fn main() -> u8 {
         } => load(&file).and_then(|d| {
             pick(&d, &space).and_then(|fv| inspect::lookup(fv, &addrs, json, &mut out))
         }),
-        Command::Dump { file, space } => {
-            load(&file).and_then(|d| pick(&d, &space).and_then(|fv| inspect::dump(fv, &mut out)))
-        }
+        Command::Dump { file, space, flat } => load(&file)
+            .and_then(|d| pick(&d, &space).and_then(|fv| inspect::dump(fv, flat, &mut out))),
     };
     let result = result.and_then(|code| {
         out.flush().map_err(output_error)?;
@@ -170,8 +172,12 @@ fn pick<'a>(dump: &'a Dump, space: &Space) -> Result<&'a FlatView, String> {
     }
 }
 
-/// The map of one (checked) FlatView.
-fn build(fv: &FlatView) -> Result<physmap::PhysMap<usize>, String> {
-    fv.build()
+/// The map of one (checked) FlatView, dense or with flat nodes.
+fn build(fv: &FlatView, flat: bool) -> Result<physmap::PhysMap<usize>, String> {
+    let config = physmap::Config {
+        flat_nodes: flat,
+        ..physmap::Config::default()
+    };
+    fv.build_with(config)
         .map_err(|e| format!("FlatView #{} (line {}): {e}", fv.index, fv.line))
 }

@@ -63,14 +63,15 @@ impl<V> Sink for Arena<'_, V> {
         Ok(e)
     }
 
-    fn flat(&mut self, base: u64, rows: Vec<(u64, Entry)>) -> Result<Entry, Error> {
+    fn flat(&mut self, h: u32, base: u64, rows: Vec<(u64, Entry)>) -> Result<Entry, Error> {
         // Rows keep the low 32 bits of their first page: the span has at most 2^32 pages
         // (rule 3 of `canon.rs`), so they stay in order, and so does a lookup's key.
         let rows: Vec<(u32, u32)> = rows
             .iter()
             .map(|&(page, e)| (page as u32, crate::entry::as_words(&[e])[0]))
             .collect();
-        let e = self.slots.alloc_flat(base, &rows)?;
+        let last = (self.geo.span(h, base).1 >> self.geo.page_bits) as u32;
+        let e = self.slots.alloc_flat(base, last, &rows)?;
         self.cx.fresh_tables.push(e);
         Ok(e)
     }
@@ -131,7 +132,7 @@ impl<V> Writer<V> {
                     let mut keys = Vec::new();
                     let pieces = self.overlapping(s, e).inspect(|&(k, _)| keys.push(k));
                     if let Some(runs) = canon::flat_runs(&self.geo, h, base, pieces) {
-                        return self.rebuild_flat(tree, old, base, runs, &keys, cx);
+                        return self.rebuild_flat(tree, old, h, base, runs, &keys, cx);
                     }
                 }
                 if let Kind::Flat(..) = old.kind() {
@@ -230,13 +231,15 @@ impl<V> Writer<V> {
         Ok(new)
     }
 
-    /// A flat node of `runs` (rule 3) for the span starting at page `base`, the pieces
+    /// A flat node of `runs` (rule 3) for the span of height `h` at page `base`, the pieces
     /// numbered as in `keys`; the old tables of unchanged pages are kept, and `old` itself if
     /// nothing changed.
+    #[allow(clippy::too_many_arguments)]
     fn rebuild_flat<'g>(
         &mut self,
         tree: TreeRef<'g, V>,
         old: TreeEntry<'g>,
+        h: u32,
         base: u64,
         runs: Vec<(u64, Run)>,
         keys: &[u64],
@@ -271,7 +274,7 @@ impl<V> Writer<V> {
         if tree.flat_holds(old, &rows) {
             return Ok(old.get());
         }
-        let new = self.arena(cx).flat(base, rows)?;
+        let new = self.arena(cx).flat(h, base, rows)?;
         let mut inner = Vec::new();
         tree.inner_entries(old, &mut inner);
         inner.retain(|x| !kept.contains(x));
