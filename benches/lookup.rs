@@ -134,6 +134,43 @@ fn scaling(c: &mut Criterion) {
     }
 }
 
+/// The two layouts in the same run: dense nodes (the default) and flat nodes
+/// (`Config::flat_nodes`), snapshot lookups on every real map and mix.
+fn flat(c: &mut Criterion) {
+    for m in real_maps() {
+        for mix in Mix::ALL {
+            let w = m.workload(mix);
+            let group = format!("lookup-flat/{}", w.name);
+            if !wanted(&group) {
+                continue;
+            }
+            let mut g = c.benchmark_group(group);
+            g.throughput(Throughput::Elements(w.addrs.len() as u64));
+            let dense = physmap_of(&w).snapshot();
+            let flat = physmap_with(
+                &w,
+                physmap::Config {
+                    flat_nodes: true,
+                    ..physmap::Config::default()
+                },
+            )
+            .snapshot();
+            assert!(flat.stats().flat_nodes > 0 && dense.stats().flat_nodes == 0);
+            for &a in &w.addrs {
+                let want = dense.lookup(a).map(|h| (*h.value, h.offset));
+                assert_eq!(flat.lookup(a).map(|h| (*h.value, h.offset)), want, "{a:#x}");
+            }
+            time(&mut g, "dense", &w.addrs, |a| {
+                dense.lookup(a).map(|h| (*h.value, h.offset))
+            });
+            time(&mut g, "flat", &w.addrs, |a| {
+                flat.lookup(a).map(|h| (*h.value, h.offset))
+            });
+            g.finish();
+        }
+    }
+}
+
 fn epoch(c: &mut Criterion) {
     if !wanted("lookup-epoch") {
         return;
@@ -162,6 +199,6 @@ criterion_group! {
         .sample_size(20)
         .warm_up_time(std::time::Duration::from_millis(300))
         .measurement_time(std::time::Duration::from_millis(1200));
-    targets = real, large, scaling, epoch
+    targets = real, large, scaling, flat, epoch
 }
 criterion_main!(benches);

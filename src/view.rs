@@ -266,37 +266,34 @@ impl<'g, V> TreeRef<'g, V> {
             e = unsafe { hot.bases.entry(node, i as usize) };
         }
         // Compares, not `kind()`'s match: a jump table here is an indirect branch that
-        // mispredicts whenever leaves and tables alternate. Empty first (unmapped addresses
-        // end here), flat nodes last (the dense layout never has them).
+        // mispredicts whenever leaves and tables alternate. Empty first: unmapped addresses
+        // end here. (No closure over `hot`: it would put the header in memory, and the
+        // caller's loop could no longer keep it in registers across lookups.)
         if e.is_empty() {
             return None;
         }
-        // The piece slot of a leaf, or of the row of a table holding `addr`.
-        let piece_of = |e: Entry| -> Option<u32> {
+        // Leaves, then tables, then (only in the flat layout, so last) flat nodes, whose runs
+        // are leaves, tables or empty: at most two rounds.
+        let slot = loop {
             if let Some(p) = e.leaf_slot() {
-                Some(p)
-            } else if e.is_table() {
+                break p;
+            }
+            if e.is_table() {
                 let (class, offset) = e.table_parts();
                 let off = (addr & hot.page_mask) as u32;
                 // SAFETY: a table of this tree (I1-I4).
-                unsafe { hot.bases.table_piece(offset, MIN_TABLE_ROWS << class, off) }
-            } else {
-                None
+                break unsafe { hot.bases.table_piece(offset, MIN_TABLE_ROWS << class, off) }?;
             }
-        };
-        let slot = match piece_of(e) {
-            Some(p) => p,
-            None if e.is_flat() => {
-                // A flat node ends the walk: its runs are keyed by the low 32 bits of their
-                // first page. An address outside its span (reached through a compressed path)
-                // finds no run, or one whose piece fails the final check: nothing there is
-                // mapped (rule 2 of `canon.rs`).
-                let (_, offset) = e.table_parts();
-                let key = (addr >> hot.page_bits) as u32;
-                // SAFETY: a flat node of this tree (I1-I4).
-                piece_of(unsafe { hot.bases.flat_entry(offset, key) })?
+            if !e.is_flat() {
+                return None;
             }
-            None => return None,
+            // A flat node ends the walk: its runs are keyed by the low 32 bits of their first
+            // page. An address outside its span (reached through a compressed path) finds no
+            // run, or one whose piece fails the final check: nothing there is mapped (rule 2
+            // of `canon.rs`).
+            let (_, offset) = e.table_parts();
+            // SAFETY: a flat node of this tree (I1-I4).
+            e = unsafe { hot.bases.flat_entry(offset, (addr >> hot.page_bits) as u32) };
         };
         let piece = PieceRef {
             // SAFETY: `hot.bases` are this tree's (forwarded contract) and the slot is

@@ -200,7 +200,13 @@ pub fn virtio_mem_1t() -> Workload {
 
 /// A physmap built from the workload (each region its own section).
 pub fn physmap_of(w: &Workload) -> physmap::PhysMap<u64> {
-    let map = physmap::PhysMap::new();
+    physmap_with(w, physmap::Config::default())
+}
+
+/// `w` in a physmap of this geometry and layout.
+#[allow(dead_code)]
+pub fn physmap_with(w: &Workload, config: physmap::Config) -> physmap::PhysMap<u64> {
+    let map = physmap::PhysMap::with_config(config).unwrap();
     let mut t = map.transaction();
     for r in &w.regions {
         t.insert(r.start..=r.end, r.value).unwrap();
