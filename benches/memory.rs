@@ -36,8 +36,12 @@ fn main() {
     ];
     let mut json = String::from("{\"workloads\":[");
     println!("Tree bytes = nodes + sub-page tables. Total = tree + per-range records (physmap: pieces and section slots; QEMU: its section table at {QEMU_SECTION_BYTES} B a MemoryRegionSection).\n");
-    println!("| workload | ranges | physmap nodes | sub-page tables | physmap tree bytes | physmap total bytes | QEMU-style nodes (reachable) | sub-page tables | QEMU-style tree bytes | QEMU-style total bytes | uncollapsed nodes | uncollapsed bytes | one entry per page (xarray) |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| workload | ranges | physmap nodes | sub-page tables | physmap tree bytes | physmap total bytes | with flat nodes: nodes + flat, total bytes | QEMU-style nodes (reachable) | sub-page tables | QEMU-style tree bytes | QEMU-style total bytes | uncollapsed nodes | uncollapsed bytes | one entry per page (xarray) |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let flat = physmap::Config {
+        flat_nodes: true,
+        ..physmap::Config::default()
+    };
     for (i, (w, shared)) in workloads.iter().enumerate() {
         let map = if *shared {
             physmap_shared_of(w)
@@ -45,6 +49,13 @@ fn main() {
             physmap_of(w)
         };
         let s = map.snapshot().stats();
+        let f = if *shared {
+            physmap_shared_with(w, flat.clone())
+        } else {
+            physmap_with(w, flat.clone())
+        }
+        .snapshot()
+        .stats();
         let q = (w.regions.len() <= 100_000).then(|| QemuDispatch::build(&w.regions));
         let unc = uncollapsed_nodes(&w.regions);
         let pages: u64 = w
@@ -64,13 +75,16 @@ fn main() {
             None => ("-".into(), "-".into(), "-".into(), "-".into(), "-".into()),
         };
         println!(
-            "| {} | {} | {} | {} | {} | {} | {} ({}) | {} | {} | {} | {} | {} | {:.0} |",
+            "| {} | {} | {} | {} | {} | {} | {} + {}, {} | {} ({}) | {} | {} | {} | {} | {} | {:.0} |",
             w.name,
             w.regions.len(),
             s.nodes,
             s.subpage_tables,
             s.tree_bytes,
             s.bytes,
+            f.nodes,
+            f.flat_nodes,
+            f.bytes,
             qn,
             qr,
             qs,
@@ -85,13 +99,16 @@ fn main() {
         }
         write!(
             json,
-            "{{\"name\":\"{}\",\"ranges\":{},\"physmap_nodes\":{},\"physmap_subpage_tables\":{},\"physmap_bytes\":{},\"physmap_tree_bytes\":{},\"qemu_style_nodes\":{},\"qemu_style_reachable\":{},\"qemu_style_subpages\":{},\"qemu_style_bytes\":{},\"uncollapsed_nodes\":{},\"uncollapsed_bytes\":{},\"xarray_bytes\":{:.0}}}",
+            "{{\"name\":\"{}\",\"ranges\":{},\"physmap_nodes\":{},\"physmap_subpage_tables\":{},\"physmap_bytes\":{},\"physmap_tree_bytes\":{},\"flat_nodes\":{},\"flat_dense_nodes\":{},\"flat_bytes\":{},\"qemu_style_nodes\":{},\"qemu_style_reachable\":{},\"qemu_style_subpages\":{},\"qemu_style_bytes\":{},\"uncollapsed_nodes\":{},\"uncollapsed_bytes\":{},\"xarray_bytes\":{:.0}}}",
             w.name,
             w.regions.len(),
             s.nodes,
             s.subpage_tables,
             s.bytes,
             s.tree_bytes,
+            f.flat_nodes,
+            f.nodes,
+            f.bytes,
             q.as_ref().map_or("null".into(), |q| q.nodes.len().to_string()),
             q.as_ref().map_or("null".into(), |q| q.reachable_nodes().to_string()),
             q.as_ref().map_or("null".into(), |q| q.subpages.len().to_string()),
@@ -105,38 +122,53 @@ fn main() {
     json.push_str("],\"qemu_dumps\":[");
     // QEMU's own dispatch, from the dumps, against physmap on the same FlatViews.
     println!();
-    println!("| QEMU dump | FlatViews | physmap tree bytes | physmap total bytes | QEMU's own tree bytes (2 KiB a node, 8 KiB a sub-page table) | total / QEMU tree | tree / QEMU tree |");
-    println!("|---|---|---|---|---|---|---|");
+    println!("| QEMU dump | FlatView | ranges | physmap total bytes | with flat nodes | QEMU's own tree bytes (2 KiB a node, 8 KiB a sub-page table) | dense / QEMU | flat / QEMU |");
+    println!("|---|---|---|---|---|---|---|---|");
     let dumps = [
         "q35-booted.txt",
         "q35-4g-virtio.txt",
+        "q35-24-virtio-net.txt",
         "q35-idle.txt",
         "pc-i440fx.txt",
+        "pc-dimms.txt",
         "virt-arm.txt",
     ];
-    for (i, file) in dumps.iter().enumerate() {
+    let mut first = true;
+    for file in dumps {
         let path = format!("{}/tests/data/{file}", env!("CARGO_MANIFEST_DIR"));
         let dump =
             physmap::mtree::Dump::parse(&std::fs::read_to_string(&path).unwrap(), &path).unwrap();
-        let (mut ours, mut ours_tree, mut theirs, mut n) = (0usize, 0usize, 0usize, 0);
         for fv in &dump.flatviews {
-            if let Some(d) = &fv.dispatch {
-                let st = fv.build().unwrap().snapshot().stats();
-                ours += st.bytes;
-                ours_tree += st.tree_bytes;
-                theirs += d.bytes();
-                n += 1;
+            let Some(d) = &fv.dispatch else { continue };
+            let dense = fv.build().unwrap().snapshot().stats().bytes;
+            let flat = fv
+                .build_with(flat.clone())
+                .unwrap()
+                .snapshot()
+                .stats()
+                .bytes;
+            let theirs = d.bytes();
+            println!(
+                "| {file} | #{} {} | {} | {dense} | {flat} | {theirs} | {:.1}% | {:.1}% |",
+                fv.index,
+                fv.label(),
+                fv.ranges.len(),
+                100.0 * dense as f64 / theirs as f64,
+                100.0 * flat as f64 / theirs as f64
+            );
+            if !first {
+                json.push(',');
             }
+            first = false;
+            write!(
+                json,
+                "{{\"file\":\"{file}\",\"flatview\":{},\"label\":\"{}\",\"ranges\":{},\"physmap_bytes\":{dense},\"flat_bytes\":{flat},\"qemu_bytes\":{theirs}}}",
+                fv.index,
+                fv.label().replace('"', "'"),
+                fv.ranges.len()
+            )
+            .unwrap();
         }
-        println!(
-            "| {file} | {n} | {ours_tree} | {ours} | {theirs} | {:.1}% | {:.1}% |",
-            100.0 * ours as f64 / theirs as f64,
-            100.0 * ours_tree as f64 / theirs as f64
-        );
-        if i > 0 {
-            json.push(',');
-        }
-        write!(json, "{{\"file\":\"{file}\",\"flatviews\":{n},\"physmap_bytes\":{ours},\"physmap_tree_bytes\":{ours_tree},\"qemu_bytes\":{theirs}}}").unwrap();
     }
     json.push_str("]}");
     let dir = format!("{}/target/physmap-bench", env!("CARGO_MANIFEST_DIR"));

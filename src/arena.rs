@@ -40,6 +40,25 @@ pub(crate) const NODE_UNIT: usize = 16;
 
 /// Rows of the smallest sub-page table block: one 64-byte line of 8 starts and 8 pieces.
 pub(crate) const MIN_TABLE_ROWS: usize = 8;
+/// Size classes a table entry can name (4 bits).
+const TABLE_CLASSES: u32 = 16;
+
+/// Rows of a table block of size class `class`, the one rule: 8, 12, 16, 24, 32, 48, 64, 96
+/// (steps of a half or a third, so that a table wastes at most a third of its rows), then
+/// doubling, 128 to 16,384 (a page holding more pieces is a capacity error).
+#[inline]
+pub(crate) fn table_cap(class: u32) -> usize {
+    if class < 8 {
+        (2 + (class as usize & 1)) << (class / 2 + 2)
+    } else {
+        128 << (class - 8)
+    }
+}
+
+/// The smallest class holding `rows` rows, if any does.
+fn table_class(rows: usize) -> Option<u32> {
+    (0..TABLE_CLASSES).find(|&c| table_cap(c) >= rows)
+}
 /// Rows of every flat node's block (the most runs rule 3 of `canon.rs` stores flat): one
 /// size, so that the lookup searches it without a branch on its size.
 pub(crate) const FLAT_ROWS: usize = 16;
@@ -237,26 +256,28 @@ impl Bases {
         cell.with(|p| unsafe { &*p })
     }
 
-    /// The piece of the row of a sub-page table (at row-block offset `offset`, `rows` rows)
-    /// that holds page offset `off`: the row with the last start `<= off`, if any.
+    /// The piece of the row of a sub-page table (at row-block offset `offset`, of size class
+    /// `class`) that holds page offset `off`: the row with the last start `<= off`, if any.
     ///
-    /// A block is `rows` starts (page offsets, ascending, padded with `u32::MAX`), then
-    /// `rows` pieces (padded with the last one, so that a padding row found for
-    /// `off == u32::MAX` still gives the right piece), then the page number in two cells.
+    /// A block is `rows` ([`table_cap`]) starts (page offsets, ascending, padded with
+    /// `u32::MAX`), then `rows` pieces (padded with the last one, so that a padding row found
+    /// for `off == u32::MAX` still gives the right piece), then the page number in two cells.
     #[inline(always)]
-    pub(crate) unsafe fn table_piece(&self, offset: u32, rows: usize, off: u32) -> Option<u32> {
+    pub(crate) unsafe fn table_piece(&self, offset: u32, class: u32, off: u32) -> Option<u32> {
         // SAFETY: see the contract above: the block is reachable, so its cells exist and are
         // not written.
         let first = unsafe { self.rows.add(offset as usize) };
         // SAFETY: as above; `i < 2 * rows`.
         let cell = |i: usize| unsafe { (*first.add(i)).with(|p| *p) };
-        // The common table: one line, counted without a branch (vectorised).
-        let n = if rows == MIN_TABLE_ROWS {
-            (0..MIN_TABLE_ROWS)
+        let (rows, n) = if class == 0 {
+            // The common table: one line, counted without a branch (vectorised).
+            let n = (0..MIN_TABLE_ROWS)
                 .map(|i| (cell(i) <= off) as u32)
-                .sum::<u32>() as usize
+                .sum::<u32>() as usize;
+            (MIN_TABLE_ROWS, n)
         } else {
             // Binary search: the number of starts `<= off`.
+            let rows = table_cap(class);
             let (mut lo, mut len) = (0, rows);
             while len > 1 {
                 let half = len / 2;
@@ -265,7 +286,7 @@ impl Bases {
                 }
                 len -= half;
             }
-            lo + (cell(lo) <= off) as usize
+            (rows, lo + (cell(lo) <= off) as usize)
         };
         Some(cell(rows + n.checked_sub(1)?))
     }
@@ -390,7 +411,7 @@ pub(crate) struct Arena {
     rows: RowAlloc,
 }
 
-/// Free blocks of sub-page rows, by size class (`MIN_TABLE_ROWS << class` rows), and of
+/// Free blocks of sub-page rows, by size class ([`table_cap`] rows), and of
 /// flat nodes.
 #[derive(Default)]
 struct RowAlloc {
@@ -556,12 +577,12 @@ impl Arena {
 
     /// The table block (the layout of [`Bases::table_piece`]).
     fn alloc_rows(&mut self, page: u64, rows: &[(u32, u32)]) -> Result<Entry, Error> {
-        let mut class = 0;
-        while MIN_TABLE_ROWS << class < rows.len() {
-            class += 1;
-        }
-        let cap = MIN_TABLE_ROWS << class;
-        let offset = self.alloc_block(Some(class), block_cells(cap), rows.len())?;
+        let class = table_class(rows.len()).ok_or(Error::CapacityExhausted {
+            kind: "sub-page rows in one page",
+            limit: table_cap(TABLE_CLASSES - 1),
+        })?;
+        let cap = table_cap(class);
+        let offset = self.alloc_block(Some(class as usize), block_cells(cap), rows.len())?;
         self.rows.tables += 1;
         let last = rows[rows.len() - 1].1;
         for k in 0..cap {
@@ -597,11 +618,11 @@ impl Arena {
             return;
         }
         // SAFETY: as above.
-        let rows = unsafe { bases.table_rows(offset, MIN_TABLE_ROWS << class) }.len();
+        let rows = unsafe { bases.table_rows(offset, table_cap(class)) }.len();
         r.free[class as usize].push(offset);
         r.tables -= 1;
         r.rows -= rows;
-        r.cells -= block_cells(MIN_TABLE_ROWS << class);
+        r.cells -= block_cells(table_cap(class));
     }
 
     /// Slots in use: nodes, pieces, flat nodes, tables, real rows, and bytes of row blocks
@@ -866,7 +887,7 @@ impl Counts {
 
 /// Bytes of the block of a table whose entry has size class `class`.
 pub(crate) fn table_bytes(class: u32) -> usize {
-    block_cells(MIN_TABLE_ROWS << class) * std::mem::size_of::<u32>()
+    block_cells(table_cap(class)) * std::mem::size_of::<u32>()
 }
 
 /// What all generations share at fixed addresses: node base pages and section values.
@@ -1051,15 +1072,37 @@ mod tests {
     }
 
     #[test]
+    fn table_classes_waste_little_and_stop_with_an_error() {
+        let caps: Vec<usize> = (0..TABLE_CLASSES).map(table_cap).collect();
+        assert_eq!(caps[..9], [8, 12, 16, 24, 32, 48, 64, 96, 128]);
+        assert_eq!(*caps.last().unwrap(), 16384);
+        assert!(caps.windows(2).all(|w| w[0] < w[1]));
+        for rows in 1..=16384 {
+            let cap = table_cap(table_class(rows).unwrap());
+            // At most a third of the rows wasted up to 128 rows, at most half above.
+            let waste = cap - rows;
+            assert!(rows <= 8 || 3 * waste <= cap || (rows > 128 && 2 * waste < cap));
+        }
+        assert_eq!(table_class(16385), None);
+        let mut arena = Arena::new(512, 10, 1 << 20);
+        let rows: Vec<(u32, u32)> = (0..16385).map(|i| (i, i)).collect();
+        assert!(matches!(
+            arena.alloc_table(0, &rows),
+            Err(Error::CapacityExhausted { limit: 16384, .. })
+        ));
+        assert!(arena.alloc_table(0, &rows[..16384]).is_ok());
+    }
+
+    #[test]
     fn tables_pad_to_a_line_and_find_their_rows() {
         let mut arena = Arena::new(512, 10, 1000);
         let rows = [(0x10u32, 5u32), (0x400, 6), (u32::MAX, 7)];
         let e = arena.alloc_table(1 << 40, &rows).unwrap();
         let (class, offset) = e.table_parts();
-        assert_eq!(MIN_TABLE_ROWS << class, 8);
+        assert_eq!(table_cap(class), 8);
         let bases = arena.arrays().bases();
         // SAFETY: written above, single-threaded.
-        let find = |off| unsafe { bases.table_piece(offset, 8, off) };
+        let find = |off| unsafe { bases.table_piece(offset, class, off) };
         // SAFETY: as above.
         assert_eq!(unsafe { bases.table_rows(offset, 8) }, rows.to_vec());
         // SAFETY: as above.
@@ -1076,15 +1119,15 @@ mod tests {
         let big: Vec<(u32, u32)> = (0..20).map(|i| (i * 0x10 + 1, i)).collect();
         let e = arena.alloc_table(3, &big).unwrap();
         let (class, offset) = e.table_parts();
-        let cap = MIN_TABLE_ROWS << class;
-        assert_eq!(cap, 32);
+        let cap = table_cap(class);
+        assert_eq!(cap, 24);
         let bases = arena.arrays().bases();
         for off in 0..0x200u32 {
             let want = big.iter().rposition(|&(s, _)| s <= off).map(|i| big[i].1);
             // SAFETY: as above.
             assert_eq!(
                 // SAFETY: as above.
-                unsafe { bases.table_piece(offset, cap, off) },
+                unsafe { bases.table_piece(offset, class, off) },
                 want,
                 "{off:#x}"
             );

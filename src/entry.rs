@@ -6,12 +6,11 @@
 //!  0  1  | piece slot (30 bits)                 leaf: one piece covers every mapped byte
 //!                                               of the entry's span
 //!  1  0  | 0 | class (4) | row block (25 bits) sub-page table: several pieces in one page,
-//!                                               `8 << class` rows at this offset of the
-//!                                               row array
+//!                                               `table_cap(class)` rows at this offset
+//!                                               of the row array (`arena.rs`)
 //!  1  0  | 1 | class (4) | row block (25 bits) flat node: a sparse subtree stored as its
-//!                                               runs, `8 << class` rows of (first page,
-//!                                               entry) in the row array (rule 3 of
-//!                                               `canon.rs`)
+//!                                               runs, one fixed-size block of the row
+//!                                               array (class 0; rule 3 of `canon.rs`)
 //!  1  1  | shift (6 bits) | node (24 bits)      node: at this offset of the node array,
 //!                                               in units of 16 cells (a cache line)
 //! ```

@@ -12,7 +12,7 @@
 //! skipped levels correct: if a piece holds `addr`, the walk reaches it, because a piece
 //! overlaps every span on the path to `addr`.
 
-use crate::arena::{Piece, SubEntry, MIN_TABLE_ROWS, NODE_UNIT};
+use crate::arena::{table_cap, Piece, SubEntry, NODE_UNIT};
 use crate::canon;
 use crate::config::Geometry;
 use crate::entry::{Entry, Kind};
@@ -200,7 +200,7 @@ impl<'g, V> TreeRef<'g, V> {
     /// The rows of the sub-page table of class `class` at `offset`, as (first byte, piece
     /// slot).
     fn table_at(self, class: u32, offset: u32) -> Vec<(u64, u32)> {
-        let (bases, rows) = (self.version.hot.bases, MIN_TABLE_ROWS << class);
+        let (bases, rows) = (self.version.hot.bases, table_cap(class));
         // SAFETY: see above (I1-I4).
         let (page, raw) = unsafe {
             (
@@ -282,7 +282,7 @@ impl<'g, V> TreeRef<'g, V> {
                 let (class, offset) = e.table_parts();
                 let off = (addr & hot.page_mask) as u32;
                 // SAFETY: a table of this tree (I1-I4).
-                break unsafe { hot.bases.table_piece(offset, MIN_TABLE_ROWS << class, off) }?;
+                break unsafe { hot.bases.table_piece(offset, class, off) }?;
             }
             if !e.is_flat() {
                 return None;
@@ -356,7 +356,7 @@ impl<'g, V> TreeRef<'g, V> {
                         .map_or(Entry::EMPTY, |r| r.1);
                 }
                 Kind::Subpage(class, offset) => {
-                    let rows = MIN_TABLE_ROWS << class;
+                    let rows = table_cap(class);
                     // SAFETY: see the accessors above (I1-I4).
                     let page = unsafe { self.version.hot.bases.table_page(offset, rows) };
                     return (page == addr >> geo.page_bits).then_some(TreeEntry::new(e));

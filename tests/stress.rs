@@ -4,7 +4,7 @@
 //! The layout of every generation is a deterministic function of the generation number, so
 //! each reader checks every answer against the layout of the generation that gave it.
 
-use physmap::PhysMap;
+use physmap::{Config, PhysMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Barrier;
 
@@ -125,11 +125,24 @@ impl Layouts {
 
 #[test]
 fn readers_never_see_a_torn_or_stale_map() {
+    stress(Config::default());
+}
+
+/// The same with flat nodes: their blocks are published, read and reclaimed like tables.
+#[test]
+fn readers_never_see_a_torn_or_stale_map_with_flat_nodes() {
+    stress(Config {
+        flat_nodes: true,
+        ..Config::default()
+    });
+}
+
+fn stress(config: Config) {
     let (commits, min_lookups) = (commits_per_writer(), lookups_per_reader());
     let total = WRITERS as u64 * commits;
     let layouts = Layouts::new(total);
     let probes = layouts.probes();
-    let map: PhysMap<u64> = PhysMap::new();
+    let map: PhysMap<u64> = PhysMap::with_config(config.clone()).unwrap();
     let mismatches = AtomicU64::new(0);
     let lookups = AtomicU64::new(0);
     let snapshots_checked = AtomicU64::new(0);
@@ -268,7 +281,7 @@ fn readers_never_see_a_torn_or_stale_map() {
 
     // Every reader and snapshot is gone: the arena holds exactly a freshly built tree of the
     // same mapping.
-    let fresh: PhysMap<u64> = PhysMap::new();
+    let fresh: PhysMap<u64> = PhysMap::with_config(config).unwrap();
     let mut t = fresh.transaction();
     for &(s, e, v) in layouts.table[total as usize].iter().flatten() {
         t.insert(s..=e, v).unwrap();
@@ -277,8 +290,20 @@ fn readers_never_see_a_torn_or_stale_map() {
     let want = fresh.snapshot().stats();
     let got = snap.stats();
     assert_eq!(
-        (got.nodes, got.subpage_tables, got.pieces, got.bytes),
-        (want.nodes, want.subpage_tables, want.pieces, want.bytes)
+        (
+            got.nodes,
+            got.flat_nodes,
+            got.subpage_tables,
+            got.pieces,
+            got.bytes
+        ),
+        (
+            want.nodes,
+            want.flat_nodes,
+            want.subpage_tables,
+            want.pieces,
+            want.bytes
+        )
     );
     drop(snap);
     assert_eq!(map.memory().live_bytes, want.bytes);

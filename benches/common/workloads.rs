@@ -218,12 +218,18 @@ pub fn physmap_with(w: &Workload, config: physmap::Config) -> physmap::PhysMap<u
 /// `w` in a physmap, the ranges of each value sharing one section
 /// (`Transaction::insert_shared`), as a VMM maps a confidential VM's shared pages.
 pub fn physmap_shared_of(w: &Workload) -> physmap::PhysMap<u64> {
+    physmap_shared_with(w, physmap::Config::default())
+}
+
+/// [`physmap_shared_of`] with this geometry and layout.
+#[allow(dead_code)]
+pub fn physmap_shared_with(w: &Workload, config: physmap::Config) -> physmap::PhysMap<u64> {
     let mut by_value: std::collections::BTreeMap<u64, Vec<std::ops::RangeInclusive<u64>>> =
         Default::default();
     for r in &w.regions {
         by_value.entry(r.value).or_default().push(r.start..=r.end);
     }
-    let map = physmap::PhysMap::new();
+    let map = physmap::PhysMap::with_config(config).unwrap();
     let mut t = map.transaction();
     for (value, ranges) in by_value {
         t.insert_shared(ranges, value).unwrap();

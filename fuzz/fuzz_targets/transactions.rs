@@ -42,6 +42,8 @@ fn config(g: u8) -> Config {
         addr_bits,
         page_bits,
         level_bits,
+        // Both layouts: bit 2 of the geometry byte turns flat nodes on.
+        flat_nodes: g & 4 != 0,
         ..Config::default()
     }
 }
