@@ -599,7 +599,7 @@ impl Arena {
             self.write_row_cell(offset + 2 * cap, page as u32);
             self.write_row_cell(offset + 2 * cap + 1, (page >> 32) as u32);
         }
-        Ok(Entry::subpage(class as u32, offset as u32))
+        Ok(Entry::subpage(class, offset as u32))
     }
 
     /// Frees the table or flat node of entry `e`.
