@@ -31,15 +31,29 @@ pub struct Config {
     pub max_pieces: usize,
     /// Store sparse subtrees as *flat nodes* (rule 3 in ARCHITECTURE.md): a node whose
     /// subtree is at most 16 runs of pages (empty, one piece, or one page's sub-page table)
-    /// becomes one 204-byte block searched without a branch, instead of 2 KiB nodes per
-    /// level. Default `false`.
+    /// becomes one 108- or 204-byte block searched without a branch, instead of 2 KiB nodes
+    /// per level. Default `false`.
     ///
-    /// The trade: on real VM maps this takes `physmap import`'s total bytes from 16-31 % of
-    /// QEMU's to 3-14 % (one I/O space at 17 %), and RAM lookups (a flat node replaces two
-    /// or three levels) get faster; but an MMIO lookup that ends in a flat node of device
-    /// pages pays a 16-row search where the dense node paid one load, up to ~25 % more per
-    /// lookup on small maps (BENCHMARKS.md, "Flat nodes"). Worth it for maps held by the
-    /// thousand or memory-bound simulators; a VMM's hot exit path keeps the default.
+    /// The trade: on the QEMU dumps in `tests/data` this takes `physmap import`'s total bytes
+    /// from 10-37 % of QEMU's to 2-17 %, and RAM lookups (a flat node replaces two or three
+    /// levels) often get faster; but an MMIO lookup that ends in a flat node of device pages
+    /// pays a search of up to 16 rows where a dense node paid one load: up to about a quarter
+    /// more per lookup on small maps (BENCHMARKS.md, "Flat nodes"). Worth it where memory
+    /// counts (maps held by the thousand, simulators); a VMM's exit path keeps the default.
+    ///
+    /// ```
+    /// use physmap::{Config, PhysMap};
+    /// let map = PhysMap::with_config(Config { flat_nodes: true, ..Config::default() }).unwrap();
+    /// let mut t = map.transaction();
+    /// t.insert(0..0x8000_0000, "ram").unwrap();
+    /// t.insert(0xfec0_0000..=0xfec0_0fff, "ioapic").unwrap();
+    /// t.insert(0xfed0_0000..=0xfed0_03ff, "hpet").unwrap();
+    /// t.commit().unwrap();
+    /// let s = map.snapshot();
+    /// assert_eq!((s.stats().nodes, s.stats().flat_nodes), (0, 1)); // the whole map in one block
+    /// assert_eq!(*s.lookup(0xfed0_0010).unwrap().value, "hpet");
+    /// assert!(s.lookup(0xfed0_0400).is_none());
+    /// ```
     pub flat_nodes: bool,
 }
 
