@@ -346,7 +346,7 @@ def main():
     # 2c. KVM guest
     kpath = bench_output("kvm.jsonl")
     if os.path.exists(kpath):
-        runs = [json.loads(l) for l in open(kpath) if l.strip()]
+        kvm_runs = [json.loads(l) for l in open(kpath) if l.strip()]
         w("## A real KVM guest")
         w("")
         w("`scripts/kvm-bench.sh`: `cargo run --release --features kvm --example kvm` (a 32-bit guest "
@@ -361,7 +361,7 @@ def main():
         w("|---|---|---|---|---|---|---|")
         for v in (1, 2):
             for bus in ("Physmap", "RwLock"):
-                rs = [x for x in runs if x["vcpus"] == v and x["bus"] == bus and x["round"] != "long"]
+                rs = [x for x in kvm_runs if x["vcpus"] == v and x["bus"] == bus and x["round"] != "long"]
                 if not rs:
                     continue
                 md = lambda k: sorted(x[k] for x in rs)[len(rs) // 2]
@@ -371,7 +371,7 @@ def main():
                 w(f"| {v} | {bus} | {md('exits_per_s'):,.0f} ({lo('exits_per_s'):,.0f}..{hi('exits_per_s'):,.0f}) | "
                   f"{md('dispatch_ns'):.0f} ({lo('dispatch_ns'):.0f}..{hi('dispatch_ns'):.0f}) | {md('bar_moves')} | "
                   f"{md('memslot_updates')} | {mis} |")
-        for k in runs:
+        for k in kvm_runs:
             if k["round"] == "long":
                 w("")
                 w(f"Long run: {k['seconds']:.0f} s, {k['vcpus']} vCPUs, physmap: {sum(k['exits']):,} exits, "

@@ -59,26 +59,15 @@ pub(crate) fn table_cap(class: u32) -> usize {
 fn table_class(rows: usize) -> Option<u32> {
     (0..TABLE_CLASSES).find(|&c| table_cap(c) >= rows)
 }
-/// Most runs a flat node holds (rule 3 of `canon.rs`): its block has 8 rows (class 0) or
-/// this many (class 1).
+/// Rows of every flat node's block (the most runs rule 3 of `canon.rs` stores flat): one
+/// size, so that the lookup searches it without a branch on its size.
 pub(crate) const FLAT_ROWS: usize = 16;
-
-/// Rows of a flat node's block of class `class` (0 or 1).
-fn flat_cap(class: u32) -> usize {
-    FLAT_ROWS >> (1 - class)
-}
-
-/// A flat node's block of `rows` rows, in cells of the row array: the runs' first keys, their
-/// last keys, their entries (`rows` cells each; padding rows match no key), then the first
-/// page of the node's span in two cells, then the number of runs.
-fn flat_cells(rows: usize) -> usize {
-    3 * rows + 3
-}
-
-/// Bytes of a flat node's block of class `class`.
-pub(crate) fn flat_bytes(class: u32) -> usize {
-    flat_cells(flat_cap(class)) * std::mem::size_of::<u32>()
-}
+/// A flat node's block, in cells of the row array: the runs' first keys, their last keys,
+/// their entries (each [`FLAT_ROWS`] cells, padding rows match no key), then the first page
+/// of the node's span in two cells, then the number of runs.
+const FLAT_CELLS: usize = 3 * FLAT_ROWS + 3;
+/// Bytes of a flat node's block.
+pub(crate) const FLAT_BYTES: usize = FLAT_CELLS * std::mem::size_of::<u32>();
 /// Keys are stored and compared as `key ^ FLAT_BIAS`, as `i32`: that turns their unsigned
 /// order into the signed one SSE2 compares.
 const FLAT_BIAS: u32 = 0x8000_0000;
@@ -302,44 +291,82 @@ impl Bases {
         Some(cell(rows + n.checked_sub(1)?))
     }
 
-    /// The entry of the run of the flat node of class `class` at row-block offset `offset`
-    /// (the layout of [`flat_cells`]) that holds the page whose low 32 bits are `key`; empty
-    /// if none does (then the page lies outside the node's span, where nothing is mapped).
+    /// The entry of the run of the flat node at row-block offset `offset` (the layout of
+    /// [`FLAT_CELLS`]) that holds the page whose low 32 bits are `key`; empty if none does
+    /// (then the page lies outside the node's span, where nothing is mapped).
     ///
-    /// Without a branch on the rows, and without a second dependent load: every row compares
-    /// its first and last key with `key`, at most one matches, and the entries are masked
-    /// with the matches and OR-ed together.
+    /// Without a branch, and without a second dependent load: every row compares its first
+    /// and last key with `key`, at most one matches, and the entries are masked with the
+    /// matches and OR-ed together.
     #[inline(always)]
-    pub(crate) unsafe fn flat_entry(&self, offset: u32, class: u32, key: u32) -> Entry {
+    pub(crate) unsafe fn flat_entry(&self, offset: u32, key: u32) -> Entry {
         // SAFETY: see the contract above: the block is reachable, so its cells exist and are
         // not written.
         let first = unsafe { self.rows.add(offset as usize) };
         let key = (key ^ FLAT_BIAS) as i32;
-        // SAFETY: forwarded: a block of this class.
-        let bits = unsafe {
-            if class == 0 {
-                flat_search::<{ FLAT_ROWS / 2 }>(first, key)
-            } else {
-                flat_search::<FLAT_ROWS>(first, key)
+        #[cfg(all(target_arch = "x86_64", not(loom), not(miri)))]
+        {
+            use std::arch::x86_64::*;
+            // The cells are `repr(transparent)` `u32`s, contiguous in the array (`Cells`).
+            let rows = first as *const __m128i;
+            // SAFETY: SSE2 is part of the x86_64 baseline, so these intrinsics are always
+            // available; the loads read cells `0 .. 3 * FLAT_ROWS` of the block, inside it
+            // (see the contract above for the reads).
+            let bits = unsafe {
+                let k = _mm_set1_epi32(key);
+                let lane = |j: usize| {
+                    let first = _mm_loadu_si128(rows.add(j));
+                    let last = _mm_loadu_si128(rows.add(FLAT_ROWS / 4 + j));
+                    let entry = _mm_loadu_si128(rows.add(FLAT_ROWS / 2 + j));
+                    let miss = _mm_or_si128(_mm_cmpgt_epi32(first, k), _mm_cmpgt_epi32(k, last));
+                    _mm_andnot_si128(miss, entry)
+                };
+                // A tree of ORs over the lanes (`FLAT_ROWS / 4` of them, a power of two).
+                let mut v = [_mm_setzero_si128(); FLAT_ROWS / 4];
+                for (j, x) in v.iter_mut().enumerate() {
+                    *x = lane(j);
+                }
+                let mut n = FLAT_ROWS / 4;
+                while n > 1 {
+                    n /= 2;
+                    for j in 0..n {
+                        v[j] = _mm_or_si128(v[j], v[j + n]);
+                    }
+                }
+                let v = v[0];
+                let v = _mm_or_si128(v, _mm_shuffle_epi32::<0b01_00_11_10>(v));
+                let v = _mm_or_si128(v, _mm_shuffle_epi32::<0b10_11_00_01>(v));
+                _mm_cvtsi128_si32(v) as u32
+            };
+            Entry::from_bits(bits)
+        }
+        #[cfg(not(all(target_arch = "x86_64", not(loom), not(miri))))]
+        {
+            // SAFETY: as above; `i < 3 * FLAT_ROWS`.
+            let cell = |i: usize| unsafe { (*first.add(i)).with(|p| *p) };
+            let mut bits = 0;
+            for i in 0..FLAT_ROWS {
+                let (lo, hi) = (cell(i) as i32, cell(FLAT_ROWS + i) as i32);
+                bits |=
+                    cell(2 * FLAT_ROWS + i) & 0u32.wrapping_sub((lo <= key && key <= hi) as u32);
             }
-        };
-        Entry::from_bits(bits)
+            Entry::from_bits(bits)
+        }
     }
 
-    /// The runs of a flat node of class `class` (see [`Bases::flat_entry`]) as (low 32 bits
-    /// of the first page, entry bits), and the first page of its span.
-    pub(crate) unsafe fn flat_rows(&self, offset: u32, class: u32) -> (Vec<(u32, u32)>, u64) {
-        let rows = flat_cap(class);
+    /// The runs of a flat node (see [`Bases::flat_entry`]) as (low 32 bits of the first page,
+    /// entry bits), and the first page of its span.
+    pub(crate) unsafe fn flat_rows(&self, offset: u32) -> (Vec<(u32, u32)>, u64) {
         // SAFETY: see the contract above.
         let first = unsafe { self.rows.add(offset as usize) };
-        // SAFETY: as above; `i < flat_cells(rows)`.
+        // SAFETY: as above; `i < FLAT_CELLS`.
         let cell = |i: usize| unsafe { (*first.add(i)).with(|p| *p) };
-        let n = cell(3 * rows + 2) as usize;
-        let runs = (0..n)
-            .map(|i| (cell(i) ^ FLAT_BIAS, cell(2 * rows + i)))
+        let n = cell(3 * FLAT_ROWS + 2) as usize;
+        let rows = (0..n)
+            .map(|i| (cell(i) ^ FLAT_BIAS, cell(2 * FLAT_ROWS + i)))
             .collect();
-        let base = cell(3 * rows) as u64 | (cell(3 * rows + 1) as u64) << 32;
-        (runs, base)
+        let base = cell(3 * FLAT_ROWS) as u64 | (cell(3 * FLAT_ROWS + 1) as u64) << 32;
+        (rows, base)
     }
 
     /// The page (number) a sub-page table (see [`Bases::table_piece`]) is for: the two cells
@@ -384,13 +411,6 @@ pub(crate) struct Arena {
     rows: RowAlloc,
 }
 
-/// What a row block is, with its size class.
-#[derive(Clone, Copy)]
-enum RowBlock {
-    Table(u32),
-    Flat(u32),
-}
-
 /// Free blocks of sub-page rows, by size class ([`table_cap`] rows), and of
 /// flat nodes.
 #[derive(Default)]
@@ -398,7 +418,7 @@ struct RowAlloc {
     /// Cells handed out so far (blocks are never merged back).
     high: usize,
     free: Vec<Vec<u32>>,
-    flat_free: [Vec<u32>; 2],
+    flat_free: Vec<u32>,
     /// Sub-page tables and flat nodes in use, and the real rows in them (for accounting).
     tables: usize,
     flats: usize,
@@ -483,11 +503,9 @@ impl Arena {
             !rows.is_empty() && rows.len() <= FLAT_ROWS,
             "a flat node holds 1..=FLAT_ROWS runs"
         );
-        let class = (rows.len() > flat_cap(0)) as u32;
-        let cap = flat_cap(class);
-        let offset = self.alloc_block(RowBlock::Flat(class), flat_cells(cap), rows.len())?;
+        let offset = self.alloc_block(None, FLAT_CELLS, rows.len())?;
         self.rows.flats += 1;
-        for k in 0..cap {
+        for k in 0..FLAT_ROWS {
             // A padding row matches no key: its first key is above its last.
             let (lo, hi, e) = match rows.get(k) {
                 Some(&(lo, e)) => {
@@ -500,22 +518,27 @@ impl Arena {
             // reclamation), and we are the writer (I3, I4, I6).
             unsafe {
                 self.write_row_cell(offset + k, lo ^ FLAT_BIAS);
-                self.write_row_cell(offset + cap + k, hi ^ FLAT_BIAS);
-                self.write_row_cell(offset + 2 * cap + k, e);
+                self.write_row_cell(offset + FLAT_ROWS + k, hi ^ FLAT_BIAS);
+                self.write_row_cell(offset + 2 * FLAT_ROWS + k, e);
             }
         }
         // SAFETY: as above.
         unsafe {
-            self.write_row_cell(offset + 3 * cap, base as u32);
-            self.write_row_cell(offset + 3 * cap + 1, (base >> 32) as u32);
-            self.write_row_cell(offset + 3 * cap + 2, rows.len() as u32);
+            self.write_row_cell(offset + 3 * FLAT_ROWS, base as u32);
+            self.write_row_cell(offset + 3 * FLAT_ROWS + 1, (base >> 32) as u32);
+            self.write_row_cell(offset + 3 * FLAT_ROWS + 2, rows.len() as u32);
         }
-        Ok(Entry::flat(class, offset as u32))
+        Ok(Entry::flat(0, offset as u32))
     }
 
-    /// A free block of `cells` cells for `rows` rows, from the free list of its kind and
-    /// size class; grows the row array if needed.
-    fn alloc_block(&mut self, kind: RowBlock, cells: usize, rows: usize) -> Result<usize, Error> {
+    /// A free block of `cells` cells for `rows` rows, from the free list of size class
+    /// `class` (tables) or of flat nodes (`None`); grows the row array if needed.
+    fn alloc_block(
+        &mut self,
+        class: Option<usize>,
+        cells: usize,
+        rows: usize,
+    ) -> Result<usize, Error> {
         let r = &mut self.rows;
         if r.rows + rows > r.limit {
             return Err(Error::CapacityExhausted {
@@ -523,15 +546,14 @@ impl Arena {
                 limit: r.limit,
             });
         }
-        let free = match kind {
-            RowBlock::Table(class) => {
-                let class = class as usize;
+        let free = match class {
+            Some(class) => {
                 if r.free.len() <= class {
                     r.free.resize_with(class + 1, Vec::new);
                 }
                 &mut r.free[class]
             }
-            RowBlock::Flat(class) => &mut r.flat_free[class as usize],
+            None => &mut r.flat_free,
         };
         let offset = match free.pop() {
             Some(o) => o as usize,
@@ -560,7 +582,7 @@ impl Arena {
             limit: table_cap(TABLE_CLASSES - 1),
         })?;
         let cap = table_cap(class);
-        let offset = self.alloc_block(RowBlock::Table(class), block_cells(cap), rows.len())?;
+        let offset = self.alloc_block(Some(class as usize), block_cells(cap), rows.len())?;
         self.rows.tables += 1;
         let last = rows[rows.len() - 1].1;
         for k in 0..cap {
@@ -588,11 +610,11 @@ impl Arena {
         if e.is_flat() {
             // SAFETY: the writer reads its own block (I6): it is allocated and nothing writes
             // it meanwhile.
-            let rows = unsafe { bases.flat_rows(offset, class) }.0.len();
-            r.flat_free[class as usize].push(offset);
+            let rows = unsafe { bases.flat_rows(offset) }.0.len();
+            r.flat_free.push(offset);
             r.flats -= 1;
             r.rows -= rows;
-            r.cells -= flat_cells(flat_cap(class));
+            r.cells -= FLAT_CELLS;
             return;
         }
         // SAFETY: as above.
@@ -657,63 +679,6 @@ impl Arena {
         let cell = self.arrays.rows.cell(i);
         // SAFETY: see the contract above.
         cell.with_mut(|p| unsafe { *p = v });
-    }
-}
-
-/// The search of [`Bases::flat_entry`] over a block of `ROWS` rows at `first` (a multiple of
-/// 4), with `key` biased: the OR of the entries of the rows whose first and last keys
-/// bracket it.
-///
-/// # Safety
-/// `first` is the first cell of a reachable flat node block of `ROWS` rows (the contract of
-/// [`Bases`]: its cells exist and are not written while it is read).
-#[inline(always)]
-unsafe fn flat_search<const ROWS: usize>(first: *const UnsafeCell<u32>, key: i32) -> u32 {
-    #[cfg(all(target_arch = "x86_64", not(loom), not(miri)))]
-    {
-        use std::arch::x86_64::*;
-        // The cells are `repr(transparent)` `u32`s, contiguous in the array (`Cells`).
-        let rows = first as *const __m128i;
-        // SAFETY: SSE2 is part of the x86_64 baseline, so these intrinsics are always
-        // available; the loads read cells `0 .. 3 * ROWS` of the block, inside it (forwarded
-        // contract for the reads).
-        unsafe {
-            let k = _mm_set1_epi32(key);
-            let lane = |j: usize| {
-                let first = _mm_loadu_si128(rows.add(j));
-                let last = _mm_loadu_si128(rows.add(ROWS / 4 + j));
-                let entry = _mm_loadu_si128(rows.add(ROWS / 2 + j));
-                let miss = _mm_or_si128(_mm_cmpgt_epi32(first, k), _mm_cmpgt_epi32(k, last));
-                _mm_andnot_si128(miss, entry)
-            };
-            // A tree of ORs over the lanes (`ROWS / 4` of them, a power of two).
-            let mut v = [_mm_setzero_si128(); 4];
-            for (j, x) in v.iter_mut().enumerate().take(ROWS / 4) {
-                *x = lane(j);
-            }
-            let mut n = ROWS / 4;
-            while n > 1 {
-                n /= 2;
-                for j in 0..n {
-                    v[j] = _mm_or_si128(v[j], v[j + n]);
-                }
-            }
-            let v = v[0];
-            let v = _mm_or_si128(v, _mm_shuffle_epi32::<0b01_00_11_10>(v));
-            let v = _mm_or_si128(v, _mm_shuffle_epi32::<0b10_11_00_01>(v));
-            _mm_cvtsi128_si32(v) as u32
-        }
-    }
-    #[cfg(not(all(target_arch = "x86_64", not(loom), not(miri))))]
-    {
-        // SAFETY: forwarded contract; `i < 3 * ROWS`.
-        let cell = |i: usize| unsafe { (*first.add(i)).with(|p| *p) };
-        let mut bits = 0;
-        for i in 0..ROWS {
-            let (lo, hi) = (cell(i) as i32, cell(ROWS + i) as i32);
-            bits |= cell(2 * ROWS + i) & 0u32.wrapping_sub((lo <= key && key <= hi) as u32);
-        }
-        bits
     }
 }
 

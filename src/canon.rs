@@ -15,8 +15,10 @@
 //!    highest such span is flat, and holds what would have been its nodes), before rule 2.
 //!
 //! Rule 3 is what keeps sparse maps small: a 512-entry node is 2 KiB whatever it holds, a
-//! flat node of up to 16 runs is 136 bytes, and on real VM maps most nodes are a few devices
-//! among holes. It also shortens the walk: one search instead of a node per level.
+//! flat node of up to 16 runs is 204 bytes, and on real VM maps most nodes are a
+//! few devices among holes. It also shortens some walks (one search instead of a node per
+//! level) and lengthens others (a search where a dense node took one load): a trade, hence
+//! an option.
 
 use crate::config::Geometry;
 use crate::entry::Entry;

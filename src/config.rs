@@ -31,7 +31,7 @@ pub struct Config {
     pub max_pieces: usize,
     /// Store sparse subtrees as *flat nodes* (rule 3 in ARCHITECTURE.md): a node whose
     /// subtree is at most 16 runs of pages (empty, one piece, or one page's sub-page table)
-    /// becomes one 108- or 204-byte block searched without a branch, instead of 2 KiB nodes
+    /// becomes one 204-byte block searched without a branch, instead of 2 KiB nodes
     /// per level. Default `false`.
     ///
     /// The trade: on the QEMU dumps in `tests/data` this takes `physmap import`'s total bytes

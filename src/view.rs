@@ -215,9 +215,9 @@ impl<'g, V> TreeRef<'g, V> {
     }
 
     /// The runs of the flat node at `offset`, as (first page, entry).
-    fn flat_at(self, class: u32, offset: u32) -> Vec<(u64, Entry)> {
+    fn flat_at(self, _class: u32, offset: u32) -> Vec<(u64, Entry)> {
         // SAFETY: see above (I1-I4).
-        let (rows, base) = unsafe { self.version.hot.bases.flat_rows(offset, class) };
+        let (rows, base) = unsafe { self.version.hot.bases.flat_rows(offset) };
         // Rows keep the low 32 bits of the page: the span never crosses a multiple of 2^32
         // pages (rule 3 of `canon.rs`).
         rows.into_iter()
@@ -226,9 +226,9 @@ impl<'g, V> TreeRef<'g, V> {
     }
 
     /// The first page of the span of the flat node at `offset`.
-    fn flat_base(self, class: u32, offset: u32) -> u64 {
+    fn flat_base(self, _class: u32, offset: u32) -> u64 {
         // SAFETY: see above (I1-I4).
-        unsafe { self.version.hot.bases.flat_rows(offset, class) }.1
+        unsafe { self.version.hot.bases.flat_rows(offset) }.1
     }
 
     /// The value of a piece of a tree borrowed for 'g.
@@ -291,12 +291,9 @@ impl<'g, V> TreeRef<'g, V> {
             // page. An address outside its span (reached through a compressed path) finds no
             // run, or one whose piece fails the final check: nothing there is mapped (rule 2
             // of `canon.rs`).
-            let (class, offset) = e.table_parts();
+            let (_, offset) = e.table_parts();
             // SAFETY: a flat node of this tree (I1-I4).
-            e = unsafe {
-                hot.bases
-                    .flat_entry(offset, class, (addr >> hot.page_bits) as u32)
-            };
+            e = unsafe { hot.bases.flat_entry(offset, (addr >> hot.page_bits) as u32) };
         };
         let piece = PieceRef {
             // SAFETY: `hot.bases` are this tree's (forwarded contract) and the slot is
@@ -477,7 +474,7 @@ impl<'g, V> TreeRef<'g, V> {
                 Kind::Flat(class, offset) => {
                     flats += 1;
                     deepest = deepest.max(depth + 1);
-                    table_bytes += crate::arena::flat_bytes(class);
+                    table_bytes += crate::arena::FLAT_BYTES;
                     let rows = self.flat_at(class, offset).into_iter();
                     stack.extend(rows.map(|r| (TreeEntry::new(r.1), depth + 1)));
                 }

@@ -158,6 +158,45 @@ fn dump_lists_the_tree() {
         "{out}"
     );
     assert!(out.contains("sub-page table"), "{out}");
+    assert!(out.contains(" 0 flat nodes, ") && !out.contains("  flat node "), "{out}");
+    // With flat nodes: the same pieces, sparse subtrees as runs (the ioapic page, the hpet).
+    let (code, flat, err) = physmap(&["dump", &data("q35-booted.txt"), "--flat"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(flat.contains(" flat nodes, "), "{flat}");
+    assert!(flat.contains("  flat node "), "{flat}");
+    assert!(
+        flat.contains("from 0xfec00000: leaf 0xfec00000..=0xfec00fff ioapic")
+            && flat.contains("leaf 0xfed00000..=0xfed003ff hpet"),
+        "{flat}"
+    );
+}
+
+#[test]
+fn import_shows_both_layouts_and_the_flat_one_is_smaller() {
+    let (code, json, err) = physmap(&["import", "--json", &data("q35-booted.txt")]);
+    assert_eq!(code, 0, "{err}");
+    // Every FlatView with ranges: its "bytes" and, later, "with_flat_nodes" ... "bytes".
+    let mut compared = 0;
+    for fv in json.split("{\"flatview\":").skip(1) {
+        let num = |key: &str, from: usize| -> Option<u64> {
+            let at = fv[from..].find(key)? + from + key.len();
+            fv[at..]
+                .split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse()
+                .ok()
+        };
+        let dense = num("\"bytes\":", 0).unwrap();
+        let Some(at) = fv.find("\"with_flat_nodes\":") else {
+            continue;
+        };
+        let flat = num("\"bytes\":", at).unwrap();
+        if dense > 0 {
+            assert!(flat < dense, "{fv}");
+            compared += 1;
+        }
+    }
+    assert!(compared >= 3, "{json}");
 }
 
 #[test]
