@@ -158,7 +158,10 @@ fn dump_lists_the_tree() {
         "{out}"
     );
     assert!(out.contains("sub-page table"), "{out}");
-    assert!(out.contains(" 0 flat nodes, ") && !out.contains("  flat node "), "{out}");
+    assert!(
+        out.contains(" 0 flat nodes, ") && !out.contains("  flat node "),
+        "{out}"
+    );
     // With flat nodes: the same pieces, sparse subtrees as runs (the ioapic page, the hpet).
     let (code, flat, err) = physmap(&["dump", &data("q35-booted.txt"), "--flat"]);
     assert_eq!(code, 0, "{err}");
