@@ -41,7 +41,7 @@ pub struct Memory {
     pub nodes: usize,
     /// Piece slots in use.
     pub pieces: usize,
-    /// Flat nodes in use (sparse subtrees stored as their runs; see [`Stats::flat_nodes`]).
+    /// Flat nodes in use (sparse subtrees stored as their runs; see [`Stats::flat_nodes`](crate::Stats::flat_nodes)).
     pub flat_nodes: usize,
     /// Sub-page tables in use.
     pub subpage_tables: usize,
