@@ -253,13 +253,7 @@ impl<V> Writer<V> {
                 Run::Piece(k) => Entry::leaf(self.materialize(keys[k], cx)?),
                 Run::Page(r) => {
                     let first = page << self.geo.page_bits;
-                    let mut sub = Vec::with_capacity(r.len());
-                    for &k in &keys[r] {
-                        sub.push(SubEntry {
-                            start: k.max(first),
-                            piece: self.materialize(k, cx)?,
-                        });
-                    }
+                    let sub = self.page_rows(&keys[r], first, cx)?;
                     match tree.table_under(old, first) {
                         Some(t) if tree.table_holds(t, &sub) => {
                             kept.push(t.get());
@@ -290,27 +284,32 @@ impl<V> Writer<V> {
         e: u64,
         cx: &mut Build,
     ) -> Result<Entry, Error> {
-        let mut keys: Vec<u64> = self
-            .map
-            .range(..=e)
-            .rev()
-            .take_while(|(_, i)| i.end >= s)
-            .map(|(&k, _)| k)
-            .collect();
-        keys.reverse();
-        let mut rows = Vec::with_capacity(keys.len());
-        for k in keys {
-            rows.push(SubEntry {
-                start: k.max(s),
-                piece: self.materialize(k, cx)?,
-            });
-        }
+        let keys: Vec<u64> = self.overlapping(s, e).map(|(k, _)| k).collect();
+        let rows = self.page_rows(&keys, s, cx)?;
         if tree.table_holds(old, &rows) {
             return Ok(old.get());
         }
         let new = self.arena(cx).table(rows)?;
         self.retire_subtree(tree, old, cx);
         Ok(new)
+    }
+
+    /// The rows of the sub-page table of the page starting at byte `first`, whose pieces
+    /// start at `keys` (each materialized).
+    fn page_rows(
+        &mut self,
+        keys: &[u64],
+        first: u64,
+        cx: &mut Build,
+    ) -> Result<Vec<SubEntry>, Error> {
+        let mut rows = Vec::with_capacity(keys.len());
+        for &k in keys {
+            rows.push(SubEntry {
+                start: k.max(first),
+                piece: self.materialize(k, cx)?,
+            });
+        }
+        Ok(rows)
     }
 
     #[allow(clippy::too_many_arguments)]
