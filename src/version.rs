@@ -11,11 +11,11 @@ use crate::view::TreeRef;
 #[derive(Clone, Copy)]
 pub(crate) struct Hot {
     pub root: Entry,
-    /// A flat node is searched for the page number `addr >> page_bits`.
-    pub page_bits: u32,
     /// `fanout - 1`: a node's child index is `(addr >> shift) & mask`.
     pub mask: u64,
-    /// `page size - 1`: a sub-page table is searched for `addr & page_mask`.
+    /// `page size - 1`: a sub-page table is searched for `addr & page_mask`, a flat node for
+    /// the page number `addr >> page_mask.trailing_ones()` (not a field of its own: the
+    /// default layout's walk, which never needs it, then keeps one register more).
     pub page_mask: u64,
     pub bases: Bases,
 }
@@ -26,7 +26,6 @@ impl Hot {
     /// walks it.
     pub(crate) const NONE: Hot = Hot {
         root: Entry::EMPTY,
-        page_bits: 0,
         mask: 0,
         page_mask: 0,
         bases: Bases::NULL,
@@ -71,7 +70,6 @@ impl<V> Version<V> {
         Version {
             hot: Hot {
                 root,
-                page_bits: geo.page_bits,
                 mask: geo.mask,
                 page_mask: (1u64 << geo.page_bits) - 1,
                 bases: arrays.bases(),

@@ -293,7 +293,10 @@ impl<'g, V> TreeRef<'g, V> {
             // of `canon.rs`).
             let (_, offset) = e.table_parts();
             // SAFETY: a flat node of this tree (I1-I4).
-            e = unsafe { hot.bases.flat_entry(offset, (addr >> hot.page_bits) as u32) };
+            e = unsafe {
+                hot.bases
+                    .flat_entry(offset, (addr >> hot.page_mask.trailing_ones()) as u32)
+            };
         };
         let piece = PieceRef {
             // SAFETY: `hot.bases` are this tree's (forwarded contract) and the slot is
