@@ -17,7 +17,7 @@
 //!
 //! [`Version`]: crate::version::Version
 
-use crate::entry::{as_words, Entry, NODE_LIMIT, SLOT_LIMIT, TABLE_OFFSET_LIMIT};
+use crate::entry::{as_words, Entry, NODE_LIMIT, RECORD, SLOT_LIMIT, TABLE_OFFSET_LIMIT};
 use crate::sync::{Arc, AtomicPtr, Ordering, UnsafeCell};
 use crate::Error;
 use std::ptr;
@@ -107,6 +107,40 @@ impl Default for Piece {
     }
 }
 
+/// A page record: the piece of a leaf whose id has [`RECORD`] set, when that piece is exactly
+/// one page and its origin is its start (a page of `insert_shared`, a one-page device): 8
+/// bytes instead of a [`Piece`]'s 32. The fields, packed in a `u64` (the one rule, with its
+/// round-trip test):
+///
+/// ```text
+///  63 ........................ 24 | 23 ............ 0
+///  page number (40 bits)          | section slot (24 bits)
+/// ```
+///
+/// It holds its page, so the lookup's final check needs nothing else; the section's cell is
+/// found from its slot (`Storage::section_cell`). Pieces that do not fit stay [`Piece`]s.
+pub(crate) struct PageRecord;
+
+impl PageRecord {
+    const SECTION_BITS: u32 = 24;
+    const PAGE_BITS: u32 = 40;
+
+    /// The record of the one-page piece of `page` and section `section`, if they fit.
+    pub(crate) fn pack(page: u64, section: u32) -> Option<u64> {
+        (page < 1 << Self::PAGE_BITS && section < 1 << Self::SECTION_BITS)
+            .then_some(page << Self::SECTION_BITS | section as u64)
+    }
+
+    /// `(page, section slot)` of a record.
+    #[inline(always)]
+    pub(crate) fn unpack(bits: u64) -> (u64, u32) {
+        (
+            bits >> Self::SECTION_BITS,
+            (bits & ((1 << Self::SECTION_BITS) - 1)) as u32,
+        )
+    }
+}
+
 /// One row of a sub-page table: from byte `start` (clamped to the page) on, piece `piece`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct SubEntry {
@@ -188,6 +222,7 @@ pub(crate) struct Arrays {
     nodes: Arc<Cells<u32, NODE_UNIT>>,
     pieces: Arc<Cells<Piece, 2>>,
     rows: Arc<Cells<u32, 16>>,
+    records: Arc<Cells<u64, 8>>,
 }
 
 impl Arrays {
@@ -197,6 +232,7 @@ impl Arrays {
             nodes: self.nodes.base(),
             pieces: self.pieces.base(),
             rows: self.rows.base(),
+            records: self.records.base(),
         }
     }
 }
@@ -207,6 +243,7 @@ pub(crate) struct Bases {
     nodes: *const UnsafeCell<u32>,
     pieces: *const UnsafeCell<Piece>,
     rows: *const UnsafeCell<u32>,
+    records: *const UnsafeCell<u64>,
 }
 
 impl Clone for Bases {
@@ -228,6 +265,7 @@ impl Bases {
         nodes: std::ptr::null(),
         pieces: std::ptr::null(),
         rows: std::ptr::null(),
+        records: std::ptr::null(),
     };
 
     /// Entry `i` of the node at unit offset `unit`.
@@ -254,6 +292,15 @@ impl Bases {
         let cell = unsafe { &*self.pieces.add(slot as usize) };
         // SAFETY: as above.
         cell.with(|p| unsafe { &*p })
+    }
+
+    /// Page record `slot` (see [`PageRecord`]).
+    #[inline(always)]
+    pub(crate) unsafe fn record(&self, slot: u32) -> u64 {
+        // SAFETY: see the contract above.
+        let cell = unsafe { &*self.records.add(slot as usize) };
+        // SAFETY: as above.
+        cell.with(|p| unsafe { *p })
     }
 
     /// The piece of the row of a sub-page table (at row-block offset `offset`, of size class
@@ -408,6 +455,9 @@ pub(crate) struct Arena {
     node_cells: usize,
     nodes: SlabAlloc,
     pieces: SlabAlloc,
+    records: SlabAlloc,
+    /// Most pieces and page records together ([`Config::max_pieces`](crate::Config)).
+    max_pieces: usize,
     rows: RowAlloc,
 }
 
@@ -436,10 +486,13 @@ impl Arena {
                 nodes: Arc::new(Cells::new(node_cells << SMALL_FIRST)),
                 pieces: Arc::new(Cells::new(1 << LARGE_FIRST)),
                 rows: Arc::new(Cells::new((2 * MIN_TABLE_ROWS) << SMALL_FIRST)),
+                records: Arc::new(Cells::new(1 << LARGE_FIRST)),
             },
             node_cells,
             nodes: SlabAlloc::new(max_nodes.min(Self::node_limit(fanout)), "nodes"),
             pieces: SlabAlloc::new(max_pieces.min(SLOT_LIMIT - 1), "pieces"),
+            records: SlabAlloc::new(max_pieces.min(SLOT_LIMIT - 1), "pieces"),
+            max_pieces,
             rows: RowAlloc {
                 limit: max_pieces,
                 ..RowAlloc::default()
@@ -473,15 +526,53 @@ impl Arena {
         self.nodes.free((unit as usize / self.units()) as u32);
     }
 
-    /// A free piece slot; grows the piece array if needed.
-    pub(crate) fn alloc_piece(&mut self) -> Result<u32, Error> {
+    /// `Ok` if one more piece or page record fits under `max_pieces`.
+    fn piece_room(&self) -> Result<(), Error> {
+        if self.pieces.live() + self.records.live() >= self.max_pieces {
+            return Err(Error::CapacityExhausted {
+                kind: "pieces",
+                limit: self.max_pieces,
+            });
+        }
+        Ok(())
+    }
+
+    /// Writes `piece` to a free piece slot (growing the piece array if needed) and returns
+    /// its id: a page record's ([`RECORD`] and the record slot) if the piece is exactly page
+    /// `page` and its origin is its start (`page` is `None` otherwise) and it fits in one
+    /// ([`PageRecord::pack`]), else the piece slot. `piece.section` must be the cell of
+    /// section `section`, so that both forms name the same section.
+    pub(crate) fn alloc_piece(
+        &mut self,
+        piece: Piece,
+        page: Option<u64>,
+        section: u32,
+    ) -> Result<u32, Error> {
+        self.piece_room()?;
+        if let Some(bits) = page.and_then(|page| PageRecord::pack(page, section)) {
+            let slot = self.records.alloc()?;
+            grow(&mut self.arrays.records, slot as usize + 1);
+            let cell = self.arrays.records.cell(slot as usize);
+            // SAFETY: a fresh or reclaimed slot: unreachable from every generation anyone can
+            // still read (I3, I4), and we are the writer (I6).
+            cell.with_mut(|p| unsafe { *p = bits });
+            return Ok(RECORD | slot);
+        }
         let slot = self.pieces.alloc()?;
         grow(&mut self.arrays.pieces, slot as usize + 1);
+        let cell = self.arrays.pieces.cell(slot as usize);
+        // SAFETY: as above.
+        cell.with_mut(|p| unsafe { *p = piece });
         Ok(slot)
     }
 
-    pub(crate) fn free_piece(&mut self, slot: u32) {
-        self.pieces.free(slot);
+    /// Frees piece id `id` (a piece slot or a page record's).
+    pub(crate) fn free_piece(&mut self, id: u32) {
+        if id & RECORD != 0 {
+            self.records.free(id & !RECORD);
+        } else {
+            self.pieces.free(id);
+        }
     }
 
     /// Writes a new sub-page table for `page` of `rows` (page offsets ascending, piece slots)
@@ -625,13 +716,14 @@ impl Arena {
         r.cells -= block_cells(table_cap(class));
     }
 
-    /// Slots in use: nodes, pieces, flat nodes, tables, real rows, and bytes of row blocks
-    /// (tables' and flat nodes').
-    pub(crate) fn live(&self) -> (usize, usize, usize, usize, usize, usize) {
+    /// Slots in use: nodes, pieces, page records, flat nodes, tables, real rows, and bytes
+    /// of row blocks (tables' and flat nodes').
+    pub(crate) fn live(&self) -> (usize, usize, usize, usize, usize, usize, usize) {
         let r = &self.rows;
         (
             self.nodes.live(),
             self.pieces.live(),
+            self.records.live(),
             r.flats,
             r.tables,
             r.rows,
@@ -666,13 +758,6 @@ impl Arena {
             // above for the write.
             unsafe { (*nodes.base().add(first + i)).with_mut(|p| *p = k) };
         }
-    }
-
-    /// Writes piece `slot`.
-    pub(crate) unsafe fn write_piece(&self, slot: u32, piece: Piece) {
-        let cell = self.arrays.pieces.cell(slot as usize);
-        // SAFETY: see the contract above.
-        cell.with_mut(|p| unsafe { *p = piece });
     }
 
     unsafe fn write_row_cell(&self, i: usize, v: u32) {
@@ -868,6 +953,8 @@ pub(crate) struct Counts {
     /// Bytes of the row blocks of tables and flat nodes.
     pub table_bytes: usize,
     pub pieces: usize,
+    /// Pieces stored as page records ([`PageRecord`]), not among `pieces`.
+    pub records: usize,
     pub sections: usize,
 }
 
@@ -881,6 +968,7 @@ impl Counts {
     pub(crate) fn bytes<V>(&self, fanout: usize) -> usize {
         self.tree_bytes(fanout)
             + self.pieces * std::mem::size_of::<Piece>()
+            + self.records * std::mem::size_of::<u64>()
             + self.sections * std::mem::size_of::<Option<V>>()
     }
 }
@@ -977,7 +1065,8 @@ impl<V> Storage<V> {
         cell as *const _ as *const ()
     }
 
-    /// The address of section `slot`'s cell (for pieces). Writer only; the slot is live.
+    /// The address of section `slot`'s cell (for pieces). The writer, for a live slot, or a
+    /// reader, for the slot of a page record of a generation it holds (available: I2).
     pub(crate) fn section_cell(&self, slot: u32) -> *const () {
         // SAFETY: a live section slot was made available by the writer (I2); taking the
         // address reads nothing.

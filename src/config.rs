@@ -146,6 +146,12 @@ impl Config {
 }
 
 impl Geometry {
+    /// `page size - 1`: the offset bits of an address.
+    #[inline]
+    pub(crate) fn page_mask(&self) -> u64 {
+        (1u64 << self.page_bits) - 1
+    }
+
     /// Byte span `[start, end]` of the entry of height `h` whose first page is `base`,
     /// clipped to the space.
     #[inline]

@@ -39,8 +39,10 @@ pub struct Memory {
     pub live_bytes: usize,
     /// Node slots in use.
     pub nodes: usize,
-    /// Piece slots in use.
+    /// Pieces in use (page records included).
     pub pieces: usize,
+    /// Of those, page records (see [`Stats::page_records`](crate::Stats::page_records)).
+    pub page_records: usize,
     /// Flat nodes in use (sparse subtrees stored as their runs; see [`Stats::flat_nodes`](crate::Stats::flat_nodes)).
     pub flat_nodes: usize,
     /// Sub-page tables in use.

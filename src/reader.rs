@@ -6,7 +6,7 @@ use crate::qsbr::Slot;
 use crate::snapshot::{Hit, Snapshot};
 use crate::sync::{Arc, AtomicPtr, Ordering};
 use crate::version::{Hot, Version};
-use crate::view::PieceRef;
+use crate::view::{PieceRef, NO_PIECE};
 use std::sync::Arc as StdArc;
 
 /// A per-vCPU lookup handle. Give each vCPU thread its own.
@@ -58,14 +58,6 @@ pub struct Reader<V> {
     /// `cached`; [`Hot::NONE`] until the first announcement.
     hot: Hot,
 }
-
-/// The remembered piece when there is none: an empty range, which no address is in.
-static NO_PIECE: Piece = Piece {
-    start: 1,
-    end: 0,
-    origin: 0,
-    section: std::ptr::null(),
-};
 
 /// Repeats after which the remembered piece is tried first; also the most the count holds.
 const REPEATS: usize = 2;

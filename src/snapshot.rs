@@ -67,6 +67,10 @@ pub struct Stats {
     pub subpage_tables: usize,
     /// Contiguous mapped pieces.
     pub pieces: usize,
+    /// Of those, the pieces stored as 8-byte page records instead of 32-byte pieces: exactly
+    /// one page, with the origin at its start (a page of
+    /// [`insert_shared`](crate::Transaction::insert_shared), a one-page device).
+    pub page_records: usize,
     /// Distinct sections (values) still mapped.
     pub sections: usize,
     /// Bytes of nodes, sub-page tables, pieces and section slots of this tree.
@@ -137,10 +141,11 @@ impl<V> Snapshot<V> {
     pub fn stats(&self) -> Stats {
         let tree = self.tree();
         let (nodes, flats, tables, table_bytes, levels) = tree.shape();
-        let mut pieces = 0;
+        let (mut pieces, mut records) = (0, 0);
         let mut sections = HashSet::new();
         for piece in tree.walk(0, self.version.geo.max_addr) {
             pieces += 1;
+            records += piece.is_record() as usize;
             sections.insert(piece.section);
         }
         let counts = Counts {
@@ -148,7 +153,8 @@ impl<V> Snapshot<V> {
             flats,
             tables,
             table_bytes,
-            pieces,
+            pieces: pieces - records,
+            records,
             sections: sections.len(),
         };
         let fanout = self.version.geo.fanout;
@@ -158,6 +164,7 @@ impl<V> Snapshot<V> {
             flat_nodes: flats,
             subpage_tables: tables,
             pieces,
+            page_records: records,
             sections: sections.len(),
             bytes: counts.bytes::<V>(fanout),
             tree_bytes: counts.tree_bytes(fanout),

@@ -71,7 +71,7 @@ impl<V> Version<V> {
             hot: Hot {
                 root,
                 mask: geo.mask,
-                page_mask: (1u64 << geo.page_bits) - 1,
+                page_mask: geo.page_mask(),
                 bases: arrays.bases(),
             },
             generation,

@@ -12,10 +12,10 @@
 //! skipped levels correct: if a piece holds `addr`, the walk reaches it, because a piece
 //! overlaps every span on the path to `addr`.
 
-use crate::arena::{table_cap, Piece, SubEntry, NODE_UNIT};
+use crate::arena::{table_cap, PageRecord, Piece, SubEntry, NODE_UNIT};
 use crate::canon;
 use crate::config::Geometry;
-use crate::entry::{Entry, Kind};
+use crate::entry::{Entry, Kind, RECORD};
 use crate::version::{Hot, Version};
 use std::marker::PhantomData;
 
@@ -109,16 +109,35 @@ impl<'g> Kids<'g> {
     }
 }
 
-/// A piece read from a tree borrowed for `'g` (only [`TreeRef`] makes them).
+/// A piece read from a tree borrowed for `'g` (only [`TreeRef`] makes them): its fields (a
+/// page record's unpacked), and its cell if it has one.
 #[derive(Clone, Copy)]
 pub(crate) struct PieceRef<'g> {
-    piece: &'g Piece,
+    piece: Piece,
+    /// Its cell in the piece array, or [`NO_PIECE`] for a page record.
+    at: *const Piece,
+    _g: PhantomData<&'g Piece>,
 }
 
+/// Where a piece with no cell of its own (a page record) is remembered: an empty range, which
+/// no address is in.
+pub(crate) static NO_PIECE: Piece = Piece {
+    start: 1,
+    end: 0,
+    origin: 0,
+    section: std::ptr::null(),
+};
+
 impl<'g> PieceRef<'g> {
-    /// The piece's address, to remember it (see [`PieceRef::remembered`]).
+    /// Whether this is a page record's piece (see `PageRecord` in `arena.rs`).
+    pub(crate) fn is_record(self) -> bool {
+        std::ptr::eq(self.at, &NO_PIECE)
+    }
+
+    /// The piece's cell, to remember it (see [`PieceRef::remembered`]); [`NO_PIECE`] for a
+    /// page record.
     pub(crate) fn as_ptr(self) -> *const Piece {
-        self.piece
+        self.at
     }
 
     /// A piece remembered with [`PieceRef::as_ptr`].
@@ -130,15 +149,28 @@ impl<'g> PieceRef<'g> {
         PieceRef {
             // SAFETY: forwarded contract: the piece's slot is not reused while its generation
             // is held (I4), and its array lives as long as the generation (I1).
-            piece: unsafe { &*p },
+            piece: unsafe { *p },
+            at: p,
+            _g: PhantomData,
+        }
+    }
+
+    /// The piece in cell `piece`, of a generation held for `'g`.
+    #[inline(always)]
+    fn in_array(piece: &'g Piece) -> PieceRef<'g> {
+        PieceRef {
+            piece: *piece,
+            at: piece,
+            _g: PhantomData,
         }
     }
 }
 
 impl std::ops::Deref for PieceRef<'_> {
     type Target = Piece;
+    #[inline(always)]
     fn deref(&self) -> &Piece {
-        self.piece
+        &self.piece
     }
 }
 
@@ -189,12 +221,33 @@ impl<'g, V> TreeRef<'g, V> {
         unsafe { v.storage.node_base(node, v.geo.fanout) }
     }
 
-    /// Piece `slot`.
-    #[inline(always)]
-    fn piece_at(self, slot: u32) -> PieceRef<'g> {
+    /// The piece of piece id `id` (a piece slot, or a page record's: [`RECORD`]).
+    fn piece_at(self, id: u32) -> PieceRef<'g> {
+        let bases = self.version.hot.bases;
+        if id & RECORD != 0 {
+            // SAFETY: see above (I1-I4).
+            let (page, section) = PageRecord::unpack(unsafe { bases.record(id & !RECORD) });
+            let start = page << self.version.geo.page_bits;
+            return self.record_piece(start, section);
+        }
         // SAFETY: see above (I1-I4).
-        let piece = unsafe { self.version.hot.bases.piece(slot) };
-        PieceRef { piece }
+        PieceRef::in_array(unsafe { bases.piece(id) })
+    }
+
+    /// The piece of a page record: page `[start, start + page size)`, origin at its start,
+    /// section slot `section` (the record's, so live while the generation is held: I2).
+    #[inline(always)]
+    fn record_piece(self, start: u64, section: u32) -> PieceRef<'g> {
+        PieceRef {
+            piece: Piece {
+                start,
+                end: start | self.version.hot.page_mask,
+                origin: start,
+                section: self.version.storage.section_cell(section),
+            },
+            at: &NO_PIECE,
+            _g: PhantomData,
+        }
     }
 
     /// The rows of the sub-page table of class `class` at `offset`, as (first byte, piece
@@ -237,7 +290,7 @@ impl<'g, V> TreeRef<'g, V> {
         // SAFETY: `piece` was read from a tree borrowed for 'g (only this module makes
         // `PieceRef`s), so its section is one of a held generation's: live, holding `Some`,
         // not written meanwhile (I1, I3, I4, I5).
-        unsafe { self.version.storage.value(piece.piece) }
+        unsafe { self.version.storage.value(&piece.piece) }
     }
 
     // ----- Built on the accessors: safe.
@@ -284,6 +337,14 @@ impl<'g, V> TreeRef<'g, V> {
                 // SAFETY: a table of this tree (I1-I4).
                 break unsafe { hot.bases.table_piece(offset, class, off) }?;
             }
+            if let Some(r) = e.record_slot() {
+                // A page record holds its page: the final check is on it.
+                // SAFETY: a record of this tree (I1-I4).
+                let (page, section) = PageRecord::unpack(unsafe { hot.bases.record(r) });
+                let start = addr & !hot.page_mask;
+                return (page == start >> hot.page_mask.trailing_ones())
+                    .then(|| self.record_piece(start, section));
+            }
             if !e.is_flat() {
                 return None;
             }
@@ -298,12 +359,10 @@ impl<'g, V> TreeRef<'g, V> {
                     .flat_entry(offset, (addr >> hot.page_mask.trailing_ones()) as u32)
             };
         };
-        let piece = PieceRef {
-            // SAFETY: `hot.bases` are this tree's (forwarded contract) and the slot is
-            // reachable from its root (I1-I4).
-            piece: unsafe { hot.bases.piece(slot) },
-        };
-        (piece.start <= addr && addr <= piece.end).then_some(piece)
+        // SAFETY: `hot.bases` are this tree's (forwarded contract) and the slot is reachable
+        // from its root (I1-I4).
+        let piece = unsafe { hot.bases.piece(slot) };
+        (piece.start <= addr && addr <= piece.end).then(|| PieceRef::in_array(piece))
     }
 
     /// Height and first page of a node entry of this tree.
@@ -566,7 +625,8 @@ impl<'g, V> TreeRef<'g, V> {
                 Kind::Leaf(p) => {
                     let piece = self.piece_at(p);
                     let v = label(self.value(piece));
-                    format!("leaf {:#x}..={:#x} {v}", piece.start, piece.end)
+                    let what = if piece.is_record() { "record" } else { "leaf" };
+                    format!("{what} {:#x}..={:#x} {v}", piece.start, piece.end)
                 }
                 Kind::Subpage(_, offset) => format!("sub-page table {offset}"),
                 Kind::Flat(class, offset) => format!(

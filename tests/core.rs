@@ -744,3 +744,129 @@ fn a_transaction_that_changes_nothing_publishes_nothing() {
     assert_eq!(t.commit().unwrap(), g + 1);
     assert_eq!(r.lookup(0x1000).map(|h| *h.value), None);
 }
+
+/// Pieces that are exactly one page with their origin at the start are 8-byte page records
+/// (what `insert_shared` makes of a confidential VM's pages): same answers, a quarter of the
+/// bytes, and the page check still rejects addresses a compressed path leads to them.
+#[test]
+fn one_page_pieces_are_page_records() {
+    for flat_nodes in [false, true] {
+        let config = Config {
+            flat_nodes,
+            ..Config::default()
+        };
+        let map = PhysMap::with_config(config.clone()).unwrap();
+        let mut t = map.transaction();
+        // 4096 alternating pages: shared ones in one section, private ones one section each
+        // would be 4096 sections: give them one too.
+        let shared = (0..4096u64).step_by(2).map(|i| i << 12..(i + 1) << 12);
+        let private = (1..4096u64).step_by(2).map(|i| i << 12..(i + 1) << 12);
+        t.insert_shared(shared, "shared").unwrap();
+        t.insert_shared(private, "private").unwrap();
+        // A page cut out of a larger section keeps its origin: a piece, not a record.
+        t.insert(1 << 30..(1 << 30) + 0x2000, "cut").unwrap();
+        t.remove(1 << 30..(1 << 30) + 0x1000).unwrap();
+        t.insert((1 << 30) + 0x2000..(1 << 30) + 0x3000, "second")
+            .unwrap();
+        // A lone page far away: reached through a compressed path.
+        t.insert(0x7f_0000_0000..0x7f_0000_1000, "lone").unwrap();
+        t.commit().unwrap();
+        let snap = map.snapshot();
+        let s = snap.stats();
+        assert_eq!((s.pieces, s.sections), (4096 + 3, 5), "{s:?}");
+        // The cut page's origin is not its start; the others are records.
+        assert_eq!(s.page_records, 4096 + 2, "{s:?}");
+        for i in [0u64, 1, 2, 3, 1000, 4095] {
+            let at = (i << 12) + 0x123;
+            let h = snap.lookup(at).unwrap();
+            let want = if i % 2 == 0 { "shared" } else { "private" };
+            assert_eq!((*h.value, h.offset), (want, 0x123), "{at:#x}");
+            assert_eq!(h.range, i << 12..=(i << 12) + 0xfff);
+        }
+        assert!(snap.lookup(4096 << 12).is_none());
+        let h = snap.lookup((1 << 30) + 0x1010).unwrap();
+        let cut = (1 << 30) + 0x1000..=(1 << 30) + 0x1fff;
+        assert_eq!((*h.value, h.offset, h.range), ("cut", 0x1010, cut));
+        let h = snap.lookup((1 << 30) + 0x2010).unwrap();
+        assert_eq!((*h.value, h.offset), ("second", 0x10));
+        assert!(snap.lookup((1 << 30) + 0x10).is_none());
+        let h = snap.lookup(0x7f_0000_0fff).unwrap();
+        assert_eq!((*h.value, h.offset), ("lone", 0xfff));
+        // Same low page bits at every height of the skipped levels: all misses.
+        for bit in 12..64 {
+            let at = 0x7f_0000_0010 ^ 1 << bit;
+            if let Some(h) = snap.lookup(at) {
+                assert!(h.range.contains(&at), "{at:#x} answered {h:?}");
+            }
+            assert!(
+                snap.lookup(at).map_or(true, |h| *h.value != "lone"),
+                "{at:#x}"
+            );
+        }
+        // A reader answers the same, repeats included.
+        let mut r = map.reader();
+        for at in [0x10, 0x20, 0x1010, 0x1010, 0x1010, 0x2010, 0x7f_0000_0010] {
+            let h = r.lookup(at).unwrap();
+            assert_eq!(
+                (h.offset, *h.range.start()),
+                (at & 0xfff, at & !0xfff),
+                "{at:#x}"
+            );
+        }
+        // Bytes: a record is 8 bytes where a piece is 32.
+        let pieces_only = s.bytes - s.tree_bytes;
+        assert!(pieces_only < 4096 * 16, "{s:?}");
+        // Removing and overwriting records frees them; nothing is lost.
+        let mut t = map.transaction();
+        t.remove(0..0x80_0000).unwrap();
+        t.overwrite(0x80_0000..0x80_1000, "over").unwrap();
+        t.commit().unwrap();
+        drop((snap, r));
+        let s = map.snapshot().stats();
+        assert_eq!(s.page_records, 4096 - 2048 + 2, "{s:?}");
+        assert_eq!(map.memory().live_bytes, map.snapshot().stats().bytes);
+        assert_eq!(map.memory().page_records, s.page_records);
+        // The same mapping built in one go has the same tree.
+        let fresh = PhysMap::with_config(config).unwrap();
+        let mut t = fresh.transaction();
+        for (range, v) in map.snapshot().iter() {
+            t.insert(range, *v).unwrap();
+        }
+        t.commit().unwrap();
+        let (a, b) = (map.snapshot().stats(), fresh.snapshot().stats());
+        assert_eq!((a.nodes, a.flat_nodes), (b.nodes, b.flat_nodes));
+        // (Re-inserted, the cut page's origin is its start: one record more.)
+        assert_eq!(b.page_records, a.page_records + 1);
+    }
+}
+
+/// `max_pieces` bounds pieces and page records together.
+#[test]
+fn page_records_count_against_max_pieces() {
+    let map = PhysMap::with_config(Config {
+        max_pieces: 4,
+        ..Config::default()
+    })
+    .unwrap();
+    let mut t = map.transaction();
+    t.insert_shared((0..3u64).map(|i| i << 13..(i << 13) + 0x1000), 1u8)
+        .unwrap();
+    t.insert(0x10_0000..0x10_2000, 2).unwrap();
+    t.commit().unwrap();
+    assert_eq!(map.snapshot().stats().page_records, 3);
+    let mut t = map.transaction();
+    t.insert(0x20_0000..0x20_1000, 3).unwrap();
+    let e = t.commit().unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::CapacityExhausted {
+                kind: "pieces",
+                limit: 4
+            }
+        ),
+        "{e}"
+    );
+    assert_eq!(map.snapshot().iter().count(), 4);
+    assert_eq!(map.memory().live_bytes, map.snapshot().stats().bytes);
+}

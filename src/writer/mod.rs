@@ -265,19 +265,21 @@ impl<V> Writer<V> {
     /// What the arena holds, after reclaiming what nobody can reach any more.
     pub(crate) fn memory(&mut self, readers: &Registry) -> Memory {
         self.reclaim(readers);
-        let (nodes, pieces, flats, tables, _rows, table_bytes) = self.arena.live();
+        let (nodes, pieces, records, flats, tables, _rows, table_bytes) = self.arena.live();
         let counts = Counts {
             nodes,
             flats,
             tables,
             table_bytes,
             pieces,
+            records,
             sections: self.sections.alloc.live(),
         };
         Memory {
             live_bytes: counts.bytes::<V>(self.geo.fanout),
             nodes: counts.nodes,
-            pieces: counts.pieces,
+            pieces: counts.pieces + counts.records,
+            page_records: counts.records,
             flat_nodes: counts.flats,
             subpage_tables: counts.tables,
             sections: counts.sections,

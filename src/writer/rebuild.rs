@@ -363,11 +363,15 @@ impl<V> Writer<V> {
         if let Some(slot) = info.slot {
             return Ok(slot);
         }
-        let slot = self.arena.alloc_piece()?;
+        let piece = piece_record(&self.storage, key, info);
+        // Exactly one page, origin at its start: a page record if it fits.
+        let geo = &self.geo;
+        let page = (piece.origin == key
+            && key & geo.page_mask() == 0
+            && info.end == key | geo.page_mask())
+        .then_some(key >> geo.page_bits);
+        let slot = self.arena.alloc_piece(piece, page, info.section)?;
         info.slot = Some(slot);
-        let record = piece_record(&self.storage, key, info);
-        // SAFETY: freshly allocated: unreachable from every generation (I3, I6).
-        unsafe { self.arena.write_piece(slot, record) };
         cx.fresh_pieces.push(slot);
         Ok(slot)
     }
