@@ -20,6 +20,7 @@
 use crate::entry::{as_words, Entry, NODE_LIMIT, RECORD, SLOT_LIMIT, TABLE_OFFSET_LIMIT};
 use crate::sync::{Arc, AtomicPtr, Ordering, UnsafeCell};
 use crate::Error;
+use std::mem::MaybeUninit;
 use std::ptr;
 
 /// Most chunks a slab can have: enough for 2^30 slots from a first chunk of 4.
@@ -72,10 +73,11 @@ pub(crate) const FLAT_BYTES: usize = FLAT_CELLS * std::mem::size_of::<u32>();
 /// order into the signed one SSE2 compares.
 const FLAT_BIAS: u32 = 0x8000_0000;
 
-/// One mapped, contiguous piece of a section: 32 bytes, aligned so that a piece never
-/// straddles two cache lines.
+/// One mapped, contiguous piece of a section: 32 bytes, so that in the piece array (64-byte
+/// aligned blocks, [`Cells`]) a piece never straddles two cache lines. (Not `align(32)`: a
+/// lookup unpacks a page record into a `Piece` on its stack.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(C, align(32))]
+#[repr(C)]
 pub(crate) struct Piece {
     /// First byte.
     pub start: u64,
@@ -107,37 +109,52 @@ impl Default for Piece {
     }
 }
 
-/// A page record: the piece of a leaf whose id has [`RECORD`] set, when that piece is exactly
-/// one page and its origin is its start (a page of `insert_shared`, a one-page device): 8
-/// bytes instead of a [`Piece`]'s 32. The fields, packed in a `u64` (the one rule, with its
-/// round-trip test):
+/// A page record: a piece that is exactly one page with its origin at its start (a page of
+/// `insert_shared`, a one-page device), in [`RECORD_CELLS`] cells of the row array (12 bytes)
+/// instead of a 32-byte [`Piece`], named by a leaf entry of its own (`entry.rs`). The fields,
+/// packed in 96 bits (the one rule, with its round-trip test):
 ///
 /// ```text
-///  63 ........................ 24 | 23 ............ 0
-///  page number (40 bits)          | section slot (24 bits)
+///  cell 0: page number, bits 0..32
+///  cell 1: page number, bits 32..40 | section cell address / 8, bits 0..24 (<< 8)
+///  cell 2: section cell address / 8, bits 24..56
 /// ```
 ///
-/// It holds its page, so the lookup's final check needs nothing else; the section's cell is
-/// found from its slot (`Storage::section_cell`). Pieces that do not fit stay [`Piece`]s.
+/// It holds its page, so the lookup's final check needs nothing else, and its section's cell
+/// (8-byte aligned, below 2^59), so the value is one load away as for a piece. Pieces that
+/// do not fit stay [`Piece`]s.
 pub(crate) struct PageRecord;
 
-impl PageRecord {
-    const SECTION_BITS: u32 = 24;
-    const PAGE_BITS: u32 = 40;
+/// Cells of a page record.
+pub(crate) const RECORD_CELLS: usize = 3;
 
-    /// The record of the one-page piece of `page` and section `section`, if they fit.
-    pub(crate) fn pack(page: u64, section: u32) -> Option<u64> {
-        (page < 1 << Self::PAGE_BITS && section < 1 << Self::SECTION_BITS)
-            .then_some(page << Self::SECTION_BITS | section as u64)
+impl PageRecord {
+    const PAGE_BITS: u32 = 40;
+    const CELL_BITS: u32 = 56;
+
+    /// The cells of the record of the one-page piece of `page` and section cell `section`,
+    /// if they fit.
+    pub(crate) fn pack(page: u64, section: *const ()) -> Option<[u32; RECORD_CELLS]> {
+        // An `as` cast exposes the provenance: the lookup makes the pointer back from the
+        // address (the `usize as` cast in `unpack`).
+        let at = section as usize as u64;
+        if page >= 1 << Self::PAGE_BITS || at % 8 != 0 || at >> 3 >= 1 << Self::CELL_BITS {
+            return None;
+        }
+        let cell = at >> 3;
+        Some([
+            page as u32,
+            (page >> 32) as u32 | (cell as u32) << 8,
+            (cell >> 24) as u32,
+        ])
     }
 
-    /// `(page, section slot)` of a record.
+    /// `(page, section cell)` of a record's cells.
     #[inline(always)]
-    pub(crate) fn unpack(bits: u64) -> (u64, u32) {
-        (
-            bits >> Self::SECTION_BITS,
-            (bits & ((1 << Self::SECTION_BITS) - 1)) as u32,
-        )
+    pub(crate) fn unpack(c: [u32; RECORD_CELLS]) -> (u64, *const ()) {
+        let page = c[0] as u64 | ((c[1] & 0xff) as u64) << 32;
+        let cell = (c[1] >> 8) as u64 | (c[2] as u64) << 24;
+        (page, (cell << 3) as usize as *const ())
     }
 }
 
@@ -222,7 +239,6 @@ pub(crate) struct Arrays {
     nodes: Arc<Cells<u32, NODE_UNIT>>,
     pieces: Arc<Cells<Piece, 2>>,
     rows: Arc<Cells<u32, 16>>,
-    records: Arc<Cells<u64, 8>>,
 }
 
 impl Arrays {
@@ -232,7 +248,6 @@ impl Arrays {
             nodes: self.nodes.base(),
             pieces: self.pieces.base(),
             rows: self.rows.base(),
-            records: self.records.base(),
         }
     }
 }
@@ -243,7 +258,6 @@ pub(crate) struct Bases {
     nodes: *const UnsafeCell<u32>,
     pieces: *const UnsafeCell<Piece>,
     rows: *const UnsafeCell<u32>,
-    records: *const UnsafeCell<u64>,
 }
 
 impl Clone for Bases {
@@ -265,7 +279,6 @@ impl Bases {
         nodes: std::ptr::null(),
         pieces: std::ptr::null(),
         rows: std::ptr::null(),
-        records: std::ptr::null(),
     };
 
     /// Entry `i` of the node at unit offset `unit`.
@@ -294,13 +307,14 @@ impl Bases {
         cell.with(|p| unsafe { &*p })
     }
 
-    /// Page record `slot` (see [`PageRecord`]).
+    /// The page record at row-block offset `offset`: `(page, section cell)`.
     #[inline(always)]
-    pub(crate) unsafe fn record(&self, slot: u32) -> u64 {
+    pub(crate) unsafe fn record(&self, offset: u32) -> (u64, *const ()) {
         // SAFETY: see the contract above.
-        let cell = unsafe { &*self.records.add(slot as usize) };
-        // SAFETY: as above.
-        cell.with(|p| unsafe { *p })
+        let first = unsafe { self.rows.add(offset as usize) };
+        // SAFETY: as above; `i < RECORD_CELLS`.
+        let cell = |i: usize| unsafe { (*first.add(i)).with(|p| *p) };
+        PageRecord::unpack([cell(0), cell(1), cell(2)])
     }
 
     /// The piece of the row of a sub-page table (at row-block offset `offset`, of size class
@@ -455,23 +469,33 @@ pub(crate) struct Arena {
     node_cells: usize,
     nodes: SlabAlloc,
     pieces: SlabAlloc,
-    records: SlabAlloc,
     /// Most pieces and page records together ([`Config::max_pieces`](crate::Config)).
     max_pieces: usize,
     rows: RowAlloc,
 }
 
-/// Free blocks of sub-page rows, by size class ([`table_cap`] rows), and of
-/// flat nodes.
+/// What a block of the row array is for: which free list it comes from.
+#[derive(Clone, Copy)]
+enum BlockKind {
+    Table(usize),
+    Flat,
+    Record,
+}
+
+/// Free blocks of sub-page rows, by size class ([`table_cap`] rows), of flat nodes and of
+/// page records.
 #[derive(Default)]
 struct RowAlloc {
     /// Cells handed out so far (blocks are never merged back).
     high: usize,
     free: Vec<Vec<u32>>,
     flat_free: Vec<u32>,
-    /// Sub-page tables and flat nodes in use, and the real rows in them (for accounting).
+    record_free: Vec<u32>,
+    /// Sub-page tables, flat nodes and page records in use, and the real rows in the tables
+    /// and flat nodes (for accounting).
     tables: usize,
     flats: usize,
+    records: usize,
     rows: usize,
     /// Cells of the blocks in use.
     cells: usize,
@@ -486,12 +510,10 @@ impl Arena {
                 nodes: Arc::new(Cells::new(node_cells << SMALL_FIRST)),
                 pieces: Arc::new(Cells::new(1 << LARGE_FIRST)),
                 rows: Arc::new(Cells::new((2 * MIN_TABLE_ROWS) << SMALL_FIRST)),
-                records: Arc::new(Cells::new(1 << LARGE_FIRST)),
             },
             node_cells,
             nodes: SlabAlloc::new(max_nodes.min(Self::node_limit(fanout)), "nodes"),
             pieces: SlabAlloc::new(max_pieces.min(SLOT_LIMIT - 1), "pieces"),
-            records: SlabAlloc::new(max_pieces.min(SLOT_LIMIT - 1), "pieces"),
             max_pieces,
             rows: RowAlloc {
                 limit: max_pieces,
@@ -526,53 +548,24 @@ impl Arena {
         self.nodes.free((unit as usize / self.units()) as u32);
     }
 
-    /// `Ok` if one more piece or page record fits under `max_pieces`.
-    fn piece_room(&self) -> Result<(), Error> {
-        if self.pieces.live() + self.records.live() >= self.max_pieces {
-            return Err(Error::CapacityExhausted {
-                kind: "pieces",
-                limit: self.max_pieces,
-            });
-        }
-        Ok(())
-    }
-
-    /// Writes `piece` to a free piece slot (growing the piece array if needed) and returns
-    /// its id: a page record's ([`RECORD`] and the record slot) if the piece is exactly page
-    /// `page` and its origin is its start (`page` is `None` otherwise) and it fits in one
-    /// ([`PageRecord::pack`]), else the piece slot. `piece.section` must be the cell of
-    /// section `section`, so that both forms name the same section.
-    pub(crate) fn alloc_piece(
-        &mut self,
-        piece: Piece,
-        page: Option<u64>,
-        section: u32,
-    ) -> Result<u32, Error> {
+    /// A free piece slot; grows the piece array if needed.
+    pub(crate) fn alloc_piece(&mut self) -> Result<u32, Error> {
         self.piece_room()?;
-        if let Some(bits) = page.and_then(|page| PageRecord::pack(page, section)) {
-            let slot = self.records.alloc()?;
-            grow(&mut self.arrays.records, slot as usize + 1);
-            let cell = self.arrays.records.cell(slot as usize);
-            // SAFETY: a fresh or reclaimed slot: unreachable from every generation anyone can
-            // still read (I3, I4), and we are the writer (I6).
-            cell.with_mut(|p| unsafe { *p = bits });
-            return Ok(RECORD | slot);
-        }
         let slot = self.pieces.alloc()?;
         grow(&mut self.arrays.pieces, slot as usize + 1);
-        let cell = self.arrays.pieces.cell(slot as usize);
-        // SAFETY: as above.
-        cell.with_mut(|p| unsafe { *p = piece });
         Ok(slot)
     }
 
-    /// Frees piece id `id` (a piece slot or a page record's).
+    /// Frees piece id `id`: a piece slot, or a page record's ([`RECORD`]).
     pub(crate) fn free_piece(&mut self, id: u32) {
-        if id & RECORD != 0 {
-            self.records.free(id & !RECORD);
-        } else {
+        if id & RECORD == 0 {
             self.pieces.free(id);
+            return;
         }
+        let r = &mut self.rows;
+        r.record_free.push(id & !RECORD);
+        r.records -= 1;
+        r.cells -= RECORD_CELLS;
     }
 
     /// Writes a new sub-page table for `page` of `rows` (page offsets ascending, piece slots)
@@ -594,7 +587,7 @@ impl Arena {
             !rows.is_empty() && rows.len() <= FLAT_ROWS,
             "a flat node holds 1..=FLAT_ROWS runs"
         );
-        let offset = self.alloc_block(None, FLAT_CELLS, rows.len())?;
+        let offset = self.alloc_block(BlockKind::Flat, FLAT_CELLS, rows.len())?;
         self.rows.flats += 1;
         for k in 0..FLAT_ROWS {
             // A padding row matches no key: its first key is above its last.
@@ -622,14 +615,9 @@ impl Arena {
         Ok(Entry::flat(0, offset as u32))
     }
 
-    /// A free block of `cells` cells for `rows` rows, from the free list of size class
-    /// `class` (tables) or of flat nodes (`None`); grows the row array if needed.
-    fn alloc_block(
-        &mut self,
-        class: Option<usize>,
-        cells: usize,
-        rows: usize,
-    ) -> Result<usize, Error> {
+    /// A free block of `cells` cells for `rows` rows, from the free list of its kind; grows
+    /// the row array if needed.
+    fn alloc_block(&mut self, kind: BlockKind, cells: usize, rows: usize) -> Result<usize, Error> {
         let r = &mut self.rows;
         if r.rows + rows > r.limit {
             return Err(Error::CapacityExhausted {
@@ -637,14 +625,15 @@ impl Arena {
                 limit: r.limit,
             });
         }
-        let free = match class {
-            Some(class) => {
+        let free = match kind {
+            BlockKind::Table(class) => {
                 if r.free.len() <= class {
                     r.free.resize_with(class + 1, Vec::new);
                 }
                 &mut r.free[class]
             }
-            None => &mut r.flat_free,
+            BlockKind::Flat => &mut r.flat_free,
+            BlockKind::Record => &mut r.record_free,
         };
         let offset = match free.pop() {
             Some(o) => o as usize,
@@ -666,6 +655,39 @@ impl Arena {
         Ok(offset)
     }
 
+    /// Writes the page record of the one-page piece of `page` (origin at its start) whose
+    /// section cell is `section`, and returns its piece id ([`RECORD`] and its row-block
+    /// offset); `None` if they do not fit in one ([`PageRecord::pack`]).
+    pub(crate) fn alloc_record(
+        &mut self,
+        page: u64,
+        section: *const (),
+    ) -> Result<Option<u32>, Error> {
+        let Some(cells) = PageRecord::pack(page, section) else {
+            return Ok(None);
+        };
+        self.piece_room()?;
+        let offset = self.alloc_block(BlockKind::Record, RECORD_CELLS, 0)?;
+        self.rows.records += 1;
+        for (i, c) in cells.into_iter().enumerate() {
+            // SAFETY: a block no generation anyone can read reaches (fresh, or freed by
+            // reclamation), and we are the writer (I3, I4, I6).
+            unsafe { self.write_row_cell(offset + i, c) };
+        }
+        Ok(Some(RECORD | offset as u32))
+    }
+
+    /// `Ok` if one more piece or page record fits under `max_pieces`.
+    fn piece_room(&self) -> Result<(), Error> {
+        if self.pieces.live() + self.rows.records >= self.max_pieces {
+            return Err(Error::CapacityExhausted {
+                kind: "pieces",
+                limit: self.max_pieces,
+            });
+        }
+        Ok(())
+    }
+
     /// The table block (the layout of [`Bases::table_piece`]).
     fn alloc_rows(&mut self, page: u64, rows: &[(u32, u32)]) -> Result<Entry, Error> {
         let class = table_class(rows.len()).ok_or(Error::CapacityExhausted {
@@ -673,7 +695,11 @@ impl Arena {
             limit: table_cap(TABLE_CLASSES - 1),
         })?;
         let cap = table_cap(class);
-        let offset = self.alloc_block(Some(class as usize), block_cells(cap), rows.len())?;
+        let offset = self.alloc_block(
+            BlockKind::Table(class as usize),
+            block_cells(cap),
+            rows.len(),
+        )?;
         self.rows.tables += 1;
         let last = rows[rows.len() - 1].1;
         for k in 0..cap {
@@ -717,17 +743,17 @@ impl Arena {
     }
 
     /// Slots in use: nodes, pieces, page records, flat nodes, tables, real rows, and bytes
-    /// of row blocks (tables' and flat nodes').
+    /// of the tables' and flat nodes' row blocks.
     pub(crate) fn live(&self) -> (usize, usize, usize, usize, usize, usize, usize) {
         let r = &self.rows;
         (
             self.nodes.live(),
             self.pieces.live(),
-            self.records.live(),
+            r.records,
             r.flats,
             r.tables,
             r.rows,
-            r.cells * std::mem::size_of::<u32>(),
+            (r.cells - r.records * RECORD_CELLS) * std::mem::size_of::<u32>(),
         )
     }
 
@@ -758,6 +784,13 @@ impl Arena {
             // above for the write.
             unsafe { (*nodes.base().add(first + i)).with_mut(|p| *p = k) };
         }
+    }
+
+    /// Writes piece `slot`.
+    pub(crate) unsafe fn write_piece(&self, slot: u32, piece: Piece) {
+        let cell = self.arrays.pieces.cell(slot as usize);
+        // SAFETY: see the contract above.
+        cell.with_mut(|p| unsafe { *p = piece });
     }
 
     unsafe fn write_row_cell(&self, i: usize, v: u32) {
@@ -968,8 +1001,8 @@ impl Counts {
     pub(crate) fn bytes<V>(&self, fanout: usize) -> usize {
         self.tree_bytes(fanout)
             + self.pieces * std::mem::size_of::<Piece>()
-            + self.records * std::mem::size_of::<u64>()
-            + self.sections * std::mem::size_of::<Option<V>>()
+            + self.records * RECORD_CELLS * std::mem::size_of::<u32>()
+            + section_bytes::<V>(self.sections)
     }
 }
 
@@ -986,7 +1019,28 @@ pub(crate) fn table_bytes(class: u32) -> usize {
 pub(crate) struct Storage<V> {
     /// First page covered by each node (for range walks, diff and the writer), by node slot.
     node_base: Slab<u64>,
-    sections: Slab<Option<V>>,
+    sections: Slab<SectionCell<V>>,
+    /// Which section slots hold a value, a bit each: the writer's alone (I6), written by
+    /// `write_section` and `take_section`, read by `Drop` (which owns the storage). Readers
+    /// never look: a slot a generation reaches holds a value (I5).
+    live: UnsafeCell<Vec<u64>>,
+}
+
+/// A section's cell: its value while the slot is live, uninitialised otherwise (which slots
+/// are live: `Storage::live`). `size_of::<V>()` bytes, where an `Option<V>` would take a
+/// second word for the values without a niche (`usize`, `u64`, ...).
+#[repr(transparent)]
+pub(crate) struct SectionCell<V>(MaybeUninit<V>);
+
+impl<V> Default for SectionCell<V> {
+    fn default() -> Self {
+        SectionCell(MaybeUninit::uninit())
+    }
+}
+
+/// Bytes of `n` section slots of values of type `V`: the value and its live bit.
+pub(crate) fn section_bytes<V>(n: usize) -> usize {
+    n * std::mem::size_of::<V>() + n.div_ceil(8)
 }
 
 // SAFETY: Storage hands out `&V` (from sections) to any thread holding a generation, so V
@@ -1001,7 +1055,26 @@ impl<V> Storage<V> {
         Storage {
             node_base: Slab::new(SMALL_FIRST),
             sections: Slab::new(LARGE_FIRST),
+            live: UnsafeCell::new(Vec::new()),
         }
+    }
+
+    /// Sets whether section `slot` holds a value; returns whether it did.
+    ///
+    /// # Safety
+    /// The caller is the writer (I6), or owns the storage.
+    unsafe fn set_live(&self, slot: u32, on: bool) -> bool {
+        let (word, bit) = (slot as usize / 64, 1u64 << (slot % 64));
+        self.live.with_mut(|p| {
+            // SAFETY: forwarded contract: nobody else touches the bits meanwhile.
+            let live = unsafe { &mut *p };
+            if live.len() <= word {
+                live.resize(word + 1, 0);
+            }
+            let was = live[word] & bit != 0;
+            live[word] = live[word] & !bit | if on { bit } else { 0 };
+            was
+        })
     }
 
     /// Makes section slot `slot` available (I2). Writer only.
@@ -1039,10 +1112,10 @@ impl<V> Storage<V> {
     ///
     /// # Safety
     /// The piece is reachable from a generation the caller holds for `'a` (then its section
-    /// holds `Some` and is not written meanwhile: I3, I4, I5).
+    /// holds a value and is not written meanwhile: I3, I4, I5).
     #[inline(always)]
     pub(crate) unsafe fn value<'a>(&'a self, piece: &Piece) -> &'a V {
-        let cell = piece.section as *const UnsafeCell<Option<V>>;
+        let cell = piece.section as *const UnsafeCell<SectionCell<V>>;
         // SAFETY: `piece.section` was set by the writer from a live section cell of this
         // storage (forwarded contract).
         cell_value(unsafe { &*cell })
@@ -1058,15 +1131,18 @@ impl<V> Storage<V> {
     pub(crate) unsafe fn write_section(&self, slot: u32, value: V) -> *const () {
         // SAFETY: forwarded contract.
         let cell = unsafe { self.sections.cell(slot) };
+        // SAFETY: forwarded contract: we are the writer.
+        let was = unsafe { self.set_live(slot, true) };
+        debug_assert!(!was, "section slot {slot} written while live");
         cell.with_mut(|p| {
-            // SAFETY: as above: nobody else reads or writes the cell now.
-            unsafe { *p = Some(value) }
+            // SAFETY: as above: nobody else reads or writes the cell now; it held no value
+            // (a live slot is never handed out again before `take_section`).
+            unsafe { (*p).0.write(value) };
         });
         cell as *const _ as *const ()
     }
 
-    /// The address of section `slot`'s cell (for pieces). The writer, for a live slot, or a
-    /// reader, for the slot of a page record of a generation it holds (available: I2).
+    /// The address of section `slot`'s cell (for pieces). Writer only; the slot is live.
     pub(crate) fn section_cell(&self, slot: u32) -> *const () {
         // SAFETY: a live section slot was made available by the writer (I2); taking the
         // address reads nothing.
@@ -1078,27 +1154,51 @@ impl<V> Storage<V> {
     /// # Safety
     /// See above.
     pub(crate) unsafe fn take_section(&self, slot: u32) -> Option<V> {
-        // SAFETY: forwarded contract.
-        unsafe { self.sections.cell(slot).with_mut(|p| (*p).take()) }
+        // SAFETY: forwarded contract: we are the writer.
+        if !unsafe { self.set_live(slot, false) } {
+            return None;
+        }
+        // SAFETY: forwarded contract; the slot was live, so its cell holds a value, which
+        // is moved out once (its bit is clear now).
+        Some(unsafe {
+            self.sections
+                .cell(slot)
+                .with_mut(|p| (*p).0.assume_init_read())
+        })
+    }
+}
+
+impl<V> Drop for Storage<V> {
+    fn drop(&mut self) {
+        // SAFETY: we own the storage (`&mut self`): no generation can be read any more.
+        let live = self.live.with_mut(|p| std::mem::take(unsafe { &mut *p }));
+        let slots = live.into_iter().enumerate().flat_map(|(w, bits)| {
+            (0..64u32)
+                .filter(move |b| bits >> b & 1 != 0)
+                .map(move |b| w as u32 * 64 + b)
+        });
+        // Values may run user code that panics: each is moved out (once: the bits are gone)
+        // and dropped on its own (`drops.rs`); the chunks are freed by the slab afterwards.
+        crate::drops::drop_all(slots.map(|slot| {
+            // SAFETY: as above; a live slot's chunk exists (I2) and its cell holds a value.
+            unsafe {
+                self.sections
+                    .cell(slot)
+                    .with_mut(|p| (*p).0.assume_init_read())
+            }
+        }));
     }
 }
 
 /// The value in a section cell that a reachable generation refers to.
 #[inline(always)]
-fn cell_value<V>(cell: &UnsafeCell<Option<V>>) -> &V {
+fn cell_value<V>(cell: &UnsafeCell<SectionCell<V>>) -> &V {
     cell.with(|p| {
         // SAFETY: the caller (`Storage::value`) holds a generation that reaches the cell, so
-        // no write to it happens while the borrow lives (I3, I4).
-        match unsafe { &*p } {
-            Some(v) => v,
-            None => unreachable_none(),
-        }
+        // the cell holds a value (I5) and no write to it happens while the borrow lives (I3,
+        // I4).
+        unsafe { (*p).0.assume_init_ref() }
     })
-}
-
-#[cold]
-fn unreachable_none() -> ! {
-    unreachable!("physmap: reachable section slot is empty (reclamation bug)")
 }
 
 #[cfg(all(test, not(loom)))]
@@ -1241,8 +1341,25 @@ mod tests {
     }
 
     #[test]
+    fn page_records_round_trip_and_refuse_what_does_not_fit() {
+        let cells: Vec<u64> = vec![0; 4];
+        for page in [0u64, 1, 0xfe_dcba_9876, (1 << 40) - 1] {
+            for cell in &cells {
+                let at = cell as *const u64 as *const ();
+                let packed = PageRecord::pack(page, at).unwrap();
+                assert_eq!(PageRecord::unpack(packed), (page, at), "{page:#x}");
+            }
+        }
+        let at = &cells[0] as *const u64 as *const ();
+        assert_eq!(PageRecord::pack(1 << 40, at), None);
+        assert_eq!(PageRecord::pack(0, (at as usize + 4) as *const ()), None);
+        assert_eq!(PageRecord::pack(0, (1usize << 59) as *const ()), None);
+    }
+
+    #[test]
     fn pieces_are_32_bytes_and_never_straddle_a_line() {
         assert_eq!(std::mem::size_of::<Piece>(), 32);
-        assert_eq!(std::mem::align_of::<Piece>(), 32);
+        assert_eq!(std::mem::size_of::<Block<Piece, 2>>(), 64);
+        assert_eq!(std::mem::align_of::<Block<Piece, 2>>(), 64);
     }
 }

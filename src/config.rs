@@ -26,8 +26,8 @@ pub struct Config {
     /// 2^24 / ceil(2^level_bits / 16) nodes (524,288 at the default 9 bits a level) whatever
     /// this says; the default asks for as many as fit.
     pub max_nodes: usize,
-    /// Most pieces, sections and sub-page tables (each counted separately) the arena may hold
-    /// at once; at most 2^30 - 1, the default.
+    /// Most pieces (page records included), sections and sub-page rows (each counted
+    /// separately) the arena may hold at once; at most 2^30 - 1, the default.
     pub max_pieces: usize,
     /// Store sparse subtrees as *flat nodes* (rule 3 in ARCHITECTURE.md): a node whose
     /// subtree is at most 16 runs of pages (empty, one piece, or one page's sub-page table)

@@ -3,16 +3,17 @@
 //! ```text
 //!  31 30 | 29 ............................. 0
 //!  0  0  | 0                                    empty (the whole word is 0)
-//!  0  1  | 0 | piece slot (29 bits)             leaf: one piece covers every mapped byte
+//!  0  1  | piece slot (30 bits)                 leaf: one piece covers every mapped byte
 //!                                               of the entry's span
-//!  0  1  | 1 | record slot (29 bits)            leaf whose piece is a page record: exactly
-//!                                               one page, origin at its start (`arena.rs`)
 //!  1  0  | 0 | class (4) | row block (25 bits) sub-page table: several pieces in one page,
 //!                                               `table_cap(class)` rows at this offset
 //!                                               of the row array (`arena.rs`)
 //!  1  0  | 1 | class (4) | row block (25 bits) flat node: a sparse subtree stored as its
 //!                                               runs, one fixed-size block of the row
 //!                                               array (class 0; rule 3 of `canon.rs`)
+//!  1  0  | 1 | 1 (4 bits) | row block (25 bits) page record: a leaf whose piece is exactly
+//!                                               one page with its origin at its start, in
+//!                                               3 cells of the row array (`arena.rs`)
 //!  1  1  | shift (6 bits) | node (24 bits)      node: at this offset of the node array,
 //!                                               in units of 16 cells (a cache line)
 //! ```
@@ -65,12 +66,8 @@ const TAG_SUBPAGE: u32 = 2;
 const TAG_NODE: u32 = 3;
 /// The smallest node entry: tag `11`, everything else 0.
 const NODE_MIN: u32 = TAG_NODE << TAG_SHIFT;
-/// Bits of a leaf's piece id: a piece slot, or [`RECORD`] and a record slot.
-const ID_BITS: u32 = 30;
-/// Bits of a piece or record slot.
-const SLOT_BITS: u32 = 29;
-/// The bit of a piece id (and of a leaf entry) that makes it a page record's.
-pub(crate) const RECORD: u32 = 1 << SLOT_BITS;
+/// Bits of a piece or table slot.
+const SLOT_BITS: u32 = 30;
 /// Bit position and width of a node entry's shift.
 const SHIFT_POS: u32 = 24;
 const SHIFT_BITS: u32 = 6;
@@ -82,7 +79,15 @@ const FLAT_BIT: u32 = 29;
 const CLASS_POS: u32 = 25;
 const CLASS_BITS: u32 = 4;
 
-/// One more than the largest piece or record slot an entry can name.
+/// The bit of a piece id that makes it a page record's row-block offset rather than a
+/// piece slot. [`Entry::leaf`] takes ids, and [`Kind::Leaf`] gives them back: the tree's
+/// code treats a page record as the leaf it is; only the lookup and the arena tell them
+/// apart.
+pub(crate) const RECORD: u32 = 1 << 31;
+/// The size class field of a page record's entry (a flat node's is 0).
+const RECORD_CLASS: u32 = 1;
+
+/// One more than the largest piece or sub-page table slot an entry can name.
 pub(crate) const SLOT_LIMIT: usize = 1 << SLOT_BITS;
 /// One more than the largest node unit offset an entry can carry.
 pub(crate) const NODE_LIMIT: usize = 1 << NODE_BITS;
@@ -98,10 +103,25 @@ const fn mask(bits: u32) -> u32 {
 impl Entry {
     pub(crate) const EMPTY: Entry = Entry(0);
 
-    /// A leaf of piece id `id` (a piece slot, or [`RECORD`] `|` a record slot).
+    /// The leaf of piece id `id`: a piece slot, or [`RECORD`] and a page record's row-block
+    /// offset.
     pub(crate) fn leaf(id: u32) -> Entry {
-        debug_assert!(id < 1 << ID_BITS);
+        if id & RECORD != 0 {
+            let offset = id & !RECORD;
+            debug_assert!((offset as usize) < TABLE_OFFSET_LIMIT);
+            return Entry(
+                TAG_SUBPAGE << TAG_SHIFT | 1 << FLAT_BIT | RECORD_CLASS << CLASS_POS | offset,
+            );
+        }
+        debug_assert!((id as usize) < SLOT_LIMIT);
         Entry(TAG_LEAF << TAG_SHIFT | id)
+    }
+
+    /// Whether a flat-node-or-record entry ([`Entry::is_flat`]) whose class is `class`
+    /// ([`Entry::table_parts`]) is a page record.
+    #[inline(always)]
+    pub(crate) fn is_record_class(class: u32) -> bool {
+        class == RECORD_CLASS
     }
 
     pub(crate) fn subpage(class: u32, offset: u32) -> Entry {
@@ -111,27 +131,21 @@ impl Entry {
 
     pub(crate) fn flat(class: u32, offset: u32) -> Entry {
         debug_assert!(class < 1 << CLASS_BITS && (offset as usize) < TABLE_OFFSET_LIMIT);
+        debug_assert!(class != RECORD_CLASS, "a page record's class");
         Entry(TAG_SUBPAGE << TAG_SHIFT | 1 << FLAT_BIT | class << CLASS_POS | offset)
     }
 
-    /// Whether this is a flat node entry: one shift and compare, for the lookup.
+    /// Whether this is a flat node entry, or a page record's (the lookup tells them apart by
+    /// the class, [`Entry::is_record_class`]): one shift and compare.
     #[inline(always)]
     pub(crate) fn is_flat(self) -> bool {
         self.0 >> FLAT_BIT == (TAG_SUBPAGE << 1 | 1)
     }
 
-    /// The piece slot of a leaf entry whose piece is in the piece array (`None` for other
-    /// kinds, page records included): one shift and compare.
+    /// The piece slot of a leaf entry (`None` for other kinds): one compare.
     #[inline(always)]
     pub(crate) fn leaf_slot(self) -> Option<u32> {
-        (self.0 >> SLOT_BITS == TAG_LEAF << 1).then_some(self.0 & mask(SLOT_BITS))
-    }
-
-    /// The record slot of a leaf entry whose piece is a page record (`None` for other
-    /// kinds): one shift and compare.
-    #[inline(always)]
-    pub(crate) fn record_slot(self) -> Option<u32> {
-        (self.0 >> SLOT_BITS == (TAG_LEAF << 1 | 1)).then_some(self.0 & mask(SLOT_BITS))
+        (self.0 >> TAG_SHIFT == TAG_LEAF).then_some(self.0 & mask(SLOT_BITS))
     }
 
     /// Whether this is a sub-page table entry: one shift and compare.
@@ -158,12 +172,15 @@ impl Entry {
     /// The one decoder.
     #[inline(always)]
     pub(crate) fn kind(self) -> Kind {
+        let slot = self.0 & mask(SLOT_BITS);
         match self.0 >> TAG_SHIFT {
             0 => Kind::Empty,
-            TAG_LEAF => Kind::Leaf(self.0 & mask(ID_BITS)),
+            TAG_LEAF => Kind::Leaf(slot),
             TAG_SUBPAGE => {
                 let (class, offset) = self.table_parts();
-                if self.is_flat() {
+                if self.is_flat() && class == RECORD_CLASS {
+                    Kind::Leaf(RECORD | offset)
+                } else if self.is_flat() {
                     Kind::Flat(class, offset)
                 } else {
                     Kind::Subpage(class, offset)
@@ -224,11 +241,6 @@ mod tests {
         for slot in [0, 1, SLOT_LIMIT as u32 - 1] {
             assert_eq!(Entry::leaf(slot).kind(), Kind::Leaf(slot));
             assert!(!Entry::leaf(slot).is_node());
-            assert_eq!(Entry::leaf(slot).leaf_slot(), Some(slot));
-            let r = Entry::leaf(RECORD | slot);
-            assert_eq!(r.kind(), Kind::Leaf(RECORD | slot));
-            assert_eq!((r.leaf_slot(), r.record_slot()), (None, Some(slot)));
-            assert!(!r.is_node() && !r.is_table() && !r.is_flat() && !r.is_inner());
         }
         for (class, offset) in [(0, 0), (15, TABLE_OFFSET_LIMIT as u32 - 1), (3, 64)] {
             let e = Entry::subpage(class, offset);
@@ -253,22 +265,23 @@ mod tests {
         #[test]
         fn every_kind_round_trips(slot in 0u32..SLOT_LIMIT as u32, shift in 0u32..SHIFT_LIMIT, index in 0u32..NODE_LIMIT as u32, class in 0u32..1 << CLASS_BITS, offset in 0u32..TABLE_OFFSET_LIMIT as u32) {
             let leaf = Entry::leaf(slot);
-            let record = Entry::leaf(RECORD | slot);
-            prop_assert_eq!(record.kind(), Kind::Leaf(RECORD | slot));
-            prop_assert_eq!(record.record_slot(), Some(slot));
             let table = Entry::subpage(class, offset);
             let node = Entry::node(shift, index);
-            let flat = Entry::flat(class, offset);
+            // (Class 1 with the flat bit is a page record's.)
+            let flat = Entry::flat(if class == RECORD_CLASS { 0 } else { class }, offset);
+            let record = Entry::leaf(RECORD | offset);
+            prop_assert_eq!(record.kind(), Kind::Leaf(RECORD | offset));
+            prop_assert!(record.is_flat() && Entry::is_record_class(record.table_parts().0));
+            prop_assert_eq!(record.table_parts().1, offset);
             prop_assert_eq!(leaf.kind(), Kind::Leaf(slot));
             prop_assert_eq!(table.kind(), Kind::Subpage(class, offset));
-            prop_assert_eq!(flat.kind(), Kind::Flat(class, offset));
+            prop_assert!(matches!(flat.kind(), Kind::Flat(_, o) if o == offset));
             prop_assert_eq!(node.kind(), Kind::Node { shift, index });
             prop_assert_eq!(Entry::from_bits(as_words(&[node])[0]), node);
             let all = [leaf, table, flat, node, record];
             for (i, a) in all.iter().enumerate() {
                 prop_assert!(!a.is_empty());
-                prop_assert_eq!(a.is_flat(), i == 2);
-                prop_assert_eq!(a.record_slot().is_some(), i == 4);
+                prop_assert_eq!(a.is_flat(), i == 2 || i == 4);
                 for b in &all[i + 1..] {
                     prop_assert!(a != b);
                 }
@@ -293,10 +306,10 @@ mod tests {
                 prop_assert_eq!(again, e);
             }
             prop_assert_eq!(e.is_node(), matches!(e.kind(), Kind::Node { .. }));
-            prop_assert_eq!(e.is_flat(), matches!(e.kind(), Kind::Flat(..)));
+            let record = matches!(e.kind(), Kind::Leaf(p) if p & RECORD != 0);
+            prop_assert_eq!(e.is_flat(), matches!(e.kind(), Kind::Flat(..)) || record);
             prop_assert_eq!(e.is_table(), matches!(e.kind(), Kind::Subpage(..)));
             prop_assert_eq!(e.leaf_slot(), match e.kind() { Kind::Leaf(p) if p & RECORD == 0 => Some(p), _ => None });
-            prop_assert_eq!(e.record_slot(), match e.kind() { Kind::Leaf(p) if p & RECORD != 0 => Some(p & !RECORD), _ => None });
         }
     }
 }

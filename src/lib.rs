@@ -104,8 +104,10 @@
 //! - Commit: copies only the nodes on the paths through changed ranges: a one-range change
 //!   touches at most `levels` nodes, whatever the size of the map (plus O(log n) in the
 //!   writer's `BTreeMap` of pieces).
-//! - Memory: 2 KiB per node + 8 bytes of base address, 32 bytes per piece, 72 bytes per
-//!   sub-page table of up to 8 pieces, `size_of::<Option<V>>()` per section; plus the
+//! - Memory: 2 KiB per node + 8 bytes of base address, 32 bytes per piece (12 for a piece
+//!   that is exactly one page with its origin at its start: a page record, what
+//!   [`Transaction::insert_shared`] makes of page-sized ranges), 72 bytes per sub-page
+//!   table of up to 8 pieces, `size_of::<V>()` and a bit per section; plus the
 //!   writer's `BTreeMap` of pieces (about 48 bytes a piece). The arrays grow by doubling and
 //!   keep their capacity; growing one copies it, once, during the commit that needs it.
 //!   With [`Config::flat_nodes`], a sparse subtree of at most 16 runs of pages is one

@@ -6,7 +6,8 @@ use crate::qsbr::Slot;
 use crate::snapshot::{Hit, Snapshot};
 use crate::sync::{Arc, AtomicPtr, Ordering};
 use crate::version::{Hot, Version};
-use crate::view::{PieceRef, NO_PIECE};
+use crate::view::{Found, NO_PIECE};
+use std::mem::MaybeUninit;
 use std::sync::Arc as StdArc;
 
 /// A per-vCPU lookup handle. Give each vCPU thread its own.
@@ -48,11 +49,15 @@ pub struct Reader<V> {
     cached: *const Version<V>,
     /// Its generation (the last one announced).
     generation: u64,
-    /// The last piece answered from, a piece of `cached` (or [`NO_PIECE`]): its address,
-    /// with in the low bits (pieces are 32-byte aligned) how many lookups in a row the walk
-    /// found it again, up to [`REPEATS`] (see [`Reader::lookup`]). One word, so that
-    /// remembering costs one load and one store.
+    /// The last piece answered from, a piece of `cached` (or [`NO_PIECE`], or [`IN_LAST`]
+    /// for the page record copied into `last`): its address, with in the low bits (pieces
+    /// are 32-byte aligned in their array, `NO_PIECE` and `IN_LAST` 8-byte) how many lookups
+    /// in a row the walk found it again, up to [`REPEATS`] (see [`Reader::lookup`]). One
+    /// word, so that remembering costs one load and one store.
     mru: usize,
+    /// The piece of the last page record answered from (a record has no cell of its own in
+    /// the piece array); meaningful while `mru` says [`IN_LAST`].
+    last: Piece,
     /// A copy of `cached`'s header (the root, the walk's constants and the arrays' bases),
     /// next to the fields every lookup reads, so that the walk needs no load through
     /// `cached`; [`Hot::NONE`] until the first announcement.
@@ -61,6 +66,9 @@ pub struct Reader<V> {
 
 /// Repeats after which the remembered piece is tried first; also the most the count holds.
 const REPEATS: usize = 2;
+/// `Reader::mru`'s address for "the piece in `Reader::last`": a multiple of 8 that is no
+/// piece's address (the reader's own address would not do: it moves).
+const IN_LAST: usize = 8;
 /// The bits of `Reader::mru` that hold the count.
 const COUNT: usize = 3;
 
@@ -84,6 +92,7 @@ impl<V> Reader<V> {
             cached: std::ptr::null(),
             generation: 0,
             mru: no_piece(),
+            last: NO_PIECE,
             hot: Hot::NONE,
         }
     }
@@ -144,19 +153,35 @@ impl<V> Reader<V> {
         let tree = unsafe { &*self.cached }.tree();
         let (mru, count) = (self.mru & !COUNT, self.mru & COUNT);
         if count >= REPEATS {
-            // SAFETY: `mru` is `NO_PIECE` or a piece of `cached` (reset when it changed).
-            let m = unsafe { PieceRef::remembered(mru as *const Piece) };
-            if m.start <= addr && addr <= m.end {
-                return Some(Hit::new(tree.value(m), &m, addr));
+            let at = if mru == IN_LAST {
+                &self.last as *const Piece
+            } else {
+                mru as *const Piece
+            };
+            // SAFETY: `at` is `NO_PIECE`, a piece of `cached` or `last`, a record's piece of
+            // `cached` (both reset when `cached` changes).
+            let m = unsafe { Found::remembered(at) };
+            let p = m.piece();
+            if p.start <= addr && addr <= p.end {
+                return Some(Hit::new(tree.found_value(m), p, addr));
             }
         }
+        let mut scratch = MaybeUninit::uninit();
+        let at = std::ptr::addr_of!(scratch);
         // SAFETY: `hot` was copied from `cached` when it was announced (`catch_up`), and
         // both change only together.
-        let piece = unsafe { tree.find_with(self.hot, addr) }?;
-        let p = piece.as_ptr() as usize;
+        let found = unsafe { tree.find_with(self.hot, addr, &mut scratch) }?;
+        // A page record's piece is in `scratch`: copied to `last`.
+        let p = match found.cell(at) {
+            cell if std::ptr::eq(cell, &NO_PIECE) => {
+                self.last = *found.piece();
+                IN_LAST
+            }
+            cell => cell as usize,
+        };
         let count = (count + 1).min(REPEATS) * (p == mru) as usize;
         self.mru = p | count;
-        Some(Hit::new(tree.value(piece), &piece, addr))
+        Some(Hit::new(tree.found_value(found), found.piece(), addr))
     }
 
     /// The generation that answered the last [`lookup`](Reader::lookup) (0 before any).

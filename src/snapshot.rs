@@ -8,6 +8,7 @@ use crate::view::{PieceRef, TreeRef, Walk};
 use crate::Error;
 use std::collections::HashSet;
 use std::fmt;
+use std::mem::MaybeUninit;
 use std::ops::{RangeBounds, RangeInclusive};
 
 /// An immutable generation of a [`PhysMap`](crate::PhysMap).
@@ -67,8 +68,8 @@ pub struct Stats {
     pub subpage_tables: usize,
     /// Contiguous mapped pieces.
     pub pieces: usize,
-    /// Of those, the pieces stored as 8-byte page records instead of 32-byte pieces: exactly
-    /// one page, with the origin at its start (a page of
+    /// Of those, the pieces stored as 12-byte page records instead of 32-byte pieces:
+    /// exactly one page, with the origin at its start (a page of
     /// [`insert_shared`](crate::Transaction::insert_shared), a one-page device).
     pub page_records: usize,
     /// Distinct sections (values) still mapped.
@@ -94,8 +95,9 @@ impl<V> Snapshot<V> {
     #[inline(always)]
     pub fn lookup(&self, addr: u64) -> Option<Hit<'_, V>> {
         let tree = self.tree();
-        let piece = tree.find(addr)?;
-        Some(Hit::new(tree.value(piece), &piece, addr))
+        let mut scratch = MaybeUninit::uninit();
+        let found = tree.find(addr, &mut scratch)?;
+        Some(Hit::new(tree.found_value(found), found.piece(), addr))
     }
 
     /// This generation's tree, readable for as long as `self` is borrowed.

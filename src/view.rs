@@ -12,12 +12,14 @@
 //! skipped levels correct: if a piece holds `addr`, the walk reaches it, because a piece
 //! overlaps every span on the path to `addr`.
 
-use crate::arena::{table_cap, PageRecord, Piece, SubEntry, NODE_UNIT};
+use crate::arena::{table_cap, Piece, SubEntry, NODE_UNIT};
 use crate::canon;
 use crate::config::Geometry;
-use crate::entry::{Entry, Kind, RECORD};
+use crate::entry::RECORD;
+use crate::entry::{Entry, Kind};
 use crate::version::{Hot, Version};
 use std::marker::PhantomData;
+use std::mem::MaybeUninit;
 
 /// An entry read from a tree borrowed for `'g`: only [`TreeRef`] makes them, so the slots
 /// it names are readable for `'g`. (Entries of two trees of the same storage, both borrowed
@@ -109,18 +111,31 @@ impl<'g> Kids<'g> {
     }
 }
 
-/// A piece read from a tree borrowed for `'g` (only [`TreeRef`] makes them): its fields (a
-/// page record's unpacked), and its cell if it has one.
+/// A piece read from a tree borrowed for `'g` (only [`TreeRef`] makes them), by value: a
+/// page record's is unpacked. For walks; a lookup returns a [`Found`].
 #[derive(Clone, Copy)]
 pub(crate) struct PieceRef<'g> {
     piece: Piece,
-    /// Its cell in the piece array, or [`NO_PIECE`] for a page record.
-    at: *const Piece,
+    record: bool,
     _g: PhantomData<&'g Piece>,
 }
 
-/// Where a piece with no cell of its own (a page record) is remembered: an empty range, which
-/// no address is in.
+impl PieceRef<'_> {
+    /// Whether this is a page record's piece (see `PageRecord` in `arena.rs`).
+    pub(crate) fn is_record(self) -> bool {
+        self.record
+    }
+}
+
+impl std::ops::Deref for PieceRef<'_> {
+    type Target = Piece;
+    fn deref(&self) -> &Piece {
+        &self.piece
+    }
+}
+
+/// Where a piece with no cell of its own (a page record's) is remembered: an empty range,
+/// which no address is in.
 pub(crate) static NO_PIECE: Piece = Piece {
     start: 1,
     end: 0,
@@ -128,49 +143,60 @@ pub(crate) static NO_PIECE: Piece = Piece {
     section: std::ptr::null(),
 };
 
-impl<'g> PieceRef<'g> {
-    /// Whether this is a page record's piece (see `PageRecord` in `arena.rs`).
-    pub(crate) fn is_record(self) -> bool {
-        std::ptr::eq(self.at, &NO_PIECE)
-    }
+/// A piece found by a lookup: a piece of the array, or a page record's unpacked into the
+/// caller's scratch piece (borrowed for `'s`). Only [`TreeRef`] makes them, so the section is
+/// one of a tree borrowed for `'g` ([`TreeRef::found_value`]).
+#[derive(Clone, Copy)]
+pub(crate) struct Found<'s, 'g> {
+    piece: &'s Piece,
+    _g: PhantomData<&'g ()>,
+}
 
-    /// The piece's cell, to remember it (see [`PieceRef::remembered`]); [`NO_PIECE`] for a
-    /// page record.
-    pub(crate) fn as_ptr(self) -> *const Piece {
-        self.at
-    }
-
-    /// A piece remembered with [`PieceRef::as_ptr`].
-    ///
-    /// # Safety
-    /// `p` came from a `PieceRef` of a generation that is held for `'g`.
+impl<'s> Found<'s, '_> {
+    /// The piece.
     #[inline(always)]
-    pub(crate) unsafe fn remembered(p: *const Piece) -> PieceRef<'g> {
-        PieceRef {
-            // SAFETY: forwarded contract: the piece's slot is not reused while its generation
-            // is held (I4), and its array lives as long as the generation (I1).
-            piece: unsafe { *p },
-            at: p,
-            _g: PhantomData,
+    pub(crate) fn piece(self) -> &'s Piece {
+        self.piece
+    }
+
+    /// Its cell in the piece array, to remember it (see [`Found::remembered`]), or
+    /// [`NO_PIECE`] for a page record's, which is in `scratch`.
+    #[inline(always)]
+    pub(crate) fn cell(self, scratch: *const MaybeUninit<Piece>) -> *const Piece {
+        if std::ptr::eq(self.piece, scratch as *const Piece) {
+            &NO_PIECE
+        } else {
+            self.piece
         }
     }
+}
 
-    /// The piece in cell `piece`, of a generation held for `'g`.
+impl<'g> Found<'g, 'g> {
+    /// A piece remembered with [`Found::cell`].
+    ///
+    /// # Safety
+    /// `p` is [`NO_PIECE`], came from a `Found` of a generation that is held for `'g`, or
+    /// points to a copy of such a piece (a page record's) that is not written for `'g`.
     #[inline(always)]
-    fn in_array(piece: &'g Piece) -> PieceRef<'g> {
-        PieceRef {
-            piece: *piece,
-            at: piece,
+    pub(crate) unsafe fn remembered(p: *const Piece) -> Found<'g, 'g> {
+        Found {
+            // SAFETY: forwarded contract: the piece's slot is not reused while its generation
+            // is held (I4), and its array lives as long as the generation (I1).
+            piece: unsafe { &*p },
             _g: PhantomData,
         }
     }
 }
 
-impl std::ops::Deref for PieceRef<'_> {
-    type Target = Piece;
-    #[inline(always)]
-    fn deref(&self) -> &Piece {
-        &self.piece
+/// The piece of a page record: page `[start, start | page_mask]`, origin at its start,
+/// section cell `section`.
+#[inline(always)]
+fn record_piece(start: u64, page_mask: u64, section: *const ()) -> Piece {
+    Piece {
+        start,
+        end: start | page_mask,
+        origin: start,
+        section,
     }
 }
 
@@ -221,31 +247,21 @@ impl<'g, V> TreeRef<'g, V> {
         unsafe { v.storage.node_base(node, v.geo.fanout) }
     }
 
-    /// The piece of piece id `id` (a piece slot, or a page record's: [`RECORD`]).
+    /// The piece of piece id `id`: a piece slot, or a page record's ([`RECORD`]).
     fn piece_at(self, id: u32) -> PieceRef<'g> {
-        let bases = self.version.hot.bases;
-        if id & RECORD != 0 {
+        let (bases, page_mask) = (self.version.hot.bases, self.version.hot.page_mask);
+        let (piece, record) = if id & RECORD != 0 {
             // SAFETY: see above (I1-I4).
-            let (page, section) = PageRecord::unpack(unsafe { bases.record(id & !RECORD) });
+            let (page, section) = unsafe { bases.record(id & !RECORD) };
             let start = page << self.version.geo.page_bits;
-            return self.record_piece(start, section);
-        }
-        // SAFETY: see above (I1-I4).
-        PieceRef::in_array(unsafe { bases.piece(id) })
-    }
-
-    /// The piece of a page record: page `[start, start + page size)`, origin at its start,
-    /// section slot `section` (the record's, so live while the generation is held: I2).
-    #[inline(always)]
-    fn record_piece(self, start: u64, section: u32) -> PieceRef<'g> {
+            (record_piece(start, page_mask, section), true)
+        } else {
+            // SAFETY: see above (I1-I4).
+            (*unsafe { bases.piece(id) }, false)
+        };
         PieceRef {
-            piece: Piece {
-                start,
-                end: start | self.version.hot.page_mask,
-                origin: start,
-                section: self.version.storage.section_cell(section),
-            },
-            at: &NO_PIECE,
+            piece,
+            record,
             _g: PhantomData,
         }
     }
@@ -288,18 +304,33 @@ impl<'g, V> TreeRef<'g, V> {
     #[inline(always)]
     pub(crate) fn value(self, piece: PieceRef<'g>) -> &'g V {
         // SAFETY: `piece` was read from a tree borrowed for 'g (only this module makes
-        // `PieceRef`s), so its section is one of a held generation's: live, holding `Some`,
+        // `PieceRef`s), so its section is one of a held generation's: live, holding a value,
         // not written meanwhile (I1, I3, I4, I5).
         unsafe { self.version.storage.value(&piece.piece) }
+    }
+
+    /// The value of a piece a lookup of a tree borrowed for 'g found.
+    #[inline(always)]
+    pub(crate) fn found_value(self, found: Found<'_, 'g>) -> &'g V {
+        // SAFETY: as for `value`: only this module makes `Found`s, from this tree.
+        unsafe { self.version.storage.value(found.piece) }
     }
 
     // ----- Built on the accessors: safe.
 
     /// The piece holding `addr`, if any: one load per level, then the final range check.
+    /// A page record's piece is unpacked into `scratch`.
     #[inline(always)]
-    pub(crate) fn find(self, addr: u64) -> Option<PieceRef<'g>> {
+    pub(crate) fn find<'s>(
+        self,
+        addr: u64,
+        scratch: &'s mut MaybeUninit<Piece>,
+    ) -> Option<Found<'s, 'g>>
+    where
+        'g: 's,
+    {
         // SAFETY: the header is this tree's own.
-        unsafe { self.find_with(self.version.hot, addr) }
+        unsafe { self.find_with(self.version.hot, addr, scratch) }
     }
 
     /// [`find`](TreeRef::find) with the version's header already in hand: a
@@ -309,7 +340,15 @@ impl<'g, V> TreeRef<'g, V> {
     /// # Safety
     /// `hot` is a copy of this tree's version's `hot`.
     #[inline(always)]
-    pub(crate) unsafe fn find_with(self, hot: Hot, addr: u64) -> Option<PieceRef<'g>> {
+    pub(crate) unsafe fn find_with<'s>(
+        self,
+        hot: Hot,
+        addr: u64,
+        scratch: &'s mut MaybeUninit<Piece>,
+    ) -> Option<Found<'s, 'g>>
+    where
+        'g: 's,
+    {
         // The header in locals (a parameter), so that the loop keeps it in registers.
         let mut e = hot.root;
         while e.is_node() {
@@ -337,22 +376,29 @@ impl<'g, V> TreeRef<'g, V> {
                 // SAFETY: a table of this tree (I1-I4).
                 break unsafe { hot.bases.table_piece(offset, class, off) }?;
             }
-            if let Some(r) = e.record_slot() {
-                // A page record holds its page: the final check is on it.
-                // SAFETY: a record of this tree (I1-I4).
-                let (page, section) = PageRecord::unpack(unsafe { hot.bases.record(r) });
-                let start = addr & !hot.page_mask;
-                return (page == start >> hot.page_mask.trailing_ones())
-                    .then(|| self.record_piece(start, section));
-            }
             if !e.is_flat() {
                 return None;
+            }
+            let (class, offset) = e.table_parts();
+            if Entry::is_record_class(class) {
+                // A page record (a leaf, here after the others: the default layout's common
+                // ends keep their compares). It holds its page: the final check is on it.
+                // SAFETY: a record of this tree (I1-I4).
+                let (page, section) = unsafe { hot.bases.record(offset) };
+                let start = addr & !hot.page_mask;
+                if page != start >> hot.page_mask.trailing_ones() {
+                    return None;
+                }
+                let piece = scratch.write(record_piece(start, hot.page_mask, section));
+                return Some(Found {
+                    piece,
+                    _g: PhantomData,
+                });
             }
             // A flat node ends the walk: its runs are keyed by the low 32 bits of their first
             // page. An address outside its span (reached through a compressed path) finds no
             // run, or one whose piece fails the final check: nothing there is mapped (rule 2
             // of `canon.rs`).
-            let (_, offset) = e.table_parts();
             // SAFETY: a flat node of this tree (I1-I4).
             e = unsafe {
                 hot.bases
@@ -362,7 +408,10 @@ impl<'g, V> TreeRef<'g, V> {
         // SAFETY: `hot.bases` are this tree's (forwarded contract) and the slot is reachable
         // from its root (I1-I4).
         let piece = unsafe { hot.bases.piece(slot) };
-        (piece.start <= addr && addr <= piece.end).then(|| PieceRef::in_array(piece))
+        (piece.start <= addr && addr <= piece.end).then_some(Found {
+            piece,
+            _g: PhantomData,
+        })
     }
 
     /// Height and first page of a node entry of this tree.

@@ -162,14 +162,13 @@ fn dump_lists_the_tree() {
         out.contains(" 0 flat nodes, ") && !out.contains("  flat node "),
         "{out}"
     );
-    // With flat nodes: the same pieces, sparse subtrees as runs (the ioapic page, a page
-    // record, and the hpet).
+    // With flat nodes: the same pieces, sparse subtrees as runs (the ioapic page, the hpet).
     let (code, flat, err) = physmap(&["dump", &data("q35-booted.txt"), "--flat"]);
     assert_eq!(code, 0, "{err}");
     assert!(flat.contains(" flat nodes, "), "{flat}");
     assert!(flat.contains("  flat node "), "{flat}");
     assert!(
-        flat.contains("from 0xfec00000: record 0xfec00000..=0xfec00fff ioapic")
+        flat.contains("from 0xfec00000: leaf 0xfec00000..=0xfec00fff ioapic")
             && flat.contains("leaf 0xfed00000..=0xfed003ff hpet"),
         "{flat}"
     );

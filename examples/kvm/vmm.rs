@@ -440,6 +440,8 @@ impl Buses {
 }
 
 /// One vCPU's way to the devices.
+// One per vCPU thread, on its stack: its size does not matter, a box would add a load per exit.
+#[allow(clippy::large_enum_variant)]
 enum Dispatch<'a> {
     Physmap(physmap::bus::BusVcpu<Mmio>, physmap::bus::BusVcpu<Pio>),
     Locked(&'a Buses),

@@ -138,6 +138,7 @@ impl<V> Writer<V> {
             return Ok(());
         }
         let section = self.new_section(value)?;
+        self.sections.shared[section as usize] = true;
         log.new_sections.push(section);
         self.add_sorted(
             log,

@@ -37,7 +37,8 @@ struct PieceInfo {
     end: u64,
     origin: u64,
     section: u32,
-    /// Piece slot once written to the arena; `None` for pieces made since the last commit.
+    /// Piece id once written to the arena (a piece slot, or a page record's: `entry::RECORD`);
+    /// `None` for pieces made since the last commit.
     slot: Option<u32>,
 }
 
@@ -68,6 +69,8 @@ struct Sections {
     refs: Vec<u32>,
     /// Whether a section slot has been part of a published generation.
     published: Vec<bool>,
+    /// Whether a section was made by `insert_shared`: its one-page pieces are page records.
+    shared: Vec<bool>,
 }
 
 /// Writer-only state, behind the writer lock (I6). Every field is private: the write side
@@ -244,9 +247,11 @@ impl<V> Writer<V> {
         if self.sections.refs.len() <= i {
             self.sections.refs.resize(i + 1, 0);
             self.sections.published.resize(i + 1, false);
+            self.sections.shared.resize(i + 1, false);
         }
         self.sections.refs[i] = 0;
         self.sections.published[i] = false;
+        self.sections.shared[i] = false;
         Ok(s)
     }
 

@@ -364,16 +364,32 @@ impl<V> Writer<V> {
             return Ok(slot);
         }
         let piece = piece_record(&self.storage, key, info);
-        // Exactly one page, origin at its start: a page record if it fits.
+        // A page of `insert_shared` (exactly one page, origin at its start): a page record if
+        // it fits. Only those: a one-page device keeps a piece, which its MMIO lookups reach
+        // a few compares sooner.
         let geo = &self.geo;
-        let page = (piece.origin == key
+        let one_page = self.sections.shared[info.section as usize]
+            && piece.origin == key
             && key & geo.page_mask() == 0
-            && info.end == key | geo.page_mask())
-        .then_some(key >> geo.page_bits);
-        let slot = self.arena.alloc_piece(piece, page, info.section)?;
-        info.slot = Some(slot);
-        cx.fresh_pieces.push(slot);
-        Ok(slot)
+            && info.end == key | geo.page_mask();
+        let record = match one_page {
+            true => self
+                .arena
+                .alloc_record(key >> geo.page_bits, piece.section)?,
+            false => None,
+        };
+        let id = match record {
+            Some(id) => id,
+            None => {
+                let slot = self.arena.alloc_piece()?;
+                // SAFETY: freshly allocated: unreachable from every generation (I3, I6).
+                unsafe { self.arena.write_piece(slot, piece) };
+                slot
+            }
+        };
+        info.slot = Some(id);
+        cx.fresh_pieces.push(id);
+        Ok(id)
     }
 
     /// Retires every node, flat node and sub-page table under `e` (an entry of the current
