@@ -442,7 +442,7 @@ def main():
         w("## Memory")
         w("")
         w("Tree bytes: nodes and sub-page tables (what QEMU's figure counts). Total: plus per-range")
-        w("records (physmap: 32-byte pieces and section slots; QEMU-style: its section table at 64 B a")
+        w("records (physmap: 32-byte pieces, 12-byte page records of `insert_shared` pages, and section slots; QEMU-style: its section table at 64 B a")
         w("`MemoryRegionSection`). Uncollapsed: the radix tree before early termination, counted.")
         w("One entry per page: an XArray at 9 bytes a 4 KiB page (576-byte nodes of 64 entries, a lower bound).")
         w("")
