@@ -12,10 +12,8 @@
 //! `benches/common` into a worktree of the old commit and run the same command there.
 
 #[path = "../benches/common/baselines.rs"]
-#[allow(dead_code)]
 mod baselines;
 #[path = "../benches/common/workloads.rs"]
-#[allow(dead_code)]
 mod workloads;
 
 use baselines::QemuStyle;
