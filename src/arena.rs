@@ -75,9 +75,11 @@ const FLAT_BIAS: u32 = 0x8000_0000;
 
 /// One mapped, contiguous piece of a section: 32 bytes, so that in the piece array (64-byte
 /// aligned blocks, [`Cells`]) a piece never straddles two cache lines. (Not `align(32)`: a
-/// lookup unpacks a page record into a `Piece` on its stack.)
+/// lookup unpacks a page record into a `Piece` on its stack, which would then be realigned.
+/// Under loom it is, so that a cell with loom's bookkeeping still tiles a block.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(C)]
+#[cfg_attr(not(loom), repr(C))]
+#[cfg_attr(loom, repr(C, align(32)))]
 pub(crate) struct Piece {
     /// First byte.
     pub start: u64,

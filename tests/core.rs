@@ -750,6 +750,8 @@ fn a_transaction_that_changes_nothing_publishes_nothing() {
 /// path leads to them. Other one-page pieces stay pieces.
 #[test]
 fn shared_pages_are_page_records() {
+    // Fewer pages under Miri (the same paths: the pages span several nodes either way).
+    let n: u64 = if cfg!(miri) { 1200 } else { 4096 };
     for flat_nodes in [false, true] {
         let config = Config {
             flat_nodes,
@@ -757,10 +759,10 @@ fn shared_pages_are_page_records() {
         };
         let map = PhysMap::with_config(config.clone()).unwrap();
         let mut t = map.transaction();
-        // 4096 alternating pages: shared ones in one section, private ones one section each
-        // would be 4096 sections: give them one too.
-        let shared = (0..4096u64).step_by(2).map(|i| i << 12..(i + 1) << 12);
-        let private = (1..4096u64).step_by(2).map(|i| i << 12..(i + 1) << 12);
+        // n alternating pages: shared ones in one section, private ones one section each
+        // would be n / 2 sections: give them one too.
+        let shared = (0..n).step_by(2).map(|i| i << 12..(i + 1) << 12);
+        let private = (1..n).step_by(2).map(|i| i << 12..(i + 1) << 12);
         t.insert_shared(shared, "shared").unwrap();
         t.insert_shared(private, "private").unwrap();
         // A page cut out of a larger section keeps its origin: a piece, not a record.
@@ -774,17 +776,17 @@ fn shared_pages_are_page_records() {
         t.commit().unwrap();
         let snap = map.snapshot();
         let s = snap.stats();
-        assert_eq!((s.pieces, s.sections), (4096 + 3, 5), "{s:?}");
+        assert_eq!((s.pieces, s.sections), (n as usize + 3, 5), "{s:?}");
         // Only the shared pages are records.
-        assert_eq!(s.page_records, 4096 + 1, "{s:?}");
-        for i in [0u64, 1, 2, 3, 1000, 4095] {
+        assert_eq!(s.page_records, n as usize + 1, "{s:?}");
+        for i in [0u64, 1, 2, 3, 1000, n - 1] {
             let at = (i << 12) + 0x123;
             let h = snap.lookup(at).unwrap();
             let want = if i % 2 == 0 { "shared" } else { "private" };
             assert_eq!((*h.value, h.offset), (want, 0x123), "{at:#x}");
             assert_eq!(h.range, i << 12..=(i << 12) + 0xfff);
         }
-        assert!(snap.lookup(4096 << 12).is_none());
+        assert!(snap.lookup(n << 12).is_none());
         let h = snap.lookup((1 << 30) + 0x1010).unwrap();
         let cut = (1 << 30) + 0x1000..=(1 << 30) + 0x1fff;
         assert_eq!((*h.value, h.offset, h.range), ("cut", 0x1010, cut));
@@ -816,16 +818,17 @@ fn shared_pages_are_page_records() {
         }
         // Bytes: a record is 12 bytes where a piece is 32.
         let pieces_only = s.bytes - s.tree_bytes;
-        assert!(pieces_only < 4096 * 16, "{s:?}");
+        assert!(pieces_only < n as usize * 16, "{s:?}");
         // Removing and overwriting records frees them; nothing is lost.
         let mut t = map.transaction();
-        t.remove(0..0x80_0000).unwrap();
-        t.overwrite(0x80_0000..0x80_1000, "over").unwrap();
+        let half = n / 2;
+        t.remove(0..half << 12).unwrap();
+        t.overwrite(half << 12..(half + 1) << 12, "over").unwrap();
         t.commit().unwrap();
         drop((snap, r));
         let s = map.snapshot().stats();
-        // Pages 2049..4095 and the lone page (page 2048 was overwritten by a plain insert).
-        assert_eq!(s.page_records, 4096 - 2049 + 1, "{s:?}");
+        // Pages half + 1 .. n and the lone page (page half was overwritten by a plain insert).
+        assert_eq!(s.page_records, (n - half - 1 + 1) as usize, "{s:?}");
         assert_eq!(map.memory().live_bytes, map.snapshot().stats().bytes);
         assert_eq!(map.memory().page_records, s.page_records);
         // The same mapping built in one go has the same tree.
@@ -838,6 +841,30 @@ fn shared_pages_are_page_records() {
         let (a, b) = (map.snapshot().stats(), fresh.snapshot().stats());
         assert_eq!((a.nodes, a.flat_nodes), (b.nodes, b.flat_nodes));
         assert_eq!(b.page_records, 0, "plain inserts make pieces");
+    }
+}
+
+/// Tiny geometries too (the loom models' 8-bit space of 4-byte pages): a shared page is a
+/// record, found through compressed paths, and only for its own page.
+#[test]
+fn page_records_in_a_tiny_space() {
+    let map = PhysMap::with_config(Config {
+        addr_bits: 8,
+        page_bits: 2,
+        level_bits: 2,
+        ..Config::default()
+    })
+    .unwrap();
+    let mut t = map.transaction();
+    t.insert(0xc4..=0xff, 3u64).unwrap();
+    t.insert_shared(std::iter::once(0xc0..=0xc3), 4).unwrap();
+    t.commit().unwrap();
+    let s = map.snapshot();
+    assert_eq!(s.stats().page_records, 1);
+    let h = s.lookup(0xc1).unwrap();
+    assert_eq!((*h.value, h.offset, h.range), (4, 1, 0xc0..=0xc3));
+    for a in (0..0xc0).chain([0xc4, 0xff]) {
+        assert_ne!(s.lookup(a).map(|h| *h.value), Some(4), "{a:#x}");
     }
 }
 

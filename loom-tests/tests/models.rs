@@ -16,7 +16,7 @@
 //!
 //! The map under test is tiny (8-bit space, 4-byte pages, 2 bits a level: 3 levels of
 //! 4-entry nodes) so that a commit touches few cells, but it has every kind of entry: early
-//! leaves, compressed paths, nodes and a sub-page table.
+//! leaves, compressed paths, nodes, a sub-page table and a page record.
 #![cfg(loom)]
 
 use loom::thread;
@@ -76,7 +76,9 @@ fn commit(map: &PhysMap<u64>, g: u64) {
         }
         4 => {
             t.remove(0x08..=0x0f).unwrap();
-            t.overwrite(0xc0..=0xc3, 4).unwrap();
+            // One page of `insert_shared`: a page record (in the row array), not a piece.
+            t.remove(0xc0..=0xc3).unwrap();
+            t.insert_shared(std::iter::once(0xc0..=0xc3), 4).unwrap();
         }
         _ => unreachable!(),
     }
