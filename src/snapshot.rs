@@ -74,9 +74,11 @@ pub struct Stats {
     pub page_records: usize,
     /// Distinct sections (values) still mapped.
     pub sections: usize,
-    /// Bytes of nodes, sub-page tables, pieces and section slots of this tree.
+    /// Bytes of nodes, flat nodes, sub-page tables, pieces, page records and section slots of
+    /// this tree.
     pub bytes: usize,
-    /// Bytes of the tree proper: nodes and sub-page tables (what QEMU's own figure counts).
+    /// Bytes of the tree proper: nodes, flat nodes and sub-page tables (what QEMU's own
+    /// figure counts).
     pub tree_bytes: usize,
     /// Nodes on the longest root-to-leaf path.
     pub levels: u32,
