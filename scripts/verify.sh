@@ -14,12 +14,14 @@ ran=() skipped=()
 timed() { local t0=$(date +%s); "$@"; local rc=$?; echo "  ($(( $(date +%s) - t0 )) s, exit $rc)"; return $rc; }
 has_nightly_component() { rustup +nightly component list --installed 2>/dev/null | grep -q "^$1"; }
 
-echo "=== Miri: cargo +nightly miri test --lib --test panics"
+echo "=== Miri: cargo +nightly miri test --lib --test panics, and the page-record tests of core"
 if has_nightly_component miri && has_nightly_component rust-src; then
   # The unit tests include proptests: a few cases each (Miri is slow), and no isolation so that
   # proptest can look for its regression files.
   if timed env MIRIFLAGS="-Zmiri-disable-isolation" PROPTEST_CASES=4 \
-      cargo +nightly miri test --no-default-features --lib --test panics --target-dir target/miri; then ran+=("miri"); else status=1; ran+=("miri (FAILED)"); fi
+      cargo +nightly miri test --no-default-features --lib --test panics --target-dir target/miri \
+    && timed env MIRIFLAGS="-Zmiri-disable-isolation" \
+      cargo +nightly miri test --no-default-features --test core --target-dir target/miri page_records; then ran+=("miri"); else status=1; ran+=("miri (FAILED)"); fi
 else
   skipped+=("miri (rustup component add --toolchain nightly miri rust-src)")
 fi
