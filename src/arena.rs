@@ -118,12 +118,13 @@ impl Default for Piece {
 ///
 /// ```text
 ///  cell 0: page number, bits 0..32
-///  cell 1: page number, bits 32..40 | section cell address / 8, bits 0..24 (<< 8)
-///  cell 2: section cell address / 8, bits 24..56
+///  cell 1: page number, bits 32..40 | section cell address, bits 0..24 (<< 8)
+///  cell 2: section cell address, bits 24..56
 /// ```
 ///
 /// It holds its page, so the lookup's final check needs nothing else, and its section's cell
-/// (8-byte aligned, below 2^59), so the value is one load away as for a piece. Pieces that
+/// (below 2^56: every user-space address of x86-64, 5-level paging included, and of
+/// AArch64), so the value is one load away as for a piece. Pieces that
 /// do not fit stay [`Piece`]s.
 pub(crate) struct PageRecord;
 
@@ -140,10 +141,10 @@ impl PageRecord {
         // An `as` cast exposes the provenance: the lookup makes the pointer back from the
         // address (the `usize as` cast in `unpack`).
         let at = section as usize as u64;
-        if page >= 1 << Self::PAGE_BITS || at % 8 != 0 || at >> 3 >= 1 << Self::CELL_BITS {
+        if page >= 1 << Self::PAGE_BITS || at >= 1 << Self::CELL_BITS {
             return None;
         }
-        let cell = at >> 3;
+        let cell = at;
         Some([
             page as u32,
             (page >> 32) as u32 | (cell as u32) << 8,
@@ -156,7 +157,7 @@ impl PageRecord {
     pub(crate) fn unpack(c: [u32; RECORD_CELLS]) -> (u64, *const ()) {
         let page = c[0] as u64 | ((c[1] & 0xff) as u64) << 32;
         let cell = (c[1] >> 8) as u64 | (c[2] as u64) << 24;
-        (page, (cell << 3) as usize as *const ())
+        (page, cell as usize as *const ())
     }
 }
 
@@ -1354,8 +1355,12 @@ mod tests {
         }
         let at = &cells[0] as *const u64 as *const ();
         assert_eq!(PageRecord::pack(1 << 40, at), None);
-        assert_eq!(PageRecord::pack(0, (at as usize + 4) as *const ()), None);
-        assert_eq!(PageRecord::pack(0, (1usize << 59) as *const ()), None);
+        let odd = (at as usize + 3) as *const ();
+        assert_eq!(
+            PageRecord::unpack(PageRecord::pack(7, odd).unwrap()),
+            (7, odd)
+        );
+        assert_eq!(PageRecord::pack(0, (1usize << 56) as *const ()), None);
     }
 
     #[test]
