@@ -111,8 +111,8 @@ impl Default for Piece {
     }
 }
 
-/// A page record: a piece that is exactly one page with its origin at its start (a page of
-/// `insert_shared`, a one-page device), in [`RECORD_CELLS`] cells of the row array (12 bytes)
+/// A page record: a piece of an `insert_shared` section that is exactly one page with its
+/// origin at its start (the writer decides, `writer/rebuild.rs`), in [`RECORD_CELLS`] cells of the row array (12 bytes)
 /// instead of a 32-byte [`Piece`], named by a leaf entry of its own (`entry.rs`). The fields,
 /// packed in 96 bits (the one rule, with its round-trip test):
 ///
@@ -140,11 +140,10 @@ impl PageRecord {
     pub(crate) fn pack(page: u64, section: *const ()) -> Option<[u32; RECORD_CELLS]> {
         // An `as` cast exposes the provenance: the lookup makes the pointer back from the
         // address (the `usize as` cast in `unpack`).
-        let at = section as usize as u64;
-        if page >= 1 << Self::PAGE_BITS || at >= 1 << Self::CELL_BITS {
+        let cell = section as usize as u64;
+        if page >= 1 << Self::PAGE_BITS || cell >= 1 << Self::CELL_BITS {
             return None;
         }
-        let cell = at;
         Some([
             page as u32,
             (page >> 32) as u32 | (cell as u32) << 8,
@@ -1174,22 +1173,11 @@ impl<V> Storage<V> {
 impl<V> Drop for Storage<V> {
     fn drop(&mut self) {
         // SAFETY: we own the storage (`&mut self`): no generation can be read any more.
-        let live = self.live.with_mut(|p| std::mem::take(unsafe { &mut *p }));
-        let slots = live.into_iter().enumerate().flat_map(|(w, bits)| {
-            (0..64u32)
-                .filter(move |b| bits >> b & 1 != 0)
-                .map(move |b| w as u32 * 64 + b)
-        });
-        // Values may run user code that panics: each is moved out (once: the bits are gone)
-        // and dropped on its own (`drops.rs`); the chunks are freed by the slab afterwards.
-        crate::drops::drop_all(slots.map(|slot| {
-            // SAFETY: as above; a live slot's chunk exists (I2) and its cell holds a value.
-            unsafe {
-                self.sections
-                    .cell(slot)
-                    .with_mut(|p| (*p).0.assume_init_read())
-            }
-        }));
+        let slots = self.live.with_mut(|p| unsafe { (*p).len() } * 64) as u32;
+        // Values may run user code that panics: each live one is taken out (its bit cleared,
+        // so once) and dropped on its own (`drops.rs`); the slab frees the chunks afterwards.
+        // SAFETY: as above: we own the storage, the writer's role included.
+        crate::drops::drop_all((0..slots).filter_map(|slot| unsafe { self.take_section(slot) }));
     }
 }
 

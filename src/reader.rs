@@ -172,12 +172,11 @@ impl<V> Reader<V> {
         // both change only together.
         let found = unsafe { tree.find_with(self.hot, addr, &mut scratch) }?;
         // A page record's piece is in `scratch`: copied to `last`.
-        let p = match found.cell(at) {
-            cell if std::ptr::eq(cell, &NO_PIECE) => {
-                self.last = *found.piece();
-                IN_LAST
-            }
-            cell => cell as usize,
+        let p = if found.in_scratch(at) {
+            self.last = *found.piece();
+            IN_LAST
+        } else {
+            found.piece() as *const Piece as usize
         };
         let count = (count + 1).min(REPEATS) * (p == mru) as usize;
         self.mru = p | count;

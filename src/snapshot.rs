@@ -69,8 +69,8 @@ pub struct Stats {
     /// Contiguous mapped pieces.
     pub pieces: usize,
     /// Of those, the pieces stored as 12-byte page records instead of 32-byte pieces:
-    /// exactly one page, with the origin at its start (a page of
-    /// [`insert_shared`](crate::Transaction::insert_shared), a one-page device).
+    /// the pages of [`insert_shared`](crate::Transaction::insert_shared) (exactly one page,
+    /// with the origin at its start).
     pub page_records: usize,
     /// Distinct sections (values) still mapped.
     pub sections: usize,

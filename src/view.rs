@@ -159,20 +159,16 @@ impl<'s> Found<'s, '_> {
         self.piece
     }
 
-    /// Its cell in the piece array, to remember it (see [`Found::remembered`]), or
-    /// [`NO_PIECE`] for a page record's, which is in `scratch`.
+    /// Whether the piece is a page record's, unpacked into `scratch` (else it is a cell of
+    /// the piece array, which [`Found::remembered`] can take back).
     #[inline(always)]
-    pub(crate) fn cell(self, scratch: *const MaybeUninit<Piece>) -> *const Piece {
-        if std::ptr::eq(self.piece, scratch as *const Piece) {
-            &NO_PIECE
-        } else {
-            self.piece
-        }
+    pub(crate) fn in_scratch(self, scratch: *const MaybeUninit<Piece>) -> bool {
+        std::ptr::eq(self.piece, scratch as *const Piece)
     }
 }
 
 impl<'g> Found<'g, 'g> {
-    /// A piece remembered with [`Found::cell`].
+    /// A piece remembered by its address (see [`Found::in_scratch`]).
     ///
     /// # Safety
     /// `p` is [`NO_PIECE`], came from a `Found` of a generation that is held for `'g`, or
