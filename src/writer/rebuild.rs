@@ -372,11 +372,11 @@ impl<V> Writer<V> {
             && piece.origin == key
             && key & geo.page_mask() == 0
             && info.end == key | geo.page_mask();
-        let record = match one_page {
-            true => self
-                .arena
-                .alloc_record(key >> geo.page_bits, piece.section)?,
-            false => None,
+        let record = if one_page {
+            self.arena
+                .alloc_record(key >> geo.page_bits, piece.section)?
+        } else {
+            None
         };
         let id = match record {
             Some(id) => id,
