@@ -182,6 +182,13 @@ proptest! {
     }
 
     #[test]
+    fn mid_geometry(history in txns((1 << 24) - 1, 16), probes in proptest::collection::vec(0u64..(1 << 24), 32)) {
+        // 64-entry nodes over 2^20 pages: 4 levels, wide enough for sparse nodes.
+        let config = Config { addr_bits: 24, page_bits: 4, level_bits: 6, ..Config::default() };
+        run(config, history, probes)?;
+    }
+
+    #[test]
     fn small_geometry(history in txns((1 << 20) - 1, 16), probes in proptest::collection::vec(0u64..(1 << 20), 32)) {
         // 20-bit space, 16-byte pages, 3 bits a level: deep trees, many sub-page tables.
         let config = Config { addr_bits: 20, page_bits: 4, level_bits: 3, ..Config::default() };

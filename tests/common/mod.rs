@@ -67,6 +67,9 @@ impl Oracle {
                 v.push(a.wrapping_add(1));
             }
             v.push(p.start + (p.end - p.start) / 2);
+            // The same place in other children of every level: reached through compressed
+            // paths and folded holes, which must find nothing there.
+            v.extend((4..64).map(|b| p.start ^ 1 << b));
         }
         v
     }
