@@ -63,10 +63,16 @@ fn table_class(rows: usize) -> Option<u32> {
 /// Rows of every flat node's block (the most runs rule 3 of `canon.rs` stores flat): one
 /// size, so that the lookup searches it without a branch on its size.
 pub(crate) const FLAT_ROWS: usize = 16;
-/// A flat node's block, in cells of the row array: the runs' first keys, their last keys,
-/// their entries (each [`FLAT_ROWS`] cells, padding rows match no key), then the first page
-/// of the node's span in two cells, then the number of runs.
-const FLAT_CELLS: usize = 3 * FLAT_ROWS + 3;
+/// A flat node's block, in cells of the row array: the runs' first keys and one more key
+/// (a run ends before the next key, so the key after the last run's is one past the span,
+/// which rule 3 keeps below 2^32), then the runs' entries ([`FLAT_ROWS`] cells; padding rows have empty entries,
+/// so whatever they match adds nothing), then the first page of the node's span in two cells,
+/// then the number of runs.
+const FLAT_CELLS: usize = (FLAT_ROWS + 1) + FLAT_ROWS + 3;
+/// Where a flat node's entries start in its block.
+const FLAT_ENTRIES: usize = FLAT_ROWS + 1;
+/// Where a flat node's span's first page starts in its block (then the number of runs).
+const FLAT_BASE: usize = 2 * FLAT_ROWS + 1;
 /// Bytes of a flat node's block.
 pub(crate) const FLAT_BYTES: usize = FLAT_CELLS * std::mem::size_of::<u32>();
 /// Keys are stored and compared as `key ^ FLAT_BIAS`, as `i32`: that turns their unsigned
@@ -372,17 +378,21 @@ impl Bases {
             use std::arch::x86_64::*;
             // The cells are `repr(transparent)` `u32`s, contiguous in the array (`Cells`).
             let rows = first as *const __m128i;
+            // Each run ends before the next run's first key.
+            let next = first.wrapping_add(1) as *const __m128i;
+            let entries = first.wrapping_add(FLAT_ENTRIES) as *const __m128i;
             // SAFETY: SSE2 is part of the x86_64 baseline, so these intrinsics are always
-            // available; the loads read cells `0 .. 3 * FLAT_ROWS` of the block, inside it
-            // (see the contract above for the reads).
+            // available; the loads read cells `0 .. FLAT_ENTRIES + FLAT_ROWS` of the block,
+            // inside it (see the contract above for the reads).
             let bits = unsafe {
                 let k = _mm_set1_epi32(key);
                 let lane = |j: usize| {
                     let first = _mm_loadu_si128(rows.add(j));
-                    let last = _mm_loadu_si128(rows.add(FLAT_ROWS / 4 + j));
-                    let entry = _mm_loadu_si128(rows.add(FLAT_ROWS / 2 + j));
-                    let miss = _mm_or_si128(_mm_cmpgt_epi32(first, k), _mm_cmpgt_epi32(k, last));
-                    _mm_andnot_si128(miss, entry)
+                    let next = _mm_loadu_si128(next.add(j));
+                    let entry = _mm_loadu_si128(entries.add(j));
+                    // first <= key < next
+                    let hit = _mm_andnot_si128(_mm_cmpgt_epi32(first, k), _mm_cmpgt_epi32(next, k));
+                    _mm_and_si128(hit, entry)
                 };
                 // A tree of ORs over the lanes (`FLAT_ROWS / 4` of them, a power of two).
                 let mut v = [_mm_setzero_si128(); FLAT_ROWS / 4];
@@ -405,13 +415,13 @@ impl Bases {
         }
         #[cfg(not(all(target_arch = "x86_64", not(loom), not(miri))))]
         {
-            // SAFETY: as above; `i < 3 * FLAT_ROWS`.
+            // SAFETY: as above; `i < FLAT_ENTRIES + FLAT_ROWS`.
             let cell = |i: usize| unsafe { (*first.add(i)).with(|p| *p) };
             let mut bits = 0;
             for i in 0..FLAT_ROWS {
-                let (lo, hi) = (cell(i) as i32, cell(FLAT_ROWS + i) as i32);
+                let (lo, next) = (cell(i) as i32, cell(i + 1) as i32);
                 bits |=
-                    cell(2 * FLAT_ROWS + i) & 0u32.wrapping_sub((lo <= key && key <= hi) as u32);
+                    cell(FLAT_ENTRIES + i) & 0u32.wrapping_sub((lo <= key && key < next) as u32);
             }
             Entry::from_bits(bits)
         }
@@ -424,11 +434,11 @@ impl Bases {
         let first = unsafe { self.rows.add(offset as usize) };
         // SAFETY: as above; `i < FLAT_CELLS`.
         let cell = |i: usize| unsafe { (*first.add(i)).with(|p| *p) };
-        let n = cell(3 * FLAT_ROWS + 2) as usize;
+        let n = cell(FLAT_BASE + 2) as usize;
         let rows = (0..n)
-            .map(|i| (cell(i) ^ FLAT_BIAS, cell(2 * FLAT_ROWS + i)))
+            .map(|i| (cell(i) ^ FLAT_BIAS, cell(FLAT_ENTRIES + i)))
             .collect();
-        let base = cell(3 * FLAT_ROWS) as u64 | (cell(3 * FLAT_ROWS + 1) as u64) << 32;
+        let base = cell(FLAT_BASE) as u64 | (cell(FLAT_BASE + 1) as u64) << 32;
         (rows, base)
     }
 
@@ -591,28 +601,30 @@ impl Arena {
         );
         let offset = self.alloc_block(BlockKind::Flat, FLAT_CELLS, rows.len())?;
         self.rows.flats += 1;
-        for k in 0..FLAT_ROWS {
-            // A padding row matches no key: its first key is above its last.
-            let (lo, hi, e) = match rows.get(k) {
-                Some(&(lo, e)) => {
-                    let hi = rows.get(k + 1).map_or(last, |r| r.0.wrapping_sub(1));
-                    (lo, hi, e)
-                }
-                None => (u32::MAX, 0, 0),
+        for k in 0..=FLAT_ROWS {
+            // The runs' first keys, one past the last run's last key (rule 3: the span does
+            // not end on a multiple of 2^32 pages, so this does not wrap), then padding keys
+            // at the top: padding rows have empty entries, so what they match adds nothing.
+            let key = match rows.get(k) {
+                Some(&(first, _)) => first,
+                None if k == rows.len() => last.checked_add(1).expect("rule 3: below 2^32"),
+                None => u32::MAX,
             };
+            let e = rows.get(k).map_or(0, |r| r.1);
             // SAFETY: a block no generation anyone can read reaches (fresh, or freed by
             // reclamation), and we are the writer (I3, I4, I6).
             unsafe {
-                self.write_row_cell(offset + k, lo ^ FLAT_BIAS);
-                self.write_row_cell(offset + FLAT_ROWS + k, hi ^ FLAT_BIAS);
-                self.write_row_cell(offset + 2 * FLAT_ROWS + k, e);
+                self.write_row_cell(offset + k, key ^ FLAT_BIAS);
+                if k < FLAT_ROWS {
+                    self.write_row_cell(offset + FLAT_ENTRIES + k, e);
+                }
             }
         }
         // SAFETY: as above.
         unsafe {
-            self.write_row_cell(offset + 3 * FLAT_ROWS, base as u32);
-            self.write_row_cell(offset + 3 * FLAT_ROWS + 1, (base >> 32) as u32);
-            self.write_row_cell(offset + 3 * FLAT_ROWS + 2, rows.len() as u32);
+            self.write_row_cell(offset + FLAT_BASE, base as u32);
+            self.write_row_cell(offset + FLAT_BASE + 1, (base >> 32) as u32);
+            self.write_row_cell(offset + FLAT_BASE + 2, rows.len() as u32);
         }
         Ok(Entry::flat(0, offset as u32))
     }
@@ -1271,6 +1283,46 @@ mod tests {
             Err(Error::CapacityExhausted { limit: 16384, .. })
         ));
         assert!(arena.alloc_table(0, &rows[..16384]).is_ok());
+    }
+
+    #[test]
+    fn flat_nodes_find_each_key_in_its_run_and_nothing_outside() {
+        // (Under Miri and loom this runs the search's scalar form, else the SSE2 one.)
+        let mut arena = Arena::new(512, 10, 1000);
+        let check = |arena: &Arena, e: Entry, runs: &[(u32, u32)], last: u32| {
+            let offset = e.table_parts().1;
+            let bases = arena.arrays().bases();
+            let mut keys: Vec<u32> = runs
+                .iter()
+                .flat_map(|r| [r.0, r.0.wrapping_sub(1), r.0 + 1])
+                .collect();
+            keys.extend([0, 1, last, last.wrapping_add(1), u32::MAX - 1, u32::MAX]);
+            for key in keys {
+                let want = if key < runs[0].0 || key > last {
+                    0
+                } else {
+                    runs.iter().rev().find(|r| r.0 <= key).unwrap().1
+                };
+                // SAFETY: the writer's own block, single-threaded.
+                let got = unsafe { bases.flat_entry(offset, key) };
+                assert_eq!(got, Entry::from_bits(want), "key {key:#x} of {runs:x?}");
+            }
+            // SAFETY: as above.
+            let (rows, _) = unsafe { bases.flat_rows(offset) };
+            assert_eq!(rows, runs);
+        };
+        let e1 = as_words(&[Entry::leaf(7)])[0];
+        let e2 = as_words(&[Entry::leaf(9)])[0];
+        let runs = [(5, e1), (10, 0), (12, e2)];
+        let e = arena.alloc_flat(1 << 40 | 5, 20, &runs).unwrap();
+        check(&arena, e, &runs, 20);
+        // Sixteen runs up to the last key below 2^32 (no padding row, the next key is the top).
+        let runs: Vec<(u32, u32)> = (0..16).map(|k| (k * 0x1000_0000 | 3, k + 1)).collect();
+        let e = arena.alloc_flat(3, u32::MAX - 1, &runs).unwrap();
+        check(&arena, e, &runs, u32::MAX - 1);
+        // One run that starts at key 0.
+        let e = arena.alloc_flat(0, 0x1ff, &[(0, e2)]).unwrap();
+        check(&arena, e, &[(0, e2)], 0x1ff);
     }
 
     #[test]

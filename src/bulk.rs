@@ -139,7 +139,7 @@ pub(crate) fn build<S: Sink>(
         Span::Table => return sink.table(page_rows(geo, base, pieces)),
         Span::Node => {}
     }
-    if canon::may_be_flat(geo, h) {
+    if canon::may_be_flat(geo, h, base) {
         let runs = canon::flat_runs(geo, h, base, pieces.iter().map(|p| (p.start, p.end)));
         if let Some(runs) = runs {
             let mut rows = Vec::with_capacity(runs.len());

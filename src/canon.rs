@@ -8,14 +8,15 @@
 //! 2. A node with a single non-empty child is replaced by that child (path compression: the
 //!    child's entry carries its own shift, so the walk skips the missing levels).
 //! 3. With [`Config::flat_nodes`](crate::Config::flat_nodes) (off by default): a span that
-//!    would be a node (rule 1), whose pages number at most 2^32, and whose
+//!    would be a node (rule 1), whose pages number at most 2^32 and do not end on a multiple
+//!    of 2^32 pages ([`may_be_flat`]), and whose
 //!    subtree, read page by page, is at most [`FLAT_MAX`] runs of equal entries (empty, a
 //!    leaf, or one page's sub-page table), is a *flat node* of those runs instead: its whole
 //!    subtree in one small block, searched like a sub-page table. Applied top-down (the
 //!    highest such span is flat, and holds what would have been its nodes), before rule 2.
 //!
 //! Rule 3 is what keeps sparse maps small: a 512-entry node is 2 KiB whatever it holds, a
-//! flat node of up to 16 runs is 204 bytes, and on real VM maps most nodes are a
+//! flat node of up to 16 runs is 144 bytes, and on real VM maps most nodes are a
 //! few devices among holes. It also shortens some walks (one search instead of a node per
 //! level) and lengthens others (a search where a dense node took one load): a trade, hence
 //! an option.
@@ -80,11 +81,18 @@ pub(crate) enum Run {
     Page(std::ops::Range<usize>),
 }
 
-/// Whether a node's span of height `h` may be stored flat (rule 3): few enough pages that the
-/// low 32 bits of a page number order them (an aligned span of at most 2^32 pages never
-/// crosses a multiple of 2^32 pages), which is what a flat node's rows hold.
-pub(crate) fn may_be_flat(geo: &Geometry, h: u32) -> bool {
-    geo.flat_nodes && h >= 1 && h * geo.level_bits <= 32
+/// Whether the node's span of height `h` at page `base` may be stored flat (rule 3): few
+/// enough pages that the low 32 bits of a page number order them (an aligned span of at most
+/// 2^32 pages never crosses a multiple of 2^32 pages), which is what a flat node's rows hold;
+/// and not ending on a multiple of 2^32 pages, so that the key one past its last page (where
+/// a flat node's last run ends) is below 2^32 too.
+pub(crate) fn may_be_flat(geo: &Geometry, h: u32, base: u64) -> bool {
+    geo.flat_nodes
+        && h >= 1
+        && h * geo.level_bits <= 32
+        && ((geo.span(h, base).1 >> geo.page_bits) as u32)
+            .checked_add(1)
+            .is_some()
 }
 
 /// Rule 3: the runs of the span of height `h` at page `base`, each with its first page,
@@ -213,8 +221,20 @@ mod tests {
         assert_eq!(runs2(&many), None);
         let few: Vec<(u64, u64)> = (0..8).map(|i| (i * 0x20, i * 0x20 + 0xf)).collect();
         assert_eq!(runs2(&few).map(|r| r.len()), Some(16));
-        assert!(may_be_flat(&geo, 2) && !may_be_flat(&geo, 0));
+        assert!(may_be_flat(&geo, 2, 0) && !may_be_flat(&geo, 0, 0));
         let dense = crate::Config::default().geometry().unwrap();
-        assert!(!may_be_flat(&dense, 1), "off by default");
+        assert!(!may_be_flat(&dense, 1, 0), "off by default");
+        // A span ending on a multiple of 2^32 pages is not flat: one past its end has no
+        // 32-bit key.
+        let wide = crate::Config {
+            level_bits: 8,
+            flat_nodes: true,
+            ..crate::Config::default()
+        }
+        .geometry()
+        .unwrap();
+        assert!(may_be_flat(&wide, 3, 0) && may_be_flat(&wide, 3, (1 << 32) - (2 << 24)));
+        assert!(!may_be_flat(&wide, 3, (1 << 32) - (1 << 24)) && !may_be_flat(&wide, 4, 0));
+        assert!(may_be_flat(&wide, 3, 1 << 32));
     }
 }

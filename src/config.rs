@@ -31,11 +31,11 @@ pub struct Config {
     pub max_pieces: usize,
     /// Store sparse subtrees as *flat nodes* (rule 3 in ARCHITECTURE.md): a node whose
     /// subtree is at most 16 runs of pages (empty, one piece, or one page's sub-page table)
-    /// becomes one 204-byte block searched without a branch, instead of 2 KiB nodes
+    /// becomes one 144-byte block searched without a branch, instead of 2 KiB nodes
     /// per level. Default `false`.
     ///
     /// The trade: on the QEMU dumps in `tests/data` this takes `physmap import`'s total bytes
-    /// from 10-37 % of QEMU's to 2-17 %, and RAM lookups (a flat node replaces two or three
+    /// from 0.3-37 % of QEMU's to 0.3-14.7 %, and RAM lookups (a flat node replaces two or three
     /// levels) often get faster; but an MMIO lookup that ends in a flat node of device pages
     /// pays a search of up to 16 rows where a dense node paid one load: up to about a quarter
     /// more per lookup on small maps (BENCHMARKS.md, "Flat nodes"). Worth it where memory

@@ -111,7 +111,7 @@
 //!   writer's `BTreeMap` of pieces (about 48 bytes a piece). The arrays grow by doubling and
 //!   keep their capacity; growing one copies it, once, during the commit that needs it.
 //!   With [`Config::flat_nodes`], a sparse subtree of at most 16 runs of pages is one
-//!   204-byte flat node instead of 2 KiB per level (real VM maps: about half the bytes),
+//!   144-byte flat node instead of 2 KiB per level (real VM maps: about half the bytes),
 //!   searched without branches; an MMIO lookup ending in one pays that search where a dense
 //!   node costs one load.
 //! - Capacity: 524,288 nodes at the default fan-out (node entries address 2^24 cache lines),

@@ -61,7 +61,7 @@ pub struct Stats {
     /// Radix nodes reachable from the root.
     pub nodes: usize,
     /// Flat nodes reachable from the root: sparse subtrees stored as their runs (at most 16
-    /// runs of empty pages, one piece's pages, or a page's sub-page table), 204 bytes where
+    /// runs of empty pages, one piece's pages, or a page's sub-page table), 144 bytes where
     /// the nodes they stand for would take 2 KiB each at the default geometry.
     pub flat_nodes: usize,
     /// Sub-page tables (pages holding more than one piece).

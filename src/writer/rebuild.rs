@@ -128,7 +128,7 @@ impl<V> Writer<V> {
             Span::Leaf => Entry::leaf(self.materialize(first, cx)?),
             Span::Table => return self.rebuild_table(tree, old, s, e, cx),
             Span::Node => {
-                if canon::may_be_flat(&self.geo, h) {
+                if canon::may_be_flat(&self.geo, h, base) {
                     let mut keys = Vec::new();
                     let pieces = self.overlapping(s, e).inspect(|&(k, _)| keys.push(k));
                     if let Some(runs) = canon::flat_runs(&self.geo, h, base, pieces) {
