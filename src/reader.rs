@@ -7,7 +7,6 @@ use crate::snapshot::{Hit, Snapshot};
 use crate::sync::{Arc, AtomicPtr, Ordering};
 use crate::version::{Hot, Version};
 use crate::view::{Found, NO_PIECE};
-use std::mem::MaybeUninit;
 use std::sync::Arc as StdArc;
 
 /// A per-vCPU lookup handle. Give each vCPU thread its own.
@@ -163,24 +162,22 @@ impl<V> Reader<V> {
             let m = unsafe { Found::remembered(at) };
             let p = m.piece();
             if p.start <= addr && addr <= p.end {
-                return Some(Hit::new(tree.found_value(m), p, addr));
+                return Some(Hit::new(tree.found_value(&m), p, addr));
             }
         }
-        let mut scratch = MaybeUninit::uninit();
-        let at = std::ptr::addr_of!(scratch);
         // SAFETY: `hot` was copied from `cached` when it was announced (`catch_up`), and
         // both change only together.
-        let found = unsafe { tree.find_with(self.hot, addr, &mut scratch) }?;
-        // A page record's piece is in `scratch`: copied to `last`.
-        let p = if found.in_scratch(at) {
+        let found = unsafe { tree.find_with(self.hot, addr) }?;
+        // A page record's piece has no cell: copied to `last`.
+        let p = if found.cell().is_null() {
             self.last = *found.piece();
             IN_LAST
         } else {
-            found.piece() as *const Piece as usize
+            found.cell() as usize
         };
         let count = (count + 1).min(REPEATS) * (p == mru) as usize;
         self.mru = p | count;
-        Some(Hit::new(tree.found_value(found), found.piece(), addr))
+        Some(Hit::new(tree.found_value(&found), found.piece(), addr))
     }
 
     /// The generation that answered the last [`lookup`](Reader::lookup) (0 before any).

@@ -8,7 +8,6 @@ use crate::view::{PieceRef, TreeRef, Walk};
 use crate::Error;
 use std::collections::HashSet;
 use std::fmt;
-use std::mem::MaybeUninit;
 use std::ops::{RangeBounds, RangeInclusive};
 
 /// An immutable generation of a [`PhysMap`](crate::PhysMap).
@@ -97,9 +96,8 @@ impl<V> Snapshot<V> {
     #[inline(always)]
     pub fn lookup(&self, addr: u64) -> Option<Hit<'_, V>> {
         let tree = self.tree();
-        let mut scratch = MaybeUninit::uninit();
-        let found = tree.find(addr, &mut scratch)?;
-        Some(Hit::new(tree.found_value(found), found.piece(), addr))
+        let found = tree.find(addr)?;
+        Some(Hit::new(tree.found_value(&found), found.piece(), addr))
     }
 
     /// This generation's tree, readable for as long as `self` is borrowed.

@@ -19,7 +19,6 @@ use crate::entry::RECORD;
 use crate::entry::{Entry, Kind};
 use crate::version::{Hot, Version};
 use std::marker::PhantomData;
-use std::mem::MaybeUninit;
 
 /// An entry read from a tree borrowed for `'g`: only [`TreeRef`] makes them, so the slots
 /// it names are readable for `'g`. (Entries of two trees of the same storage, both borrowed
@@ -143,42 +142,45 @@ pub(crate) static NO_PIECE: Piece = Piece {
     section: std::ptr::null(),
 };
 
-/// A piece found by a lookup: a piece of the array, or a page record's unpacked into the
-/// caller's scratch piece (borrowed for `'s`). Only [`TreeRef`] makes them, so the section is
-/// one of a tree borrowed for `'g` ([`TreeRef::found_value`]).
+/// A piece found by a lookup, by value (a page record's unpacked), with the address of its
+/// cell in the piece array (null for a page record's: it has none). By value, not as a
+/// reference to a piece the lookup wrote: a store into the caller's frame in the lookup made
+/// the compiler reload the version's header on every lookup of a caller's loop. Only
+/// [`TreeRef`] makes them, so the section is one of a tree borrowed for `'g`
+/// ([`TreeRef::found_value`]).
 #[derive(Clone, Copy)]
-pub(crate) struct Found<'s, 'g> {
-    piece: &'s Piece,
+pub(crate) struct Found<'g> {
+    piece: Piece,
+    cell: *const Piece,
     _g: PhantomData<&'g ()>,
 }
 
-impl<'s> Found<'s, '_> {
+impl<'g> Found<'g> {
     /// The piece.
     #[inline(always)]
-    pub(crate) fn piece(self) -> &'s Piece {
-        self.piece
+    pub(crate) fn piece(&self) -> &Piece {
+        &self.piece
     }
 
-    /// Whether the piece is a page record's, unpacked into `scratch` (else it is a cell of
-    /// the piece array, which [`Found::remembered`] can take back).
+    /// The piece's cell in the piece array, which [`Found::remembered`] can take back; null
+    /// for a page record's piece.
     #[inline(always)]
-    pub(crate) fn in_scratch(self, scratch: *const MaybeUninit<Piece>) -> bool {
-        std::ptr::eq(self.piece, scratch as *const Piece)
+    pub(crate) fn cell(&self) -> *const Piece {
+        self.cell
     }
-}
 
-impl<'g> Found<'g, 'g> {
-    /// A piece remembered by its address (see [`Found::in_scratch`]).
+    /// A piece remembered by its address (see [`Found::cell`]).
     ///
     /// # Safety
     /// `p` is [`NO_PIECE`], came from a `Found` of a generation that is held for `'g`, or
     /// points to a copy of such a piece (a page record's) that is not written for `'g`.
     #[inline(always)]
-    pub(crate) unsafe fn remembered(p: *const Piece) -> Found<'g, 'g> {
+    pub(crate) unsafe fn remembered(p: *const Piece) -> Found<'g> {
         Found {
             // SAFETY: forwarded contract: the piece's slot is not reused while its generation
             // is held (I4), and its array lives as long as the generation (I1).
-            piece: unsafe { &*p },
+            piece: unsafe { *p },
+            cell: p,
             _g: PhantomData,
         }
     }
@@ -307,26 +309,18 @@ impl<'g, V> TreeRef<'g, V> {
 
     /// The value of a piece a lookup of a tree borrowed for 'g found.
     #[inline(always)]
-    pub(crate) fn found_value(self, found: Found<'_, 'g>) -> &'g V {
+    pub(crate) fn found_value(self, found: &Found<'g>) -> &'g V {
         // SAFETY: as for `value`: only this module makes `Found`s, from this tree.
-        unsafe { self.version.storage.value(found.piece) }
+        unsafe { self.version.storage.value(&found.piece) }
     }
 
     // ----- Built on the accessors: safe.
 
     /// The piece holding `addr`, if any: one load per level, then the final range check.
-    /// A page record's piece is unpacked into `scratch`.
     #[inline(always)]
-    pub(crate) fn find<'s>(
-        self,
-        addr: u64,
-        scratch: &'s mut MaybeUninit<Piece>,
-    ) -> Option<Found<'s, 'g>>
-    where
-        'g: 's,
-    {
+    pub(crate) fn find(self, addr: u64) -> Option<Found<'g>> {
         // SAFETY: the header is this tree's own.
-        unsafe { self.find_with(self.version.hot, addr, scratch) }
+        unsafe { self.find_with(self.version.hot, addr) }
     }
 
     /// [`find`](TreeRef::find) with the version's header already in hand: a
@@ -336,15 +330,7 @@ impl<'g, V> TreeRef<'g, V> {
     /// # Safety
     /// `hot` is a copy of this tree's version's `hot`.
     #[inline(always)]
-    pub(crate) unsafe fn find_with<'s>(
-        self,
-        hot: Hot,
-        addr: u64,
-        scratch: &'s mut MaybeUninit<Piece>,
-    ) -> Option<Found<'s, 'g>>
-    where
-        'g: 's,
-    {
+    pub(crate) unsafe fn find_with(self, hot: Hot, addr: u64) -> Option<Found<'g>> {
         // The header in locals (a parameter), so that the loop keeps it in registers.
         let mut e = hot.root;
         while e.is_node() {
@@ -385,9 +371,9 @@ impl<'g, V> TreeRef<'g, V> {
                 if page != start >> hot.page_mask.trailing_ones() {
                     return None;
                 }
-                let piece = scratch.write(record_piece(start, hot.page_mask, section));
                 return Some(Found {
-                    piece,
+                    piece: record_piece(start, hot.page_mask, section),
+                    cell: std::ptr::null(),
                     _g: PhantomData,
                 });
             }
@@ -403,9 +389,10 @@ impl<'g, V> TreeRef<'g, V> {
         };
         // SAFETY: `hot.bases` are this tree's (forwarded contract) and the slot is reachable
         // from its root (I1-I4).
-        let piece = unsafe { hot.bases.piece(slot) };
+        let piece: &'g Piece = unsafe { hot.bases.piece(slot) };
         (piece.start <= addr && addr <= piece.end).then_some(Found {
-            piece,
+            piece: *piece,
+            cell: piece,
             _g: PhantomData,
         })
     }
