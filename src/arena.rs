@@ -1317,7 +1317,7 @@ mod tests {
         let e = arena.alloc_flat(1 << 40 | 5, 20, &runs).unwrap();
         check(&arena, e, &runs, 20);
         // Sixteen runs up to the last key below 2^32 (no padding row, the next key is the top).
-        let runs: Vec<(u32, u32)> = (0..16).map(|k| (k * 0x1000_0000 | 3, k + 1)).collect();
+        let runs: Vec<(u32, u32)> = (0..16).map(|k| ((k * 0x1000_0000) | 3, k + 1)).collect();
         let e = arena.alloc_flat(3, u32::MAX - 1, &runs).unwrap();
         check(&arena, e, &runs, u32::MAX - 1);
         // One run that starts at key 0.
