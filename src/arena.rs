@@ -605,12 +605,11 @@ impl Arena {
             // The runs' first keys, one past the last run's last key (rule 3: the span does
             // not end on a multiple of 2^32 pages, so this does not wrap), then padding keys
             // at the top: padding rows have empty entries, so what they match adds nothing.
-            let key = match rows.get(k) {
-                Some(&(first, _)) => first,
-                None if k == rows.len() => last.checked_add(1).expect("rule 3: below 2^32"),
-                None => u32::MAX,
+            let (key, e) = match rows.get(k) {
+                Some(&run) => run,
+                None if k == rows.len() => (last.checked_add(1).expect("rule 3: below 2^32"), 0),
+                None => (u32::MAX, 0),
             };
-            let e = rows.get(k).map_or(0, |r| r.1);
             // SAFETY: a block no generation anyone can read reaches (fresh, or freed by
             // reclamation), and we are the writer (I3, I4, I6).
             unsafe {
