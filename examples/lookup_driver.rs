@@ -66,7 +66,15 @@ fn main() {
             std::process::exit(2);
         });
     let w = Map::from_dump(&args[1]).workload(mix);
-    let map = workloads::physmap_of(&w);
+    // `FLAT=1` builds the flat layout (`Config::flat_nodes`).
+    let flat = std::env::var_os("FLAT").is_some_and(|v| v == "1");
+    let map = workloads::physmap_with(
+        &w,
+        physmap::Config {
+            flat_nodes: flat,
+            ..physmap::Config::default()
+        },
+    );
     let snap = map.snapshot();
     let mut reader = map.reader();
     let qemu = QemuStyle::new(&w.regions);
