@@ -582,8 +582,6 @@ impl Arena {
         let offset = self.alloc_block(BlockKind::Flat, FLAT_CELLS, rows.len())?;
         self.rows.flats += 1;
         for k in 0..=FLAT_ROWS {
-            // SAFETY (both writes): a block no generation anyone can read reaches (fresh, or
-            // freed by reclamation), and we are the writer (I3, I4, I6).
             if k < FLAT_ROWS {
                 // Where run `k` ends: where the next begins, one past the span for the last
                 // (rule 3: the span does not end on a multiple of 2^32 pages, so this does not
@@ -593,10 +591,13 @@ impl Arena {
                     None if k + 1 == rows.len() => last.checked_add(1).expect("rule 3"),
                     None => u32::MAX,
                 };
+                // SAFETY: a block no generation anyone can read reaches (fresh, or freed by
+                // reclamation), and we are the writer (I3, I4, I6).
                 unsafe { self.write_row_cell(offset + k, end ^ FLAT_BIAS) };
             }
             // Padding rows, and the cell after the last row, are empty.
             let e = rows.get(k).map_or(0, |r| r.1);
+            // SAFETY: as above.
             unsafe { self.write_row_cell(offset + FLAT_ENTRIES + k, e) };
         }
         // SAFETY: as above.

@@ -21,6 +21,7 @@
 //! level) and lengthens others (a search where a dense node took one load): a trade, hence
 //! an option.
 
+use crate::arena::{Arena, FLAT_BYTES};
 use crate::config::Geometry;
 use crate::entry::Entry;
 
@@ -85,10 +86,11 @@ pub(crate) enum Run {
 /// enough pages that the low 32 bits of a page number order them (an aligned span of at most
 /// 2^32 pages never crosses a multiple of 2^32 pages), which is what a flat node's rows hold;
 /// and not ending on a multiple of 2^32 pages, so that the key one past its last page (where
-/// a flat node's last run ends) is below 2^32 too.
+/// a flat node's last run ends) is below 2^32 too. Not a span of one node that is no bigger
+/// than a flat node (a space of 16 pages is one 64-byte node).
 pub(crate) fn may_be_flat(geo: &Geometry, h: u32, base: u64) -> bool {
     geo.flat_nodes
-        && h >= 1
+        && (h >= 2 || h == 1 && Arena::node_bytes(geo.fanout) > FLAT_BYTES)
         && h * geo.level_bits <= 32
         && ((geo.span(h, base).1 >> geo.page_bits) as u32)
             .checked_add(1)
@@ -222,6 +224,8 @@ mod tests {
         let few: Vec<(u64, u64)> = (0..8).map(|i| (i * 0x20, i * 0x20 + 0xf)).collect();
         assert_eq!(runs2(&few).map(|r| r.len()), Some(16));
         assert!(may_be_flat(&geo, 2, 0) && !may_be_flat(&geo, 0, 0));
+        // One node of 16 entries (64 bytes) is smaller than a flat node: kept dense.
+        assert!(!may_be_flat(&geo, 1, 0));
         let dense = crate::Config::default().geometry().unwrap();
         assert!(!may_be_flat(&dense, 1, 0), "off by default");
         // A span ending on a multiple of 2^32 pages is not flat: one past its end has no

@@ -20,6 +20,8 @@ pub struct Config {
     /// (4 KiB). Sub-page sections are still resolved to the byte.
     pub page_bits: u32,
     /// Bits of page number consumed per tree level: 1..=16; default 9 (512-entry nodes).
+    /// A space of fewer page-number bits than this is one node of exactly its pages (a
+    /// 16-bit port I/O space of 4 KiB pages: one node of 16 entries, 64 bytes).
     pub level_bits: u32,
     /// Most tree nodes the arena may hold at once (live plus not yet reclaimed). Node entries
     /// address 2^24 cache lines of the node array, so the arena holds at most
@@ -109,7 +111,11 @@ impl Config {
             return bad(format!("level_bits = {} (must be 1..=16)", self.level_bits));
         }
         let page_number_bits = self.addr_bits - self.page_bits;
-        let height = page_number_bits.div_ceil(self.level_bits);
+        // A space that fits in one node is one node of exactly its pages: the lookup's
+        // `& mask` then keeps any address's index inside it (an address past the space finds
+        // a piece that does not hold it, and the final check rejects it).
+        let level_bits = self.level_bits.min(page_number_bits.max(1));
+        let height = page_number_bits.div_ceil(level_bits);
         if height > 63 {
             return bad(format!(
                 "{page_number_bits} bits of page number at {} bits a level need {height} levels (at most 63)",
@@ -130,10 +136,10 @@ impl Config {
         }
         Ok(Geometry {
             page_bits: self.page_bits,
-            level_bits: self.level_bits,
+            level_bits,
             height,
-            fanout: 1 << self.level_bits,
-            mask: (1u64 << self.level_bits) - 1,
+            fanout: 1 << level_bits,
+            mask: (1u64 << level_bits) - 1,
             max_addr: if self.addr_bits == 64 {
                 u64::MAX
             } else {

@@ -194,12 +194,14 @@ fn import_shows_both_layouts_and_the_flat_one_is_smaller() {
             continue;
         };
         let flat = num("\"bytes\":", at).unwrap();
-        if dense > 0 {
-            assert!(flat < dense, "{fv}");
+        // Never bigger; smaller where there are 2 KiB nodes to replace (not in the port I/O
+        // space, one node of its 16 pages).
+        assert!(flat <= dense, "{fv}");
+        if flat < dense {
             compared += 1;
         }
     }
-    assert!(compared >= 3, "{json}");
+    assert!(compared >= 2, "{json}");
 }
 
 #[test]

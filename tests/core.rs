@@ -48,6 +48,40 @@ fn one_tib_of_ram_takes_a_handful_of_nodes() {
 }
 
 #[test]
+fn a_port_io_space_is_one_node_of_its_pages() {
+    // 16-bit space of 4 KiB pages: one node of 16 entries (64 bytes and its base page), not
+    // 512. Every address past the space wraps around the node's index and finds nothing.
+    let map = PhysMap::with_config(Config {
+        addr_bits: 16,
+        ..Config::default()
+    })
+    .unwrap();
+    let mut t = map.transaction();
+    t.insert(0x0..=0x7, "dma").unwrap();
+    t.insert(0x1000..=0x1fff, "page 1").unwrap();
+    t.insert(0xcf8..=0xcff, "pci").unwrap();
+    t.insert(0xf000..=0xffff, "top").unwrap();
+    t.commit().unwrap();
+    let s = map.snapshot();
+    let st = s.stats();
+    assert_eq!((st.nodes, st.levels), (1, 1), "{st:?}");
+    assert!(st.tree_bytes < 512, "{st:?}");
+    assert_eq!(*s.lookup(0xcfc).unwrap().value, "pci");
+    assert_eq!(*s.lookup(0x1234).unwrap().value, "page 1");
+    assert_eq!(*s.lookup(0xffff).unwrap().value, "top");
+    for past in [
+        0x1_0000,
+        0x1_0004,
+        0x1_1234,
+        0x1_0cfc,
+        0xffff_ffff,
+        u64::MAX,
+    ] {
+        assert!(s.lookup(past).is_none(), "{past:#x}");
+    }
+}
+
+#[test]
 fn same_mapping_same_shape_whatever_the_history() {
     // History A: pieces inserted in one go, in address order.
     let a = nodes_of(|t| {

@@ -189,6 +189,21 @@ proptest! {
     }
 
     #[test]
+    fn mid_geometry_with_flat_nodes(history in txns((1 << 24) - 1, 16), probes in proptest::collection::vec(0u64..(1 << 24), 32)) {
+        // 64-entry nodes (264 bytes) are bigger than a flat node: flat nodes of one level too.
+        let config = Config { addr_bits: 24, page_bits: 4, level_bits: 6, flat_nodes: true, ..Config::default() };
+        run(config, history, probes)?;
+    }
+
+    #[test]
+    fn one_node_space(history in txns((1 << 16) - 1, 16), probes in proptest::collection::vec(any::<u64>(), 32)) {
+        // A 16-bit space of 4 KiB pages (port I/O) is one node of its 16 pages; probes past
+        // the space wrap around its index and must find nothing.
+        let config = Config { addr_bits: 16, ..Config::default() };
+        run(config, history, probes)?;
+    }
+
+    #[test]
     fn small_geometry(history in txns((1 << 20) - 1, 16), probes in proptest::collection::vec(0u64..(1 << 20), 32)) {
         // 20-bit space, 16-byte pages, 3 bits a level: deep trees, many sub-page tables.
         let config = Config { addr_bits: 20, page_bits: 4, level_bits: 3, ..Config::default() };

@@ -194,24 +194,29 @@ fn parallel_bulk_build_of_a_million_pages_is_the_canonical_tree() {
 
 #[test]
 fn parallel_branch_in_a_small_space_with_byte_pages() {
-    // 65536 one-byte pieces fill a 64 KiB span of 1-byte pages: above the parallel threshold.
-    // With flat nodes, every 16-page span is one (built in the parallel tasks' local sinks).
+    // 65536 four-byte pieces fill a 256 KiB span of 1-byte pages: above the parallel
+    // threshold. With flat nodes, every 64-page span (16 pieces) is one (built in the
+    // parallel tasks' local sinks; a 64-entry node is bigger than a flat node).
     for flat_nodes in [false, true] {
         let config = Config {
             addr_bits: 20,
             page_bits: 0,
-            level_bits: 4,
+            level_bits: 6,
             flat_nodes,
             ..Config::default()
         };
-        let bulk = PhysMap::from_ranges(config.clone(), (0..65536u64).map(|a| (a..=a, a))).unwrap();
+        let bulk = PhysMap::from_ranges(
+            config.clone(),
+            (0..65536u64).map(|i| (4 * i..=4 * i + 3, i)),
+        )
+        .unwrap();
         assert!(bulk.memory().parallel_builds > 0);
         assert_eq!(bulk.snapshot().stats().flat_nodes > 0, flat_nodes);
         let single = PhysMap::with_config(config).unwrap();
         for parity in [0, 1] {
             let mut t = single.transaction();
-            for a in (0..65536u64).filter(|a| a % 2 == parity) {
-                t.insert(a..=a, a).unwrap();
+            for i in (0..65536u64).filter(|i| i % 2 == parity) {
+                t.insert(4 * i..=4 * i + 3, i).unwrap();
             }
             t.commit().unwrap();
         }
@@ -219,7 +224,7 @@ fn parallel_branch_in_a_small_space_with_byte_pages() {
             bulk.snapshot().canonical_form(),
             single.snapshot().canonical_form()
         );
-        for a in [0u64, 1, 4095, 65535, 65536] {
+        for a in [0u64, 1, 4095, 65535, 65536, 262_143, 262_144] {
             assert_eq!(
                 bulk.snapshot().lookup(a).map(|h| *h.value),
                 single.snapshot().lookup(a).map(|h| *h.value)

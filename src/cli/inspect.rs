@@ -124,7 +124,7 @@ pub(crate) fn import(dump: &Dump, json: bool, w: &mut dyn Write) -> Outcome {
         );
         out!(
             w,
-            "bytes: tree, pieces, sub-page rows and section slots; \"flat nodes\": dense nodes + flat nodes with Config::flat_nodes"
+            "bytes: tree, pieces, sub-page rows and section slots; \"flat nodes\": dense nodes + flat nodes with Config::flat_nodes; each map spans the fewest address bits holding its last range (port I/O: 16)"
         );
     }
     Ok(0)
