@@ -142,7 +142,10 @@ fn main() {
             let Some(d) = &fv.dispatch else { continue };
             let dense = fv.build().unwrap().snapshot().stats().bytes;
             let flat = fv
-                .build_with(flat.clone())
+                .build_with(physmap::Config {
+                    flat_nodes: true,
+                    ..fv.config()
+                })
                 .unwrap()
                 .snapshot()
                 .stats()

@@ -365,10 +365,35 @@ fn parse_entry(t: &str) -> Result<(u32, u32, Target), String> {
 }
 
 impl FlatView {
-    /// A map of this FlatView with default geometry; each value is the index of its range in
-    /// [`FlatView::ranges`]. `Hit::offset + ranges[i].offset` is the offset in the region.
+    /// The fewest address bits that hold every range (at least a page's, 12): 16 for an x86
+    /// port I/O space, whose last range ends at 0xffff, 32 for a PC's memory below 4 GiB.
+    ///
+    /// ```
+    /// let text = "FlatView #0\n AS \"I/O\", root: io\n  \
+    ///     0000000000000000-0000000000000007 (prio 0, i/o): dma-chan\n  \
+    ///     0000000000000008-000000000000ffff (prio 0, i/o): io\n";
+    /// let dump = physmap::mtree::Dump::parse(text, "io.txt").unwrap();
+    /// assert_eq!(dump.flatviews[0].space_bits(), 16);
+    /// ```
+    pub fn space_bits(&self) -> u32 {
+        let last = self.ranges.iter().map(|r| r.end).max().unwrap_or(0);
+        (u64::BITS - last.leading_zeros()).max(crate::Config::default().page_bits)
+    }
+
+    /// The default geometry over [`space_bits`](FlatView::space_bits): the space a VMM would
+    /// give this FlatView's map (a 16-bit port I/O space is one node of its 16 pages).
+    pub fn config(&self) -> crate::Config {
+        crate::Config {
+            addr_bits: self.space_bits(),
+            ..crate::Config::default()
+        }
+    }
+
+    /// A map of this FlatView over its [`config`](FlatView::config); each value is the index
+    /// of its range in [`FlatView::ranges`]. `Hit::offset + ranges[i].offset` is the offset
+    /// in the region.
     pub fn build(&self) -> Result<PhysMap<usize>, Error> {
-        self.build_with(crate::Config::default())
+        self.build_with(self.config())
     }
 
     /// [`build`](FlatView::build) with a chosen geometry and layout (e.g.

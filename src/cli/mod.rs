@@ -159,15 +159,6 @@ pub(crate) fn parse(text: &str, name: &str) -> Result<Dump, String> {
     Ok(dump)
 }
 
-/// The fewest address bits that hold every range of `fv` (at least a page's): 16 for an x86
-/// port I/O space, whose last range ends at 0xffff (a VMM's port I/O map is 16 bits, and such
-/// a space is one node of its 16 pages; `Config::level_bits`), 32 for a PC's memory below
-/// 4 GiB. Addresses past the space are not mapped, as before.
-pub(crate) fn space_bits(fv: &FlatView) -> u32 {
-    let last = fv.ranges.iter().map(|r| r.end).max().unwrap_or(0);
-    (u64::BITS - last.leading_zeros()).max(physmap::Config::default().page_bits)
-}
-
 fn pick<'a>(dump: &'a Dump, space: &Space) -> Result<&'a FlatView, String> {
     match &space.name {
         Some(name) => dump.find(name).ok_or_else(|| {
@@ -185,12 +176,11 @@ fn pick<'a>(dump: &'a Dump, space: &Space) -> Result<&'a FlatView, String> {
 }
 
 /// The map of one (checked) FlatView, dense or with flat nodes, over the space a VMM would
-/// give it: the fewest address bits that hold its last range ([`space_bits`]).
+/// give it: the fewest address bits that hold its last range (`FlatView::config`).
 fn build(fv: &FlatView, flat: bool) -> Result<physmap::PhysMap<usize>, String> {
     let config = physmap::Config {
-        addr_bits: space_bits(fv),
         flat_nodes: flat,
-        ..physmap::Config::default()
+        ..fv.config()
     };
     fv.build_with(config)
         .map_err(|e| format!("FlatView #{} (line {}): {e}", fv.index, fv.line))
