@@ -63,15 +63,14 @@ fn table_class(rows: usize) -> Option<u32> {
 /// Rows of every flat node's block (the most runs rule 3 of `canon.rs` stores flat): one
 /// size, so that the lookup searches it without a branch on its size.
 pub(crate) const FLAT_ROWS: usize = 16;
-/// A flat node's block, in cells of the row array: where each run ends, one past its last
-/// key, i.e. the next run's first key ([`FLAT_ROWS`] cells; the last run ends one past the
-/// span, which rule 3 keeps below 2^32; padding rows end at `u32::MAX`), then the runs'
-/// entries ([`FLAT_ROWS`] cells; padding rows have empty entries) and one empty cell (what a
-/// key past every run finds), then the first page of the node's span in two cells (the
-/// first run's first key is its low half), then the number of runs.
-const FLAT_CELLS: usize = FLAT_ROWS + (FLAT_ROWS + 1) + 3;
+/// A flat node's block, in cells of the row array: the runs' first keys and one more key
+/// (a run ends before the next key, so the key after the last run's is one past the span,
+/// which rule 3 keeps below 2^32), then the runs' entries ([`FLAT_ROWS`] cells; padding rows have empty entries,
+/// so whatever they match adds nothing), then the first page of the node's span in two cells,
+/// then the number of runs.
+const FLAT_CELLS: usize = (FLAT_ROWS + 1) + FLAT_ROWS + 3;
 /// Where a flat node's entries start in its block.
-const FLAT_ENTRIES: usize = FLAT_ROWS;
+const FLAT_ENTRIES: usize = FLAT_ROWS + 1;
 /// Where a flat node's span's first page starts in its block (then the number of runs).
 const FLAT_BASE: usize = 2 * FLAT_ROWS + 1;
 /// Bytes of a flat node's block.
@@ -362,13 +361,12 @@ impl Bases {
     }
 
     /// The entry of the run of the flat node at row-block offset `offset` (the layout of
-    /// [`FLAT_CELLS`]) that holds the page whose low 32 bits are `key`. A key past the last
-    /// run finds the empty cell after the entries; a key before the first run finds the first
-    /// run's entry (never a node: the final check, or a page record's own check, rejects the
-    /// address; rule 2 of `canon.rs`).
+    /// [`FLAT_CELLS`]) that holds the page whose low 32 bits are `key`; empty if none does
+    /// (then the page lies outside the node's span, where nothing is mapped).
     ///
-    /// The run is the number of runs that end at or below `key` (the ends ascend): one vector
-    /// compare per four ends, packed to one bit each, and the first bit set.
+    /// Without a branch, and without a second dependent load: every row compares its first
+    /// and last key with `key`, at most one matches, and the entries are masked with the
+    /// matches and OR-ed together.
     #[inline(always)]
     pub(crate) unsafe fn flat_entry(&self, offset: u32, key: u32) -> Entry {
         // SAFETY: see the contract above: the block is reachable, so its cells exist and are
@@ -376,31 +374,57 @@ impl Bases {
         let first = unsafe { self.rows.add(offset as usize) };
         let key = (key ^ FLAT_BIAS) as i32;
         #[cfg(all(target_arch = "x86_64", not(loom), not(miri)))]
-        let run = {
+        {
             use std::arch::x86_64::*;
             // The cells are `repr(transparent)` `u32`s, contiguous in the array (`Cells`).
-            let ends = first as *const __m128i;
+            let rows = first as *const __m128i;
+            // Each run ends before the next run's first key.
+            let next = first.wrapping_add(1) as *const __m128i;
+            let entries = first.wrapping_add(FLAT_ENTRIES) as *const __m128i;
             // SAFETY: SSE2 is part of the x86_64 baseline, so these intrinsics are always
-            // available; the loads read cells `0 .. FLAT_ROWS` of the block, inside it (see
-            // the contract above for the reads).
-            let above = unsafe {
+            // available; the loads read cells `0 .. FLAT_ENTRIES + FLAT_ROWS` of the block,
+            // inside it (see the contract above for the reads).
+            let bits = unsafe {
                 let k = _mm_set1_epi32(key);
-                let gt = |j: usize| _mm_cmpgt_epi32(_mm_loadu_si128(ends.add(j)), k);
-                let lo = _mm_packs_epi32(gt(0), gt(1));
-                let hi = _mm_packs_epi32(gt(2), gt(3));
-                _mm_movemask_epi8(_mm_packs_epi16(lo, hi)) as u32
+                let lane = |j: usize| {
+                    let first = _mm_loadu_si128(rows.add(j));
+                    let next = _mm_loadu_si128(next.add(j));
+                    let entry = _mm_loadu_si128(entries.add(j));
+                    // first <= key < next
+                    let hit = _mm_andnot_si128(_mm_cmpgt_epi32(first, k), _mm_cmpgt_epi32(next, k));
+                    _mm_and_si128(hit, entry)
+                };
+                // A tree of ORs over the lanes (`FLAT_ROWS / 4` of them, a power of two).
+                let mut v = [_mm_setzero_si128(); FLAT_ROWS / 4];
+                for (j, x) in v.iter_mut().enumerate() {
+                    *x = lane(j);
+                }
+                let mut n = FLAT_ROWS / 4;
+                while n > 1 {
+                    n /= 2;
+                    for j in 0..n {
+                        v[j] = _mm_or_si128(v[j], v[j + n]);
+                    }
+                }
+                let v = v[0];
+                let v = _mm_or_si128(v, _mm_shuffle_epi32::<0b01_00_11_10>(v));
+                let v = _mm_or_si128(v, _mm_shuffle_epi32::<0b10_11_00_01>(v));
+                _mm_cvtsi128_si32(v) as u32
             };
-            // Bit `j`: run `j` ends above `key`; the first such run holds it.
-            (above | 1 << FLAT_ROWS).trailing_zeros() as usize
-        };
+            Entry::from_bits(bits)
+        }
         #[cfg(not(all(target_arch = "x86_64", not(loom), not(miri))))]
-        let run = (0..FLAT_ROWS)
-            // SAFETY: as above; `i < FLAT_ROWS`.
-            .take_while(|&i| unsafe { (*first.add(i)).with(|p| *p) } as i32 <= key)
-            .count();
-        // SAFETY: as above; `run <= FLAT_ROWS`, and cell `FLAT_ENTRIES + FLAT_ROWS` is the
-        // block's empty cell.
-        Entry::from_bits(unsafe { (*first.add(FLAT_ENTRIES + run)).with(|p| *p) })
+        {
+            // SAFETY: as above; `i < FLAT_ENTRIES + FLAT_ROWS`.
+            let cell = |i: usize| unsafe { (*first.add(i)).with(|p| *p) };
+            let mut bits = 0;
+            for i in 0..FLAT_ROWS {
+                let (lo, next) = (cell(i) as i32, cell(i + 1) as i32);
+                bits |=
+                    cell(FLAT_ENTRIES + i) & 0u32.wrapping_sub((lo <= key && key < next) as u32);
+            }
+            Entry::from_bits(bits)
+        }
     }
 
     /// The runs of a flat node (see [`Bases::flat_entry`]) as (low 32 bits of the first page,
@@ -411,13 +435,10 @@ impl Bases {
         // SAFETY: as above; `i < FLAT_CELLS`.
         let cell = |i: usize| unsafe { (*first.add(i)).with(|p| *p) };
         let n = cell(FLAT_BASE + 2) as usize;
+        let rows = (0..n)
+            .map(|i| (cell(i) ^ FLAT_BIAS, cell(FLAT_ENTRIES + i)))
+            .collect();
         let base = cell(FLAT_BASE) as u64 | (cell(FLAT_BASE + 1) as u64) << 32;
-        // Run `i` starts where run `i - 1` ends; the first at the span's first page.
-        let start = |i: usize| match i {
-            0 => base as u32,
-            _ => cell(i - 1) ^ FLAT_BIAS,
-        };
-        let rows = (0..n).map(|i| (start(i), cell(FLAT_ENTRIES + i))).collect();
         (rows, base)
     }
 
@@ -578,27 +599,25 @@ impl Arena {
             !rows.is_empty() && rows.len() <= FLAT_ROWS,
             "a flat node holds 1..=FLAT_ROWS runs"
         );
-        assert_eq!(rows[0].0, base as u32, "the first run starts the span");
         let offset = self.alloc_block(BlockKind::Flat, FLAT_CELLS, rows.len())?;
         self.rows.flats += 1;
         for k in 0..=FLAT_ROWS {
-            if k < FLAT_ROWS {
-                // Where run `k` ends: where the next begins, one past the span for the last
-                // (rule 3: the span does not end on a multiple of 2^32 pages, so this does not
-                // wrap), the top for padding rows.
-                let end = match rows.get(k + 1) {
-                    Some(&(next, _)) => next,
-                    None if k + 1 == rows.len() => last.checked_add(1).expect("rule 3"),
-                    None => u32::MAX,
-                };
-                // SAFETY: a block no generation anyone can read reaches (fresh, or freed by
-                // reclamation), and we are the writer (I3, I4, I6).
-                unsafe { self.write_row_cell(offset + k, end ^ FLAT_BIAS) };
+            // The runs' first keys, one past the last run's last key (rule 3: the span does
+            // not end on a multiple of 2^32 pages, so this does not wrap), then padding keys
+            // at the top: padding rows have empty entries, so what they match adds nothing.
+            let (key, e) = match rows.get(k) {
+                Some(&run) => run,
+                None if k == rows.len() => (last.checked_add(1).expect("rule 3: below 2^32"), 0),
+                None => (u32::MAX, 0),
+            };
+            // SAFETY: a block no generation anyone can read reaches (fresh, or freed by
+            // reclamation), and we are the writer (I3, I4, I6).
+            unsafe {
+                self.write_row_cell(offset + k, key ^ FLAT_BIAS);
+                if k < FLAT_ROWS {
+                    self.write_row_cell(offset + FLAT_ENTRIES + k, e);
+                }
             }
-            // Padding rows, and the cell after the last row, are empty.
-            let e = rows.get(k).map_or(0, |r| r.1);
-            // SAFETY: as above.
-            unsafe { self.write_row_cell(offset + FLAT_ENTRIES + k, e) };
         }
         // SAFETY: as above.
         unsafe {
@@ -1278,10 +1297,7 @@ mod tests {
                 .collect();
             keys.extend([0, 1, last, last.wrapping_add(1), u32::MAX - 1, u32::MAX]);
             for key in keys {
-                // Below the first run: the first run's entry (see `flat_entry`).
-                let want = if key < runs[0].0 {
-                    runs[0].1
-                } else if key > last {
+                let want = if key < runs[0].0 || key > last {
                     0
                 } else {
                     runs.iter().rev().find(|r| r.0 <= key).unwrap().1
