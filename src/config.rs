@@ -37,10 +37,11 @@ pub struct Config {
     /// per level. Default `false`.
     ///
     /// The trade: on the QEMU dumps in `tests/data` this takes `physmap import`'s total bytes
-    /// from 0.3-37 % of QEMU's (each map over the space its FlatView needs) to 0.3-14.7 %, and RAM lookups (a flat node replaces two or three
-    /// levels) often get faster; but an MMIO lookup that ends in a flat node of device pages
-    /// pays a search of up to 16 rows where a dense node paid one load: up to about a quarter
-    /// more per lookup on small maps (BENCHMARKS.md, "Flat nodes"). Worth it where memory
+    /// (each map over the space its FlatView needs) from 0.3-37 % of QEMU's to 0.3-14.7 %,
+    /// and RAM lookups (a flat node replaces two or three levels) often get faster; but an
+    /// MMIO lookup that ends in a flat node of device pages pays a search of up to 16 rows
+    /// where a dense node paid one load: up to about a quarter more per lookup on small maps
+    /// (BENCHMARKS.md, "Flat nodes"). Worth it where memory
     /// counts (maps held by the thousand, simulators); a VMM's exit path keeps the default.
     ///
     /// ```
