@@ -118,6 +118,10 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let seconds: f64 = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(2.0);
     let vcpus: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(4);
+    if !(1..=256).contains(&vcpus) || !(seconds.is_finite() && seconds > 0.0) {
+        eprintln!("usage: vmm [seconds > 0] [vcpus 1..=256]");
+        std::process::exit(2);
+    }
 
     // Devices: MMIO (fixed, and two with moving BARs), port I/O.
     let mmio = Arc::new(MmioBus::new());
@@ -213,16 +217,20 @@ fn main() {
                         }
                         _ => {
                             // Device DMA: write a pattern into guest RAM and read it back,
-                            // through one snapshot of the memory map.
+                            // through one snapshot of the memory map. Each vCPU writes only
+                            // its own stripe (the 8-byte words `w` with `w % vcpus == v`),
+                            // so a wrong read-back can only mean a wrong translation.
                             let mem = memory.memory();
-                            let addr = match rng.below(4) {
-                                0 => DIMM.0 + rng.below(DIMM.1 as u64 - 8),
-                                1 => rng.below(0xa_0000 - 8),
-                                2 => 0x10_0000 + rng.below((64 << 20) - 8),
-                                _ => (1 << 32) + rng.below((64 << 20) - 8),
+                            let (base, len) = match rng.below(4) {
+                                0 => (DIMM.0, DIMM.1 as u64),
+                                1 => (0, 0xa_0000),
+                                2 => (0x10_0000, 64 << 20),
+                                _ => (1 << 32, 64 << 20),
                             };
+                            let stripe = vcpus as u64;
+                            let word = rng.below(len / 8 / stripe) * stripe + v as u64;
                             let value = rng.below(u64::MAX) | 1;
-                            let addr = GuestAddress(addr & !7);
+                            let addr = GuestAddress(base + word * 8);
                             match mem.write_obj(value, addr) {
                                 Ok(()) => {
                                     if mem.read_obj::<u64>(addr).ok() == Some(value) {

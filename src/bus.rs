@@ -279,6 +279,15 @@ impl Drop for Dispatching {
     }
 }
 
+/// Takes its reader offline when dropped, unwinding included.
+struct Offline<'r, V>(&'r mut Reader<V>);
+
+impl<V> Drop for Offline<'_, V> {
+    fn drop(&mut self) {
+        self.0.offline();
+    }
+}
+
 /// One vCPU thread's view of a [`Bus`]: dispatches accesses to devices without a lock.
 /// Send it to its thread; one per thread.
 pub struct BusVcpu<D: ?Sized> {
@@ -288,7 +297,8 @@ pub struct BusVcpu<D: ?Sized> {
 impl<D: ?Sized + Send + Sync> BusVcpu<D> {
     /// Finds the device holding `len` bytes from `addr` and calls `f(device, base, offset)`.
     /// The placement is held (a `remove` or `update_range` on another thread waits) until `f`
-    /// returns; between dispatches the vCPU holds nothing.
+    /// returns or unwinds; between dispatches the vCPU holds nothing, even after a panicking
+    /// device handler (a VMM that catches the panic and lets the vCPU idle delays no one).
     #[inline]
     pub fn dispatch<T>(
         &mut self,
@@ -296,24 +306,18 @@ impl<D: ?Sized + Send + Sync> BusVcpu<D> {
         len: usize,
         f: impl FnOnce(&D, u64, u64) -> T,
     ) -> Result<T, BusError> {
-        let out = match self.reader.lookup(addr) {
-            None => Err(BusError::NoDevice { addr }),
-            Some(hit) => {
-                let p = hit.value;
-                let offset = addr - p.base;
-                if len == 0 || len as u64 > p.size - offset {
-                    Err(BusError::AccessOutOfRange { addr, len })
-                } else {
-                    let _in_progress = Dispatching::enter();
-                    Ok(f(&p.device, p.base, offset))
-                }
-            }
-        };
-        // Hold nothing between exits: a vCPU blocked in `KVM_RUN`, or one whose device
-        // handler moves a BAR on another bus, never holds a `synchronize` back. (If `f`
-        // panics, the reader stays online until the next dispatch or its drop.)
-        self.reader.offline();
-        out
+        // Offline when this returns or unwinds: a vCPU blocked in `KVM_RUN`, one whose device
+        // handler moves a BAR on another bus, or one whose handler panicked, never holds a
+        // `synchronize` back.
+        let vcpu = Offline(&mut self.reader);
+        let hit = vcpu.0.lookup(addr).ok_or(BusError::NoDevice { addr })?;
+        let p = hit.value;
+        let offset = addr - p.base;
+        if len == 0 || len as u64 > p.size - offset {
+            return Err(BusError::AccessOutOfRange { addr, len });
+        }
+        let _in_progress = Dispatching::enter();
+        Ok(f(&p.device, p.base, offset))
     }
 
     /// The generation of the bus that answered the last access (0 before any).
