@@ -1137,7 +1137,28 @@ impl<V> Storage<V> {
     // ----- Writing sections: the writer only (I6), into slots no generation anyone can
     // still read reaches (I3, I4). Each has that contract.
 
-    /// Puts `value` in section `slot` and returns the cell's address (for pieces).
+    /// The address pieces and page records hold for section `slot`: its cell's, or, when
+    /// cells are zero-sized (`PhysMap<()>`: every cell has the same address), a distinct
+    /// non-null address aligned for the cell, `align * (slot + 1)`, so that a section is
+    /// still told apart by its address (`Stats::sections`, `diff`). Reading a zero-sized
+    /// value reads no memory, so any such address is a valid place to read it from.
+    ///
+    /// # Safety
+    /// `slot` was made available with [`Storage::ensure_section`] and that happens-before
+    /// this call (I2).
+    unsafe fn section_addr(&self, slot: u32) -> *const () {
+        type Cell<V> = UnsafeCell<SectionCell<V>>;
+        if std::mem::size_of::<Cell<V>>() == 0 {
+            let align = std::mem::align_of::<Cell<V>>();
+            return ptr::null::<u8>()
+                .wrapping_add(align * (slot as usize + 1))
+                .cast();
+        }
+        // SAFETY: forwarded contract.
+        unsafe { self.sections.cell(slot) as *const _ as *const () }
+    }
+
+    /// Puts `value` in section `slot` and returns the address pieces hold for it.
     ///
     /// # Safety
     /// See above; `slot` was made available with [`Storage::ensure_section`].
@@ -1152,14 +1173,16 @@ impl<V> Storage<V> {
             // (a live slot is never handed out again before `take_section`).
             unsafe { (*p).0.write(value) };
         });
-        cell as *const _ as *const ()
+        // SAFETY: forwarded contract.
+        unsafe { self.section_addr(slot) }
     }
 
-    /// The address of section `slot`'s cell (for pieces). Writer only; the slot is live.
+    /// The address pieces hold for section `slot` ([`Storage::section_addr`]). Writer only;
+    /// the slot is live.
     pub(crate) fn section_cell(&self, slot: u32) -> *const () {
         // SAFETY: a live section slot was made available by the writer (I2); taking the
         // address reads nothing.
-        unsafe { self.sections.cell(slot) as *const _ as *const () }
+        unsafe { self.section_addr(slot) }
     }
 
     /// Empties section `slot`, returning its value (for the caller to drop, `drops.rs`).

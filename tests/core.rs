@@ -932,3 +932,53 @@ fn page_records_count_against_max_pieces() {
     assert_eq!(map.snapshot().iter().count(), 4);
     assert_eq!(map.memory().live_bytes, map.snapshot().stats().bytes);
 }
+
+/// `Stats` counts sections exactly whatever the size of the value: zero-sized values (a
+/// `PhysMap<()>` of "which ranges are MMIO") all have the same address, byte values pack
+/// tightly, 4 KiB values are large. `Memory::live_bytes` agrees with `Stats::bytes`, and a
+/// new section over the same bytes is a change for `diff`.
+#[test]
+fn stats_and_diff_are_exact_for_any_value_size() {
+    fn exact<V: Clone>(value: V) {
+        let map = PhysMap::new();
+        let mut t = map.transaction();
+        t.insert(0..0x8000_0000, value.clone()).unwrap();
+        for i in 0..3000u64 {
+            let s = 0xfe00_0000 + i * 0x100;
+            t.insert(s..s + 0x40, value.clone()).unwrap();
+        }
+        t.commit().unwrap();
+        let before = map.snapshot();
+        let stats = before.stats();
+        let name = std::any::type_name::<V>();
+        assert_eq!((stats.pieces, stats.sections), (3001, 3001), "{name}");
+        assert_eq!(map.memory().live_bytes, stats.bytes, "{name}");
+        // The same bytes, a new section: one change, of exactly those bytes.
+        let mut t = map.transaction();
+        t.overwrite(0xfe00_0100..0xfe00_0140, value.clone())
+            .unwrap();
+        t.commit().unwrap();
+        let after = map.snapshot();
+        let changes: Vec<_> = after.diff(&before).into_iter().map(|c| c.range).collect();
+        assert_eq!(changes, vec![0xfe00_0100..=0xfe00_013f], "{name}");
+        drop(before);
+        let stats = after.stats();
+        assert_eq!(stats.sections, 3001, "{name}");
+        assert_eq!(map.memory().live_bytes, stats.bytes, "{name}");
+        // Shared pages (page records) too.
+        let mut t = map.transaction();
+        t.insert_shared(
+            (0..64u64).map(|p| (1 << 40) + (p << 13)..(1 << 40) + (p << 13) + 4096),
+            value.clone(),
+        )
+        .unwrap();
+        t.commit().unwrap();
+        drop(after);
+        let stats = map.snapshot().stats();
+        assert_eq!((stats.sections, stats.page_records), (3002, 64), "{name}");
+        assert_eq!(map.memory().live_bytes, stats.bytes, "{name}");
+    }
+    exact(());
+    exact(7u8);
+    exact([9u8; 4096]);
+}
