@@ -118,7 +118,7 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let seconds: f64 = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(2.0);
     let vcpus: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(4);
-    if !(1..=256).contains(&vcpus) || !(seconds.is_finite() && seconds > 0.0) {
+    if !((1..=256).contains(&vcpus) && seconds.is_finite() && seconds > 0.0) {
         eprintln!("usage: vmm [seconds > 0] [vcpus 1..=256]");
         std::process::exit(2);
     }

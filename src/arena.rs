@@ -557,7 +557,19 @@ impl Arena {
     }
 
     pub(crate) fn free_node(&mut self, unit: u32) {
-        self.nodes.free((unit as usize / self.units()) as u32);
+        self.nodes.free(self.node_slot(unit) as u32);
+    }
+
+    /// The node slot of the node at unit offset `unit` (0, 1, 2... in allocation space).
+    pub(crate) fn node_slot(&self, unit: u32) -> usize {
+        unit as usize / self.units()
+    }
+
+    /// A small number naming the block of a sub-page table or flat node entry `e`: its
+    /// offset in the row array divided by [`BLOCK_GRAIN`]. Distinct blocks get distinct
+    /// numbers, since every such block spans more than `BLOCK_GRAIN` cells.
+    pub(crate) fn block_key(e: Entry) -> usize {
+        e.table_parts().1 as usize / BLOCK_GRAIN
     }
 
     /// A free piece slot; grows the piece array if needed.
@@ -755,6 +767,15 @@ impl Arena {
         r.cells -= block_cells(table_cap(class));
     }
 
+    /// Bytes of the block of the sub-page table or flat node of entry `e`.
+    pub(crate) fn block_bytes(e: Entry) -> usize {
+        if e.is_flat() {
+            FLAT_BYTES
+        } else {
+            table_bytes(e.table_parts().0)
+        }
+    }
+
     /// Slots in use: nodes, pieces, page records, flat nodes, tables, real rows, and bytes
     /// of the tables' and flat nodes' row blocks.
     pub(crate) fn live(&self) -> (usize, usize, usize, usize, usize, usize, usize) {
@@ -814,9 +835,14 @@ impl Arena {
 }
 
 /// Cells of a table block of `rows` rows: starts, pieces, and the page in two cells.
-fn block_cells(rows: usize) -> usize {
+const fn block_cells(rows: usize) -> usize {
     2 * rows + 2
 }
+
+/// Fewer cells than any table block or flat node spans (page records, 3 cells, are named by
+/// their piece ids instead): see [`Arena::block_key`].
+const BLOCK_GRAIN: usize = 16;
+const _: () = assert!(block_cells(MIN_TABLE_ROWS) > BLOCK_GRAIN && FLAT_CELLS > BLOCK_GRAIN);
 
 /// Makes `array` hold at least `need` cells, by copying it into one at least twice as large
 /// (versions built before keep the old one).

@@ -49,11 +49,14 @@ pub struct Memory {
     pub subpage_tables: usize,
     /// Section slots in use.
     pub sections: usize,
-    /// Superseded generations still waiting because a snapshot holds them, or an online
-    /// reader announced them (or an older one). Non-zero with no snapshot held means a
-    /// `Reader` is online but idle on an old generation (see
-    /// [`Reader::offline`](crate::Reader::offline)).
+    /// Superseded generations still pinned: held by a snapshot, or announced by an online
+    /// reader. Non-zero with no snapshot held means a `Reader` is online but idle on an old
+    /// generation (see [`Reader::offline`](crate::Reader::offline)).
     pub pinned_generations: usize,
+    /// Bytes of the slots kept only for those pinned generations: what the trees they reach
+    /// hold and the newest does not. At most the sum of their trees' [`Stats::bytes`]
+    /// (crate::Stats::bytes), however many commits followed (interval-based reclamation).
+    pub pinned_bytes: usize,
     /// Subtrees built by the bulk path (from a sorted slice of new pieces) since the map was
     /// created.
     pub bulk_builds: u64,
@@ -179,7 +182,7 @@ impl<V> PhysMap<V> {
     }
 
     fn synchronize_until(&self, deadline: Option<Instant>) -> bool {
-        let target = self.shared.publisher.load_full().generation;
+        let target = self.shared.publisher.latest().generation();
         let mut lagging = self.shared.registry.lagging(target);
         let mut spins = 0u32;
         while !lagging.is_empty() {

@@ -1,28 +1,29 @@
-//! Per-vCPU readers: a quiescent-state reader (`qsbr.rs`) with a remembered piece.
+//! Per-vCPU readers: an announced generation (`qsbr.rs`) with a remembered piece.
 
 use crate::arena::Piece;
 use crate::map::Shared;
-use crate::qsbr::Slot;
+use crate::qsbr::{Slot, OFFLINE};
 use crate::snapshot::{Hit, Snapshot};
-use crate::sync::{Arc, AtomicPtr, Ordering};
+use crate::sync::{Arc, Latest};
 use crate::version::{Hot, Version};
 use crate::view::{Found, NO_PIECE};
 use std::sync::Arc as StdArc;
 
 /// A per-vCPU lookup handle. Give each vCPU thread its own.
 ///
-/// A reader announces, in a slot of its own, the generation it reads; the writer frees a
-/// generation's memory only once every online reader has announced a newer one. A lookup
-/// loads the published version's address and compares it with the reader's (one load, one
-/// compare); only when a commit published a new one does the reader announce it, with one
-/// store to its own slot. No reference count, no read-modify-write, no write to memory
-/// another thread writes: a busy writer does not slow readers down.
+/// A reader announces, in a slot of its own, the one generation it reads; the writer frees
+/// what a generation alone reaches only once no online reader announces it (and no snapshot
+/// holds it). A lookup loads the newest generation number and compares it with the reader's
+/// (one load, one compare); only when a commit published a new one does the reader enter
+/// it, with one store to its own slot. No reference count, no read-modify-write, no write to
+/// memory another thread writes: a busy writer does not slow readers down.
 ///
 /// A reader is **online** from its first lookup on, and holds the generation it announced
-/// until its next lookup. A vCPU that halts, or blocks in `KVM_RUN`, should go
-/// [`offline`](Reader::offline): it then holds nothing, neither garbage nor
-/// [`PhysMap::synchronize`](crate::PhysMap::synchronize), and its next lookup goes online
-/// again by itself. Dropping a reader takes it out.
+/// until its next lookup. Holding costs only what that generation reaches and the newest
+/// tree does not (a tree's worth at most, however many commits follow), but it does hold
+/// back [`PhysMap::synchronize`](crate::PhysMap::synchronize): a vCPU that halts, or blocks
+/// in `KVM_RUN`, should go [`offline`](Reader::offline); it then holds nothing, and its
+/// next lookup goes online again by itself. Dropping a reader takes it out.
 ///
 /// ```
 /// use physmap::PhysMap;
@@ -40,13 +41,16 @@ use std::sync::Arc as StdArc;
 /// ```
 pub struct Reader<V> {
     shared: Arc<Shared<V>>,
-    /// The publisher's address cell, inside `shared` (which this reader keeps alive): read
-    /// on every lookup, one load closer than through `shared`.
-    latest: *const AtomicPtr<Version<V>>,
+    /// The publisher's readers' mirror, inside `shared` (which this reader keeps alive):
+    /// read on every lookup, one load closer than through `shared`.
+    latest: *const Latest<Version<V>>,
     slot: StdArc<Slot>,
-    /// The version this reader announced and reads; null while offline.
+    /// The generation this reader announced and reads, [`OFFLINE`] while offline: what each
+    /// lookup compares with the newest generation (never `OFFLINE`).
+    held: u64,
+    /// The version of generation `held`; null while offline.
     cached: *const Version<V>,
-    /// Its generation (the last one announced).
+    /// The last generation announced (0 before any), kept while offline.
     generation: u64,
     /// The last piece answered from, a piece of `cached` (or [`NO_PIECE`], or [`IN_LAST`]
     /// for the page record copied into `last`): its address, with in the low bits (pieces
@@ -85,9 +89,10 @@ impl<V> Reader<V> {
     pub(crate) fn new(shared: Arc<Shared<V>>) -> Self {
         let slot = shared.registry.register();
         Reader {
-            latest: shared.publisher.ptr(),
+            latest: shared.publisher.latest(),
             shared,
             slot,
+            held: OFFLINE,
             cached: std::ptr::null(),
             generation: 0,
             mru: no_piece(),
@@ -99,38 +104,29 @@ impl<V> Reader<V> {
     /// The newest version, announced (going online first if offline).
     #[inline(always)]
     fn current(&mut self) -> &Version<V> {
-        // Acquire: pairs with the writer's Release store of the address, made after the
-        // version and everything it reaches were written (I2).
         // SAFETY: `latest` points into `shared`, which `self` holds.
-        let p = unsafe { &*self.latest }.load(Ordering::Acquire);
-        if !std::ptr::eq(p, self.cached) {
+        let newest = unsafe { &*self.latest }.generation_relaxed();
+        if newest != self.held {
             self.catch_up();
         }
-        // SAFETY: `cached` is the version this reader announced (or one its announcement
-        // covers): the writer neither reuses its slots nor drops it until the reader
-        // announces a newer one or goes offline, which needs `&mut self` (I8).
+        // SAFETY: `cached` is the version of the generation this reader announced: the
+        // writer neither reuses what it reaches nor drops it until the reader announces
+        // another one or goes offline, which needs `&mut self` (I8).
         unsafe { &*self.cached }
     }
 
-    /// Announces the newest version (cold: once per commit, or when going online).
+    /// Enters the newest generation (cold: once per commit, or when going online).
     #[cold]
     #[inline(never)]
     fn catch_up(&mut self) {
-        if self.cached.is_null() {
-            // Offline: announce the generation we had first (`qsbr.rs`), so that the version
-            // loaded below, which is at least as new, cannot be reclaimed before the
-            // announcement of its generation.
-            self.slot.enter(self.generation);
-        }
-        // Acquire: as in `current`; loaded after `enter` when going online.
-        let p = self.shared.publisher.ptr().load(Ordering::Acquire);
-        // SAFETY: the version at `p` is protected by our current announcement: `0` just
-        // entered, or a generation not newer than `p`'s (the address only moves forward),
-        // and the writer drops no version a reader's announcement covers (I8).
-        let (generation, hot) = unsafe { ((*p).generation, (*p).hot) };
-        self.slot.announce(generation);
+        // SAFETY: `latest` points into `shared`, which `self` holds.
+        let (generation, p) = self.slot.enter(unsafe { &*self.latest });
+        // SAFETY: `p` is the version of generation `generation`, which our slot now
+        // announces, checked after the announcement (`Slot::enter`): the writer drops no
+        // version and reuses nothing of a generation a reader announces (I8).
+        self.hot = unsafe { (*p).hot };
         self.cached = p;
-        self.hot = hot;
+        self.held = generation;
         self.generation = generation;
         self.mru = no_piece();
     }
@@ -209,6 +205,7 @@ impl<V> Reader<V> {
         if !self.cached.is_null() {
             self.slot.leave();
             self.cached = std::ptr::null();
+            self.held = OFFLINE;
             self.mru = no_piece();
         }
     }

@@ -1,19 +1,26 @@
-//! Reclamation: when the slots a commit retired may be reused.
+//! Reclamation: when a retired slot may be reused (interval-based reclamation).
 //!
-//! Each commit publishes a new [`Version`] with a single pointer store. The superseded version
-//! goes, with the slots the new tree no longer uses ("retired by its successor"), to the back
-//! of the writer's [`Graveyard`]:
+//! Every slot of the arena (node, flat node, sub-page table, piece, page record, section)
+//! is *born* in the generation whose commit first made it reachable, and *retired* by the
+//! commit that published the first generation no longer reaching it. A tree is immutable
+//! once published (I3) and a slot is reachable from one generation only if it is from
+//! every generation in between, so a slot born in `b` and retired by `r` is reachable from
+//! exactly the generations `b..r`. It may be reused as soon as none of those generations is
+//! *pinned*: held by a [`Snapshot`](crate::Snapshot) (a counted reference to its
+//! [`Version`]) or announced by an online [`Reader`](crate::Reader) (`qsbr.rs`, I8). A
+//! superseded version itself (its header and the arrays it holds) is the slot of one
+//! generation, `g..g + 1`.
 //!
-//! ```text
-//!   graveyard (oldest first):  (v1, R1) (v2, R2) (v3, R3)      published: v4
-//! ```
+//! So whatever is pinned, the arena holds the newest tree plus, for each pinned generation,
+//! what its own tree reaches: a snapshot held for an hour, or a reader idle online, costs at
+//! most one tree, not everything committed since (where grace-period schemes, QEMU's RCU or
+//! KVM's SRCU, keep it all). Wen et al., "Interval-based memory reclamation" (PPoPP 2018).
 //!
-//! `Ri` holds slots reachable from `vi` (and maybe older versions) but not from `vi+1`. The
-//! writer frees `Ri` (and drops `vi`) only when `vi` is at the front (every older version is
-//! already gone), no [`Reader`](crate::Reader) may still read generation `i` (every online
-//! reader announced a newer one: `qsbr.rs`, I8), and the graveyard's reference to `vi` is the
-//! last one (`Arc::try_unwrap` succeeds: no [`Snapshot`](crate::Snapshot) holds it). Then
-//! nothing can reach `Ri` (I4).
+//! The writer keeps what it cannot free yet filed under one pinned generation inside its
+//! interval (the oldest: snapshots are the long-lived pins). At each reclamation it reads
+//! the pins afresh and looks again only at what is filed under a generation no longer
+//! pinned, and at what commits retired since: the work follows the change and the number
+//! of pinned generations, not the history.
 //!
 //! Readers never touch a count (they announce a generation in their own slot); snapshot
 //! holders only ever decrement one. Neither runs reclamation code, allocates, frees or drops
@@ -22,65 +29,133 @@
 use crate::entry::Entry;
 use crate::sync::Arc;
 use crate::version::Version;
-use std::collections::VecDeque;
+use std::collections::BTreeMap;
 
-/// Slots retired by one commit: reachable from the generation before it, not from it.
-#[derive(Debug, Default)]
-pub(crate) struct Retired {
-    pub nodes: Vec<u32>,
-    pub tables: Vec<Entry>,
-    pub pieces: Vec<u32>,
-    pub sections: Vec<u32>,
+/// A slot of the arena, as reclamation sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Slot {
+    /// A node, by the unit offset its entries carry.
+    Node(u32),
+    /// A sub-page table or flat node, by its entry.
+    Table(Entry),
+    /// A piece or page record, by its piece id.
+    Piece(u32),
+    /// A section slot.
+    Section(u32),
 }
 
-/// Superseded versions, oldest first, each with the slots its successor retired.
-/// Writer only (it lives in the writer, behind the writer lock).
+/// A slot retired by a commit, with the generation it was born in.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Dead {
+    pub slot: Slot,
+    pub born: u64,
+}
+
+/// A dead slot waiting: reachable from generations `born..retired`.
+#[derive(Debug, Clone, Copy)]
+struct Waiting {
+    slot: Slot,
+    born: u64,
+    retired: u64,
+}
+
+/// Superseded versions and retired slots not yet freed. Writer only (it lives in the
+/// writer, behind the writer lock).
 pub(crate) struct Graveyard<V> {
-    queue: VecDeque<(Arc<Version<V>>, Retired)>,
+    /// Superseded versions not yet dropped, oldest first.
+    versions: Vec<Arc<Version<V>>>,
+    /// Slots retired since the last reclamation.
+    incoming: Vec<Waiting>,
+    /// Slots whose interval held a pinned generation at the last reclamation, filed under
+    /// the oldest such generation.
+    filed: BTreeMap<u64, Vec<Waiting>>,
+    /// The generations pinned at the last reclamation (sorted).
+    pins: Vec<u64>,
 }
 
 impl<V> Graveyard<V> {
     pub(crate) fn new() -> Self {
         Graveyard {
-            queue: VecDeque::new(),
+            versions: Vec::new(),
+            incoming: Vec::new(),
+            filed: BTreeMap::new(),
+            pins: Vec::new(),
         }
     }
 
-    /// Takes the superseded `version` and the slots its successor no longer uses. Every
-    /// version goes through here, even with nothing retired, to keep the order.
-    pub(crate) fn bury(&mut self, version: Arc<Version<V>>, retired: Retired) {
-        self.queue.push_back((version, retired));
+    /// Takes the version that generation `retired` superseded, and the slots it no longer
+    /// reaches.
+    pub(crate) fn bury(&mut self, version: Arc<Version<V>>, retired: u64, dead: Vec<Dead>) {
+        debug_assert_eq!(version.generation + 1, retired);
+        self.versions.push(version);
+        self.incoming.extend(dead.into_iter().map(|d| Waiting {
+            slot: d.slot,
+            born: d.born,
+            retired,
+        }));
     }
 
-    /// The retired slots of the oldest versions that no reader may still read (their
-    /// generation is older than `oldest_in_use`) and nobody but the graveyard holds any
-    /// more, in order, stopping at the first version still in use.
-    pub(crate) fn collect(&mut self, oldest_in_use: u64) -> Vec<Retired> {
-        let mut out = Vec::new();
-        while let Some((version, retired)) = self.queue.pop_front() {
-            if version.generation >= oldest_in_use {
-                // A reader announced this generation, or an older one (I8).
-                self.queue.push_front((version, retired));
-                break;
+    /// The slots no pinned generation reaches any more, given the generations the online
+    /// readers announce (`announced`, sorted, read after a fence that follows every
+    /// publication whose retired slots are here: `qsbr.rs`). Drops the superseded versions
+    /// nobody pins. The caller frees the slots.
+    pub(crate) fn collect(&mut self, announced: &[u64]) -> Vec<Slot> {
+        // 1. The pins: announced generations, and superseded versions still counted by a
+        //    snapshot. `try_unwrap` succeeds only if ours is the last reference; its
+        //    compare-exchange is followed by an Acquire fence, pairing with the Release
+        //    decrement of every other holder (`Arc::drop`): every read a snapshot made
+        //    through this version happens-before the writer reuses what it reached (I4). A
+        //    superseded version gains no new holder: snapshots are taken of the newest one,
+        //    or cloned from a holder.
+        let mut pins = announced.to_vec();
+        let mut kept = Vec::with_capacity(self.versions.len());
+        for version in self.versions.drain(..) {
+            let g = version.generation;
+            if announced.binary_search(&g).is_ok() {
+                kept.push(version);
+                continue;
             }
-            // `try_unwrap` succeeds only if ours is the last reference. Its compare-exchange
-            // is followed by an Acquire fence, pairing with the Release decrement of every
-            // other holder (`Arc::drop`): every read any reader or snapshot made through this
-            // version happens-before the writer reuses its slots (I4).
             match Arc::try_unwrap(version) {
-                Ok(_gone) => out.push(retired),
+                Ok(_gone) => {}
                 Err(held) => {
-                    self.queue.push_front((held, retired));
-                    break;
+                    pins.push(g);
+                    kept.push(held);
                 }
             }
         }
-        out
+        self.versions = kept;
+        pins.sort_unstable();
+        pins.dedup();
+        // 2. What commits retired since, then what was filed under a generation no longer
+        //    pinned: filed again under another pin of its interval, or freed.
+        let mut free = Vec::new();
+        let mut refile = std::mem::take(&mut self.incoming);
+        for gone in self.pins.iter().filter(|g| pins.binary_search(g).is_err()) {
+            refile.extend(self.filed.remove(gone).into_iter().flatten());
+        }
+        for w in refile {
+            // The oldest pin not older than its birth; it holds `w` if `w` was not yet
+            // retired then (I4: `w` is reachable from exactly `born..retired`).
+            let i = pins.partition_point(|&p| p < w.born);
+            match pins.get(i) {
+                Some(&p) if p < w.retired => self.filed.entry(p).or_default().push(w),
+                _ => free.push(w.slot),
+            }
+        }
+        self.pins = pins;
+        free
     }
 
-    /// Superseded versions still waiting (held by someone, or behind one that is).
-    pub(crate) fn len(&self) -> usize {
-        self.queue.len()
+    /// Superseded generations still pinned (held by a snapshot or announced by a reader),
+    /// as of the last [`collect`](Graveyard::collect).
+    pub(crate) fn pinned_generations(&self) -> usize {
+        self.versions.len()
+    }
+
+    /// The retired slots still waiting for a pinned generation.
+    pub(crate) fn waiting(&self) -> impl Iterator<Item = Slot> + '_ {
+        let filed = self.filed.values().flatten();
+        filed.chain(&self.incoming).map(|w| w.slot)
     }
 }
 
@@ -89,7 +164,6 @@ mod tests {
     use super::*;
     use crate::arena::Storage;
     use crate::config::Config;
-    use crate::entry::Entry;
 
     fn version(g: u64, storage: &Arc<Storage<u8>>) -> Arc<Version<u8>> {
         let geo = Config::default().geometry().unwrap();
@@ -97,45 +171,73 @@ mod tests {
         Arc::new(Version::new(g, Entry::EMPTY, arrays, storage.clone(), geo))
     }
 
-    fn retired(n: u32) -> Retired {
-        Retired {
-            nodes: vec![n],
-            ..Default::default()
-        }
+    fn node(n: u32, born: u64) -> Vec<Dead> {
+        vec![Dead {
+            slot: Slot::Node(n),
+            born,
+        }]
     }
 
+    fn nodes(free: Vec<Slot>) -> Vec<u32> {
+        let mut n: Vec<u32> = free
+            .into_iter()
+            .map(|s| match s {
+                Slot::Node(n) => n,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        n.sort_unstable();
+        n
+    }
+
+    /// Slot `n` born in generation `b` and retired by `r` (so reachable from `b..r`) is
+    /// freed exactly when no pin lies in `b..r`, whatever is pinned outside it.
     #[test]
-    fn garbage_is_freed_in_order_once_unheld() {
+    fn a_slot_is_freed_once_no_pin_lies_in_its_interval() {
         let storage = Arc::new(Storage::new());
         let mut g = Graveyard::new();
         let v1 = version(1, &storage);
-        let v2 = version(2, &storage);
-        let v3 = version(3, &storage);
-        let held1 = v1.clone();
-        let held3 = v3.clone();
-        g.bury(v1, retired(1));
-        g.bury(v2, retired(2));
-        g.bury(v3, retired(3));
-        // v1 is held: nothing may be freed, not even v2's garbage (v1 may reach it).
-        assert!(g.collect(u64::MAX).is_empty());
-        assert_eq!(g.len(), 3);
+        let held1 = v1.clone(); // a snapshot of generation 1
+        g.bury(v1, 2, node(10, 0)); // reachable from 0..2: held
+        g.bury(version(2, &storage), 3, node(20, 2)); // 2..3: free now
+        g.bury(version(3, &storage), 4, node(30, 1)); // 1..4: held by 1
+        g.bury(version(4, &storage), 5, node(40, 4)); // 4..5: announced below
+        assert_eq!(nodes(g.collect(&[4])), vec![20]);
+        assert_eq!(g.pinned_generations(), 2, "1 (snapshot) and 4 (reader)");
+        assert_eq!(g.waiting().count(), 3);
+        // The reader moves on: what only 4 reached goes, what 1 reaches stays.
+        assert_eq!(nodes(g.collect(&[])), vec![40]);
+        assert_eq!(g.pinned_generations(), 1);
+        // The reader announces 1 while the snapshot goes: still held.
         drop(held1);
-        // A reader announced generation 2: v2 and later stay.
-        let freed: Vec<u32> = g.collect(2).into_iter().flat_map(|r| r.nodes).collect();
-        assert_eq!(freed, vec![1]);
-        let freed: Vec<u32> = g
-            .collect(u64::MAX)
-            .into_iter()
-            .flat_map(|r| r.nodes)
-            .collect();
-        assert_eq!(freed, vec![2], "stops at v3, still held");
-        drop(held3);
-        let freed: Vec<u32> = g
-            .collect(u64::MAX)
-            .into_iter()
-            .flat_map(|r| r.nodes)
-            .collect();
-        assert_eq!(freed, vec![3]);
-        assert_eq!(g.len(), 0);
+        assert!(g.collect(&[1]).is_empty());
+        // Nothing pinned: the rest.
+        assert_eq!(nodes(g.collect(&[])), vec![10, 30]);
+        assert_eq!((g.pinned_generations(), g.waiting().count()), (0, 0));
+    }
+
+    /// The interval's ends: born in `b` means reachable from `b`; retired by `r` means not
+    /// reachable from `r`.
+    #[test]
+    fn interval_ends() {
+        let storage = Arc::new(Storage::new());
+        let mut g = Graveyard::new();
+        g.bury(version(4, &storage), 5, node(1, 3)); // 3..5
+        assert!(
+            g.collect(&[3]).is_empty(),
+            "born in 3: generation 3 reaches it"
+        );
+        assert!(g.collect(&[4]).is_empty(), "generation 4 reaches it");
+        assert_eq!(
+            nodes(g.collect(&[5])),
+            vec![1],
+            "retired by 5: 5 does not reach it"
+        );
+        g.bury(version(5, &storage), 6, node(2, 5)); // 5..6
+        assert_eq!(
+            nodes(g.collect(&[4, 6])),
+            vec![2],
+            "pins on both sides, none inside"
+        );
     }
 }

@@ -56,48 +56,43 @@ mod imp {
     }
 
     /// Holds the newest published value: an `arc_swap::ArcSwap` (for counted references,
-    /// taken by snapshots) and its address mirrored in an atomic (loaded by readers, whose
-    /// announcements protect what they read: `qsbr.rs`).
+    /// taken by snapshots) and, alone on its cache lines, its generation and address for
+    /// readers ([`Latest`](super::Latest), whose announcements protect what they read:
+    /// `qsbr.rs`).
     ///
     /// The mirror sits alone on its cache lines: every lookup loads it, and nothing the
     /// writer touches at each commit (its lock, the `ArcSwap`, the registry) may share its
     /// line, or each of those writes would cost every reader a cache miss.
     pub(crate) struct Publisher<T> {
         current: arc_swap::ArcSwap<T>,
-        ptr: Alone<AtomicPtr<T>>,
+        latest: super::Latest<T>,
     }
 
-    /// A value alone on its cache lines (128 bytes: the adjacent-line prefetcher pairs
-    /// lines).
-    #[repr(align(128))]
-    struct Alone<T>(T);
-
     impl<T> Publisher<T> {
-        pub(crate) fn new(value: Arc<T>) -> Self {
-            let ptr = AtomicPtr::new(Arc::as_ptr(&value) as *mut T);
+        /// A publication point holding `value`, generation `generation`.
+        pub(crate) fn new(value: Arc<T>, generation: u64) -> Self {
+            let latest = super::Latest::new(Arc::as_ptr(&value), generation);
             Publisher {
                 current: arc_swap::ArcSwap::new(value),
-                ptr: Alone(ptr),
+                latest,
             }
         }
         /// A counted reference to the newest value.
         pub(crate) fn load_full(&self) -> Arc<T> {
             self.current.load_full()
         }
-        /// Publishes `value`. arc-swap's store is a SeqCst swap of the pointer: everything the
-        /// writer did before (filling the new tree's nodes) happens-before any load that
-        /// returns the new pointer. The mirror is stored after it (Release), so a reader that
-        /// sees the new address and then loads the `ArcSwap` gets the new value or a newer one.
-        pub(crate) fn store(&self, value: Arc<T>) {
-            let ptr = Arc::as_ptr(&value) as *mut T;
+        /// Publishes `value` as generation `generation` (one more than the last). arc-swap's
+        /// store is a SeqCst swap of the pointer: everything the writer did before (filling
+        /// the new tree's nodes) happens-before any load that returns the new pointer. The
+        /// readers' mirror is stored after it ([`Latest::publish`](super::Latest::publish)).
+        pub(crate) fn store(&self, value: Arc<T>, generation: u64) {
+            let ptr = Arc::as_ptr(&value);
             self.current.store(value);
-            self.ptr.0.store(ptr, Ordering::Release);
+            self.latest.publish(ptr, generation);
         }
-        /// The mirrored address of the newest value (load it with Acquire: it is stored with
-        /// Release after the value, so the value and everything written before it are
-        /// visible to whoever sees the address).
-        pub(crate) fn ptr(&self) -> &AtomicPtr<T> {
-            &self.ptr.0
+        /// What readers load: the newest generation and its address.
+        pub(crate) fn latest(&self) -> &super::Latest<T> {
+            &self.latest
         }
     }
 
@@ -133,34 +128,34 @@ mod imp {
 
     pub(crate) use loom::cell::UnsafeCell;
 
-    /// Loom stand-in for `ArcSwap`: the value behind a lock, its address mirrored in an
-    /// atomic so that [`Cache`] can revalidate with one load, as `arc_swap::Cache` does.
+    /// Loom stand-in for `ArcSwap`: the value behind a lock, with the same readers' mirror
+    /// ([`Latest`](super::Latest)) as production, stored the same way.
     pub(crate) struct Publisher<T> {
         current: loom::sync::Mutex<Arc<T>>,
-        ptr: AtomicPtr<T>,
+        latest: super::Latest<T>,
     }
 
     impl<T> Publisher<T> {
-        pub(crate) fn new(value: Arc<T>) -> Self {
-            let ptr = AtomicPtr::new(Arc::as_ptr(&value) as *mut T);
+        pub(crate) fn new(value: Arc<T>, generation: u64) -> Self {
+            let latest = super::Latest::new(Arc::as_ptr(&value), generation);
             Publisher {
                 current: loom::sync::Mutex::new(value),
-                ptr,
+                latest,
             }
         }
         pub(crate) fn load_full(&self) -> Arc<T> {
             self.current.lock().unwrap().clone()
         }
-        /// As production: the value first, then the mirror (Release, as there: no
-        /// stronger). The mutex stands for `ArcSwap`'s own synchronisation of the value.
-        pub(crate) fn store(&self, value: Arc<T>) {
-            let ptr = Arc::as_ptr(&value) as *mut T;
+        /// As production: the value first, then the mirror. The mutex stands for
+        /// `ArcSwap`'s own synchronisation of the value.
+        pub(crate) fn store(&self, value: Arc<T>, generation: u64) {
+            let ptr = Arc::as_ptr(&value);
             let old = std::mem::replace(&mut *self.current.lock().unwrap(), value);
-            self.ptr.store(ptr, Ordering::Release);
+            self.latest.publish(ptr, generation);
             drop(old);
         }
-        pub(crate) fn ptr(&self) -> &AtomicPtr<T> {
-            &self.ptr
+        pub(crate) fn latest(&self) -> &super::Latest<T> {
+            &self.latest
         }
     }
 
@@ -175,6 +170,72 @@ mod imp {
 }
 
 pub(crate) use imp::*;
+
+/// What readers load to find the newest version, alone on its cache lines (128 bytes: the
+/// adjacent-line prefetcher pairs lines): its generation, and its address in the cell of the
+/// generation's parity.
+///
+/// The writer publishes generation `g` by storing the address in `versions[g % 2]`, then
+/// `g` in `generation` (both Release). A reader that loads `g` (Acquire), then
+/// `versions[g % 2]` (Acquire), then finds `generation` still `g` knows that the address it
+/// loaded is generation `g`'s: a later address in that cell (generation `g + 2` or newer)
+/// was stored after `generation` had become `g + 1`, and a reader that loads it sees that
+/// too. So a reader learns a version's generation without reading the version, which
+/// interval-based reclamation needs (`qsbr.rs`), and it never waits for the writer: no
+/// intermediate state is ever published.
+#[repr(align(128))]
+pub(crate) struct Latest<T> {
+    generation: AtomicU64,
+    versions: [AtomicPtr<T>; 2],
+}
+
+impl<T> Latest<T> {
+    fn new(ptr: *const T, generation: u64) -> Self {
+        let latest = Latest {
+            generation: AtomicU64::new(generation),
+            versions: [
+                AtomicPtr::new(std::ptr::null_mut()),
+                AtomicPtr::new(std::ptr::null_mut()),
+            ],
+        };
+        latest.versions[(generation % 2) as usize].store(ptr as *mut T, Ordering::Relaxed);
+        latest
+    }
+
+    /// Writer only: publishes `ptr` as generation `generation` (the last one plus one).
+    fn publish(&self, ptr: *const T, generation: u64) {
+        // Release: the version and everything it reaches were written before (I2); a reader
+        // that loads this address sees them, and sees `generation` at least `generation - 1`
+        // (stored before), which is how it detects a cell overwritten under it.
+        self.versions[(generation % 2) as usize].store(ptr as *mut T, Ordering::Release);
+        // Release: a reader that loads `generation` finds the address stored above (or a
+        // newer one) in its cell.
+        self.generation.store(generation, Ordering::Release);
+    }
+
+    /// The newest generation. Acquire: the address of its version was stored before it.
+    #[inline(always)]
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// The newest generation, with no ordering: for a check that a fence orders
+    /// (`Slot::enter`), and for readers comparing it with the one they hold (whatever the
+    /// answer, the reader reads nothing new until it has entered that generation).
+    #[inline(always)]
+    pub(crate) fn generation_relaxed(&self) -> u64 {
+        self.generation.load(Ordering::Relaxed)
+    }
+
+    /// The address in the cell of generation `g`'s parity: `g`'s version if the generation is
+    /// still `g` when loaded again afterwards (see the type's docs). Acquire: pairs with the
+    /// writer's Release store of the address (the version is visible, I2), and makes the
+    /// generation the writer stored before it visible to a later load.
+    #[inline(always)]
+    pub(crate) fn version(&self, g: u64) -> *const T {
+        self.versions[(g % 2) as usize].load(Ordering::Acquire)
+    }
+}
 
 /// Waits a little longer each call: spins, then yields, then sleeps (for
 /// `PhysMap::synchronize`). Under loom, a yield to the model's scheduler.

@@ -379,3 +379,61 @@ fn a_handler_may_move_bars_on_its_own_bus_and_another() {
     });
     assert_eq!(config.moves.load(Ordering::Relaxed), 50);
 }
+
+/// A device whose handler panics.
+struct Panicky;
+
+impl DeviceMmio for Panicky {
+    fn mmio_read(&self, _: MmioAddress, _: MmioAddressOffset, _: &mut [u8]) {
+        panic!("device model bug");
+    }
+    fn mmio_write(&self, _: MmioAddress, _: MmioAddressOffset, _: &[u8]) {}
+}
+
+/// A VMM catches a device handler's panic around its exit handler, and the vCPU thread
+/// then idles holding its `BusVcpu` (parked, or in `KVM_RUN`). The vCPU must hold nothing:
+/// `remove`, `update_range` and `synchronize` on another thread return. (Before, the reader
+/// stayed online after the unwind and each of them waited forever; the timeout below only
+/// turns such a hang into a failure.)
+#[test]
+fn a_panicking_handler_on_an_idle_vcpu_delays_no_one() {
+    let bus = Arc::new(MmioBus::new());
+    bus.insert(0x1000, 0x100, Arc::new(Panicky)).unwrap();
+    bus.insert(0x2000, 0x100, Dev::new(2)).unwrap();
+    bus.insert(0x3000, 0x100, Dev::new(3)).unwrap();
+    let (idle_tx, idle_rx) = std::sync::mpsc::channel();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let b = bus.clone();
+    let vcpu_thread = std::thread::spawn(move || {
+        let mut vcpu = b.vcpu();
+        let mut data = [0u8; 4];
+        vcpu.mmio_read(0x2000, &mut data).unwrap();
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            vcpu.mmio_read(0x1000, &mut data)
+        }));
+        idle_tx.send(caught.is_err()).unwrap();
+        // Idle, still holding the BusVcpu, until the control plane is done.
+        done_rx.recv().unwrap();
+        // And it still works afterwards.
+        vcpu.mmio_read(0x5000, &mut data)
+    });
+    assert!(
+        idle_rx.recv().unwrap(),
+        "the handler's panic reached the VMM"
+    );
+    let (result_tx, result_rx) = std::sync::mpsc::channel();
+    let b = bus.clone();
+    std::thread::spawn(move || {
+        let removed = b.remove(0x2000).map(|(range, _)| range);
+        let moved = b.update_range(0x3000, 0x5000, 0x100);
+        b.synchronize();
+        result_tx.send((removed, moved)).unwrap();
+    });
+    let (removed, moved) = result_rx
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("the control plane is blocked by the idle vCPU");
+    assert_eq!(removed, Ok(0x2000..=0x20ff));
+    assert_eq!(moved, Ok(()));
+    done_tx.send(()).unwrap();
+    assert_eq!(vcpu_thread.join().unwrap(), Ok(()));
+}

@@ -2,6 +2,7 @@
 
 use super::{PieceInfo, Writer};
 use crate::drops::drop_all;
+use crate::reclaim::{Dead, Slot};
 use crate::Error;
 use std::collections::BTreeMap;
 
@@ -19,8 +20,8 @@ pub(crate) struct Log {
     dirty: Vec<(u64, u64)>,
     /// Sections made by this transaction.
     new_sections: Vec<u32>,
-    /// Piece slots of removed pieces that had been written to the arena.
-    retired_pieces: Vec<u32>,
+    /// Piece slots of removed pieces that had been written to the arena, with their births.
+    retired_pieces: Vec<Dead>,
     /// Sections that lost their last piece at some point.
     emptied: Vec<u32>,
 }
@@ -50,7 +51,7 @@ impl Log {
         &self.dirty
     }
 
-    pub(crate) fn take_retired_pieces(&mut self) -> Vec<u32> {
+    pub(crate) fn take_retired_pieces(&mut self) -> Vec<Dead> {
         std::mem::take(&mut self.retired_pieces)
     }
 
@@ -237,8 +238,12 @@ impl<V> Writer<V> {
         if *refs == 0 {
             log.emptied.push(info.section);
         }
-        if let Some(slot) = info.slot {
-            log.retired_pieces.push(slot);
+        if let Some(id) = info.slot {
+            let slot = Slot::Piece(id);
+            log.retired_pieces.push(Dead {
+                slot,
+                born: info.born,
+            });
         }
         log.undo.push(Undo::Removed(start, info));
         info

@@ -22,7 +22,7 @@ use crate::config::Geometry;
 use crate::drops::drop_all;
 use crate::map::Memory;
 use crate::qsbr::Registry;
-use crate::reclaim::{Graveyard, Retired};
+use crate::reclaim::{Dead, Graveyard, Slot};
 use crate::sync::{Arc, Publisher};
 use crate::version::Version;
 use crate::{Config, Error};
@@ -40,6 +40,8 @@ struct PieceInfo {
     /// Piece id once written to the arena (a piece slot, or a page record's: `entry::RECORD`);
     /// `None` for pieces made since the last commit.
     slot: Option<u32>,
+    /// The generation whose commit wrote `slot` (`reclaim.rs`).
+    born: u64,
 }
 
 impl PieceInfo {
@@ -51,6 +53,7 @@ impl PieceInfo {
             origin: start,
             section,
             slot: None,
+            born: 0,
         }
     }
 }
@@ -71,6 +74,54 @@ struct Sections {
     published: Vec<bool>,
     /// Whether a section was made by `insert_shared`: its one-page pieces are page records.
     shared: Vec<bool>,
+    /// The generation that first published each section slot (`reclaim.rs`).
+    born: Vec<u64>,
+}
+
+/// The generation each node and each sub-page table or flat node was born in (written by
+/// a commit): what reclamation needs to know of a slot besides when it was retired
+/// (`reclaim.rs`). Pieces keep theirs in the working mapping, sections in [`Sections`].
+#[derive(Default)]
+pub(super) struct Births {
+    /// By node slot ([`Arena::node_slot`]).
+    nodes: Vec<u64>,
+    /// By block ([`Arena::block_key`]).
+    tables: Vec<u64>,
+}
+
+impl Births {
+    fn set(v: &mut Vec<u64>, i: usize, g: u64) {
+        if v.len() <= i {
+            v.resize(i + 1, 0);
+        }
+        v[i] = g;
+    }
+
+    /// Node `unit` of `arena` is written by the commit of generation `g`.
+    pub(super) fn node(&mut self, arena: &Arena, unit: u32, g: u64) {
+        Self::set(&mut self.nodes, arena.node_slot(unit), g);
+    }
+
+    /// The table or flat node of entry `e` is written by the commit of generation `g`.
+    pub(super) fn table(&mut self, e: crate::entry::Entry, g: u64) {
+        Self::set(&mut self.tables, Arena::block_key(e), g);
+    }
+
+    /// Node `unit` of `arena`, retired: with its birth.
+    pub(super) fn dead_node(&self, arena: &Arena, unit: u32) -> Dead {
+        Dead {
+            slot: Slot::Node(unit),
+            born: self.nodes[arena.node_slot(unit)],
+        }
+    }
+
+    /// The table or flat node of entry `e`, retired: with its birth.
+    pub(super) fn dead_table(&self, e: crate::entry::Entry) -> Dead {
+        Dead {
+            slot: Slot::Table(e),
+            born: self.tables[Arena::block_key(e)],
+        }
+    }
 }
 
 /// Writer-only state, behind the writer lock (I6). Every field is private: the write side
@@ -83,8 +134,12 @@ pub(crate) struct Writer<V> {
     storage: Arc<Storage<V>>,
     /// The newest published version.
     current: Arc<Version<V>>,
-    /// Superseded versions waiting for their readers to go.
+    /// Superseded versions and retired slots waiting for the generations that reach them to
+    /// be released.
     graveyard: Graveyard<V>,
+    births: Births,
+    /// The readers' announcements, read at each reclamation (kept for its buffer).
+    announced: Vec<u64>,
     /// The working mapping.
     map: BTreeMap<u64, PieceInfo>,
     sections: Sections,
@@ -103,13 +158,15 @@ impl<V> Writer<V> {
         let storage = Arc::new(Storage::new());
         let empty = crate::entry::Entry::EMPTY;
         let current = Arc::new(Version::new(0, empty, arena.arrays(), storage.clone(), geo));
-        let publisher = Publisher::new(current.clone());
+        let publisher = Publisher::new(current.clone(), 0);
         let writer = Writer {
             geo,
             arena,
             storage,
             current,
             graveyard: Graveyard::new(),
+            births: Births::default(),
+            announced: Vec::new(),
             map: BTreeMap::new(),
             sections: Sections {
                 alloc: SlabAlloc::new(config.max_pieces, "sections"),
@@ -144,9 +201,11 @@ impl<V> Writer<V> {
         }
         // 1. Rebuild. The new tree is built copy-on-write from the current one, only inside
         //    the byte ranges the transaction touched; every slot it writes is fresh or
-        //    reclaimed, unreachable from any generation a reader may hold (I3).
+        //    reclaimed, unreachable from any generation a reader may hold (I3), and born in
+        //    the generation it publishes.
         let current = self.current.clone();
-        let mut cx = Build::default();
+        let generation = current.generation + 1;
+        let mut cx = Build::new(generation);
         let root = match self.rebuild_root(current.tree(), log.dirty(), &mut cx) {
             Ok(root) => root,
             Err(e) => {
@@ -155,38 +214,42 @@ impl<V> Writer<V> {
                 return Err(e);
             }
         };
-        let mut retired = cx.into_retired();
-        retired.pieces = log.take_retired_pieces();
+        let mut dead = cx.into_dead();
+        dead.extend(log.take_retired_pieces());
         // 2. Sections. One whose last piece went is retired with the tree's garbage if a
         //    published generation may reach it; if it never was published it is freed now,
         //    its value put aside to drop last. Sections made here are published from now on.
         let mut unseen = Vec::new();
         for s in log.take_emptied() {
-            if self.sections.refs[s as usize] == 0 {
-                if self.sections.published[s as usize] {
-                    retired.sections.push(s);
+            let i = s as usize;
+            if self.sections.refs[i] == 0 {
+                if self.sections.published[i] {
+                    let born = self.sections.born[i];
+                    let slot = Slot::Section(s);
+                    dead.push(Dead { slot, born });
                 } else {
                     unseen.extend(self.free_section(s));
                 }
             }
         }
         for s in log.take_new_sections() {
-            if self.sections.refs[s as usize] > 0 {
-                self.sections.published[s as usize] = true;
+            let i = s as usize;
+            if self.sections.refs[i] > 0 {
+                self.sections.published[i] = true;
+                self.sections.born[i] = generation;
             }
         }
         // 3. Publish: one pointer store. Everything the new tree reaches was written (and
         //    its chunks made visible, I2) before this store, which readers acquire.
-        let generation = current.generation + 1;
         let arrays = self.arena.arrays();
         let next = Version::new(generation, root, arrays, self.storage.clone(), self.geo);
         let next = Arc::new(next);
-        publisher.store(next.clone());
+        publisher.store(next.clone(), generation);
         // 4. Bury: the superseded version goes to the graveyard with the slots the new tree
-        //    stopped using; they are reused once it and every older version are unheld (I4).
+        //    stopped using; each is reused once no generation reaching it is pinned (I4).
         let superseded = std::mem::replace(&mut self.current, next);
         drop(current);
-        self.graveyard.bury(superseded, retired);
+        self.graveyard.bury(superseded, generation, dead);
         // 5. User code last: a panicking `Drop` finds the commit complete and the writer
         //    consistent (`drops.rs`).
         drop_all(unseen);
@@ -204,37 +267,23 @@ impl<V> Writer<V> {
         drop_all(values);
     }
 
-    /// Returns to the free lists every slot that no generation can reach any more (no
-    /// snapshot holds it, and every reader of `readers` has moved past it: I4, I8), then
-    /// drops the values of the freed sections, on the writer's thread. Every slot is freed
-    /// before the first value is dropped, so a panicking `Drop` leaks nothing and leaves the
-    /// writer consistent (`drops.rs`).
+    /// Returns to the free lists every slot that no generation anyone can read reaches any
+    /// more (no snapshot holds, and no online reader of `readers` announces, a generation
+    /// in its interval: I4, I8), then drops the values of the freed sections, on the
+    /// writer's thread. Every slot is freed before the first value is dropped, so a
+    /// panicking `Drop` leaks nothing and leaves the writer consistent (`drops.rs`).
     pub(crate) fn reclaim(&mut self, readers: &Registry) {
-        if self.graveyard.len() == 0 {
-            return;
-        }
-        let oldest_in_use = readers.oldest_in_use();
+        readers.announced(&mut self.announced);
         let mut values = Vec::new();
-        for batch in self.graveyard.collect(oldest_in_use) {
-            self.free(batch, &mut values);
+        for slot in self.graveyard.collect(&self.announced) {
+            match slot {
+                Slot::Node(n) => self.arena.free_node(n),
+                Slot::Piece(p) => self.arena.free_piece(p),
+                Slot::Table(t) => self.arena.free_table(t),
+                Slot::Section(s) => values.extend(self.free_section(s)),
+            }
         }
         drop_all(values);
-    }
-
-    /// Frees every slot of `batch`, putting the values of freed sections in `values`.
-    fn free(&mut self, batch: Retired, values: &mut Vec<V>) {
-        for n in batch.nodes {
-            self.arena.free_node(n);
-        }
-        for p in batch.pieces {
-            self.arena.free_piece(p);
-        }
-        for t in batch.tables {
-            self.arena.free_table(t);
-        }
-        for s in batch.sections {
-            values.extend(self.free_section(s));
-        }
     }
 
     /// A new section holding `value`, or `CapacityExhausted` (the value is dropped).
@@ -248,10 +297,12 @@ impl<V> Writer<V> {
             self.sections.refs.resize(i + 1, 0);
             self.sections.published.resize(i + 1, false);
             self.sections.shared.resize(i + 1, false);
+            self.sections.born.resize(i + 1, 0);
         }
         self.sections.refs[i] = 0;
         self.sections.published[i] = false;
         self.sections.shared[i] = false;
+        self.sections.born[i] = 0;
         Ok(s)
     }
 
@@ -288,11 +339,36 @@ impl<V> Writer<V> {
             flat_nodes: counts.flats,
             subpage_tables: counts.tables,
             sections: counts.sections,
-            pinned_generations: self.graveyard.len(),
+            pinned_generations: self.graveyard.pinned_generations(),
+            pinned_bytes: self.waiting().bytes::<V>(self.geo.fanout),
             bulk_builds: self.bulk_builds,
             parallel_builds: self.parallel_builds,
             reserved_node_bytes: self.arena.reserved_node_bytes(),
         }
+    }
+}
+
+impl<V> Writer<V> {
+    /// What the retired slots still waiting for a pinned generation count.
+    fn waiting(&self) -> Counts {
+        let mut c = Counts::default();
+        for slot in self.graveyard.waiting() {
+            match slot {
+                Slot::Node(_) => c.nodes += 1,
+                Slot::Table(e) => {
+                    *if e.is_flat() {
+                        &mut c.flats
+                    } else {
+                        &mut c.tables
+                    } += 1;
+                    c.table_bytes += Arena::block_bytes(e);
+                }
+                Slot::Piece(p) if p & crate::entry::RECORD != 0 => c.records += 1,
+                Slot::Piece(_) => c.pieces += 1,
+                Slot::Section(_) => c.sections += 1,
+            }
+        }
+        c
     }
 }
 

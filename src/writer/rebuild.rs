@@ -6,29 +6,42 @@
 //! overlap), so a span with no dirty byte holds the same pieces as before, and its canonical
 //! subtree is the old one (I7).
 
-use super::{piece_record, PieceInfo, Writer};
+use super::{piece_record, Births, PieceInfo, Writer};
 use crate::arena::{Arena as Slots, Storage, SubEntry};
 use crate::bulk::{self, Sink, SlicePiece};
 use crate::canon::{self, Run, Span};
 use crate::config::Geometry;
 use crate::entry::{Entry, Kind};
-use crate::reclaim::Retired;
+use crate::reclaim::Dead;
 use crate::view::{TreeEntry, TreeRef};
 use crate::Error;
 
 /// What one rebuild allocated and retired.
-#[derive(Default)]
 pub(crate) struct Build {
-    retired: Retired,
+    /// The generation being built: every slot written is born in it.
+    generation: u64,
+    dead: Vec<Dead>,
     fresh_nodes: Vec<u32>,
     fresh_tables: Vec<Entry>,
     fresh_pieces: Vec<u32>,
 }
 
 impl Build {
-    /// The slots the new tree no longer uses (the pieces are the caller's to add).
-    pub(crate) fn into_retired(self) -> Retired {
-        self.retired
+    /// A rebuild for generation `generation`.
+    pub(crate) fn new(generation: u64) -> Self {
+        Build {
+            generation,
+            dead: Vec::new(),
+            fresh_nodes: Vec::new(),
+            fresh_tables: Vec::new(),
+            fresh_pieces: Vec::new(),
+        }
+    }
+
+    /// The slots the new tree no longer uses, with their births (the pieces are the
+    /// caller's to add).
+    pub(crate) fn into_dead(self) -> Vec<Dead> {
+        self.dead
     }
 }
 
@@ -36,6 +49,7 @@ impl Build {
 struct Arena<'a, V> {
     geo: &'a Geometry,
     slots: &'a mut Slots,
+    births: &'a mut Births,
     storage: &'a Storage<V>,
     parallel_builds: &'a mut u64,
     cx: &'a mut Build,
@@ -49,6 +63,7 @@ impl<V> Sink for Arena<'_, V> {
             self.slots.write_node(unit, kids);
             self.storage.write_node_base(unit, self.geo.fanout, base);
         }
+        self.births.node(self.slots, unit, self.cx.generation);
         self.cx.fresh_nodes.push(unit);
         Ok(Entry::node(self.geo.shift(h), unit))
     }
@@ -59,6 +74,7 @@ impl<V> Sink for Arena<'_, V> {
         let in_page = |start: u64| (start - (page << page_bits)) as u32;
         let rows: Vec<(u32, u32)> = rows.iter().map(|r| (in_page(r.start), r.piece)).collect();
         let e = self.slots.alloc_table(page, &rows)?;
+        self.births.table(e, self.cx.generation);
         self.cx.fresh_tables.push(e);
         Ok(e)
     }
@@ -72,6 +88,7 @@ impl<V> Sink for Arena<'_, V> {
             .collect();
         let last = (self.geo.span(h, base).1 >> self.geo.page_bits) as u32;
         let e = self.slots.alloc_flat(base, last, &rows)?;
+        self.births.table(e, self.cx.generation);
         self.cx.fresh_tables.push(e);
         Ok(e)
     }
@@ -86,6 +103,7 @@ impl<V> Writer<V> {
         Arena {
             geo: &self.geo,
             slots: &mut self.arena,
+            births: &mut self.births,
             storage: &self.storage,
             parallel_builds: &mut self.parallel_builds,
             cx,
@@ -351,7 +369,7 @@ impl<V> Writer<V> {
             // Only the node itself: its children were retired by their own rebuilds, or are
             // shared with the new tree.
             if let Kind::Node { index, .. } = old.kind() {
-                cx.retired.nodes.push(index);
+                cx.dead.push(self.births.dead_node(&self.arena, index));
             }
         }
         Ok(new)
@@ -388,6 +406,7 @@ impl<V> Writer<V> {
             }
         };
         info.slot = Some(id);
+        info.born = cx.generation;
         cx.fresh_pieces.push(id);
         Ok(id)
     }
@@ -404,8 +423,8 @@ impl<V> Writer<V> {
     fn retire(&self, inner: Vec<Entry>, cx: &mut Build) {
         for x in inner {
             match x.kind() {
-                Kind::Node { index, .. } => cx.retired.nodes.push(index),
-                Kind::Subpage(..) | Kind::Flat(..) => cx.retired.tables.push(x),
+                Kind::Node { index, .. } => cx.dead.push(self.births.dead_node(&self.arena, index)),
+                Kind::Subpage(..) | Kind::Flat(..) => cx.dead.push(self.births.dead_table(x)),
                 _ => {}
             }
         }
