@@ -3,9 +3,9 @@
 # mutation at a time, and runs the loom models against each, printing CAUGHT (at which
 # preemption bound, by which models) or MISSED.
 # Known miss: replacing `Arc::try_unwrap` (whose Acquire fence orders the writer's reuse after
-# every reader's Release decrement) by a Relaxed `Arc::strong_count(..) == 1` check is not
+# every snapshot's Release decrement) by a Relaxed `Arc::strong_count(..) == 1` check is not
 # caught: loom's `Arc` does not model a plain count read as unsynchronised. The code relies
-# on try_unwrap's documented ordering; see publish.rs.
+# on try_unwrap's documented ordering; see src/reclaim.rs.
 # Usage: scripts/loom-mutants.sh    (restores the sources afterwards; needs python3)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -51,29 +51,40 @@ MAX_BOUND=${MAX_BOUND:-3}
 run "update a published node in place instead of copying it (no copy-on-write)" \
   src/writer/rebuild.rs 'Err\(kids\) => self\.arena\(cx\)\.node\(h, base, &kids\)\?,' \
   'Err(kids) if expanded => { if let Kind::Node { index, .. } = old.kind() { unsafe { self.arena.write_node(index, &kids) } } old.get() } Err(kids) => self.arena(cx).node(h, base, &kids)?,'
-run "free a superseded generation's slots without checking that nobody holds it" \
-  src/reclaim.rs 'match Arc::try_unwrap\(version\) \{' 'match Ok::<_, Arc<Version<V>>>(version) {'
+# Interval-based reclamation (reclaim.rs).
+run "free a retired slot although a snapshot holds a generation in its interval" \
+  src/reclaim.rs 'Err\(held\) => \{\n                    pins\.push\(g\);' 'Err(held) => {'
 run "check 'nobody holds it' with a Relaxed count read instead of try_unwrap's Acquire" \
   src/reclaim.rs 'match Arc::try_unwrap\(version\) \{' 'match if Arc::strong_count(&version) == 1 { Ok(()) } else { Err(version) } {'
-run "free unheld generations newest first (past an older one still held)" \
-  src/reclaim.rs 'self\.queue\.pop_front\(\)(.*?)self\.queue\.push_front' 'self.queue.pop_back()\1self.queue.push_back'
-run "superseded generation is never buried (its slots leak)" \
-  src/reclaim.rs 'self\.queue\.push_back\(\(version, retired\)\);' 'drop((version, retired));'
+run "free a retired slot although a reader announces a generation in its interval" \
+  src/reclaim.rs 'let mut pins = announced\.to_vec\(\);' 'let mut pins: Vec<u64> = Vec::new();'
+run "interval off by one at its start (a slot taken as unreachable from its birth generation)" \
+  src/reclaim.rs 'pins\.partition_point\(\|&p\| p < w\.born\)' 'pins.partition_point(|\&p| p <= w.born)'
+run "interval off by one at its end (a slot taken as unreachable from the generation before its retirement)" \
+  src/reclaim.rs 'Some\(&p\) if p < w\.retired =>' 'Some(\&p) if p + 1 < w.retired =>'
+run "a piece's birth recorded one generation late" \
+  src/writer/rebuild.rs 'info\.born = cx\.generation;' 'info.born = cx.generation + 1;'
+run "retired slots are never freed (they leak)" \
+  src/reclaim.rs '_ => free\.push\(w\.slot\),' '_ => {}'
 run "a published section freed at commit with the never-published ones" \
-  src/writer/mod.rs 'if self\.sections\.published\[s as usize\] \{' 'if false {'
+  src/writer/mod.rs 'if self\.sections\.published\[i\] \{' 'if false {'
+# Readers (reader.rs, qsbr.rs) and the publication point (sync.rs).
 run "reader keeps its remembered piece across a refresh" \
   src/reader.rs 'self\.generation = generation;\n        self\.mru = no_piece\(\);' 'self.generation = generation;'
 run "reader never catches up with the publisher" \
-  src/reader.rs 'if !std::ptr::eq\(p, self\.cached\) \{' 'if self.cached.is_null() {'
-# Quiescent-state readers (qsbr.rs).
+  src/reader.rs 'if newest != self\.held \{' 'if self.cached.is_null() {'
 run "announcement weakened to Relaxed" \
   src/qsbr.rs 'self\.state\.store\(g, Ordering::Release\);' 'self.state.store(g, Ordering::Relaxed);'
 run "going offline weakened to Relaxed" \
   src/qsbr.rs 'self\.state\.store\(OFFLINE, Ordering::Release\);' 'self.state.store(OFFLINE, Ordering::Relaxed);'
-run "going online without the fence" \
-  src/qsbr.rs 'self\.state\.store\(last, Ordering::Relaxed\);\n        fence\(Ordering::SeqCst\);' 'self.state.store(last, Ordering::Relaxed);'
-run "reclaiming at the announced generation instead of after it" \
-  src/reclaim.rs 'if version\.generation >= oldest_in_use \{' 'if version.generation > oldest_in_use {'
+run "entering a generation without the reader's fence" \
+  src/qsbr.rs 'self\.state\.store\(g, Ordering::Release\);(.*?)fence\(Ordering::SeqCst\);' 'self.state.store(g, Ordering::Release);\1'
+run "entering a generation without checking it after the announcement" \
+  src/qsbr.rs 'if latest\.generation_relaxed\(\) == g \{' 'if true {'
+run "the writer reads the announcements without its fence" \
+  src/qsbr.rs 'let slots = self\.slots\.lock\(\);\n        // SeqCst: Dekker.s pattern with `Slot::enter` \(I8\)\.\n        fence\(Ordering::SeqCst\);' 'let slots = self.slots.lock();'
+run "the publisher stores the generation before the version's address" \
+  src/sync.rs '(        self\.versions\[\(generation % 2\) as usize\]\.store\(ptr as \*mut T, Ordering::Release\);)(.*?)(        self\.generation\.store\(generation, Ordering::Release\);)' '\3\2\1'
 run "an offline reader treated as online (at generation 0)" \
   src/qsbr.rs 'OFFLINE => None,' 'OFFLINE => Some(0),'
 run "an online reader treated as offline" \
