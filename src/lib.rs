@@ -62,19 +62,18 @@
 //!   generations one [`Reader`] sees never go backwards, and a lookup started after
 //!   [`Transaction::commit`] returned answers from that generation or a newer one.
 //! - **Readers never block.** [`Reader::lookup`] takes no lock, allocates nothing and does no
-//!   atomic read-modify-write: one load and pointer compare to check its cached generation,
-//!   then one dependent load per tree level plus the final range check. When the generation
-//!   changed, the reader announces the new one with one plain store to a slot on its own
-//!   cache line (quiescent-state reclamation).
+//!   atomic read-modify-write: one load and compare to check its generation, then one
+//!   dependent load per tree level plus the final range check. When the generation changed,
+//!   the reader announces the new one with one plain store to a slot on its own cache line
+//!   (then a fence, and a check that the generation did not move meanwhile).
 //! - **Immutable once published.** No slot reachable from a published root is written again.
-//! - **Bounded garbage.** A commit puts the generation it superseded, with the slots the new
-//!   tree stopped using, in the writer's graveyard; the writer reuses them once no
-//!   [`Snapshot`] holds that generation or an older one, and every online [`Reader`] has
-//!   announced a newer one or gone [`offline`](Reader::offline) (readers never run
-//!   reclamation code). With no old snapshot held and every reader moved on, the arena's
-//!   memory ([`PhysMap::memory`]) equals the newest tree ([`Snapshot::stats`]). A reader that
-//!   stays online without looking anything up pins what was garbage since: a vCPU goes
-//!   offline while it runs the guest or blocks.
+//! - **Bounded garbage.** Every slot is born in one generation and retired by a later commit;
+//!   the writer reuses it once no [`Snapshot`] holds, and no online [`Reader`] announces, a
+//!   generation between the two (interval-based reclamation; readers never run reclamation
+//!   code). So a snapshot held for an hour, or a reader online but idle, costs at most what
+//!   its own generation's tree holds, however many commits follow
+//!   ([`Memory::pinned_bytes`]); with none held, the arena's memory ([`PhysMap::memory`])
+//!   equals the newest tree ([`Snapshot::stats`]).
 //! - **Waiting for readers.** [`PhysMap::synchronize`] returns once every online reader has
 //!   moved past the generations older than the one current at the call, so a device unmapped
 //!   by an earlier commit is no longer being dispatched to (commit, synchronize, then tear the

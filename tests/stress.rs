@@ -2,9 +2,11 @@
 //! bounded by operation counts so it ends by itself.
 //!
 //! The layout of every generation is a deterministic function of the generation number, so
-//! each reader checks every answer against the layout of the generation that gave it.
+//! each reader checks every answer against the layout of the generation that gave it, and
+//! every snapshot (some held for thousands of lookups while the writers commit back to
+//! back) against its own generation, when taken and when dropped.
 
-use physmap::{Config, PhysMap};
+use physmap::{Config, PhysMap, Snapshot};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Barrier;
 
@@ -198,30 +200,48 @@ fn stress(config: Config) {
                 let mut i = id * 7;
                 let mut done = 0;
                 let mut changes = 0;
+                // Snapshots held at random ages (up to 4 at a time), each checked whole
+                // when taken and again when dropped: reclamation must not reuse anything
+                // they reach meanwhile, however old they get.
+                let mut held: Vec<(Snapshot<u64>, usize)> = Vec::new();
+                let whole = |snap: &Snapshot<u64>| {
+                    let g = snap.generation();
+                    let mut bad = 0;
+                    for &a in probes.iter() {
+                        bad += (snap.lookup(a).map(|h| *h.value) != layouts.expected(g, a)) as u64;
+                    }
+                    let mut want: Vec<_> = layouts.table[g as usize]
+                        .iter()
+                        .flatten()
+                        .copied()
+                        .collect();
+                    want.sort();
+                    let got: Vec<_> = snap
+                        .iter()
+                        .map(|(r, v)| (*r.start(), *r.end(), *v))
+                        .collect();
+                    bad + (got != want) as u64
+                };
                 // Readers run for at least `min_lookups` lookups and until both writers
                 // are done, so they overlap the whole write phase; both bounds are finite.
                 while done < min_lookups || writers_left.load(Ordering::Acquire) > 0 {
                     if id % 4 == 0 && done % 1000 == 0 {
                         // Snapshot path: a whole generation, every probe and the iteration.
                         let snap = map.snapshot();
-                        let g = snap.generation();
-                        for &a in probes.iter() {
-                            bad +=
-                                (snap.lookup(a).map(|h| *h.value) != layouts.expected(g, a)) as u64;
-                        }
-                        let want: Vec<_> = layouts.table[g as usize]
-                            .iter()
-                            .flatten()
-                            .copied()
-                            .collect();
-                        let mut want = want;
-                        want.sort();
-                        let got: Vec<_> = snap
-                            .iter()
-                            .map(|(r, v)| (*r.start(), *r.end(), *v))
-                            .collect();
-                        bad += (got != want) as u64;
+                        bad += whole(&snap);
                         snapshots_checked.fetch_add(1, Ordering::Relaxed);
+                        if held.len() < 4 {
+                            let age = (mix(done as u64 ^ id as u64) % 20_000) as usize;
+                            held.push((snap, done + age));
+                        }
+                        held.retain(|(snap, until)| {
+                            let keep = *until > done;
+                            if !keep {
+                                bad += whole(snap);
+                                snapshots_checked.fetch_add(1, Ordering::Relaxed);
+                            }
+                            keep
+                        });
                         done += probes.len();
                         continue;
                     }
@@ -253,6 +273,9 @@ fn stress(config: Config) {
                     });
                     bad += (got != want) as u64;
                     done += 1;
+                }
+                for (snap, _) in held.drain(..) {
+                    bad += whole(&snap);
                 }
                 mismatches.fetch_add(bad, Ordering::Relaxed);
                 generation_changes.fetch_add(changes, Ordering::Relaxed);
