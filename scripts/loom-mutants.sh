@@ -59,9 +59,9 @@ run "check 'nobody holds it' with a Relaxed count read instead of try_unwrap's A
 run "free a retired slot although a reader announces a generation in its interval" \
   src/reclaim.rs 'let mut pins = announced\.to_vec\(\);' 'let mut pins: Vec<u64> = Vec::new();'
 run "interval off by one at its start (a slot taken as unreachable from its birth generation)" \
-  src/reclaim.rs 'pins\.partition_point\(\|&p\| p < w\.born\)' 'pins.partition_point(|\&p| p <= w.born)'
+  src/reclaim.rs 'pins\.partition_point\(\|&p\| p < w\.born\)' 'pins.partition_point(|&p| p <= w.born)'
 run "interval off by one at its end (a slot taken as unreachable from the generation before its retirement)" \
-  src/reclaim.rs 'Some\(&p\) if p < w\.retired =>' 'Some(\&p) if p + 1 < w.retired =>'
+  src/reclaim.rs 'Some\(&p\) if p < w\.retired =>' 'Some(&p) if p + 1 < w.retired =>'
 run "a piece's birth recorded one generation late" \
   src/writer/rebuild.rs 'info\.born = cx\.generation;' 'info.born = cx.generation + 1;'
 run "retired slots are never freed (they leak)" \

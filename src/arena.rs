@@ -1150,10 +1150,10 @@ impl<V> Storage<V> {
     /// which loom tracks and which is a plain pointer read otherwise.
     ///
     /// # Safety
-    /// The piece is reachable from a generation the caller holds for `'a` (then its section
-    /// holds a value and is not written meanwhile: I3, I4, I5).
+    /// The piece is reachable from a generation of a map of `V`s that the caller holds for
+    /// `'a` (then its section holds a value and is not written meanwhile: I3, I4, I5).
     #[inline(always)]
-    pub(crate) unsafe fn value<'a>(&'a self, piece: &Piece) -> &'a V {
+    pub(crate) unsafe fn value<'a>(piece: &Piece) -> &'a V {
         let cell = piece.section as *const UnsafeCell<SectionCell<V>>;
         // SAFETY: `piece.section` was set by the writer from a live section cell of this
         // storage (forwarded contract).
@@ -1427,7 +1427,7 @@ mod tests {
             ..Piece::default()
         };
         // SAFETY: holds Some, nobody writes it.
-        assert_eq!(unsafe { storage.value(&piece) }, "pc.ram");
+        assert_eq!(unsafe { Storage::<String>::value(&piece) }, "pc.ram");
         drop(storage); // Miri reports a leak if the String is not dropped.
     }
 

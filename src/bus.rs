@@ -58,7 +58,6 @@
 //! ```
 
 use crate::{Config, PhysMap, Reader};
-use std::cell::Cell;
 use std::fmt;
 use std::ops::RangeInclusive;
 use std::sync::Arc;
@@ -233,16 +232,16 @@ impl<D: ?Sized + Send + Sync> Bus<D> {
 
     /// A dispatcher for one vCPU thread.
     pub fn vcpu(&self) -> BusVcpu<D> {
-        BusVcpu {
-            reader: self.map.reader(),
-        }
+        let reader = self.map.reader();
+        dispatchers::add(reader.dispatch_mark());
+        BusVcpu { reader }
     }
 
     /// Waits until every dispatch that may have found an older placement has returned
     /// (dispatches started after this call find the current ones). Called from inside a
     /// device handler it returns at once (see the [module docs](self)).
     pub fn synchronize(&self) {
-        if DISPATCHING.with(|d| d.get()) == 0 {
+        if !dispatchers::on_this_thread() {
             self.map.synchronize();
         }
     }
@@ -256,26 +255,89 @@ impl<D: ?Sized + Send + Sync> Bus<D> {
     }
 }
 
-thread_local! {
-    /// How many dispatches are in progress on this thread (on any bus): inside one, a
-    /// `synchronize` must not wait.
-    static DISPATCHING: Cell<u32> = const { Cell::new(0) };
-}
+/// The dispatches in progress, to tell whether the calling thread is inside one (then
+/// `synchronize` must not wait: module docs) without a thread-local access on the dispatch
+/// path, which costs a dispatch from cold caches two or three more cache lines (the thread's
+/// control block, the variable, and the call's address). A dispatch instead writes its frame
+/// address into its reader's own state (`Reader::mark_dispatch`), which it writes anyway;
+/// `synchronize` looks for an online dispatcher whose mark lies in the calling thread's
+/// stack.
+mod dispatchers {
+    use crate::reader::DispatchMark;
+    use std::sync::{Mutex, Weak};
 
-/// Counts a dispatch in progress on this thread for as long as it lives (unwinding
-/// included).
-struct Dispatching;
+    /// Every `BusVcpu`'s mark, of every bus.
+    static ALL: Mutex<Vec<Weak<dyn DispatchMark>>> = Mutex::new(Vec::new());
 
-impl Dispatching {
-    fn enter() -> Self {
-        DISPATCHING.with(|d| d.set(d.get() + 1));
-        Dispatching
+    pub(super) fn add(mark: Weak<dyn DispatchMark>) {
+        let mut all = ALL.lock().unwrap_or_else(|p| p.into_inner());
+        all.retain(|m| m.strong_count() > 0);
+        all.push(mark);
     }
-}
 
-impl Drop for Dispatching {
-    fn drop(&mut self) {
-        DISPATCHING.with(|d| d.set(d.get() - 1));
+    /// Whether a dispatch (on any bus) is in progress on the calling thread.
+    pub(super) fn on_this_thread() -> bool {
+        let (lo, hi) = stack::bounds().unwrap_or_else(|| {
+            // Where the thread's stack is unknown: a dispatch of this thread, being in
+            // progress up the stack from here, is taken to be within 1 MiB of this frame
+            // (thread stacks are further apart than that).
+            let here = std::hint::black_box(0u8);
+            let here = &here as *const u8 as usize;
+            (here, here + (1 << 20))
+        });
+        marks().any(|m| (lo..hi).contains(&m))
+    }
+
+    /// The marks of the dispatches in progress.
+    fn marks() -> impl Iterator<Item = usize> {
+        let all = ALL.lock().unwrap_or_else(|p| p.into_inner());
+        let marks: Vec<usize> = all
+            .iter()
+            .filter_map(|m| m.upgrade()?.dispatching())
+            .collect();
+        marks.into_iter()
+    }
+
+    /// The calling thread's stack, `[lo, hi)`.
+    #[cfg(target_os = "linux")]
+    mod stack {
+        use std::cell::Cell;
+
+        thread_local! {
+            /// Found once per thread (for the main thread, glibc reads /proc/self/maps).
+            static BOUNDS: Cell<Option<(usize, usize)>> = const { Cell::new(None) };
+        }
+
+        pub(crate) fn bounds() -> Option<(usize, usize)> {
+            if let Some(b) = BOUNDS.with(|b| b.get()) {
+                return Some(b);
+            }
+            let b = query()?;
+            BOUNDS.with(|c| c.set(Some(b)));
+            Some(b)
+        }
+
+        fn query() -> Option<(usize, usize)> {
+            let mut attr = std::mem::MaybeUninit::<libc::pthread_attr_t>::uninit();
+            // SAFETY: pthread_getattr_np initialises `attr` for the calling thread (0 on
+            // success); pthread_attr_getstack reads it; pthread_attr_destroy frees it once.
+            unsafe {
+                if libc::pthread_getattr_np(libc::pthread_self(), attr.as_mut_ptr()) != 0 {
+                    return None;
+                }
+                let (mut addr, mut size) = (std::ptr::null_mut(), 0usize);
+                let ok = libc::pthread_attr_getstack(attr.as_ptr(), &mut addr, &mut size) == 0;
+                libc::pthread_attr_destroy(attr.as_mut_ptr());
+                ok.then(|| (addr as usize, addr as usize + size))
+            }
+        }
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    mod stack {
+        pub(crate) fn bounds() -> Option<(usize, usize)> {
+            None
+        }
     }
 }
 
@@ -310,13 +372,16 @@ impl<D: ?Sized + Send + Sync> BusVcpu<D> {
         // handler moves a BAR on another bus, or one whose handler panicked, never holds a
         // `synchronize` back.
         let vcpu = Offline(&mut self.reader);
-        let hit = vcpu.0.lookup(addr).ok_or(BusError::NoDevice { addr })?;
+        // This dispatch is in progress on this thread (for `Bus::synchronize`).
+        vcpu.0
+            .mark_dispatch(&vcpu as *const Offline<'_, _> as usize);
+        let hit = vcpu.0.lookup_from_offline(addr);
+        let hit = hit.ok_or(BusError::NoDevice { addr })?;
         let p = hit.value;
         let offset = addr - p.base;
         if len == 0 || len as u64 > p.size - offset {
             return Err(BusError::AccessOutOfRange { addr, len });
         }
-        let _in_progress = Dispatching::enter();
         Ok(f(&p.device, p.base, offset))
     }
 

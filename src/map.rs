@@ -79,7 +79,7 @@ impl<V> PhysMap<V> {
         let (writer, publisher) = Writer::new(&config)?;
         let shared = Shared {
             publisher,
-            registry: Registry::new(),
+            registry: Registry::new(crate::sync::Barrier::detect()),
             writer: Mutex::new(writer),
         };
         Ok(PhysMap {
@@ -183,16 +183,14 @@ impl<V> PhysMap<V> {
 
     fn synchronize_until(&self, deadline: Option<Instant>) -> bool {
         let target = self.shared.publisher.latest().generation();
-        let mut lagging = self.shared.registry.lagging(target);
         let mut spins = 0u32;
-        while !lagging.is_empty() {
+        self.shared.registry.synchronize(target, || {
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 return false;
             }
             crate::sync::backoff(&mut spins);
-            Registry::still_lagging(target, &mut lagging);
-        }
-        true
+            true
+        })
     }
 }
 

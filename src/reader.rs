@@ -1,12 +1,15 @@
-//! Per-vCPU readers: an announced generation (`qsbr.rs`) with a remembered piece.
+//! Per-vCPU readers: an announced generation (`qsbr.rs`) with a remembered piece, laid out so
+//! that a lookup from cold caches touches one line of the reader's own.
 
 use crate::arena::Piece;
 use crate::map::Shared;
-use crate::qsbr::{Slot, OFFLINE};
+use crate::qsbr::{Announcer, Slot, OFFLINE};
 use crate::snapshot::{Hit, Snapshot};
-use crate::sync::{Arc, Latest};
-use crate::version::{Hot, Version};
-use crate::view::{Found, NO_PIECE};
+use crate::sync::{Arc, Barrier};
+use crate::version::Hot;
+use crate::view::{find_in, Found};
+use std::cell::UnsafeCell;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc as StdArc;
 
 /// A per-vCPU lookup handle. Give each vCPU thread its own.
@@ -23,7 +26,8 @@ use std::sync::Arc as StdArc;
 /// tree does not (a tree's worth at most, however many commits follow), but it does hold
 /// back [`PhysMap::synchronize`](crate::PhysMap::synchronize): a vCPU that halts, or blocks
 /// in `KVM_RUN`, should go [`offline`](Reader::offline); it then holds nothing, and its
-/// next lookup goes online again by itself. Dropping a reader takes it out.
+/// next lookup goes online again by itself (without reading the generation's header again
+/// if no commit came meanwhile). Dropping a reader takes it out.
 ///
 /// ```
 /// use physmap::PhysMap;
@@ -40,95 +44,180 @@ use std::sync::Arc as StdArc;
 /// vcpu.offline(); // about to run the guest: hold nothing meanwhile
 /// ```
 pub struct Reader<V> {
+    /// The reader's state, shared with the registry, which reads only its slot.
+    state: StdArc<State>,
+    /// Keeps the map's shared state (and the versions this reader reads) alive; the
+    /// newest generation is published in it (`Publisher::latest`).
     shared: Arc<Shared<V>>,
-    /// The publisher's readers' mirror, inside `shared` (which this reader keeps alive):
-    /// read on every lookup, one load closer than through `shared`.
-    latest: *const Latest<Version<V>>,
-    slot: StdArc<Slot>,
-    /// The generation this reader announced and reads, [`OFFLINE`] while offline: what each
-    /// lookup compares with the newest generation (never `OFFLINE`).
-    held: u64,
-    /// The version of generation `held`; null while offline.
-    cached: *const Version<V>,
-    /// The last generation announced (0 before any), kept while offline.
-    generation: u64,
-    /// The last piece answered from, a piece of `cached` (or [`NO_PIECE`], or [`IN_LAST`]
-    /// for the page record copied into `last`): its address, with in the low bits (pieces
-    /// are 32-byte aligned in their array, `NO_PIECE` and `IN_LAST` 8-byte) how many lookups
-    /// in a row the walk found it again, up to [`REPEATS`] (see [`Reader::lookup`]). One
-    /// word, so that remembering costs one load and one store.
-    mru: usize,
-    /// The piece of the last page record answered from (a record has no cell of its own in
-    /// the piece array); meaningful while `mru` says [`IN_LAST`].
-    last: Piece,
-    /// A copy of `cached`'s header (the root, the walk's constants and the arrays' bases),
-    /// next to the fields every lookup reads, so that the walk needs no load through
-    /// `cached`; [`Hot::NONE`] until the first announcement.
-    hot: Hot,
+    /// The map's barrier (`sync.rs`).
+    barrier: Barrier,
 }
+
+/// A reader's state. Its first cache line holds everything a lookup and a bus dispatch read
+/// and write: the announcement, the bus's dispatch mark, the remembered piece and a copy of
+/// the generation's header (so a walk from cold caches reads one line of the reader's own,
+/// then the tree). The second holds the piece of the last page record answered from.
+#[repr(C, align(64))]
+pub(crate) struct State {
+    slot: Slot,
+    /// Set by a bus dispatch (`bus.rs`): the address of its frame, which counts while the
+    /// reader is online.
+    dispatching: AtomicUsize,
+    /// The owning reader's alone (`Reader::local`).
+    local: UnsafeCell<Local>,
+}
+
+/// What only the owning reader reads and writes.
+#[repr(C)]
+struct Local {
+    /// The last piece answered from, a piece of the held generation (0 for none, [`IN_LAST`]
+    /// for the page record copied into `last`): its address, with in the low bits (pieces
+    /// are 32-byte aligned in their array) how many lookups in a row the walk found it
+    /// again, up to [`REPEATS`] (see [`Reader::lookup`]). One word, so that remembering
+    /// costs one load and one store.
+    mru: usize,
+    /// A copy of the held generation's header (the root, the walk's constants and the
+    /// arrays' bases), so that the walk touches nothing of the version; kept while offline,
+    /// for going online again in the same generation; [`Hot::NONE`] before the first.
+    hot: Hot,
+    /// The piece of the last page record answered from (a record has no cell of its own in
+    /// the piece array); meaningful while `mru` says [`IN_LAST`]. On the second line.
+    last: Piece,
+}
+
+const _: () = assert!(std::mem::offset_of!(State, local) + std::mem::offset_of!(Local, last) == 64);
+
+/// The generation a reader's slot holds before it first goes online: none is ever
+/// published (generations count commits), so the first `enter` copies the header in.
+const NEVER: u64 = OFFLINE | (OFFLINE - 1);
 
 /// Repeats after which the remembered piece is tried first; also the most the count holds.
 const REPEATS: usize = 2;
-/// `Reader::mru`'s address for "the piece in `Reader::last`": a multiple of 8 that is no
+/// `Local::mru`'s address for "the piece in `Local::last`": a multiple of 8 that is no
 /// piece's address (the reader's own address would not do: it moves).
 const IN_LAST: usize = 8;
-/// The bits of `Reader::mru` that hold the count.
+/// The bits of `Local::mru` that hold the count.
 const COUNT: usize = 3;
 
-fn no_piece() -> usize {
-    &NO_PIECE as *const Piece as usize
+// SAFETY: other threads reach a reader's `State` only through the registry (`qsbr.rs`) and
+// the bus's list of dispatchers, which read only `slot` and `dispatching`, both atomics; the
+// cell `local` is read and written only by the `Reader` owning the state, through `&mut`
+// (`Reader::local`). A `State` owns nothing (its addresses point into the map's shared
+// state, which the owning reader keeps alive), so dropping it on any thread drops nothing.
+unsafe impl Sync for State {}
+// SAFETY: as above.
+unsafe impl Send for State {}
+
+impl Announcer for State {
+    fn slot(&self) -> &Slot {
+        &self.slot
+    }
 }
 
-// SAFETY: the raw pointers point into a version that the reader's announcement keeps alive
-// (I8), which does not depend on the thread; values are shared with other threads, hence
+// SAFETY: the reader's raw pointers point into versions its announcement keeps alive (I8),
+// which does not depend on the thread; values are shared with other threads, hence
 // `V: Sync`; the last reader may drop the map's state (and values), hence `V: Send`.
 unsafe impl<V: Send + Sync> Send for Reader<V> {}
 
 impl<V> Reader<V> {
     /// A registered reader, offline until its first lookup.
     pub(crate) fn new(shared: Arc<Shared<V>>) -> Self {
-        let slot = shared.registry.register();
-        Reader {
-            latest: shared.publisher.latest(),
-            shared,
-            slot,
-            held: OFFLINE,
-            cached: std::ptr::null(),
-            generation: 0,
-            mru: no_piece(),
-            last: NO_PIECE,
+        let local = Local {
+            mru: 0,
             hot: Hot::NONE,
+            last: crate::view::NO_PIECE,
+        };
+        let state = StdArc::new(State {
+            slot: Slot::new(NEVER),
+            dispatching: AtomicUsize::new(0),
+            local: UnsafeCell::new(local),
+        });
+        shared.registry.register(state.clone());
+        let barrier = shared.registry.barrier();
+        Reader {
+            state,
+            shared,
+            barrier,
         }
     }
 
-    /// The newest version, announced (going online first if offline).
+    /// The owning reader's part of the state.
     #[inline(always)]
-    fn current(&mut self) -> &Version<V> {
-        // SAFETY: `latest` points into `shared`, which `self` holds.
-        let newest = unsafe { &*self.latest }.generation_relaxed();
-        if newest != self.held {
+    fn local(&mut self) -> &mut Local {
+        // SAFETY: only this reader touches `local` (see `State`'s `Sync`), and `&mut self`
+        // makes this the only borrow of it.
+        unsafe { &mut *self.state.local.get() }
+    }
+
+    /// Enters the newest generation if the reader does not hold it (going online first if
+    /// offline): after this, `local().hot` is the header of the generation in the slot.
+    #[inline(always)]
+    fn current(&mut self) {
+        let newest = self.shared.publisher.latest().generation_relaxed();
+        if newest != self.state.slot.held() {
             self.catch_up();
         }
-        // SAFETY: `cached` is the version of the generation this reader announced: the
-        // writer neither reuses what it reaches nor drops it until the reader announces
-        // another one or goes offline, which needs `&mut self` (I8).
-        unsafe { &*self.cached }
     }
 
     /// Enters the newest generation (cold: once per commit, or when going online).
     #[cold]
     #[inline(never)]
     fn catch_up(&mut self) {
-        // SAFETY: `latest` points into `shared`, which `self` holds.
-        let (generation, p) = self.slot.enter(unsafe { &*self.latest });
-        // SAFETY: `p` is the version of generation `generation`, which our slot now
-        // announces, checked after the announcement (`Slot::enter`): the writer drops no
-        // version and reuses nothing of a generation a reader announces (I8).
-        self.hot = unsafe { (*p).hot };
-        self.cached = p;
-        self.held = generation;
-        self.generation = generation;
-        self.mru = no_piece();
+        self.enter();
+    }
+
+    /// Announces the newest generation (`Slot::enter`); copies its header if it is not the
+    /// one the reader held last.
+    #[inline(always)]
+    fn enter(&mut self) {
+        let before = self.state.slot.held() & !OFFLINE;
+        let latest = self.shared.publisher.latest();
+        let (generation, p) = self.state.slot.enter(latest, self.barrier);
+        if generation != before {
+            let local = self.local();
+            // SAFETY: `p` is the version of generation `generation`, which our slot now
+            // announces, checked after the announcement (`Slot::enter`): the writer drops no
+            // version and reuses nothing of a generation a reader announces (I8).
+            local.hot = unsafe { (*p).hot };
+            local.mru = 0;
+        }
+        // Otherwise: back in the generation it held before going offline (generations are
+        // never published twice), whose header and remembered piece it kept.
+    }
+
+    /// The piece holding `addr` in the generation the reader holds (it must be online).
+    #[inline(always)]
+    fn find(&mut self, addr: u64) -> Option<Found<'_, V>> {
+        let local = self.local();
+        let (mru, count) = (local.mru & !COUNT, local.mru & COUNT);
+        if count >= REPEATS {
+            let at = if mru == IN_LAST {
+                &local.last as *const Piece
+            } else {
+                mru as *const Piece
+            };
+            // SAFETY: `at` is a piece of the held generation or `last`, a record's piece of
+            // it (the count is reset with the generation; no found piece is at address 0),
+            // and the generation is held while the answer borrows `self` (I8).
+            let found = unsafe { Found::remembered(at) };
+            let p = found.piece();
+            if p.start <= addr && addr <= p.end {
+                return Some(found);
+            }
+        }
+        // SAFETY: `hot` is the header of the generation the reader announced (`enter`
+        // copied it), which is held while the answer borrows `self` (I8).
+        let found = unsafe { find_in::<V>(local.hot, addr) }?;
+        // A page record's piece has no cell: copied to `last`.
+        let p = if found.cell().is_null() {
+            local.last = *found.piece();
+            IN_LAST
+        } else {
+            found.cell() as usize
+        };
+        let count = (count + 1).min(REPEATS) * (p == mru) as usize;
+        local.mru = p | count;
+        Some(found)
     }
 
     /// Looks `addr` up in the newest published generation.
@@ -140,46 +229,31 @@ impl<V> Reader<V> {
     /// walks, and the remembered piece costs a compare and a store.
     #[inline(always)]
     pub fn lookup(&mut self, addr: u64) -> Option<Hit<'_, V>> {
-        // The version through its address (not `current()`'s borrow): the borrow of `self`
-        // below must be the one the returned `Hit` keeps.
         self.current();
-        // SAFETY: as in `current` (just announced); the `Hit` borrows `self`, so the reader
-        // cannot announce anything else while it lives (I8).
-        let tree = unsafe { &*self.cached }.tree();
-        let (mru, count) = (self.mru & !COUNT, self.mru & COUNT);
-        if count >= REPEATS {
-            let at = if mru == IN_LAST {
-                &self.last as *const Piece
-            } else {
-                mru as *const Piece
-            };
-            // SAFETY: `at` is `NO_PIECE`, a piece of `cached` or `last`, a record's piece of
-            // `cached` (both reset when `cached` changes).
-            let m = unsafe { Found::remembered(at) };
-            let p = m.piece();
-            if p.start <= addr && addr <= p.end {
-                return Some(Hit::new(tree.found_value(&m), p, addr));
-            }
-        }
-        // SAFETY: `hot` was copied from `cached` when it was announced (`catch_up`), and
-        // both change only together.
-        let found = unsafe { tree.find_with(self.hot, addr) }?;
-        // A page record's piece has no cell: copied to `last`.
-        let p = if found.cell().is_null() {
-            self.last = *found.piece();
-            IN_LAST
+        let found = self.find(addr)?;
+        Some(Hit::new(found.value(), found.piece(), addr))
+    }
+
+    /// [`lookup`](Reader::lookup) for a reader that is offline, as a device bus's is
+    /// between dispatches: enters the newest generation inline rather than out of line.
+    #[inline(always)]
+    pub(crate) fn lookup_from_offline(&mut self, addr: u64) -> Option<Hit<'_, V>> {
+        if self.is_online() {
+            self.current();
         } else {
-            found.cell() as usize
-        };
-        let count = (count + 1).min(REPEATS) * (p == mru) as usize;
-        self.mru = p | count;
-        Some(Hit::new(tree.found_value(&found), found.piece(), addr))
+            self.enter();
+        }
+        let found = self.find(addr)?;
+        Some(Hit::new(found.value(), found.piece(), addr))
     }
 
     /// The generation that answered the last [`lookup`](Reader::lookup) (0 before any).
     /// Does not refresh: use it to tie an answer to the generation it came from.
     pub fn last_generation(&self) -> u64 {
-        self.generation
+        match self.state.slot.held() {
+            NEVER => 0,
+            held => held & !OFFLINE,
+        }
     }
 
     /// A snapshot of the newest generation (the reader catches up with it first).
@@ -194,19 +268,18 @@ impl<V> Reader<V> {
     /// number: the generation the next lookup answers from, unless another commit comes
     /// first.
     pub fn refresh(&mut self) -> u64 {
-        self.current().generation
+        self.current();
+        self.last_generation()
     }
 
     /// Goes offline: the reader holds no generation until its next lookup (or
     /// [`online`](Reader::online)), so it delays neither reclamation nor
     /// [`PhysMap::synchronize`](crate::PhysMap::synchronize). For a vCPU thread about to halt
     /// or enter the guest. Cheap: one store to the reader's own slot.
+    #[inline(always)]
     pub fn offline(&mut self) {
-        if !self.cached.is_null() {
-            self.slot.leave();
-            self.cached = std::ptr::null();
-            self.held = OFFLINE;
-            self.mru = no_piece();
+        if self.is_online() {
+            self.state.slot.leave(self.barrier);
         }
     }
 
@@ -216,14 +289,53 @@ impl<V> Reader<V> {
     }
 
     /// Whether the reader holds a generation (between a lookup and [`offline`](Reader::offline)).
+    #[inline(always)]
     pub fn is_online(&self) -> bool {
-        !self.cached.is_null()
+        self.state.slot.held() & OFFLINE == 0
+    }
+
+    /// Marks a bus dispatch in progress on this reader, whose frame is at `frame` (it counts
+    /// while the reader is online). Written to the reader's own state; read by `bus.rs` to
+    /// tell whether the calling thread is inside a dispatch.
+    #[cfg(feature = "bus")]
+    #[inline(always)]
+    pub(crate) fn mark_dispatch(&self, frame: usize) {
+        // Relaxed: only this thread writes it; a reader of another thread needs no order
+        // with it (`bus.rs`).
+        self.state.dispatching.store(frame, Ordering::Relaxed);
+    }
+
+    /// The dispatch mark of this reader, for the bus's list of dispatchers.
+    #[cfg(feature = "bus")]
+    pub(crate) fn dispatch_mark(&self) -> std::sync::Weak<dyn DispatchMark> {
+        let state: StdArc<dyn DispatchMark> = self.state.clone();
+        StdArc::downgrade(&state)
+    }
+}
+
+/// A reader's dispatch mark, as the bus reads it from any thread (`bus.rs`).
+#[cfg(feature = "bus")]
+pub(crate) trait DispatchMark: Send + Sync {
+    /// The frame address of the dispatch in progress, if the reader is online.
+    fn dispatching(&self) -> Option<usize>;
+}
+
+#[cfg(feature = "bus")]
+impl DispatchMark for State {
+    fn dispatching(&self) -> Option<usize> {
+        // Relaxed: the bus compares it with the calling thread's stack; a dispatch of that
+        // thread wrote both on that thread, earlier in its program order. Another thread's
+        // mark is in another stack, whatever value of it is read. Only online readers count:
+        // a bus reader is online exactly while it dispatches.
+        let online = self.slot.held() & OFFLINE == 0;
+        online.then(|| self.dispatching.load(Ordering::Relaxed))
     }
 }
 
 impl<V> Drop for Reader<V> {
     fn drop(&mut self) {
-        self.slot.leave();
-        self.shared.registry.deregister(&self.slot);
+        self.offline();
+        let owner: StdArc<dyn Announcer> = self.state.clone();
+        self.shared.registry.deregister(&owner);
     }
 }

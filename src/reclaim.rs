@@ -96,10 +96,11 @@ impl<V> Graveyard<V> {
     }
 
     /// The slots no pinned generation reaches any more, given the generations the online
-    /// readers announce (`announced`, sorted, read after a fence that follows every
-    /// publication whose retired slots are here: `qsbr.rs`). Drops the superseded versions
+    /// readers announce (`announced`, sorted) in a reading that covers the publications up
+    /// to generation `covered` (`qsbr.rs`: a writer barrier came after them): what later
+    /// commits retired waits for a reading that covers them. Drops the superseded versions
     /// nobody pins. The caller frees the slots.
-    pub(crate) fn collect(&mut self, announced: &[u64]) -> Vec<Slot> {
+    pub(crate) fn collect(&mut self, announced: &[u64], covered: u64) -> Vec<Slot> {
         // 1. The pins: announced generations, and superseded versions still counted by a
         //    snapshot. `try_unwrap` succeeds only if ours is the last reference; its
         //    compare-exchange is followed by an Acquire fence, pairing with the Release
@@ -111,7 +112,8 @@ impl<V> Graveyard<V> {
         let mut kept = Vec::with_capacity(self.versions.len());
         for version in self.versions.drain(..) {
             let g = version.generation;
-            if announced.binary_search(&g).is_ok() {
+            // A version is the slot of its one generation, retired by the next one.
+            if g >= covered || announced.binary_search(&g).is_ok() {
                 kept.push(version);
                 continue;
             }
@@ -129,7 +131,10 @@ impl<V> Graveyard<V> {
         // 2. What commits retired since, then what was filed under a generation no longer
         //    pinned: filed again under another pin of its interval, or freed.
         let mut free = Vec::new();
-        let mut refile = std::mem::take(&mut self.incoming);
+        let (mut refile, uncovered) = std::mem::take(&mut self.incoming)
+            .into_iter()
+            .partition(|w| w.retired <= covered);
+        self.incoming = uncovered;
         for gone in self.pins.iter().filter(|g| pins.binary_search(g).is_err()) {
             refile.extend(self.filed.remove(gone).into_iter().flatten());
         }
@@ -146,13 +151,19 @@ impl<V> Graveyard<V> {
         free
     }
 
+    /// [`collect`](Graveyard::collect) with a reading that covers everything (tests).
+    #[cfg(test)]
+    fn collect_all(&mut self, announced: &[u64]) -> Vec<Slot> {
+        self.collect(announced, u64::MAX)
+    }
+
     /// Superseded generations still pinned (held by a snapshot or announced by a reader),
     /// as of the last [`collect`](Graveyard::collect).
     pub(crate) fn pinned_generations(&self) -> usize {
         self.versions.len()
     }
 
-    /// The retired slots still waiting for a pinned generation.
+    /// The retired slots still waiting for a pinned generation or a covering reading.
     pub(crate) fn waiting(&self) -> impl Iterator<Item = Slot> + '_ {
         let filed = self.filed.values().flatten();
         filed.chain(&self.incoming).map(|w| w.slot)
@@ -202,17 +213,17 @@ mod tests {
         g.bury(version(2, &storage), 3, node(20, 2)); // 2..3: free now
         g.bury(version(3, &storage), 4, node(30, 1)); // 1..4: held by 1
         g.bury(version(4, &storage), 5, node(40, 4)); // 4..5: announced below
-        assert_eq!(nodes(g.collect(&[4])), vec![20]);
+        assert_eq!(nodes(g.collect_all(&[4])), vec![20]);
         assert_eq!(g.pinned_generations(), 2, "1 (snapshot) and 4 (reader)");
         assert_eq!(g.waiting().count(), 3);
         // The reader moves on: what only 4 reached goes, what 1 reaches stays.
-        assert_eq!(nodes(g.collect(&[])), vec![40]);
+        assert_eq!(nodes(g.collect_all(&[])), vec![40]);
         assert_eq!(g.pinned_generations(), 1);
         // The reader announces 1 while the snapshot goes: still held.
         drop(held1);
-        assert!(g.collect(&[1]).is_empty());
+        assert!(g.collect_all(&[1]).is_empty());
         // Nothing pinned: the rest.
-        assert_eq!(nodes(g.collect(&[])), vec![10, 30]);
+        assert_eq!(nodes(g.collect_all(&[])), vec![10, 30]);
         assert_eq!((g.pinned_generations(), g.waiting().count()), (0, 0));
     }
 
@@ -224,18 +235,18 @@ mod tests {
         let mut g = Graveyard::new();
         g.bury(version(4, &storage), 5, node(1, 3)); // 3..5
         assert!(
-            g.collect(&[3]).is_empty(),
+            g.collect_all(&[3]).is_empty(),
             "born in 3: generation 3 reaches it"
         );
-        assert!(g.collect(&[4]).is_empty(), "generation 4 reaches it");
+        assert!(g.collect_all(&[4]).is_empty(), "generation 4 reaches it");
         assert_eq!(
-            nodes(g.collect(&[5])),
+            nodes(g.collect_all(&[5])),
             vec![1],
             "retired by 5: 5 does not reach it"
         );
         g.bury(version(5, &storage), 6, node(2, 5)); // 5..6
         assert_eq!(
-            nodes(g.collect(&[4, 6])),
+            nodes(g.collect_all(&[4, 6])),
             vec![2],
             "pins on both sides, none inside"
         );

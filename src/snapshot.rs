@@ -95,9 +95,8 @@ impl<V> Snapshot<V> {
     /// Wait-free: at most one load per tree level plus the final range check.
     #[inline(always)]
     pub fn lookup(&self, addr: u64) -> Option<Hit<'_, V>> {
-        let tree = self.tree();
-        let found = tree.find(addr)?;
-        Some(Hit::new(tree.found_value(&found), found.piece(), addr))
+        let found = self.tree().find(addr)?;
+        Some(Hit::new(found.value(), found.piece(), addr))
     }
 
     /// This generation's tree, readable for as long as `self` is borrowed.

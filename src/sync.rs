@@ -171,6 +171,132 @@ mod imp {
 
 pub(crate) use imp::*;
 
+/// How a reader's announcement is ordered against the writer's reading of it (Dekker's
+/// pattern of I8): each side needs a full barrier between its store and its load.
+///
+/// - [`Barrier::Fence`]: both issue a `SeqCst` fence (a few tens of cycles on the reader's
+///   side, at each generation change and each return online);
+/// - [`Barrier::Membarrier`]: the reader issues only a compiler fence, and the writer, before
+///   it relies on the readers' slots, calls `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED)`,
+///   which runs a full barrier on every CPU running a thread of the process (and a thread
+///   not running passes one when it is switched in), so that for each reader the barrier
+///   lands somewhere in its instruction stream between the call's start and return: before
+///   its announcement (then its later load sees the writer's earlier publication), or after
+///   it (then the writer's later reads see the announcement). The reader's side has no fence
+///   and no read-modify-write; the writer pays a system call (an interprocessor interrupt to
+///   each CPU running the process), so it issues it lazily (`reclaim.rs`, `map.rs`).
+///
+/// Chosen once per process ([`Barrier::detect`]): membarrier where the kernel offers and
+/// registers it, the fence otherwise (and under Miri, which has no such system call). Under
+/// loom the writer's side is a stand-in no stronger than the system call (`qsbr.rs`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Barrier {
+    Fence,
+    Membarrier,
+}
+
+impl Barrier {
+    /// The barrier this process uses: membarrier if the kernel registered the process for
+    /// `MEMBARRIER_CMD_PRIVATE_EXPEDITED`, else the fence. Decided once.
+    pub(crate) fn detect() -> Barrier {
+        static CHOSEN: std::sync::OnceLock<Barrier> = std::sync::OnceLock::new();
+        *CHOSEN.get_or_init(|| {
+            if membarrier::register() {
+                Barrier::Membarrier
+            } else {
+                Barrier::Fence
+            }
+        })
+    }
+
+    /// The reader's side, between its announcement and its check of the generation.
+    #[inline(always)]
+    pub(crate) fn reader(self) {
+        match self {
+            // SeqCst: Dekker's pattern with the writer's fence (I8).
+            Barrier::Fence => fence(Ordering::SeqCst),
+            // The writer's membarrier orders the two accesses (I8); the compiler must not.
+            Barrier::Membarrier => std::sync::atomic::compiler_fence(Ordering::SeqCst),
+        }
+    }
+
+    /// The writer's side, after its publications and before it relies on the slots it
+    /// reads next (I8).
+    pub(crate) fn writer(self) {
+        // SeqCst: Dekker's pattern with the readers' fences (I8); with membarrier, it also
+        // orders the writer's own accesses around the system call.
+        fence(Ordering::SeqCst);
+        if self == Barrier::Membarrier {
+            membarrier::barrier();
+            fence(Ordering::SeqCst);
+        }
+    }
+}
+
+/// `membarrier(2)`, where there is one to call.
+#[cfg(all(target_os = "linux", not(loom), not(miri)))]
+mod membarrier {
+    const CMD_QUERY: libc::c_long = 0;
+    const CMD_PRIVATE_EXPEDITED: libc::c_long = 1 << 3;
+    const CMD_REGISTER_PRIVATE_EXPEDITED: libc::c_long = 1 << 4;
+
+    fn call(cmd: libc::c_long) -> libc::c_long {
+        // SAFETY: membarrier takes two integers and touches no memory of ours.
+        unsafe {
+            libc::syscall(
+                libc::SYS_membarrier,
+                cmd,
+                0 as libc::c_long,
+                0 as libc::c_long,
+            )
+        }
+    }
+
+    /// Registers the process for private expedited barriers; whether the kernel agreed.
+    pub(super) fn register() -> bool {
+        let offered = call(CMD_QUERY);
+        offered >= 0
+            && offered & CMD_PRIVATE_EXPEDITED != 0
+            && call(CMD_REGISTER_PRIVATE_EXPEDITED) == 0
+    }
+
+    /// A full barrier on every CPU running a thread of this process.
+    pub(super) fn barrier() {
+        let r = call(CMD_PRIVATE_EXPEDITED);
+        // Registered in `register`, which `Barrier::detect` called before any map chose
+        // this barrier: the kernel does not refuse it afterwards.
+        assert_eq!(r, 0, "membarrier failed after registration");
+    }
+}
+
+/// Loom stand-in for `membarrier(2)`: for each registered reader, the writer takes and
+/// releases the reader's "CPU" (a loom mutex the reader holds between the interruption
+/// points of its protocol, `qsbr.rs`), which orders the writer after everything the reader
+/// did before that point and before everything it does after: a full barrier at one point
+/// of the reader's instruction stream, the one loom chooses, as an interprocessor interrupt
+/// lands where it lands. Nothing orders a reader that has not yet been "interrupted".
+#[cfg(loom)]
+mod membarrier {
+    /// Whether the loom models run with the membarrier protocol (the default) or the fence
+    /// (`PHYSMAP_LOOM_BARRIER=fence`).
+    pub(super) fn register() -> bool {
+        std::env::var("PHYSMAP_LOOM_BARRIER").map_or(true, |v| v != "fence")
+    }
+    /// Done by `Registry::barrier`, which knows the readers.
+    pub(super) fn barrier() {}
+}
+
+/// No membarrier here (not Linux, or Miri, which does not model it): the fence.
+#[cfg(not(any(loom, all(target_os = "linux", not(miri)))))]
+mod membarrier {
+    pub(super) fn register() -> bool {
+        false
+    }
+    pub(super) fn barrier() {
+        unreachable!("membarrier is never chosen here")
+    }
+}
+
 /// What readers load to find the newest version, alone on its cache lines (128 bytes: the
 /// adjacent-line prefetcher pairs lines): its generation, and its address in the cell of the
 /// generation's parity.

@@ -35,7 +35,7 @@ impl<'a, V> Transaction<'a, V> {
     /// Takes the writer lock, then reclaims what nobody can reach any more.
     pub(crate) fn new(shared: &'a Shared<V>) -> Self {
         let mut w = shared.writer.lock();
-        w.reclaim(&shared.registry);
+        w.reclaim(&shared.registry, false);
         Transaction {
             w,
             shared,

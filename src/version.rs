@@ -6,19 +6,25 @@ use crate::entry::Entry;
 use crate::sync::Arc;
 use crate::view::TreeRef;
 
-/// What every lookup reads first, in one cache line: the root, the walk's constants and the
-/// base addresses of the arrays the tree lives in, so that the walk touches nothing else.
+/// What every lookup reads first: the root, the walk's constants and the base addresses of
+/// the arrays the tree lives in, so that the walk touches nothing else. 40 bytes, so that a
+/// [`Reader`](crate::Reader) keeps a copy of it in the same cache line as its announcement
+/// (`reader.rs`).
 #[derive(Clone, Copy)]
+#[repr(C)]
 pub(crate) struct Hot {
     pub root: Entry,
-    /// `fanout - 1`: a node's child index is `(addr >> shift) & mask`.
-    pub mask: u64,
-    /// `page size - 1`: a sub-page table is searched for `addr & page_mask`, a flat node for
-    /// the page number `addr >> page_mask.trailing_ones()` (not a field of its own: the
-    /// default layout's walk, which never needs it, then keeps one register more).
-    pub page_mask: u64,
+    /// `fanout - 1` (at most 2^16 - 1): a node's child index is `(addr >> shift) & mask`.
+    mask: u32,
+    /// `page size - 1` (at most 2^32 - 1): a sub-page table is searched for
+    /// `addr & page_mask`, a flat node for the page number `addr >> page_mask.trailing_ones()`
+    /// (not a field of its own: the default layout's walk, which never needs it, then keeps
+    /// one register more).
+    page_mask: u32,
     pub bases: Bases,
 }
+
+const _: () = assert!(std::mem::size_of::<Hot>() == 40);
 
 impl Hot {
     /// The header of no version: an empty root and null bases. A [`Reader`](crate::Reader)
@@ -30,6 +36,18 @@ impl Hot {
         page_mask: 0,
         bases: Bases::NULL,
     };
+
+    /// `fanout - 1`.
+    #[inline(always)]
+    pub(crate) fn mask(&self) -> u64 {
+        self.mask as u64
+    }
+
+    /// `page size - 1`.
+    #[inline(always)]
+    pub(crate) fn page_mask(&self) -> u64 {
+        self.page_mask as u64
+    }
 }
 
 /// One published generation.
@@ -70,8 +88,9 @@ impl<V> Version<V> {
         Version {
             hot: Hot {
                 root,
-                mask: geo.mask,
-                page_mask: geo.page_mask(),
+                // Both fit: `Config` allows at most 16 bits a level and 32-bit pages.
+                mask: geo.mask as u32,
+                page_mask: geo.page_mask() as u32,
                 bases: arrays.bases(),
             },
             generation,

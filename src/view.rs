@@ -12,7 +12,7 @@
 //! skipped levels correct: if a piece holds `addr`, the walk reaches it, because a piece
 //! overlaps every span on the path to `addr`.
 
-use crate::arena::{table_cap, Piece, SubEntry, NODE_UNIT};
+use crate::arena::{table_cap, Piece, Storage, SubEntry, NODE_UNIT};
 use crate::canon;
 use crate::config::Geometry;
 use crate::entry::RECORD;
@@ -145,17 +145,23 @@ pub(crate) static NO_PIECE: Piece = Piece {
 /// A piece found by a lookup, by value (a page record's unpacked), with the address of its
 /// cell in the piece array (null for a page record's: it has none). By value, not as a
 /// reference to a piece the lookup wrote: a store into the caller's frame in the lookup made
-/// the compiler reload the version's header on every lookup of a caller's loop. Only
-/// [`TreeRef`] makes them, so the section is one of a tree borrowed for `'g`
-/// ([`TreeRef::found_value`]).
-#[derive(Clone, Copy)]
-pub(crate) struct Found<'g> {
+/// the compiler reload the version's header on every lookup of a caller's loop. Only this
+/// module makes them, from a tree of `V`s borrowed for `'g` (or the header of one:
+/// [`find_in`]), so the piece's section holds a `V` for `'g` ([`Found::value`]).
+pub(crate) struct Found<'g, V> {
     piece: Piece,
     cell: *const Piece,
-    _g: PhantomData<&'g ()>,
+    _g: PhantomData<&'g V>,
 }
 
-impl<'g> Found<'g> {
+impl<V> Clone for Found<'_, V> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<V> Copy for Found<'_, V> {}
+
+impl<'g, V> Found<'g, V> {
     /// The piece.
     #[inline(always)]
     pub(crate) fn piece(&self) -> &Piece {
@@ -169,13 +175,22 @@ impl<'g> Found<'g> {
         self.cell
     }
 
+    /// The value of the piece's section.
+    #[inline(always)]
+    pub(crate) fn value(&self) -> &'g V {
+        // SAFETY: the piece was found in a tree of `V`s held for 'g (only this module makes
+        // `Found`s), so its section is one of a held generation's: live, holding a `V`, not
+        // written meanwhile (I1, I3, I4, I5).
+        unsafe { Storage::<V>::value(&self.piece) }
+    }
+
     /// A piece remembered by its address (see [`Found::cell`]).
     ///
     /// # Safety
-    /// `p` is [`NO_PIECE`], came from a `Found` of a generation that is held for `'g`, or
-    /// points to a copy of such a piece (a page record's) that is not written for `'g`.
+    /// `p` came from a `Found<'g, V>` of a generation that is held for `'g`, or points to a
+    /// copy of such a piece (a page record's) that is not written for `'g`.
     #[inline(always)]
-    pub(crate) unsafe fn remembered(p: *const Piece) -> Found<'g> {
+    pub(crate) unsafe fn remembered(p: *const Piece) -> Found<'g, V> {
         Found {
             // SAFETY: forwarded contract: the piece's slot is not reused while its generation
             // is held (I4), and its array lives as long as the generation (I1).
@@ -196,6 +211,83 @@ fn record_piece(start: u64, page_mask: u64, section: *const ()) -> Piece {
         origin: start,
         section,
     }
+}
+
+/// The piece holding `addr` in the tree whose version's header is `hot`: one load per
+/// level, then the final range check. A [`Reader`](crate::Reader) keeps a copy of the header
+/// beside its announcement and walks from it, so that the walk neither waits for a load of
+/// the version's address and then of its header, nor touches the version at all.
+///
+/// # Safety
+/// `hot` is a copy of the header of a version of `V`s whose tree is readable for `'g` (the
+/// version invariant: a counted reference to it, or an announcement of its generation,
+/// lives for `'g`).
+#[inline(always)]
+pub(crate) unsafe fn find_in<'g, V>(hot: Hot, addr: u64) -> Option<Found<'g, V>> {
+    // The header in locals (a parameter), so that the loop keeps it in registers.
+    let mut e = hot.root;
+    while e.is_node() {
+        let (shift, node) = e.node_parts();
+        let i = (addr >> shift) & hot.mask();
+        // SAFETY: `node` comes from an entry of this tree (I1-I4); `i` < fan-out.
+        e = unsafe { hot.bases.entry(node, i as usize) };
+    }
+    // Compares, not `kind()`'s match: a jump table here is an indirect branch that
+    // mispredicts whenever leaves and tables alternate. Empty first: unmapped addresses
+    // end here. (No closure over `hot`: it would put the header in memory, and the
+    // caller's loop could no longer keep it in registers across lookups.)
+    if e.is_empty() {
+        return None;
+    }
+    // Leaves, then tables, then (only in the flat layout, so last) flat nodes, whose runs
+    // are leaves, tables or empty: at most two rounds.
+    let slot = loop {
+        if let Some(p) = e.leaf_slot() {
+            break p;
+        }
+        if e.is_table() {
+            let (class, offset) = e.table_parts();
+            let off = (addr & hot.page_mask()) as u32;
+            // SAFETY: a table of this tree (I1-I4).
+            break unsafe { hot.bases.table_piece(offset, class, off) }?;
+        }
+        if !e.is_flat() {
+            return None;
+        }
+        let (class, offset) = e.table_parts();
+        if Entry::is_record_class(class) {
+            // A page record (a leaf, here after the others: the default layout's common
+            // ends keep their compares). It holds its page: the final check is on it.
+            // SAFETY: a record of this tree (I1-I4).
+            let (page, section) = unsafe { hot.bases.record(offset) };
+            let start = addr & !hot.page_mask();
+            if page != start >> hot.page_mask().trailing_ones() {
+                return None;
+            }
+            return Some(Found {
+                piece: record_piece(start, hot.page_mask(), section),
+                cell: std::ptr::null(),
+                _g: PhantomData,
+            });
+        }
+        // A flat node ends the walk: its runs are keyed by the low 32 bits of their first
+        // page. An address outside its span (reached through a compressed path) finds no
+        // run, or one whose piece fails the final check: nothing there is mapped (rule 2
+        // of `canon.rs`).
+        // SAFETY: a flat node of this tree (I1-I4).
+        e = unsafe {
+            hot.bases
+                .flat_entry(offset, (addr >> hot.page_mask().trailing_ones()) as u32)
+        };
+    };
+    // SAFETY: `hot.bases` are this tree's (forwarded contract) and the slot is reachable
+    // from its root (I1-I4).
+    let piece: &'g Piece = unsafe { hot.bases.piece(slot) };
+    (piece.start <= addr && addr <= piece.end).then_some(Found {
+        piece: *piece,
+        cell: piece,
+        _g: PhantomData,
+    })
 }
 
 /// A read-only view of one generation's tree (see the module docs).
@@ -247,7 +339,7 @@ impl<'g, V> TreeRef<'g, V> {
 
     /// The piece of piece id `id`: a piece slot, or a page record's ([`RECORD`]).
     fn piece_at(self, id: u32) -> PieceRef<'g> {
-        let (bases, page_mask) = (self.version.hot.bases, self.version.hot.page_mask);
+        let (bases, page_mask) = (self.version.hot.bases, self.version.hot.page_mask());
         let (piece, record) = if id & RECORD != 0 {
             // SAFETY: see above (I1-I4).
             let (page, section) = unsafe { bases.record(id & !RECORD) };
@@ -304,97 +396,16 @@ impl<'g, V> TreeRef<'g, V> {
         // SAFETY: `piece` was read from a tree borrowed for 'g (only this module makes
         // `PieceRef`s), so its section is one of a held generation's: live, holding a value,
         // not written meanwhile (I1, I3, I4, I5).
-        unsafe { self.version.storage.value(&piece.piece) }
-    }
-
-    /// The value of a piece a lookup of a tree borrowed for 'g found.
-    #[inline(always)]
-    pub(crate) fn found_value(self, found: &Found<'g>) -> &'g V {
-        // SAFETY: as for `value`: only this module makes `Found`s, from this tree.
-        unsafe { self.version.storage.value(&found.piece) }
+        unsafe { Storage::<V>::value(&piece.piece) }
     }
 
     // ----- Built on the accessors: safe.
 
     /// The piece holding `addr`, if any: one load per level, then the final range check.
     #[inline(always)]
-    pub(crate) fn find(self, addr: u64) -> Option<Found<'g>> {
-        // SAFETY: the header is this tree's own.
-        unsafe { self.find_with(self.version.hot, addr) }
-    }
-
-    /// [`find`](TreeRef::find) with the version's header already in hand: a
-    /// [`Reader`](crate::Reader) keeps a copy beside its announcement, so that its walk does
-    /// not first wait for a load of the version's address and then of its header.
-    ///
-    /// # Safety
-    /// `hot` is a copy of this tree's version's `hot`.
-    #[inline(always)]
-    pub(crate) unsafe fn find_with(self, hot: Hot, addr: u64) -> Option<Found<'g>> {
-        // The header in locals (a parameter), so that the loop keeps it in registers.
-        let mut e = hot.root;
-        while e.is_node() {
-            let (shift, node) = e.node_parts();
-            let i = (addr >> shift) & hot.mask;
-            // SAFETY: `node` comes from an entry of this tree (I1-I4); `i` < fan-out.
-            e = unsafe { hot.bases.entry(node, i as usize) };
-        }
-        // Compares, not `kind()`'s match: a jump table here is an indirect branch that
-        // mispredicts whenever leaves and tables alternate. Empty first: unmapped addresses
-        // end here. (No closure over `hot`: it would put the header in memory, and the
-        // caller's loop could no longer keep it in registers across lookups.)
-        if e.is_empty() {
-            return None;
-        }
-        // Leaves, then tables, then (only in the flat layout, so last) flat nodes, whose runs
-        // are leaves, tables or empty: at most two rounds.
-        let slot = loop {
-            if let Some(p) = e.leaf_slot() {
-                break p;
-            }
-            if e.is_table() {
-                let (class, offset) = e.table_parts();
-                let off = (addr & hot.page_mask) as u32;
-                // SAFETY: a table of this tree (I1-I4).
-                break unsafe { hot.bases.table_piece(offset, class, off) }?;
-            }
-            if !e.is_flat() {
-                return None;
-            }
-            let (class, offset) = e.table_parts();
-            if Entry::is_record_class(class) {
-                // A page record (a leaf, here after the others: the default layout's common
-                // ends keep their compares). It holds its page: the final check is on it.
-                // SAFETY: a record of this tree (I1-I4).
-                let (page, section) = unsafe { hot.bases.record(offset) };
-                let start = addr & !hot.page_mask;
-                if page != start >> hot.page_mask.trailing_ones() {
-                    return None;
-                }
-                return Some(Found {
-                    piece: record_piece(start, hot.page_mask, section),
-                    cell: std::ptr::null(),
-                    _g: PhantomData,
-                });
-            }
-            // A flat node ends the walk: its runs are keyed by the low 32 bits of their first
-            // page. An address outside its span (reached through a compressed path) finds no
-            // run, or one whose piece fails the final check: nothing there is mapped (rule 2
-            // of `canon.rs`).
-            // SAFETY: a flat node of this tree (I1-I4).
-            e = unsafe {
-                hot.bases
-                    .flat_entry(offset, (addr >> hot.page_mask.trailing_ones()) as u32)
-            };
-        };
-        // SAFETY: `hot.bases` are this tree's (forwarded contract) and the slot is reachable
-        // from its root (I1-I4).
-        let piece: &'g Piece = unsafe { hot.bases.piece(slot) };
-        (piece.start <= addr && addr <= piece.end).then_some(Found {
-            piece: *piece,
-            cell: piece,
-            _g: PhantomData,
-        })
+    pub(crate) fn find(self, addr: u64) -> Option<Found<'g, V>> {
+        // SAFETY: the header is this tree's own, borrowed for 'g.
+        unsafe { find_in(self.version.hot, addr) }
     }
 
     /// Height and first page of a node entry of this tree.

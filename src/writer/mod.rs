@@ -23,7 +23,7 @@ use crate::drops::drop_all;
 use crate::map::Memory;
 use crate::qsbr::Registry;
 use crate::reclaim::{Dead, Graveyard, Slot};
-use crate::sync::{Arc, Publisher};
+use crate::sync::{Arc, Barrier, Publisher};
 use crate::version::Version;
 use crate::{Config, Error};
 use std::collections::BTreeMap;
@@ -140,6 +140,11 @@ pub(crate) struct Writer<V> {
     births: Births,
     /// The readers' announcements, read at each reclamation (kept for its buffer).
     announced: Vec<u64>,
+    /// The newest generation published before the last reading of the announcements that
+    /// covers publications (`qsbr.rs`): what later commits retired waits for the next one.
+    covered: u64,
+    /// Bytes retired since that reading.
+    uncovered_bytes: usize,
     /// The working mapping.
     map: BTreeMap<u64, PieceInfo>,
     sections: Sections,
@@ -167,6 +172,8 @@ impl<V> Writer<V> {
             graveyard: Graveyard::new(),
             births: Births::default(),
             announced: Vec::new(),
+            covered: 0,
+            uncovered_bytes: 0,
             map: BTreeMap::new(),
             sections: Sections {
                 alloc: SlabAlloc::new(config.max_pieces, "sections"),
@@ -249,6 +256,7 @@ impl<V> Writer<V> {
         //    stopped using; each is reused once no generation reaching it is pinned (I4).
         let superseded = std::mem::replace(&mut self.current, next);
         drop(current);
+        self.uncovered_bytes += self.bytes_of(dead.iter().map(|d| d.slot));
         self.graveyard.bury(superseded, generation, dead);
         // 5. User code last: a panicking `Drop` finds the commit complete and the writer
         //    consistent (`drops.rs`).
@@ -272,10 +280,22 @@ impl<V> Writer<V> {
     /// in its interval: I4, I8), then drops the values of the freed sections, on the
     /// writer's thread. Every slot is freed before the first value is dropped, so a
     /// panicking `Drop` leaks nothing and leaves the writer consistent (`drops.rs`).
-    pub(crate) fn reclaim(&mut self, readers: &Registry) {
-        readers.announced(&mut self.announced);
+    ///
+    /// What commits retired since the last covering reading of the announcements is judged
+    /// only by a reading after a writer barrier (`qsbr.rs`). With the fence, the barrier is
+    /// issued every time; with membarrier (a system call interrupting every CPU that runs a
+    /// reader), only when `exact` or when what waits for it exceeds what the map holds
+    /// otherwise (and 32 KiB): the arena then holds at most twice what it must.
+    pub(crate) fn reclaim(&mut self, readers: &Registry, exact: bool) {
+        let live = self.live().bytes::<V>(self.geo.fanout);
+        let worth = self.uncovered_bytes >= (live - self.uncovered_bytes).max(32 << 10);
+        let barrier = exact || readers.barrier() == Barrier::Fence || worth;
+        if readers.announced(&mut self.announced, barrier) {
+            self.covered = self.current.generation;
+            self.uncovered_bytes = 0;
+        }
         let mut values = Vec::new();
-        for slot in self.graveyard.collect(&self.announced) {
+        for slot in self.graveyard.collect(&self.announced, self.covered) {
             match slot {
                 Slot::Node(n) => self.arena.free_node(n),
                 Slot::Piece(p) => self.arena.free_piece(p),
@@ -320,17 +340,8 @@ impl<V> Writer<V> {
 
     /// What the arena holds, after reclaiming what nobody can reach any more.
     pub(crate) fn memory(&mut self, readers: &Registry) -> Memory {
-        self.reclaim(readers);
-        let (nodes, pieces, records, flats, tables, _rows, table_bytes) = self.arena.live();
-        let counts = Counts {
-            nodes,
-            flats,
-            tables,
-            table_bytes,
-            pieces,
-            records,
-            sections: self.sections.alloc.live(),
-        };
+        self.reclaim(readers, true);
+        let counts = self.live();
         Memory {
             live_bytes: counts.bytes::<V>(self.geo.fanout),
             nodes: counts.nodes,
@@ -340,19 +351,31 @@ impl<V> Writer<V> {
             subpage_tables: counts.tables,
             sections: counts.sections,
             pinned_generations: self.graveyard.pinned_generations(),
-            pinned_bytes: self.waiting().bytes::<V>(self.geo.fanout),
+            pinned_bytes: self.bytes_of(self.graveyard.waiting()),
             bulk_builds: self.bulk_builds,
             parallel_builds: self.parallel_builds,
             reserved_node_bytes: self.arena.reserved_node_bytes(),
         }
     }
-}
 
-impl<V> Writer<V> {
-    /// What the retired slots still waiting for a pinned generation count.
-    fn waiting(&self) -> Counts {
+    /// The slots in use.
+    fn live(&self) -> Counts {
+        let (nodes, pieces, records, flats, tables, _rows, table_bytes) = self.arena.live();
+        Counts {
+            nodes,
+            flats,
+            tables,
+            table_bytes,
+            pieces,
+            records,
+            sections: self.sections.alloc.live(),
+        }
+    }
+
+    /// What `slots` take, counted like [`Memory::live_bytes`].
+    fn bytes_of(&self, slots: impl Iterator<Item = Slot>) -> usize {
         let mut c = Counts::default();
-        for slot in self.graveyard.waiting() {
+        for slot in slots {
             match slot {
                 Slot::Node(_) => c.nodes += 1,
                 Slot::Table(e) => {
@@ -368,7 +391,7 @@ impl<V> Writer<V> {
                 Slot::Section(_) => c.sections += 1,
             }
         }
-        c
+        c.bytes::<V>(self.geo.fanout)
     }
 }
 

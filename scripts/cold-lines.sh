@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Data cache lines one cold dispatch fetches, per structure and real map: runs
+# benches/cold.rs in its cache-line mode under cachegrind (D1 32 KiB 8-way, LL 1 MiB 16-way,
+# 64-byte lines; a 2 MiB walk evicts both before each of 1,000 dispatches) and subtracts the
+# same run without the dispatches. Deterministic: the same figures on every run of the same
+# binary. Prints a Markdown table and writes target/physmap-bench/cold-lines.json.
+# Usage: scripts/cold-lines.sh [MAP...]   (needs valgrind)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+command -v valgrind >/dev/null || { echo "valgrind is not installed" >&2; exit 2; }
+bin=$(cargo bench --bench cold --no-run --message-format=json 2>/dev/null \
+  | python3 -c 'import json,sys
+for l in sys.stdin:
+    m = json.loads(l)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "cold" and m.get("executable"):
+        print(m["executable"])')
+maps=("$@")
+[ ${#maps[@]} -gt 0 ] || maps=(q35-booted q35-24-virtio-net pc-i440fx pc-dimms virt-arm)
+structures=(physmap-bus rwlock-bus physmap-reader qemu-walk)
+out=target/physmap-bench/cold-lines.json
+mkdir -p target/physmap-bench
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+count() { # map/structure -> "Ir D1miss LLmiss"
+  local f="$tmp/$(tr / _ <<<"$1").out"
+  PHYSMAP_COLD_LINES=$1 setarch -R valgrind --tool=cachegrind --cache-sim=yes \
+    --D1=32768,8,64 --LL=1048576,16,64 --I1=32768,8,64 --cachegrind-out-file="$f" \
+    "$bin" >/dev/null 2>&1
+  python3 - "$f" <<'PY'
+import sys
+ev = summ = None
+for line in open(sys.argv[1]):
+    if line.startswith("events:"): ev = line.split()[1:]
+    if line.startswith("summary:"): summ = list(map(int, line.split()[1:]))
+d = dict(zip(ev, summ))
+print(d["Ir"], d["D1mr"] + d["D1mw"], d["DLmr"] + d["DLmw"])
+PY
+}
+echo "| map | structure | instructions | D1 misses (lines) | LL misses |"
+echo "|---|---|---:|---:|---:|"
+echo "[" > "$out"
+first=1
+for m in "${maps[@]}"; do
+  read -r ir0 d0 l0 < <(count "$m/none")
+  for s in "${structures[@]}"; do
+    read -r ir d l < <(count "$m/$s")
+    row=$(python3 -c "print('%.1f %.2f %.2f' % (($ir-$ir0)/1000, ($d-$d0)/1000, ($l-$l0)/1000))")
+    read -r i1 d1 l1 <<<"$row"
+    echo "| $m | $s | $i1 | $d1 | $l1 |"
+    [ $first = 1 ] || echo "," >> "$out"; first=0
+    echo "{\"map\":\"$m\",\"structure\":\"$s\",\"instructions\":$i1,\"d1_lines\":$d1,\"ll_lines\":$l1}" >> "$out"
+  done
+done
+echo "]" >> "$out"
