@@ -68,8 +68,10 @@ impl RwLockBus {
         let resolved = {
             let devices = self.devices.read().unwrap();
             let found = devices.range(..=(addr, u64::MAX)).next_back();
+            // The same access check as physmap's bus (the access fits in the device).
             found.and_then(|(&(base, len), dev)| {
-                (addr - base < len).then(|| (base, addr - base, dev.upgrade()))
+                let fits = addr - base < len && data.len() as u64 <= len - (addr - base);
+                fits.then(|| (base, addr - base, dev.upgrade()))
             })
         };
         match resolved {
@@ -120,7 +122,15 @@ fn setup(m: &Map) -> Setup {
     t.commit().unwrap();
     let vcpu = physmap.vcpu();
     let reader = map.reader();
-    let addrs = m.addresses(Mix::Mmio, 4096);
+    // 4-byte accesses, aligned as guests make them, inside their device (every dispatch
+    // calls a device).
+    let fits = |a: u64| {
+        m.regions
+            .iter()
+            .any(|r| r.start <= a && a.saturating_add(3) <= r.end)
+    };
+    let addrs = m.addresses(Mix::Mmio, 4096).into_iter().map(|a| a & !3);
+    let addrs = addrs.filter(|&a| fits(a)).collect();
     Setup {
         name: m.name.clone(),
         addrs,

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # The KVM guest's figures for BENCHMARKS.md: the example with physmap's bus and with the
-# RwLock<BTreeMap> bus, 1 and 2 vCPUs, control plane on, SECONDS each (default 10),
-# interleaved, ROUNDS rounds (default 3); then one run of LONG seconds (default 60) with
-# physmap and 2 vCPUs for the misroute count. Writes target/physmap-bench/kvm.jsonl.
+# RwLock<BTreeMap> bus, 1 and 2 vCPUs, control plane on, SECONDS_EACH seconds each (default
+# 10), interleaved, ROUNDS rounds (default 3); then one run of LONG seconds (default 60; 0
+# skips it) with physmap and 2 vCPUs for the misroute count. Writes
+# target/physmap-bench/kvm.jsonl and ends with one line
+# SUMMARY {"1":{"physmap":NS,"rwlock":NS},"2":{"physmap":NS,"rwlock":NS}}: the median over
+# the rounds of dispatch ns per exit, per vCPU count and bus.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_EACH=${SECONDS_EACH:-10}; ROUNDS=${ROUNDS:-3}; LONG=${LONG:-60}
@@ -19,6 +22,19 @@ for r in $(seq 1 "$ROUNDS"); do
     done
   done
 done
-echo "long run: $LONG s, 2 vCPUs, physmap" >&2
-"$bin" --json --seconds "$LONG" --vcpus 2 --bus physmap | sed 's/^{/{"round":"long",/' >> "$out"
+if [ "$LONG" != 0 ]; then
+  echo "long run: $LONG s, 2 vCPUs, physmap" >&2
+  "$bin" --json --seconds "$LONG" --vcpus 2 --bus physmap | sed 's/^{/{"round":"long",/' >> "$out"
+fi
 cat "$out"
+python3 - "$out" <<'PY'
+import json, statistics, sys
+runs = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+summary = {}
+for v in (1, 2):
+    summary[str(v)] = {}
+    for bus, name in (("Physmap", "physmap"), ("RwLock", "rwlock")):
+        ns = [r["dispatch_ns"] for r in runs if r["round"] != "long" and r["vcpus"] == v and r["bus"] == bus]
+        summary[str(v)][name] = round(statistics.median(ns), 1) if ns else None
+print("SUMMARY " + json.dumps(summary, separators=(",", ":")))
+PY

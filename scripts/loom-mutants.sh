@@ -23,15 +23,15 @@ open(path, "w").write(out)
 PY
 }
 
-run() { # name, file, pattern, replacement
-  local name=$1
+run() { # name, file, pattern, replacement; BARRIER=fence|membarrier (default membarrier)
+  local name="$1 [${BARRIER:-membarrier}]"
   if ! mutate "$2" "$3" "$4"; then echo "SETUP FAILED: $name"; git checkout -q -- src; return; fi
   # The smallest preemption bound at which some model fails: a bug found only with
   # preemptions shows the models explore interleavings, not just one order of events.
   local bound verdict="MISSED  $name  (bounds 0..=$MAX_BOUND)"
   for bound in $(seq 0 "$MAX_BOUND"); do
     local out
-    out=$(RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=$bound cargo test -q -p loom-tests --release \
+    out=$(PHYSMAP_LOOM_BARRIER=${BARRIER:-membarrier} RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=$bound cargo test -q -p loom-tests --release \
           --target-dir target/loom --test models 2>&1)
     if grep -q 'could not compile' <<<"$out"; then
       verdict="BROKEN  $name  (the mutated source does not compile)"; break
@@ -77,12 +77,20 @@ run "announcement weakened to Relaxed" \
   src/qsbr.rs 'self\.state\.store\(g, Ordering::Release\);' 'self.state.store(g, Ordering::Relaxed);'
 run "going offline weakened to Relaxed" \
   src/qsbr.rs 'self\.state\.store\(OFFLINE, Ordering::Release\);' 'self.state.store(OFFLINE, Ordering::Relaxed);'
-run "entering a generation without the reader's fence" \
-  src/qsbr.rs 'self\.state\.store\(g, Ordering::Release\);(.*?)fence\(Ordering::SeqCst\);' 'self.state.store(g, Ordering::Release);\1'
+BARRIER=fence run "entering a generation without the reader's fence" \
+  src/qsbr.rs '            barrier\.reader\(\);\n' ''
 run "entering a generation without checking it after the announcement" \
   src/qsbr.rs 'if latest\.generation_relaxed\(\) == g \{' 'if true {'
-run "the writer reads the announcements without its fence" \
-  src/qsbr.rs 'let slots = self\.slots\.lock\(\);\n        // SeqCst: Dekker.s pattern with `Slot::enter` \(I8\)\.\n        fence\(Ordering::SeqCst\);' 'let slots = self.slots.lock();'
+BARRIER=fence run "the writer reads the announcements without its fence" \
+  src/sync.rs '(pub\(crate\) fn writer\(self\) \{.*?)fence\(Ordering::SeqCst\);' '\1'
+run "the writer reads the announcements without its membarrier (the stand-in)" \
+  src/qsbr.rs 'drop\(s\.slot\(\)\.cpu\.lock\(\)\.unwrap_or_else\(\|p\| p\.into_inner\(\)\)\);' '{}'
+run "a reader's announcement the writer's membarrier does not cover (checked before it is made)" \
+  src/qsbr.rs '(            self\.state\.store\(g, Ordering::Release\);\n)(.*?)(            if latest\.generation_relaxed\(\) == g \{\n                return \(g, version\);\n            \})' '\2            if latest.generation_relaxed() != g { continue; }\n\1            return (g, version);'
+run "reclamation judges what commits retired after its last covering reading" \
+  src/reclaim.rs '\.partition\(\|w\| w\.retired <= covered\);' '.partition(|_w| true);'
+run "synchronize confirms offline readers without a barrier" \
+  src/qsbr.rs 'self\.barrier_locked\(&slots\);\n                pending\.clone_from' 'pending.clone_from'
 run "the publisher stores the generation before the version's address" \
   src/sync.rs '(        self\.versions\[\(generation % 2\) as usize\]\.store\(ptr as \*mut T, Ordering::Release\);)(.*?)(        self\.generation\.store\(generation, Ordering::Release\);)' '\3\2\1'
 run "an offline reader treated as online (at generation 0)" \
