@@ -70,13 +70,13 @@ run "a published section freed at commit with the never-published ones" \
   src/writer/mod.rs 'if self\.sections\.published\[i\] \{' 'if false {'
 # Readers (reader.rs, qsbr.rs) and the publication point (sync.rs).
 run "reader keeps its remembered piece across a refresh" \
-  src/reader.rs 'self\.generation = generation;\n        self\.mru = no_piece\(\);' 'self.generation = generation;'
+  src/reader.rs 'local\.hot = unsafe \{ \(\*p\)\.hot \};\n            local\.mru = 0;' 'local.hot = unsafe { (*p).hot };'
 run "reader never catches up with the publisher" \
-  src/reader.rs 'if newest != self\.held \{' 'if self.cached.is_null() {'
+  src/reader.rs 'if newest != self\.state\.slot\.held\(\) \{' 'if self.state.slot.held() & OFFLINE != 0 {'
 run "announcement weakened to Relaxed" \
   src/qsbr.rs 'self\.state\.store\(g, Ordering::Release\);' 'self.state.store(g, Ordering::Relaxed);'
 run "going offline weakened to Relaxed" \
-  src/qsbr.rs 'self\.state\.store\(OFFLINE, Ordering::Release\);' 'self.state.store(OFFLINE, Ordering::Relaxed);'
+  src/qsbr.rs 'self\.state\.store\(self\.held\(\) \| OFFLINE, Ordering::Release\);' 'self.state.store(self.held() | OFFLINE, Ordering::Relaxed);'
 BARRIER=fence run "entering a generation without the reader's fence" \
   src/qsbr.rs '            barrier\.reader\(\);\n' ''
 run "entering a generation without checking it after the announcement" \
@@ -93,10 +93,10 @@ run "synchronize confirms offline readers without a barrier" \
   src/qsbr.rs 'self\.barrier_locked\(&slots\);\n                pending\.clone_from' 'pending.clone_from'
 run "the publisher stores the generation before the version's address" \
   src/sync.rs '(        self\.versions\[\(generation % 2\) as usize\]\.store\(ptr as \*mut T, Ordering::Release\);)(.*?)(        self\.generation\.store\(generation, Ordering::Release\);)' '\3\2\1'
-run "an offline reader treated as online (at generation 0)" \
-  src/qsbr.rs 'OFFLINE => None,' 'OFFLINE => Some(0),'
+run "an offline reader treated as online (at the generation it left)" \
+  src/qsbr.rs '\(v & OFFLINE == 0\)\.then_some\(v\)' 'Some(v & !OFFLINE)'
 run "an online reader treated as offline" \
-  src/qsbr.rs 'g => Some\(g\),' '_ => None,'
+  src/qsbr.rs '\(v & OFFLINE == 0\)\.then_some\(v\)' 'None::<u64>.filter(|_| v == 0)'
 run "synchronize returning early" \
   src/map.rs 'self\.shared\.registry\.lagging\(target\)' 'self.shared.registry.lagging(target - 1)'
 run "synchronize forgets to re-read the readers it waits for" \
