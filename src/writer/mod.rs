@@ -288,8 +288,9 @@ impl<V> Writer<V> {
     /// otherwise (and 32 KiB): the arena then holds at most twice what it must.
     pub(crate) fn reclaim(&mut self, readers: &Registry, exact: bool) {
         let live = self.live().bytes::<V>(self.geo.fanout);
-        let worth = self.uncovered_bytes >= (live - self.uncovered_bytes).max(32 << 10);
-        let barrier = exact || readers.barrier() == Barrier::Fence || worth;
+        let worth = self.uncovered_bytes >= live.saturating_sub(self.uncovered_bytes).max(32 << 10);
+        // Loom's models issue it every time: freeing while readers run is what they explore.
+        let barrier = exact || readers.barrier() == Barrier::Fence || worth || cfg!(loom);
         if readers.announced(&mut self.announced, barrier) {
             self.covered = self.current.generation;
             self.uncovered_bytes = 0;
