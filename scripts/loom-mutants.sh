@@ -32,16 +32,19 @@ run() { # name, file, pattern, replacement; BARRIER=fence|membarrier (default me
   # preemptions shows the models explore interleavings, not just one order of events.
   local bound verdict="MISSED  $name  (bounds 0..=$MAX_BOUND)"
   for bound in $(seq 0 "$MAX_BOUND"); do
-    local out
+    local out rc
     out=$(PHYSMAP_LOOM_BARRIER=${BARRIER:-membarrier} RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=$bound cargo test -q -p loom-tests --release \
           --target-dir target/loom --test models 2>&1)
+    rc=$?
     if grep -q 'could not compile' <<<"$out"; then
       verdict="BROKEN  $name  (the mutated source does not compile)"; break
     fi
-    if grep -q 'test result: FAILED' <<<"$out"; then
+    # A failed model, or the test process aborted by a panic during a panic (loom's checks of
+    # objects used after they were freed do that): either way the bug was found.
+    if [ $rc -ne 0 ]; then
       local failed
-      failed=$(grep -E '^    [a-z_]+$' <<<"$out" | tr -d ' ' | sort -u | paste -sd, -)
-      verdict="CAUGHT  $name  at preemption bound $bound, by: $failed"; break
+      failed=$( (grep -E '^    [a-z_]+$' <<<"$out"; grep -oE "^thread '[a-z_]+'" <<<"$out" | cut -d"'" -f2) | sort -u | paste -sd, -)
+      verdict="CAUGHT  $name  at preemption bound $bound, by: ${failed:-the aborted test process}"; break
     fi
   done
   echo "$verdict"
