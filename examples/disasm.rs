@@ -1,6 +1,6 @@
 //! Reader paths as standalone functions, for `scripts/check-no-rmw.sh` to disassemble: a
-//! lookup (the hot path), a refresh, going offline, and the catch-up a lookup runs once per
-//! new generation. Run as a program, it just calls each once.
+//! lookup (the hot path), a refresh, going online and offline, and the catch-up a lookup
+//! runs once per new generation. Run as a program, it just calls each once.
 
 use physmap::{PhysMap, Reader};
 
@@ -25,6 +25,13 @@ pub fn disasm_reader_refresh(r: &mut Reader<u64>) -> u64 {
     r.refresh()
 }
 
+/// Going online (from offline: the announcement of the newest generation).
+#[no_mangle]
+#[inline(never)]
+pub fn disasm_reader_online(r: &mut Reader<u64>) {
+    r.online()
+}
+
 /// Going offline.
 #[no_mangle]
 #[inline(never)]
@@ -42,5 +49,6 @@ fn main() {
     assert_eq!(disasm_snapshot_lookup(&map.snapshot(), 0x10), hit);
     let g = disasm_reader_refresh(&mut r);
     disasm_reader_offline(&mut r);
+    disasm_reader_online(&mut r);
     println!("lookup {hit:?}, generation {g}");
 }

@@ -58,6 +58,25 @@ pub struct Config {
     /// assert!(s.lookup(0xfed0_0400).is_none());
     /// ```
     pub flat_nodes: bool,
+    /// Order readers' announcements with `membarrier(2)` instead of a fence (Linux; where the
+    /// kernel refuses it the map keeps the fence: [`PhysMap::barrier`](crate::PhysMap::barrier)
+    /// says which it uses). Default `false`.
+    ///
+    /// A reader entering a generation (after a commit, or going online, as a bus dispatch
+    /// does each time) stores its announcement and must not load the generation again before
+    /// the store is visible: with the fence, it issues a `SeqCst` fence there (a few tens of
+    /// cycles); with membarrier, only a compiler fence, and the writer, before it relies on
+    /// the announcements (reclamation, [`PhysMap::synchronize`](crate::PhysMap::synchronize)),
+    /// calls `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED)`, an interprocessor interrupt to
+    /// every CPU running a thread of the process (liburcu's default flavour does the same).
+    ///
+    /// Measured here (BENCHMARKS.md, "Exit path"): no gain on the reader's side that a
+    /// benchmark resolves (cold-cache dispatches and the KVM guest within noise: the fence
+    /// hides behind the cache misses), while each writer barrier cost 17 µs with one other
+    /// thread running on this nested machine, and interrupts running vCPUs. Hence off by
+    /// default. `PHYSMAP_BARRIER=fence` or `=membarrier` in the environment overrides this for
+    /// every map of the process (to compare the two).
+    pub membarrier: bool,
 }
 
 /// Largest node index an entry can encode.
@@ -74,6 +93,7 @@ impl Default for Config {
             max_nodes: NODE_INDEX_LIMIT,
             max_pieces: PIECE_INDEX_LIMIT,
             flat_nodes: false,
+            membarrier: false,
         }
     }
 }

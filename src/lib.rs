@@ -173,7 +173,7 @@ mod writer;
 pub use config::{checked_range, Config};
 pub use diff::{Change, Mapping};
 pub use error::Error;
-pub use map::{Memory, PhysMap};
+pub use map::{Barrier, Memory, PhysMap};
 pub use reader::Reader;
 pub use snapshot::{Hit, Iter, Snapshot, Stats};
 pub use transaction::Transaction;

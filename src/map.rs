@@ -30,6 +30,17 @@ pub(crate) struct Shared<V> {
     pub writer: Mutex<Writer<V>>,
 }
 
+/// How a map's readers and writer order a reader's announcement against the writer's reading
+/// of it ([`PhysMap::barrier`], [`Config::membarrier`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Barrier {
+    /// A `SeqCst` fence on each side.
+    Fence,
+    /// A compiler fence on the reader's side, `membarrier(2)` on the writer's.
+    Membarrier,
+}
+
 /// Memory held by a map's arena, as the writer accounts it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
@@ -79,7 +90,7 @@ impl<V> PhysMap<V> {
         let (writer, publisher) = Writer::new(&config)?;
         let shared = Shared {
             publisher,
-            registry: Registry::new(crate::sync::Barrier::detect()),
+            registry: Registry::new(crate::sync::Barrier::choose(config.membarrier)),
             writer: Mutex::new(writer),
         };
         Ok(PhysMap {
@@ -105,6 +116,16 @@ impl<V> PhysMap<V> {
         t.extend(ranges)?;
         t.commit()?;
         Ok(map)
+    }
+
+    /// How this map's readers and writer order announcements (see
+    /// [`Config::membarrier`]): [`Barrier::Membarrier`] only if asked for and the kernel
+    /// registered the process for it.
+    pub fn barrier(&self) -> Barrier {
+        match self.shared.registry.barrier() {
+            crate::sync::Barrier::Fence => Barrier::Fence,
+            crate::sync::Barrier::Membarrier => Barrier::Membarrier,
+        }
     }
 
     /// The configuration the map was built with.

@@ -186,9 +186,10 @@ pub(crate) use imp::*;
 ///   and no read-modify-write; the writer pays a system call (an interprocessor interrupt to
 ///   each CPU running the process), so it issues it lazily (`reclaim.rs`, `map.rs`).
 ///
-/// Chosen once per process ([`Barrier::detect`]): membarrier where the kernel offers and
-/// registers it, the fence otherwise (and under Miri, which has no such system call). Under
-/// loom the writer's side is a stand-in no stronger than the system call (`qsbr.rs`).
+/// Chosen per map ([`Barrier::choose`], `Config::membarrier`): membarrier where the map asks
+/// for it and the kernel offers and registers it, the fence otherwise (and under Miri, which
+/// has no such system call). Under loom the writer's side is a stand-in no stronger than the
+/// system call (`qsbr.rs`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Barrier {
     Fence,
@@ -196,19 +197,21 @@ pub(crate) enum Barrier {
 }
 
 impl Barrier {
-    /// The barrier this process uses: membarrier if the kernel registered the process for
-    /// `MEMBARRIER_CMD_PRIVATE_EXPEDITED`, else the fence. Decided once.
-    pub(crate) fn detect() -> Barrier {
-        static CHOSEN: std::sync::OnceLock<Barrier> = std::sync::OnceLock::new();
-        *CHOSEN.get_or_init(|| {
-            // `PHYSMAP_BARRIER=fence` keeps the fence (to compare the two on one machine).
-            let fence = std::env::var_os("PHYSMAP_BARRIER").is_some_and(|v| v == "fence");
-            if !fence && membarrier::register() {
-                Barrier::Membarrier
-            } else {
-                Barrier::Fence
-            }
-        })
+    /// The barrier a map uses: membarrier if it asks for it (`Config::membarrier`, or
+    /// `PHYSMAP_BARRIER=membarrier`) and the kernel registered the process for
+    /// `MEMBARRIER_CMD_PRIVATE_EXPEDITED` (once per process), else the fence.
+    pub(crate) fn choose(membarrier: bool) -> Barrier {
+        static REGISTERED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        let wanted = match std::env::var("PHYSMAP_BARRIER").as_deref() {
+            Ok("fence") => false,
+            Ok("membarrier") => true,
+            _ => membarrier,
+        };
+        if wanted && *REGISTERED.get_or_init(membarrier::register) {
+            Barrier::Membarrier
+        } else {
+            Barrier::Fence
+        }
     }
 
     /// The reader's side, between its announcement and its check of the generation.
@@ -279,10 +282,9 @@ mod membarrier {
 /// lands where it lands. Nothing orders a reader that has not yet been "interrupted".
 #[cfg(loom)]
 mod membarrier {
-    /// Whether the loom models run with the membarrier protocol (the default) or the fence
-    /// (`PHYSMAP_LOOM_BARRIER=fence`).
+    /// Loom models choose their barrier in their `Config` (or `PHYSMAP_BARRIER`).
     pub(super) fn register() -> bool {
-        std::env::var("PHYSMAP_LOOM_BARRIER").map_or(true, |v| v != "fence")
+        true
     }
     /// Done by `Registry::barrier`, which knows the readers.
     pub(super) fn barrier() {}

@@ -23,11 +23,14 @@ use loom::thread;
 use physmap::{Config, PhysMap, Snapshot};
 use std::sync::Arc as StdArc;
 
+/// The models' map, with the membarrier protocol (its loom stand-in) unless
+/// `PHYSMAP_LOOM_BARRIER=fence`.
 fn config() -> Config {
     Config {
         addr_bits: 8,
         page_bits: 2,
         level_bits: 2,
+        membarrier: std::env::var("PHYSMAP_LOOM_BARRIER").map_or(true, |v| v != "fence"),
         ..Config::default()
     }
 }
