@@ -397,6 +397,10 @@ impl<D: ?Sized> LockedBus<D> {
     }
 }
 
+/// What a vCPU thread reports: exits dispatched, TSC cycles spent dispatching, and each
+/// exit's cycles.
+type VcpuRun = (u64, u64, Vec<u32>);
+
 /// Both buses over the same devices; the devices are owned here.
 struct Buses {
     mmio: MmioBus,
@@ -605,14 +609,14 @@ pub fn run(opts: &Options) -> Result<Report, String> {
     let (unclaimed, served) = (AtomicU64::new(0), AtomicU64::new(0));
     let (mut bar_moves, mut block_changes, mut rom_toggles) = (0u64, 0u64, 0u64);
     let start = Instant::now();
-    let results: Vec<Result<(u64, u64, Vec<u32>), String>> = std::thread::scope(|s| {
+    let results: Vec<Result<VcpuRun, String>> = std::thread::scope(|s| {
         let handles: Vec<_> = vcpus
             .into_iter()
             .map(|mut vcpu| {
                 let (buses, memory, stop) = (&buses, &memory, &stop);
                 let (unclaimed, served) = (&unclaimed, &served);
                 let kind = opts.bus;
-                s.spawn(move || -> Result<(u64, u64, Vec<u32>), String> {
+                s.spawn(move || -> Result<VcpuRun, String> {
                     let mut dispatch = match kind {
                         BusKind::Physmap => Dispatch::Physmap(buses.mmio.vcpu(), buses.pio.vcpu()),
                         BusKind::RwLock => Dispatch::Locked(buses),
