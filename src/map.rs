@@ -65,8 +65,9 @@ pub struct Memory {
     /// generation (see [`Reader::offline`](crate::Reader::offline)).
     pub pinned_generations: usize,
     /// Bytes of the slots kept only for those pinned generations: what the trees they reach
-    /// hold and the newest does not. At most the sum of their trees' [`Stats::bytes`]
-    /// (crate::Stats::bytes), however many commits followed (interval-based reclamation).
+    /// hold and the newest does not. At most the sum of their trees'
+    /// [`Stats::bytes`](crate::Stats::bytes), however many commits followed (interval-based
+    /// reclamation).
     pub pinned_bytes: usize,
     /// Subtrees built by the bulk path (from a sorted slice of new pieces) since the map was
     /// created.

@@ -62,7 +62,7 @@ struct Waiting {
 /// Superseded versions and retired slots not yet freed. Writer only (it lives in the
 /// writer, behind the writer lock).
 pub(crate) struct Graveyard<V> {
-    /// Superseded versions not yet dropped, oldest first.
+    /// Superseded versions not yet dropped.
     versions: Vec<Arc<Version<V>>>,
     /// Slots retired since the last reclamation.
     incoming: Vec<Waiting>,
@@ -71,6 +71,9 @@ pub(crate) struct Graveyard<V> {
     filed: BTreeMap<u64, Vec<Waiting>>,
     /// The generations pinned at the last reclamation (sorted).
     pins: Vec<u64>,
+    /// Buffers kept for the next reclamation.
+    scratch: Vec<u64>,
+    refile: Vec<Waiting>,
 }
 
 impl<V> Graveyard<V> {
@@ -80,15 +83,17 @@ impl<V> Graveyard<V> {
             incoming: Vec::new(),
             filed: BTreeMap::new(),
             pins: Vec::new(),
+            scratch: Vec::new(),
+            refile: Vec::new(),
         }
     }
 
     /// Takes the version that generation `retired` superseded, and the slots it no longer
     /// reaches.
-    pub(crate) fn bury(&mut self, version: Arc<Version<V>>, retired: u64, dead: Vec<Dead>) {
+    pub(crate) fn bury(&mut self, version: Arc<Version<V>>, retired: u64, dead: &[Dead]) {
         debug_assert_eq!(version.generation + 1, retired);
         self.versions.push(version);
-        self.incoming.extend(dead.into_iter().map(|d| Waiting {
+        self.incoming.extend(dead.iter().map(|d| Waiting {
             slot: d.slot,
             born: d.born,
             retired,
@@ -97,10 +102,13 @@ impl<V> Graveyard<V> {
 
     /// The slots no pinned generation reaches any more, given the generations the online
     /// readers announce (`announced`, sorted) in a reading that covers the publications up
-    /// to generation `covered` (`qsbr.rs`: a writer barrier came after them): what later
-    /// commits retired waits for a reading that covers them. Drops the superseded versions
-    /// nobody pins. The caller frees the slots.
-    pub(crate) fn collect(&mut self, announced: &[u64], covered: u64) -> Vec<Slot> {
+    /// to generation `covered` (`qsbr.rs`: a writer barrier came after them), into `free`:
+    /// what later commits retired waits for a reading that covers them. Drops the
+    /// superseded versions nobody pins. The caller frees the slots. (Buffers are kept from
+    /// call to call: the common commit retires a few slots, and allocating for them would
+    /// cost more than judging them.)
+    pub(crate) fn collect(&mut self, announced: &[u64], covered: u64, free: &mut Vec<Slot>) {
+        free.clear();
         // 1. The pins: announced generations, and superseded versions still counted by a
         //    snapshot. `try_unwrap` succeeds only if ours is the last reference; its
         //    compare-exchange is followed by an Acquire fence, pairing with the Release
@@ -108,37 +116,45 @@ impl<V> Graveyard<V> {
         //    through this version happens-before the writer reuses what it reached (I4). A
         //    superseded version gains no new holder: snapshots are taken of the newest one,
         //    or cloned from a holder.
-        let mut pins = announced.to_vec();
-        let mut kept = Vec::with_capacity(self.versions.len());
-        for version in self.versions.drain(..) {
-            let g = version.generation;
+        let mut pins = std::mem::take(&mut self.scratch);
+        pins.clear();
+        pins.extend_from_slice(announced);
+        let mut i = 0;
+        while i < self.versions.len() {
+            let g = self.versions[i].generation;
             // A version is the slot of its one generation, retired by the next one.
             if g >= covered || announced.binary_search(&g).is_ok() {
-                kept.push(version);
+                i += 1;
                 continue;
             }
-            match Arc::try_unwrap(version) {
+            match Arc::try_unwrap(self.versions.swap_remove(i)) {
                 Ok(_gone) => {}
                 Err(held) => {
                     pins.push(g);
-                    kept.push(held);
+                    self.versions.push(held);
+                    let last = self.versions.len() - 1;
+                    self.versions.swap(i, last);
+                    i += 1;
                 }
             }
         }
-        self.versions = kept;
         pins.sort_unstable();
         pins.dedup();
         // 2. What commits retired since, then what was filed under a generation no longer
         //    pinned: filed again under another pin of its interval, or freed.
-        let mut free = Vec::new();
-        let (mut refile, uncovered) = std::mem::take(&mut self.incoming)
-            .into_iter()
-            .partition(|w| w.retired <= covered);
-        self.incoming = uncovered;
+        let mut refile = std::mem::take(&mut self.refile);
+        refile.clear();
+        self.incoming.retain(|w| {
+            let judge = w.retired <= covered;
+            if judge {
+                refile.push(*w);
+            }
+            !judge
+        });
         for gone in self.pins.iter().filter(|g| pins.binary_search(g).is_err()) {
             refile.extend(self.filed.remove(gone).into_iter().flatten());
         }
-        for w in refile {
+        for w in refile.drain(..) {
             // The oldest pin not older than its birth; it holds `w` if `w` was not yet
             // retired then (I4: `w` is reachable from exactly `born..retired`).
             let i = pins.partition_point(|&p| p < w.born);
@@ -147,14 +163,16 @@ impl<V> Graveyard<V> {
                 _ => free.push(w.slot),
             }
         }
-        self.pins = pins;
-        free
+        self.refile = refile;
+        self.scratch = std::mem::replace(&mut self.pins, pins);
     }
 
     /// [`collect`](Graveyard::collect) with a reading that covers everything (tests).
     #[cfg(test)]
     fn collect_all(&mut self, announced: &[u64]) -> Vec<Slot> {
-        self.collect(announced, u64::MAX)
+        let mut free = Vec::new();
+        self.collect(announced, u64::MAX, &mut free);
+        free
     }
 
     /// Superseded generations still pinned (held by a snapshot or announced by a reader),
@@ -209,10 +227,10 @@ mod tests {
         let mut g = Graveyard::new();
         let v1 = version(1, &storage);
         let held1 = v1.clone(); // a snapshot of generation 1
-        g.bury(v1, 2, node(10, 0)); // reachable from 0..2: held
-        g.bury(version(2, &storage), 3, node(20, 2)); // 2..3: free now
-        g.bury(version(3, &storage), 4, node(30, 1)); // 1..4: held by 1
-        g.bury(version(4, &storage), 5, node(40, 4)); // 4..5: announced below
+        g.bury(v1, 2, &node(10, 0)); // reachable from 0..2: held
+        g.bury(version(2, &storage), 3, &node(20, 2)); // 2..3: free now
+        g.bury(version(3, &storage), 4, &node(30, 1)); // 1..4: held by 1
+        g.bury(version(4, &storage), 5, &node(40, 4)); // 4..5: announced below
         assert_eq!(nodes(g.collect_all(&[4])), vec![20]);
         assert_eq!(g.pinned_generations(), 2, "1 (snapshot) and 4 (reader)");
         assert_eq!(g.waiting().count(), 3);
@@ -233,7 +251,7 @@ mod tests {
     fn interval_ends() {
         let storage = Arc::new(Storage::new());
         let mut g = Graveyard::new();
-        g.bury(version(4, &storage), 5, node(1, 3)); // 3..5
+        g.bury(version(4, &storage), 5, &node(1, 3)); // 3..5
         assert!(
             g.collect_all(&[3]).is_empty(),
             "born in 3: generation 3 reaches it"
@@ -244,7 +262,7 @@ mod tests {
             vec![1],
             "retired by 5: 5 does not reach it"
         );
-        g.bury(version(5, &storage), 6, node(2, 5)); // 5..6
+        g.bury(version(5, &storage), 6, &node(2, 5)); // 5..6
         assert_eq!(
             nodes(g.collect_all(&[4, 6])),
             vec![2],

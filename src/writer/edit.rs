@@ -238,7 +238,7 @@ impl<V> Writer<V> {
         if *refs == 0 {
             log.emptied.push(info.section);
         }
-        if let Some(id) = info.slot {
+        if let Some(id) = info.slot() {
             let slot = Slot::Piece(id);
             log.retired_pieces.push(Dead {
                 slot,
@@ -264,13 +264,12 @@ impl<V> Writer<V> {
             if k < s {
                 let head = PieceInfo {
                     end: s - 1,
-                    slot: None,
-                    ..info
+                    ..info.unwritten()
                 };
                 self.add(log, k, head);
             }
             if info.end > e {
-                self.add(log, e + 1, PieceInfo { slot: None, ..info });
+                self.add(log, e + 1, info.unwritten());
             }
         }
     }

@@ -31,20 +31,27 @@ use std::collections::BTreeMap;
 pub(crate) use edit::Log;
 use rebuild::Build;
 
-/// A piece of the working mapping (keyed by its start in the map).
+/// A piece of the working mapping (keyed by its start in the map). 32 bytes: a million
+/// pieces are a million of these in the writer's `BTreeMap`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct PieceInfo {
     end: u64,
     origin: u64,
     section: u32,
     /// Piece id once written to the arena (a piece slot, or a page record's: `entry::RECORD`);
-    /// `None` for pieces made since the last commit.
-    slot: Option<u32>,
-    /// The generation whose commit wrote `slot` (`reclaim.rs`).
+    /// [`PieceInfo::UNWRITTEN`] for pieces made since the last commit.
+    id: u32,
+    /// The generation whose commit wrote `id` (`reclaim.rs`).
     born: u64,
 }
 
+const _: () = assert!(std::mem::size_of::<PieceInfo>() == 32);
+
 impl PieceInfo {
+    /// No piece id: piece ids are below 2^31 or carry `entry::RECORD` with a row offset
+    /// below 2^25, never all ones.
+    const UNWRITTEN: u32 = u32::MAX;
+
     /// A new piece `[start, end]` of `section`, whose origin is its start, not yet in the
     /// arena.
     fn new(start: u64, end: u64, section: u32) -> Self {
@@ -52,8 +59,21 @@ impl PieceInfo {
             end,
             origin: start,
             section,
-            slot: None,
+            id: Self::UNWRITTEN,
             born: 0,
+        }
+    }
+
+    /// Its piece id, once written to the arena.
+    fn slot(&self) -> Option<u32> {
+        (self.id != Self::UNWRITTEN).then_some(self.id)
+    }
+
+    /// The same piece, not yet written (a part of a cut piece).
+    fn unwritten(self) -> Self {
+        PieceInfo {
+            id: Self::UNWRITTEN,
+            ..self
         }
     }
 }
@@ -145,6 +165,8 @@ pub(crate) struct Writer<V> {
     covered: u64,
     /// Bytes retired since that reading.
     uncovered_bytes: usize,
+    /// The slots a reclamation frees (kept for its buffer).
+    free: Vec<Slot>,
     /// The working mapping.
     map: BTreeMap<u64, PieceInfo>,
     sections: Sections,
@@ -174,6 +196,7 @@ impl<V> Writer<V> {
             announced: Vec::new(),
             covered: 0,
             uncovered_bytes: 0,
+            free: Vec::new(),
             map: BTreeMap::new(),
             sections: Sections {
                 alloc: SlabAlloc::new(config.max_pieces, "sections"),
@@ -257,7 +280,7 @@ impl<V> Writer<V> {
         let superseded = std::mem::replace(&mut self.current, next);
         drop(current);
         self.uncovered_bytes += self.bytes_of(dead.iter().map(|d| d.slot));
-        self.graveyard.bury(superseded, generation, dead);
+        self.graveyard.bury(superseded, generation, &dead);
         // 5. User code last: a panicking `Drop` finds the commit complete and the writer
         //    consistent (`drops.rs`).
         drop_all(unseen);
@@ -295,8 +318,11 @@ impl<V> Writer<V> {
             self.covered = self.current.generation;
             self.uncovered_bytes = 0;
         }
+        let mut free = std::mem::take(&mut self.free);
+        self.graveyard
+            .collect(&self.announced, self.covered, &mut free);
         let mut values = Vec::new();
-        for slot in self.graveyard.collect(&self.announced, self.covered) {
+        for slot in free.drain(..) {
             match slot {
                 Slot::Node(n) => self.arena.free_node(n),
                 Slot::Piece(p) => self.arena.free_piece(p),
@@ -304,6 +330,7 @@ impl<V> Writer<V> {
                 Slot::Section(s) => values.extend(self.free_section(s)),
             }
         }
+        self.free = free;
         drop_all(values);
     }
 

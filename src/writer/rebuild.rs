@@ -378,7 +378,7 @@ impl<V> Writer<V> {
     /// Makes sure the piece starting at `key` has an arena slot, writing it if not.
     fn materialize(&mut self, key: u64, cx: &mut Build) -> Result<u32, Error> {
         let info: &mut PieceInfo = self.map.get_mut(&key).expect("materialize: piece exists");
-        if let Some(slot) = info.slot {
+        if let Some(slot) = info.slot() {
             return Ok(slot);
         }
         let piece = piece_record(&self.storage, key, info);
@@ -405,7 +405,7 @@ impl<V> Writer<V> {
                 slot
             }
         };
-        info.slot = Some(id);
+        info.id = id;
         info.born = cx.generation;
         cx.fresh_pieces.push(id);
         Ok(id)
