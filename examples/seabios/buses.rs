@@ -132,7 +132,13 @@ impl Buses {
 
     /// Moves the device placed at `from` to `size` bytes from `to`, atomically on physmap's
     /// bus (`update_range`); refused, changing nothing, if the new range overlaps another.
-    pub fn update_range(&self, from: u64, to: u64, size: u64, device: &Device) -> Result<(), BusError> {
+    pub fn update_range(
+        &self,
+        from: u64,
+        to: u64,
+        size: u64,
+        device: &Device,
+    ) -> Result<(), BusError> {
         match device {
             Device::Mmio(_) => {
                 self.mmio.update_range(from, to, size)?;
@@ -147,7 +153,11 @@ impl Buses {
     }
 
     /// The device physmap's bus has at `addr` (MMIO or port), with its range.
-    pub fn placed_at(&self, addr: u64, mmio: bool) -> Option<(std::ops::RangeInclusive<u64>, Device)> {
+    pub fn placed_at(
+        &self,
+        addr: u64,
+        mmio: bool,
+    ) -> Option<(std::ops::RangeInclusive<u64>, Device)> {
         if mmio {
             self.mmio.device(addr).map(|(r, d)| (r, Device::Mmio(d)))
         } else {
@@ -156,14 +166,24 @@ impl Buses {
     }
 
     /// The same, on the `RwLock<BTreeMap>` bus.
-    pub fn locked_placed_at(&self, addr: u64, mmio: bool) -> Option<(std::ops::RangeInclusive<u64>, Device)> {
+    pub fn locked_placed_at(
+        &self,
+        addr: u64,
+        mmio: bool,
+    ) -> Option<(std::ops::RangeInclusive<u64>, Device)> {
         if mmio {
             let (base, _, d) = self.locked_mmio.resolve(addr, 1)?;
-            let len = self.mmio.device(addr).map_or(1, |(r, _)| r.end() - r.start() + 1);
+            let len = self
+                .mmio
+                .device(addr)
+                .map_or(1, |(r, _)| r.end() - r.start() + 1);
             Some((base..=base + len - 1, Device::Mmio(d)))
         } else {
             let (base, _, d) = self.locked_pio.resolve(addr, 1)?;
-            let len = self.pio.device(addr).map_or(1, |(r, _)| r.end() - r.start() + 1);
+            let len = self
+                .pio
+                .device(addr)
+                .map_or(1, |(r, _)| r.end() - r.start() + 1);
             Some((base..=base + len - 1, Device::Pio(d)))
         }
     }

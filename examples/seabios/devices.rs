@@ -74,7 +74,10 @@ pub struct Moving {
 impl DeviceMmio for Moving {
     fn mmio_read(&self, base: MmioAddress, offset: MmioAddressOffset, data: &mut [u8]) {
         let a = base.0 + offset;
-        answer(0xB000_0000 | ((a >> 20 & 0xfff) << 12 | (a & 0xfff)) as u32, data);
+        answer(
+            0xB000_0000 | ((a >> 20 & 0xfff) << 12 | (a & 0xfff)) as u32,
+            data,
+        );
     }
     fn mmio_write(&self, _: MmioAddress, _: MmioAddressOffset, _: &[u8]) {
         self.misroutes.fetch_add(1, Ordering::Relaxed); // the guest never writes it
@@ -108,6 +111,8 @@ pub const STAGE_CHECKS: u32 = 3;
 /// the ROM was shadowed. Reading offset 0 gives "PMAP".
 pub struct Doorbell {
     pub start: Instant,
+    /// Set when the BEV rings (stage 2): from then on exits count as the guest's.
+    pub guest_phase: std::sync::atomic::AtomicBool,
     /// Nanoseconds from reset to each stage (0: not reached).
     pub stages: [AtomicU64; 4],
     pub errors: [AtomicU64; 16],
@@ -118,6 +123,7 @@ impl Doorbell {
     pub fn new(start: Instant) -> Doorbell {
         Doorbell {
             start,
+            guest_phase: std::sync::atomic::AtomicBool::new(false),
             stages: Default::default(),
             errors: Default::default(),
             rom_base: AtomicU32::new(0),
@@ -131,21 +137,33 @@ impl Doorbell {
             ns => Some(std::time::Duration::from_nanos(ns)),
         }
     }
-    pub fn error_count(&self) -> u64 {
-        self.errors.iter().map(|e| e.load(Ordering::Relaxed)).sum()
-    }
 }
 
 impl DevicePio for Doorbell {
     fn pio_read(&self, _: PioAddress, offset: PioAddressOffset, data: &mut [u8]) {
-        answer(if offset == 0 { u32::from_le_bytes(*b"PMAP") } else { 0 }, data);
+        answer(
+            if offset == 0 {
+                u32::from_le_bytes(*b"PMAP")
+            } else {
+                0
+            },
+            data,
+        );
     }
     fn pio_write(&self, _: PioAddress, offset: PioAddressOffset, data: &[u8]) {
         let v = value(data);
         match offset {
             0 if (1..=3).contains(&v) => {
                 let ns = self.start.elapsed().as_nanos().max(1) as u64;
-                let _ = self.stages[v as usize].compare_exchange(0, ns, Ordering::Release, Ordering::Relaxed);
+                if v >= STAGE_BEV {
+                    self.guest_phase.store(true, Ordering::Relaxed);
+                }
+                let _ = self.stages[v as usize].compare_exchange(
+                    0,
+                    ns,
+                    Ordering::Release,
+                    Ordering::Relaxed,
+                );
             }
             4 => {
                 self.errors[(v as usize).min(15)].fetch_add(1, Ordering::Relaxed);
@@ -164,8 +182,10 @@ impl DevicePio for Doorbell {
 /// returned 0xe9 (`qemu_debug_preinit`).
 pub struct DebugCon {
     pub log: Mutex<Vec<u8>>,
-    /// Where the log also goes as it is written (`--debug-log`).
-    pub tee: Option<Mutex<std::fs::File>>,
+    /// Where the log also goes as it is written (`--debug-log`), each line stamped with the
+    /// time since reset; and whether the next byte starts a line.
+    pub tee: Option<Mutex<(std::fs::File, bool)>>,
+    pub start: Instant,
 }
 
 impl DevicePio for DebugCon {
@@ -173,9 +193,20 @@ impl DevicePio for DebugCon {
         data.fill(0xe9);
     }
     fn pio_write(&self, _: PioAddress, _: PioAddressOffset, data: &[u8]) {
-        self.log.lock().unwrap_or_else(|e| e.into_inner()).extend_from_slice(data);
+        self.log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(data);
         if let Some(f) = &self.tee {
-            let _ = f.lock().unwrap_or_else(|e| e.into_inner()).write_all(data);
+            let mut f = f.lock().unwrap_or_else(|e| e.into_inner());
+            for &b in data {
+                if f.1 {
+                    let stamp = format!("[{:9.3} ms] ", self.start.elapsed().as_secs_f64() * 1e3);
+                    let _ = f.0.write_all(stamp.as_bytes());
+                }
+                let _ = f.0.write_all(&[b]);
+                f.1 = b == b'\n';
+            }
         }
     }
 }
@@ -220,7 +251,9 @@ impl Cmos {
     }
 
     fn clock(reg: u8) -> Option<u8> {
-        let secs = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let secs = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
         let (days, day_secs) = (secs / 86_400, secs % 86_400);
         // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
         let z = days as i64 + 719_468;
@@ -269,8 +302,8 @@ impl DevicePio for Cmos {
             _ => {
                 let index = s.0 as usize;
                 match index {
-                    0x0a => s.1[0x0a] = data[0] & 0x7f, // UIP is read-only
-                    0x0c | 0x0d => {}                    // read-only
+                    0x0a => s.1[0x0a] = data[0] & 0x7f,           // UIP is read-only
+                    0x0c | 0x0d => {}                             // read-only
                     _ if Cmos::clock(index as u8).is_some() => {} // the clock follows the host
                     _ => s.1[index] = data[0],
                 }
@@ -317,7 +350,10 @@ pub struct SerialOut {
 
 impl Write for SerialOut {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.bytes.lock().unwrap_or_else(|e| e.into_inner()).extend_from_slice(buf);
+        self.bytes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(buf);
         if self.echo {
             let _ = std::io::stderr().write_all(buf);
         }
@@ -333,10 +369,18 @@ pub struct Uart(pub Mutex<Serial<IrqLine, vm_superio::serial::NoEvents, SerialOu
 
 impl DevicePio for Uart {
     fn pio_read(&self, _: PioAddress, offset: PioAddressOffset, data: &mut [u8]) {
-        let v = self.0.lock().unwrap_or_else(|e| e.into_inner()).read(offset as u8);
+        let v = self
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .read(offset as u8);
         data.fill(v);
     }
     fn pio_write(&self, _: PioAddress, offset: PioAddressOffset, data: &[u8]) {
-        let _ = self.0.lock().unwrap_or_else(|e| e.into_inner()).write(offset as u8, data[0]);
+        let _ = self
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .write(offset as u8, data[0]);
     }
 }

@@ -127,12 +127,30 @@ fn main() {
         r.logged_bars.len(),
         if r.log_matches_bus() { "all match" } else { "do NOT all match" }
     );
+    for (at, pam, took) in &r.firmware_pam {
+        println!(
+            "    PAM at {at:7.1} ms: PAM0-6 = {:02x?}, map edited and memslots replayed in {took:.0} µs",
+            pam
+        );
+    }
+    println!(
+        "    window 0xc0000-0xfffff at BEV: {}",
+        r.window_at_bev
+            .iter()
+            .map(|(s, l, k)| format!("{s:#x}+{l:#x} {k:?}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     for l in &r.logged_bars {
         println!(
             "    {} {}{}",
             if l.matches { "ok " } else { "BAD" },
             l.line,
-            if l.why.is_empty() { String::new() } else { format!("  <- {}", l.why) }
+            if l.why.is_empty() {
+                String::new()
+            } else {
+                format!("  <- {}", l.why)
+            }
         );
     }
     for u in &r.unlogged_bars {
@@ -153,11 +171,15 @@ fn main() {
         r.memslot_updates,
         if r.memslots_match { "equal" } else { "DIFFER from" }
     );
+    println!(
+        "    a BAR move took {:.0} µs (p99 {:.0}), a PAM switch {:.0} µs (p99 {:.0})",
+        r.control_move_us.0, r.control_move_us.1, r.control_pam_us.0, r.control_pam_us.1
+    );
     for (phase, e) in [("firmware", &r.firmware_exits), ("guest", &r.guest_exits)] {
         println!(
-            "  {phase} exits: {} MMIO ({} read, {} write), {} port I/O; config {}, debugcon {}, serial {}, cmos {}, ROM BAR {}, BAR MMIO {}, BAR I/O {}, memory {}, dropped {}, unclaimed MMIO {}, unclaimed ports {:?}",
+            "  {phase} exits: {} MMIO ({} read, {} write), {} port I/O; config {}, debugcon {}, serial {}, cmos {}, ROM BAR {}, BAR MMIO {}, BAR I/O {}, memory {}, dropped {}, unclaimed MMIO {} (pages {:x?}), unclaimed ports {:x?}",
             e.mmio(), e.mmio_read, e.mmio_write, e.pio(), e.pci_config, e.debugcon, e.serial, e.cmos,
-            e.rom_bar, e.bar_mmio, e.bar_io, e.from_memory, e.dropped, e.unclaimed_mmio, e.unclaimed_ports
+            e.rom_bar, e.bar_mmio, e.bar_io, e.from_memory, e.dropped, e.unclaimed_mmio, e.unclaimed_pages, e.unclaimed_ports
         );
     }
     println!(

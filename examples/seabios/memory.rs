@@ -62,7 +62,13 @@ pub struct Region {
 }
 
 impl Region {
-    fn new(backing: &Arc<GuestRegionMmap<()>>, offset: u64, start: u64, len: u64, kind: Kind) -> Arc<Region> {
+    fn new(
+        backing: &Arc<GuestRegionMmap<()>>,
+        offset: u64,
+        start: u64,
+        len: u64,
+        kind: Kind,
+    ) -> Arc<Region> {
         assert!(offset + len <= backing.len(), "region past its backing");
         Arc::new(Region {
             backing: backing.clone(),
@@ -129,7 +135,12 @@ pub fn pam_segment(addr: u64) -> Option<(u64, u64, usize, u32)> {
         0xf_0000..=0xf_ffff => Some((0xf_0000, 0x1_0000, 0, 4)),
         0xc_0000..=0xe_ffff => {
             let i = (addr - 0xc_0000) / 0x4000;
-            Some((0xc_0000 + i * 0x4000, 0x4000, 1 + i as usize / 2, (i as u32 % 2) * 4))
+            Some((
+                0xc_0000 + i * 0x4000,
+                0x4000,
+                1 + i as usize / 2,
+                (i as u32 % 2) * 4,
+            ))
         }
         _ => None,
     }
@@ -154,9 +165,23 @@ fn pam_regions(
         let a = attributes(pam, start);
         let (read_ram, write_ram) = (a & 1 != 0, a & 2 != 0);
         let run = if read_ram {
-            Some((true, if write_ram { Kind::Ram } else { Kind::RamReadOnly }))
+            Some((
+                true,
+                if write_ram {
+                    Kind::Ram
+                } else {
+                    Kind::RamReadOnly
+                },
+            ))
         } else if start >= BIOS_ALIAS {
-            Some((false, if write_ram { Kind::RomWritesRam } else { Kind::Rom }))
+            Some((
+                false,
+                if write_ram {
+                    Kind::RomWritesRam
+                } else {
+                    Kind::Rom
+                },
+            ))
         } else {
             None // the PCI side of 0xc0000-0xdffff: nothing there
         };
@@ -198,7 +223,9 @@ pub struct Memslots {
 
 impl Memslots {
     fn new(vm: Arc<VmFd>) -> Self {
-        let empty = PhysAddressSpace::<Region>::new([]).expect("empty").current();
+        let empty = PhysAddressSpace::<Region>::new([])
+            .expect("empty")
+            .current();
         Memslots {
             vm,
             slots: HashMap::new(),
@@ -296,7 +323,10 @@ impl Memory {
     /// PCI side, i.e. the flash alias at 0xe0000-0xfffff) leave it.
     pub fn new(vm: Arc<VmFd>, bios: &[u8]) -> Result<Memory, String> {
         if bios.len() as u64 != BIOS_SIZE {
-            return Err(format!("the BIOS image is {} bytes, not {BIOS_SIZE}", bios.len()));
+            return Err(format!(
+                "the BIOS image is {} bytes, not {BIOS_SIZE}",
+                bios.len()
+            ));
         }
         let mmap = |len| {
             GuestRegionMmap::<()>::from_range(GuestAddress(0), len as usize, None)
@@ -390,7 +420,12 @@ impl Memory {
     /// Serves an MMIO read no device claimed: from guest memory if a region holds it (its
     /// memslot is being replaced), else all ones.
     pub fn read_exit(&self, addr: u64, data: &mut [u8]) -> Served {
-        if self.space.memory().read_slice(data, GuestAddress(addr)).is_ok() {
+        if self
+            .space
+            .memory()
+            .read_slice(data, GuestAddress(addr))
+            .is_ok()
+        {
             Served::Memory
         } else {
             data.fill(0xff);
@@ -402,10 +437,11 @@ impl Memory {
     /// says.
     pub fn write_exit(&self, addr: u64, data: &[u8]) -> Served {
         let mem = self.space.memory();
-        let to_ram = |ram: &GuestRegionMmap<()>| match ram.write_slice(data, MemoryRegionAddress(addr)) {
-            Ok(()) => Served::Memory,
-            Err(_) => Served::Unclaimed,
-        };
+        let to_ram =
+            |ram: &GuestRegionMmap<()>| match ram.write_slice(data, MemoryRegionAddress(addr)) {
+                Ok(()) => Served::Memory,
+                Err(_) => Served::Unclaimed,
+            };
         match mem.find_region(GuestAddress(addr)) {
             Some(r) => match r.kind {
                 Kind::Ram => match mem.write_slice(data, GuestAddress(addr)) {

@@ -70,6 +70,9 @@ pub struct PciStats {
     pub history: Mutex<Vec<Placement>>,
     /// The first error a config write hit (a memslot update failing).
     pub error: Mutex<Option<String>>,
+    /// The guest's PAM writes that changed the map: (time since reset, PAM0-PAM6, how long
+    /// the map edit and the memslot replay took).
+    pub guest_pam_log: Mutex<Vec<(std::time::Duration, [u8; 7], std::time::Duration)>>,
 }
 
 /// One PCI function's configuration space.
@@ -211,7 +214,9 @@ impl Function {
     /// Recomputes every placement and applies the changes to the buses.
     fn update_mappings(&mut self, buses: &Buses, stats: &PciStats, origin: Origin) {
         for i in 0..7 {
-            let Some(bar) = self.bar(i).cloned() else { continue };
+            let Some(bar) = self.bar(i).cloned() else {
+                continue;
+            };
             let (old, new) = (self.placed[i], self.decode(i));
             if old == new {
                 continue;
@@ -239,12 +244,16 @@ impl Function {
                     }
                     // Relaxed: counters, read after the run.
                     .fetch_add(1, Ordering::Relaxed);
-                    stats.history.lock().unwrap_or_else(|e| e.into_inner()).push(Placement {
-                        devfn: self.devfn,
-                        bar: i,
-                        at,
-                        origin,
-                    });
+                    stats
+                        .history
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(Placement {
+                            devfn: self.devfn,
+                            bar: i,
+                            at,
+                            origin,
+                        });
                 }
                 Err(_) => {
                     stats.conflicts.fetch_add(1, Ordering::Relaxed);
@@ -269,17 +278,27 @@ pub struct PciRoot {
     pub stats: Arc<PciStats>,
     /// The guest asked for a reset (0xcf9 bit 2).
     pub reset: AtomicBool,
+    start: std::time::Instant,
 }
 
 impl PciRoot {
-    pub fn new(functions: Vec<Function>, buses: Arc<Buses>, memory: Arc<Memory>) -> PciRoot {
+    pub fn new(
+        functions: Vec<Function>,
+        buses: Arc<Buses>,
+        memory: Arc<Memory>,
+        start: std::time::Instant,
+    ) -> PciRoot {
         PciRoot {
             latch: AtomicU32::new(0),
-            functions: functions.into_iter().map(|f| (f.devfn, Mutex::new(f))).collect(),
+            functions: functions
+                .into_iter()
+                .map(|f| (f.devfn, Mutex::new(f)))
+                .collect(),
             buses,
             memory,
             stats: Arc::new(PciStats::default()),
             reset: AtomicBool::new(false),
+            start,
         }
     }
 
@@ -314,7 +333,9 @@ impl PciRoot {
         // Lock order: a function, then (for the host bridge) the memory map's lock. The bus
         // changes may wait for MMIO dispatches in flight (from the control plane), and no
         // MMIO device takes a function's lock.
-        let Some(mut f) = self.function(devfn) else { return };
+        let Some(mut f) = self.function(devfn) else {
+            return;
+        };
         let mut touched = [false; 256];
         for (i, &b) in data.iter().enumerate() {
             let r = reg + i;
@@ -326,8 +347,17 @@ impl PciRoot {
         let any = |range: std::ops::Range<usize>| touched[range].iter().any(|&t| t);
         if f.host_bridge && any(PAM0..PAM0 + 7) {
             let pam: [u8; 7] = f.cfg[PAM0..PAM0 + 7].try_into().expect("7 bytes");
+            let t0 = std::time::Instant::now();
             match self.memory.set_pam(pam) {
                 Ok(true) => {
+                    if origin == Origin::Guest {
+                        let at = t0.duration_since(self.start);
+                        self.stats
+                            .guest_pam_log
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push((at, pam, t0.elapsed()));
+                    }
                     match origin {
                         Origin::Guest => &self.stats.guest_pam,
                         Origin::ControlPlane => &self.stats.control_pam,
@@ -336,7 +366,11 @@ impl PciRoot {
                 }
                 Ok(false) => {}
                 Err(e) => {
-                    self.stats.error.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(e);
+                    self.stats
+                        .error
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .get_or_insert(e);
                 }
             }
         }
@@ -350,8 +384,12 @@ impl PciRoot {
         // Relaxed: the latch is the guest's to serialise (one config cycle at a time).
         let latch = self.latch.load(Ordering::Relaxed);
         let bus = (latch >> 16) & 0xff;
-        (latch & 0x8000_0000 != 0 && bus == 0)
-            .then(|| (((latch >> 8) & 0xff) as u8, (latch & 0xfc) as usize + (offset as usize - 4)))
+        (latch & 0x8000_0000 != 0 && bus == 0).then(|| {
+            (
+                ((latch >> 8) & 0xff) as u8,
+                (latch & 0xfc) as usize + (offset as usize - 4),
+            )
+        })
     }
 }
 
@@ -374,11 +412,7 @@ impl DevicePio for PciRoot {
                 let v = u32::from_le_bytes(data.try_into().expect("4 bytes"));
                 self.latch.store(v & 0x80ff_fffc, Ordering::Relaxed);
             }
-            (1, 1) => {
-                if data[0] & 4 != 0 {
-                    self.reset.store(true, Ordering::Relaxed);
-                }
-            }
+            (1, 1) if data[0] & 4 != 0 => self.reset.store(true, Ordering::Relaxed),
             (4..=7, _) => {
                 if let Some((devfn, reg)) = self.selected(offset.into()) {
                     self.config_write(devfn, reg, data, Origin::Guest);

@@ -23,8 +23,8 @@
 
 use crate::buses::{self, BusKind, Buses, Device, Mmio, Pio};
 use crate::devices::{
-    Cmos, DebugCon, Doorbell, IrqLine, Moving, Port92, Registers, Rom, SerialOut, Uart,
-    STAGE_BEV, STAGE_CHECKS, STAGE_INIT,
+    Cmos, DebugCon, Doorbell, IrqLine, Moving, Port92, Registers, Rom, SerialOut, Uart, STAGE_BEV,
+    STAGE_CHECKS, STAGE_INIT,
 };
 use crate::memory::{Memory, Served, BLOCK, RAM_SIZE};
 use crate::pci::{Bar, BarKind, Function, Origin, PciRoot};
@@ -118,6 +118,8 @@ pub struct Exits {
     pub unclaimed_mmio: u64,
     /// Port accesses no device claimed, by port (reads gave all ones).
     pub unclaimed_ports: BTreeMap<u16, u64>,
+    /// MMIO accesses nothing claimed, by 4 KiB page.
+    pub unclaimed_pages: BTreeMap<u64, u64>,
 }
 
 impl Exits {
@@ -148,6 +150,9 @@ impl Exits {
         self.unclaimed_mmio += o.unclaimed_mmio;
         for (p, n) in &o.unclaimed_ports {
             *self.unclaimed_ports.entry(*p).or_default() += n;
+        }
+        for (p, n) in &o.unclaimed_pages {
+            *self.unclaimed_pages.entry(*p).or_default() += n;
         }
     }
 }
@@ -206,6 +211,15 @@ pub struct Report {
     pub cpus_started: u64,
     pub rom_base: u32,
     pub rom_reads: u64,
+    /// The firmware's PAM writes: ms since reset, PAM0-PAM6, µs to edit the map and replay
+    /// the memslots; and the window's regions at BEV time.
+    pub firmware_pam: Vec<(f64, [u8; 7], f64)>,
+    /// Control-plane operations, µs (median, 99th percentile): a BAR move through config
+    /// space (on physmap's bus `update_range` waits for dispatches in flight), a PAM switch
+    /// (map edit and memslot replay).
+    pub control_move_us: (f64, f64),
+    pub control_pam_us: (f64, f64),
+    pub window_at_bev: Vec<(u64, u64, crate::memory::Kind)>,
     pub serial: String,
     pub debug_log: String,
     pub errors: Vec<String>,
@@ -226,7 +240,9 @@ impl Report {
             && self.iterations.iter().all(|&i| i > 0)
             && self.cpus_started + 1 == self.vcpus as u64
             && self.found_mismatches.is_empty()
-            && self.serial.contains("physmap option ROM: every vCPU checks its devices")
+            && self
+                .serial
+                .contains("physmap option ROM: every vCPU checks its devices")
     }
     /// The firmware's account of every BAR equals the bus's.
     pub fn log_matches_bus(&self) -> bool {
@@ -269,6 +285,7 @@ impl Report {
                 "\"block_changes\":{},\"memslot_updates\":{},\"memslots_match\":{},",
                 "\"boot_ms\":{},\"bev_ms\":{},\"checks_ms\":{},\"check_seconds\":{:.3},",
                 "\"dispatch_ns\":{:.1},\"dispatch_mean_ns\":{:.1},\"iterations\":{:?},",
+                "\"control_move_us\":[{:.1},{:.1}],\"control_pam_us\":[{:.1},{:.1}],",
                 "\"moved_retries\":{},\"rom_reads\":{},",
                 "\"firmware\":{{\"pci_config\":{},\"debugcon\":{},\"cmos\":{},\"serial\":{},\"rom_bar\":{},\"bar_mmio\":{},\"bar_io\":{},\"other_pio\":{},\"from_memory\":{},\"dropped\":{},\"unclaimed_mmio\":{}}},",
                 "\"guest\":{{\"pci_config\":{},\"serial\":{},\"cmos\":{},\"bar_mmio\":{},\"bar_io\":{},\"from_memory\":{},\"dropped\":{},\"unclaimed_mmio\":{},\"other_pio\":{}}}}}"
@@ -281,6 +298,7 @@ impl Report {
             self.block_changes, self.memslot_updates, self.memslots_match,
             ms(self.init_ms), ms(self.bev_ms), ms(self.checks_ms), self.check_seconds,
             self.dispatch_ns, self.dispatch_mean_ns, self.iterations,
+            self.control_move_us.0, self.control_move_us.1, self.control_pam_us.0, self.control_pam_us.1,
             self.moved_retries, self.rom_reads,
             self.firmware_exits.pci_config, self.firmware_exits.debugcon, self.firmware_exits.cmos,
             self.firmware_exits.serial, self.firmware_exits.rom_bar, self.firmware_exits.bar_mmio,
@@ -315,10 +333,16 @@ pub fn find_firmware() -> Result<PathBuf, String> {
 pub fn kvm_usable() -> Result<(), String> {
     let kvm = Kvm::new().map_err(|e| format!("cannot open /dev/kvm: {e}"))?;
     if kvm.get_api_version() != 12 {
-        return Err(format!("unexpected KVM API version {}", kvm.get_api_version()));
+        return Err(format!(
+            "unexpected KVM API version {}",
+            kvm.get_api_version()
+        ));
     }
     for (cap, name) in [
-        (Cap::ReadonlyMem, "read-only memslots (KVM_CAP_READONLY_MEM)"),
+        (
+            Cap::ReadonlyMem,
+            "read-only memslots (KVM_CAP_READONLY_MEM)",
+        ),
         (Cap::Irqchip, "an in-kernel irqchip (KVM_CAP_IRQCHIP)"),
         (Cap::Pit2, "an in-kernel PIT (KVM_CAP_PIT2)"),
         (Cap::Irqfd, "irqfd (KVM_CAP_IRQFD)"),
@@ -327,7 +351,8 @@ pub fn kvm_usable() -> Result<(), String> {
             return Err(format!("KVM lacks {name}"));
         }
     }
-    kvm.create_vm().map_err(|e| format!("cannot create a VM: {e}"))?;
+    kvm.create_vm()
+        .map_err(|e| format!("cannot create a VM: {e}"))?;
     Ok(())
 }
 
@@ -357,7 +382,11 @@ pub fn check_option_rom(rom: &[u8]) -> Result<u16, String> {
         return Err("no PnP expansion header".into());
     }
     let len = rom[pnp + 5] as usize * 16;
-    if rom[pnp..pnp + len].iter().fold(0u8, |s, b| s.wrapping_add(*b)) != 0 {
+    if rom[pnp..pnp + len]
+        .iter()
+        .fold(0u8, |s, b| s.wrapping_add(*b))
+        != 0
+    {
         return Err("PnP header checksum is not 0".into());
     }
     match word(pnp + 0x1a) {
@@ -432,8 +461,7 @@ struct Shared<'a> {
     buses: &'a Buses,
     rom: &'a Arc<Rom>,
     stop: &'a AtomicBool,
-    /// Set once the BEV has run: exits count as the guest's from then on.
-    guest_phase: &'a AtomicBool,
+    doorbell: &'a Doorbell,
 }
 
 fn run_vcpu(mut vcpu: VcpuFd, kind: BusKind, s: &Shared<'_>) -> Result<Tally, String> {
@@ -444,15 +472,18 @@ fn run_vcpu(mut vcpu: VcpuFd, kind: BusKind, s: &Shared<'_>) -> Result<Tally, St
     let mut t = Tally::default();
     // Relaxed: a stop flag and a phase flag; every exit comes back here.
     while !s.stop.load(Ordering::Relaxed) {
-        let phase = s.guest_phase.load(Ordering::Relaxed) as usize;
+        let exit = vcpu.run();
+        // After the exit: an AP waits in KVM_RUN from the firmware's days into the guest's.
+        let phase = s.doorbell.guest_phase.load(Ordering::Relaxed) as usize;
         let e = &mut t.exits[phase];
         let t0;
         let claimed;
-        match vcpu.run() {
+        match exit {
             Ok(VcpuExit::IoIn(port, data)) => {
                 t0 = cycles_now();
                 claimed = dispatch.pio_read(port, data);
-                t.cycles.push((cycles_now() - t0).min(u32::MAX as u64) as u32);
+                t.cycles
+                    .push((cycles_now() - t0).min(u32::MAX as u64) as u32);
                 if !claimed {
                     data.fill(0xff);
                 }
@@ -462,7 +493,8 @@ fn run_vcpu(mut vcpu: VcpuFd, kind: BusKind, s: &Shared<'_>) -> Result<Tally, St
             Ok(VcpuExit::IoOut(port, data)) => {
                 t0 = cycles_now();
                 claimed = dispatch.pio_write(port, data);
-                t.cycles.push((cycles_now() - t0).min(u32::MAX as u64) as u32);
+                t.cycles
+                    .push((cycles_now() - t0).min(u32::MAX as u64) as u32);
                 e.pio_out += 1;
                 classify_port(e, port, claimed);
             }
@@ -470,7 +502,8 @@ fn run_vcpu(mut vcpu: VcpuFd, kind: BusKind, s: &Shared<'_>) -> Result<Tally, St
                 let rom_reads = s.rom.reads.load(Ordering::Relaxed);
                 t0 = cycles_now();
                 claimed = dispatch.mmio_read(addr, data);
-                t.cycles.push((cycles_now() - t0).min(u32::MAX as u64) as u32);
+                t.cycles
+                    .push((cycles_now() - t0).min(u32::MAX as u64) as u32);
                 e.mmio_read += 1;
                 if claimed {
                     if s.rom.reads.load(Ordering::Relaxed) != rom_reads {
@@ -481,14 +514,18 @@ fn run_vcpu(mut vcpu: VcpuFd, kind: BusKind, s: &Shared<'_>) -> Result<Tally, St
                 } else {
                     match s.memory.read_exit(addr, data) {
                         Served::Memory => e.from_memory += 1,
-                        _ => e.unclaimed_mmio += 1,
+                        _ => {
+                            e.unclaimed_mmio += 1;
+                            *e.unclaimed_pages.entry(addr & !0xfff).or_default() += 1;
+                        }
                     }
                 }
             }
             Ok(VcpuExit::MmioWrite(addr, data)) => {
                 t0 = cycles_now();
                 claimed = dispatch.mmio_write(addr, data);
-                t.cycles.push((cycles_now() - t0).min(u32::MAX as u64) as u32);
+                t.cycles
+                    .push((cycles_now() - t0).min(u32::MAX as u64) as u32);
                 e.mmio_write += 1;
                 if claimed {
                     e.bar_mmio += 1;
@@ -496,13 +533,18 @@ fn run_vcpu(mut vcpu: VcpuFd, kind: BusKind, s: &Shared<'_>) -> Result<Tally, St
                     match s.memory.write_exit(addr, data) {
                         Served::Memory => e.from_memory += 1,
                         Served::Dropped => e.dropped += 1,
-                        Served::Unclaimed => e.unclaimed_mmio += 1,
+                        Served::Unclaimed => {
+                            e.unclaimed_mmio += 1;
+                            *e.unclaimed_pages.entry(addr & !0xfff).or_default() += 1;
+                        }
                     }
                 }
             }
             Ok(VcpuExit::Intr) | Ok(VcpuExit::Hlt) => continue,
             Ok(VcpuExit::Shutdown) => return Err(vcpu_state(&vcpu, "shutdown (triple fault)")),
-            Ok(VcpuExit::InternalError) => return Err(vcpu_state(&vcpu, "KVM internal error (emulation failure)")),
+            Ok(VcpuExit::InternalError) => {
+                return Err(vcpu_state(&vcpu, "KVM internal error (emulation failure)"))
+            }
             Ok(other) => {
                 let what = format!("unexpected exit {other:?}");
                 return Err(vcpu_state(&vcpu, &what));
@@ -525,7 +567,9 @@ fn vcpu_state(vcpu: &VcpuFd, what: &str) -> String {
 }
 
 fn setup_vcpu(kvm: &Kvm, vm: &VmFd, id: u64, vcpus: usize) -> Result<VcpuFd, String> {
-    let vcpu = vm.create_vcpu(id).map_err(|e| format!("KVM_CREATE_VCPU {id}: {e}"))?;
+    let vcpu = vm
+        .create_vcpu(id)
+        .map_err(|e| format!("KVM_CREATE_VCPU {id}: {e}"))?;
     // What KVM supports, with this vCPU's APIC ID and the package's logical processor
     // count (QEMU does the same); SeaBIOS finds KVM's signature at 0x40000000.
     let mut cpuid = kvm
@@ -538,7 +582,8 @@ fn setup_vcpu(kvm: &Kvm, vm: &VmFd, id: u64, vcpus: usize) -> Result<VcpuFd, Str
             _ => {}
         }
     }
-    vcpu.set_cpuid2(&cpuid).map_err(|e| format!("KVM_SET_CPUID2: {e}"))?;
+    vcpu.set_cpuid2(&cpuid)
+        .map_err(|e| format!("KVM_SET_CPUID2: {e}"))?;
     // The register state is KVM's reset state: CS 0xf000 based at 0xffff0000, IP 0xfff0,
     // the flash's reset vector. The APs wait for INIT and SIPI in the kernel.
     Ok(vcpu)
@@ -586,7 +631,9 @@ fn parse_map_line(line: &str) -> Option<(u8, u8, usize, u64, u64, String)> {
         bar.parse().ok()?,
         u64::from_str_radix(addr, 16).ok()?,
         u64::from_str_radix(size, 16).ok()?,
-        kind.trim().trim_matches(|c| c == '[' || c == ']').to_string(),
+        kind.trim()
+            .trim_matches(|c| c == '[' || c == ']')
+            .to_string(),
     ))
 }
 
@@ -613,13 +660,21 @@ fn check_log(log: &str, pci: &PciRoot, buses: &Buses, report: &mut Report) {
                             _ => "mem",
                         };
                         // SeaBIOS rounds memory BARs up to 4 KiB (PCI_DEVICE_MEM_MIN).
-                        let logged = if b.kind == BarKind::Io { b.size } else { b.size.max(0x1000) };
+                        let logged = if b.kind == BarKind::Io {
+                            b.size
+                        } else {
+                            b.size.max(0x1000)
+                        };
                         let mmio = b.kind != BarKind::Io;
                         if kind != want_kind || size != logged {
                             why = format!("BAR is {want_kind}, {:#x} bytes", b.size);
                         } else if bar == 6 {
-                            let history = pci.stats.history.lock().unwrap_or_else(|e| e.into_inner());
-                            let placed = history.iter().any(|p| p.devfn == devfn && p.bar == 6 && p.at == Some(addr));
+                            let history =
+                                pci.stats.history.lock().unwrap_or_else(|e| e.into_inner());
+                            let placed = history.iter().any(|p| {
+                                (p.origin, p.devfn, p.bar, p.at)
+                                    == (Origin::Guest, devfn, 6, Some(addr))
+                            });
                             let closed = pci.with(devfn, |f| f.placed(6)).flatten().is_none();
                             if !placed {
                                 why = format!("the ROM BAR never decoded at {addr:#x}");
@@ -635,7 +690,9 @@ fn check_log(log: &str, pci: &PciRoot, buses: &Buses, report: &mut Report) {
                                 match found {
                                     Some((r, d)) if r == want && d.is(&b.device) => {}
                                     Some((r, _)) => {
-                                        why = format!("{name} bus has {r:x?} there (another device or size)")
+                                        why = format!(
+                                            "{name} bus has {r:x?} there (another device or size)"
+                                        )
                                     }
                                     None => why = format!("{name} bus has nothing at {addr:#x}"),
                                 }
@@ -655,9 +712,11 @@ fn check_log(log: &str, pci: &PciRoot, buses: &Buses, report: &mut Report) {
         for bar in 0..6 {
             if let Some(at) = pci.with(devfn, |f| f.placed(bar)).flatten() {
                 if !seen.contains(&(devfn, bar)) {
-                    report
-                        .unlogged_bars
-                        .push(format!("{:02x}.{} BAR {bar} at {at:#x}", devfn >> 3, devfn & 7));
+                    report.unlogged_bars.push(format!(
+                        "{:02x}.{} BAR {bar} at {at:#x}",
+                        devfn >> 3,
+                        devfn & 7
+                    ));
                 }
             }
         }
@@ -680,13 +739,15 @@ fn check_found(memory: &Memory, pci: &PciRoot, report: &mut Report) {
     ] {
         let (g, b) = (read(off), placed(devfn, bar));
         if g != b || b == 0 {
-            report
-                .found_mismatches
-                .push(format!("{name}: the guest found {g:#x}, the bus has {b:#x}"));
+            report.found_mismatches.push(format!(
+                "{name}: the guest found {g:#x}, the bus has {b:#x}"
+            ));
         }
     }
     if read(0x20) != 0x8000_0000 | (DEV_C as u64) << 8 {
-        report.found_mismatches.push(format!("1234:0003 at config address {:#x}", read(0x20)));
+        report
+            .found_mismatches
+            .push(format!("1234:0003 at config address {:#x}", read(0x20)));
     }
 }
 
@@ -707,14 +768,16 @@ pub fn run(opts: &Options) -> Result<Report, String> {
         .map_err(|e| format!("KVM_SET_IDENTITY_MAP_ADDR: {e}"))?;
     vm.set_tss_address(0xfffb_d000)
         .map_err(|e| format!("KVM_SET_TSS_ADDR: {e}"))?;
-    vm.create_irq_chip().map_err(|e| format!("KVM_CREATE_IRQCHIP: {e}"))?;
+    vm.create_irq_chip()
+        .map_err(|e| format!("KVM_CREATE_IRQCHIP: {e}"))?;
     // The in-kernel PIT, with the speaker port 0x61 (SeaBIOS reads PIT channel 2's output
     // there when it calibrates the TSC).
     let pit = kvm_pit_config {
         flags: KVM_PIT_SPEAKER_DUMMY,
         ..Default::default()
     };
-    vm.create_pit2(pit).map_err(|e| format!("KVM_CREATE_PIT2: {e}"))?;
+    vm.create_pit2(pit)
+        .map_err(|e| format!("KVM_CREATE_PIT2: {e}"))?;
 
     let memory = Arc::new(Memory::new(vm.clone(), &bios)?);
     let buses = Arc::new(Buses::new());
@@ -723,20 +786,26 @@ pub fn run(opts: &Options) -> Result<Report, String> {
 
     // Legacy devices.
     let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| format!("eventfd: {e}"))?;
-    vm.register_irqfd(&irq, 4).map_err(|e| format!("KVM_IRQFD: {e}"))?;
+    vm.register_irqfd(&irq, 4)
+        .map_err(|e| format!("KVM_IRQFD: {e}"))?;
     let serial_out = SerialOut {
         bytes: Arc::new(Mutex::new(Vec::new())),
         echo: opts.verbose,
     };
-    let uart = Uart(Mutex::new(vm_superio::Serial::new(IrqLine(irq), serial_out.clone())));
+    let uart = Uart(Mutex::new(vm_superio::Serial::new(
+        IrqLine(irq),
+        serial_out.clone(),
+    )));
     let debugcon = Arc::new(DebugCon {
         log: Mutex::new(Vec::new()),
         tee: match &opts.debug_log {
-            Some(p) => Some(Mutex::new(
+            Some(p) => Some(Mutex::new((
                 std::fs::File::create(p).map_err(|e| format!("{}: {e}", p.display()))?,
-            )),
+                true,
+            ))),
             None => None,
         },
+        start,
     });
     let port92 = Arc::new(Port92 {
         value: 0.into(),
@@ -749,7 +818,9 @@ pub fn run(opts: &Options) -> Result<Report, String> {
         (0x402, 1, debugcon.clone()),
     ];
     for (base, len, d) in legacy {
-        buses.insert(base, len, &Device::Pio(d)).map_err(|e| e.to_string())?;
+        buses
+            .insert(base, len, &Device::Pio(d))
+            .map_err(|e| e.to_string())?;
     }
 
     // PCI: host bridge, ISA bridge, test devices.
@@ -774,7 +845,16 @@ pub fn run(opts: &Options) -> Result<Report, String> {
             &[
                 (0, bar(BarKind::Mem32, 0x1000, mmio(Arc::new(regs(0xA1))))),
                 (1, bar(BarKind::Io, 0x40, pio(Arc::new(regs(0xC1))))),
-                (2, bar(BarKind::Mem64 { prefetchable: false }, 0x4000, mmio(Arc::new(regs(0xA2))))),
+                (
+                    2,
+                    bar(
+                        BarKind::Mem64 {
+                            prefetchable: false,
+                        },
+                        0x4000,
+                        mmio(Arc::new(regs(0xA2))),
+                    ),
+                ),
             ],
             None,
         ),
@@ -782,7 +862,14 @@ pub fn run(opts: &Options) -> Result<Report, String> {
             DEV_B >> 3,
             0x0002,
             &[
-                (0, bar(BarKind::Mem64 { prefetchable: true }, 0x10_0000, mmio(Arc::new(regs(0xA3))))),
+                (
+                    0,
+                    bar(
+                        BarKind::Mem64 { prefetchable: true },
+                        0x10_0000,
+                        mmio(Arc::new(regs(0xA3))),
+                    ),
+                ),
                 (4, bar(BarKind::Io, 0x100, pio(Arc::new(regs(0xC3))))),
             ],
             None,
@@ -791,13 +878,27 @@ pub fn run(opts: &Options) -> Result<Report, String> {
             DEV_C >> 3,
             0x0003,
             &[
-                (0, bar(BarKind::Mem32, 0x1000, mmio(Arc::new(Moving { misroutes: misroutes.clone() })))),
+                (
+                    0,
+                    bar(
+                        BarKind::Mem32,
+                        0x1000,
+                        mmio(Arc::new(Moving {
+                            misroutes: misroutes.clone(),
+                        })),
+                    ),
+                ),
                 (1, bar(BarKind::Io, 0x10, pio(doorbell.clone()))),
             ],
             Some(bar(BarKind::Mem32, 0x4000, mmio(rom.clone()))),
         ),
     ];
-    let pci = Arc::new(PciRoot::new(functions, buses.clone(), memory.clone()));
+    let pci = Arc::new(PciRoot::new(
+        functions,
+        buses.clone(),
+        memory.clone(),
+        start,
+    ));
     buses
         .insert(0xcf8, 8, &Device::Pio(pci.clone()))
         .map_err(|e| e.to_string())?;
@@ -808,13 +909,12 @@ pub fn run(opts: &Options) -> Result<Report, String> {
     install_kick_handler()?;
 
     let stop = AtomicBool::new(false);
-    let guest_phase = AtomicBool::new(false);
     let shared = Shared {
         memory: &memory,
         buses: &buses,
         rom: &rom,
         stop: &stop,
-        guest_phase: &guest_phase,
+        doorbell: &doorbell,
     };
     let mut report = Report {
         bus: format!("{:?}", opts.bus),
@@ -849,9 +949,6 @@ pub fn run(opts: &Options) -> Result<Report, String> {
         let outcome = (|| -> Result<(), String> {
             let deadline = Duration::from_secs_f64(opts.boot_timeout);
             loop {
-                if doorbell.reached(STAGE_BEV).is_some() {
-                    guest_phase.store(true, Ordering::Relaxed);
-                }
                 if doorbell.reached(STAGE_CHECKS).is_some() {
                     break;
                 }
@@ -871,22 +968,26 @@ pub fn run(opts: &Options) -> Result<Report, String> {
                 }
                 std::thread::sleep(Duration::from_millis(1));
             }
-            guest_phase.store(true, Ordering::Relaxed);
             // Nothing has moved since the firmware placed everything: the firmware's log,
             // the guest's findings and the bus must agree now.
-            let log = String::from_utf8_lossy(&debugcon.log.lock().unwrap_or_else(|e| e.into_inner())).into_owned();
+            let log =
+                String::from_utf8_lossy(&debugcon.log.lock().unwrap_or_else(|e| e.into_inner()))
+                    .into_owned();
             check_log(&log, &pci, &buses, &mut report);
+            report.window_at_bev = memory.window();
             check_found(&memory, &pci, &mut report);
 
             // The control plane.
             let checks_start = Instant::now();
             let rom_base = doorbell.rom_base.load(Ordering::Relaxed) as u64;
             let fw_bar = pci.with(DEV_C, |f| f.placed(0)).flatten();
-            if opts.control_plane && (fw_bar.is_none() || buses.placed_at(ALT_BAR, true).is_some()) {
+            if opts.control_plane && (fw_bar.is_none() || buses.placed_at(ALT_BAR, true).is_some())
+            {
                 return Err("the moving BAR is not placed, or its other place is taken".into());
             }
             let mut tick = 0u64;
             let mut at_alt = false;
+            let (mut move_us, mut pam_us) = (Vec::new(), Vec::new());
             while checks_start.elapsed() < Duration::from_secs_f64(opts.seconds) {
                 std::thread::sleep(Duration::from_micros(500));
                 if !opts.control_plane {
@@ -896,21 +997,34 @@ pub fn run(opts: &Options) -> Result<Report, String> {
                 // Move BAR 0 of 1234:0003, as a guest would: through config space.
                 at_alt = !at_alt;
                 let to = if at_alt { ALT_BAR } else { fw_bar.unwrap_or(0) };
-                pci.config_write(DEV_C, 0x10, &(to as u32).to_le_bytes(), Origin::ControlPlane);
+                let t0 = Instant::now();
+                pci.config_write(
+                    DEV_C,
+                    0x10,
+                    &(to as u32).to_le_bytes(),
+                    Origin::ControlPlane,
+                );
+                move_us.push(t0.elapsed().as_secs_f64() * 1e6);
                 if tick % 2 == 0 {
                     // PAM: the segment of the shadowed option ROM between read-only and
                     // read-write; the F segment through all four states.
                     let (reg, shift, cycle): (usize, u32, &[u8]) = if tick % 4 == 0 {
-                        let (_, _, reg, shift) = crate::memory::pam_segment(rom_base).unwrap_or((0, 0, 1, 0));
+                        let (_, _, reg, shift) =
+                            crate::memory::pam_segment(rom_base).unwrap_or((0, 0, 1, 0));
                         (crate::pci::PAM0 + reg, shift, &[1, 3])
                     } else {
                         (crate::pci::PAM0, 4, &[1, 2, 0, 3])
                     };
                     let old = pci.with(0, |f| f.cfg(reg)).unwrap_or(0);
                     let now = (old >> shift) & 3;
-                    let i = cycle.iter().position(|&c| c == now).map_or(0, |i| (i + 1) % cycle.len());
+                    let i = cycle
+                        .iter()
+                        .position(|&c| c == now)
+                        .map_or(0, |i| (i + 1) % cycle.len());
                     let new = (old & !(3 << shift)) | cycle[i] << shift;
+                    let t0 = Instant::now();
                     pci.config_write(0, reg, &[new], Origin::ControlPlane);
+                    pam_us.push(t0.elapsed().as_secs_f64() * 1e6);
                 }
                 if tick % 8 == 0 {
                     memory.toggle_block()?;
@@ -918,6 +1032,8 @@ pub fn run(opts: &Options) -> Result<Report, String> {
                 }
             }
             report.check_seconds = checks_start.elapsed().as_secs_f64();
+            report.control_move_us = median_p99(&mut move_us);
+            report.control_pam_us = median_p99(&mut pam_us);
             Ok(())
         })();
         // Stop: raise the flag, then kick every vCPU out of KVM_RUN until it has seen it.
@@ -925,8 +1041,13 @@ pub fn run(opts: &Options) -> Result<Report, String> {
         let kick_deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let threads = threads.lock().unwrap_or_else(|e| e.into_inner());
-            let running: Vec<_> = threads.iter().filter(|(_, d)| !d.load(Ordering::Acquire)).collect();
-            if (running.is_empty() && threads.len() == handles.len()) || Instant::now() > kick_deadline {
+            let running: Vec<_> = threads
+                .iter()
+                .filter(|(_, d)| !d.load(Ordering::Acquire))
+                .collect();
+            if (running.is_empty() && threads.len() == handles.len())
+                || Instant::now() > kick_deadline
+            {
                 break;
             }
             for (tid, _) in running {
@@ -939,7 +1060,10 @@ pub fn run(opts: &Options) -> Result<Report, String> {
         }
         let mut results: Vec<_> = handles
             .into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| Err("vCPU thread panicked".into())))
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err("vCPU thread panicked".into()))
+            })
             .collect();
         if let Err(e) = outcome {
             results.push(Err(e));
@@ -959,26 +1083,36 @@ pub fn run(opts: &Options) -> Result<Report, String> {
             Err(e) => report.errors.push(e),
         }
     }
-    if let Some(e) = pci.stats.error.lock().unwrap_or_else(|e| e.into_inner()).clone() {
+    if let Some(e) = pci
+        .stats
+        .error
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
+    {
         report.errors.push(e);
     }
     let per_ns = cycles_per_ns();
     cycles.sort_unstable();
     if !cycles.is_empty() {
         report.dispatch_ns = cycles[cycles.len() / 2] as f64 / per_ns;
-        report.dispatch_mean_ns = cycles.iter().map(|&c| c as f64).sum::<f64>() / cycles.len() as f64 / per_ns;
+        report.dispatch_mean_ns =
+            cycles.iter().map(|&c| c as f64).sum::<f64>() / cycles.len() as f64 / per_ns;
     }
     let ms = |stage| doorbell.reached(stage).map(|d| d.as_secs_f64() * 1e3);
     report.init_ms = ms(STAGE_INIT);
     report.bev_ms = ms(STAGE_BEV);
     report.checks_ms = ms(STAGE_CHECKS);
-    let log = String::from_utf8_lossy(&debugcon.log.lock().unwrap_or_else(|e| e.into_inner())).into_owned();
+    let log = String::from_utf8_lossy(&debugcon.log.lock().unwrap_or_else(|e| e.into_inner()))
+        .into_owned();
     report.banner = log.contains("SeaBIOS (version");
     report.running_on_qemu = log.contains("Running on QEMU (i440fx)");
     report.running_on_kvm = log.contains("Running on KVM");
     report.ram_from_cmos = log.contains("RamSize: 0x08000000 [cmos]");
     report.debug_log = log;
-    report.serial = String::from_utf8_lossy(&serial_out.bytes.lock().unwrap_or_else(|e| e.into_inner())).into_owned();
+    report.serial =
+        String::from_utf8_lossy(&serial_out.bytes.lock().unwrap_or_else(|e| e.into_inner()))
+            .into_owned();
     let st = &pci.stats;
     report.firmware_bar_moves = st.guest_moves.load(Ordering::Relaxed);
     report.control_bar_moves = st.control_moves.load(Ordering::Relaxed);
@@ -986,6 +1120,13 @@ pub fn run(opts: &Options) -> Result<Report, String> {
     report.firmware_pam_changes = st.guest_pam.load(Ordering::Relaxed);
     report.control_pam_changes = st.control_pam.load(Ordering::Relaxed);
     report.block_changes = block_changes;
+    report.firmware_pam = st
+        .guest_pam_log
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .map(|(at, pam, took)| (at.as_secs_f64() * 1e3, *pam, took.as_secs_f64() * 1e6))
+        .collect();
     report.memslot_updates = memory.memslot_updates();
     report.memslots_match = memory.memslots_match();
     report.misroutes = misroutes.load(Ordering::Relaxed);
@@ -1008,6 +1149,14 @@ pub fn run(opts: &Options) -> Result<Report, String> {
     }
     let _ = BLOCK;
     Ok(report)
+}
+
+fn median_p99(v: &mut [f64]) -> (f64, f64) {
+    if v.is_empty() {
+        return (0.0, 0.0);
+    }
+    v.sort_by(f64::total_cmp);
+    (v[v.len() / 2], v[(v.len() * 99 / 100).min(v.len() - 1)])
 }
 
 #[inline]
