@@ -108,3 +108,66 @@ fn seabios_boots_our_option_rom_through_physmap() {
     assert!(r.memslot_updates > 0 && r.memslots_match);
     assert!(!r.failed());
 }
+
+#[test]
+fn pam_states_route_reads_and_writes_as_the_82441fx_datasheet_says() {
+    use memory::{Kind, Memory, Served, BIOS_SIZE};
+    if let Err(why) = vmm::kvm_usable() {
+        eprintln!("SKIPPED: KVM is not usable here: {why}");
+        return;
+    }
+    let vm = std::sync::Arc::new(kvm_ioctls::Kvm::new().unwrap().create_vm().unwrap());
+    let flash: Vec<u8> = (0..BIOS_SIZE).map(|i| (i * 7 + 3) as u8).collect();
+    let m = Memory::new(vm, &flash).unwrap();
+    let pam = |p: [u8; 7]| m.set_pam(p).unwrap();
+    let read = |a: u64| {
+        let mut d = [0u8; 4];
+        (m.read_exit(a, &mut d), d)
+    };
+    let at = |a: u64| -> [u8; 4] { flash[a as usize..a as usize + 4].try_into().unwrap() };
+
+    // Reset (all PAM 0): the PCI side, where 0xe0000-0xfffff is the flash's last 128 KiB.
+    assert_eq!(m.window(), [(0xe_0000, 0x2_0000, Kind::Rom)]);
+    assert_eq!(read(0xf_0010), (Served::Memory, at(0x3_0010)));
+    assert_eq!(read(0xc_0000), (Served::Unclaimed, [0xff; 4]));
+    assert_eq!(m.write_exit(0xf_0010, &[9; 4]), Served::Dropped);
+
+    // F segment write-only: reads see the flash, writes reach the RAM under it.
+    assert!(pam([0x20, 0, 0, 0, 0, 0, 0]));
+    assert_eq!(
+        m.window(),
+        [
+            (0xe_0000, 0x1_0000, Kind::Rom),
+            (0xf_0000, 0x1_0000, Kind::RomWritesRam)
+        ]
+    );
+    assert_eq!(m.write_exit(0xf_0010, &[9; 4]), Served::Memory);
+    assert_eq!(read(0xf_0010), (Served::Memory, at(0x3_0010)));
+
+    // Read-write: the RAM, with what was written.
+    assert!(pam([0x30, 0, 0, 0, 0, 0, 0]));
+    assert_eq!(m.window()[1], (0xf_0000, 0x1_0000, Kind::Ram));
+    assert_eq!(read(0xf_0010), (Served::Memory, [9; 4]));
+
+    // Read-only RAM: reads the RAM, writes go to the PCI side (the flash): dropped.
+    assert!(pam([0x10, 0, 0, 0, 0, 0, 0]));
+    assert_eq!(m.window()[1], (0xf_0000, 0x1_0000, Kind::RamReadOnly));
+    assert_eq!(m.write_exit(0xf_0010, &[5; 4]), Served::Dropped);
+    assert_eq!(read(0xf_0010), (Served::Memory, [9; 4]));
+
+    // 0xc0000 write-only, nothing on the PCI side there: no region, reads all ones, writes
+    // reach the shadow RAM; 0xc4000 (PAM1's high nibble) read-only at the same time.
+    assert!(pam([0x10, 0x12, 0, 0, 0, 0, 0]));
+    assert_eq!(m.window()[0], (0xc_4000, 0x4000, Kind::RamReadOnly));
+    assert_eq!(m.write_exit(0xc_0000, &[7; 4]), Served::Memory);
+    assert_eq!(read(0xc_0000), (Served::Unclaimed, [0xff; 4]));
+    assert!(pam([0x10, 0x13, 0, 0, 0, 0, 0]));
+    assert_eq!(m.window()[0], (0xc_0000, 0x4000, Kind::Ram));
+    assert_eq!(read(0xc_0000), (Served::Memory, [7; 4]));
+
+    // All read-write: one region; the same registers again change nothing.
+    assert!(pam([0x30, 0x33, 0x33, 0x33, 0x33, 0x33, 0x33]));
+    assert_eq!(m.window(), [(0xc_0000, 0x4_0000, Kind::Ram)]);
+    assert!(!pam([0x30, 0x33, 0x33, 0x33, 0x33, 0x33, 0x33]));
+    assert!(m.memslots_match());
+}
