@@ -319,7 +319,11 @@ impl Report {
 /// `scripts/guest-seabios.sh` unpacked under `target/`.
 pub fn find_firmware() -> Result<PathBuf, String> {
     if let Some(p) = std::env::var_os("PHYSMAP_SEABIOS") {
-        return Ok(PathBuf::from(p));
+        let p = PathBuf::from(p);
+        if p.is_file() {
+            return Ok(p);
+        }
+        return Err(format!("PHYSMAP_SEABIOS={} is not a file", p.display()));
     }
     let cached = Path::new(env!("CARGO_MANIFEST_DIR")).join(CACHED_FIRMWARE);
     for p in [PathBuf::from(INSTALLED_FIRMWARE), cached] {
