@@ -3,7 +3,8 @@
 #   - the lookup benchmarks RUNS times (default 5), each run saved as criterion baseline
 #     `runN`, so the report can show each figure's spread and check targets run by run;
 #   - the concurrent, commit, scale, memory and rust-vmm (vm-memory, bus) benchmarks once;
-#   - the KVM guest (scripts/kvm-bench.sh), unless SKIP_KVM is set.
+#   - the KVM guest (scripts/kvm-bench.sh) and SeaBIOS (scripts/seabios-bench.sh), unless
+#     SKIP_KVM is set.
 # Usage: scripts/bench-all.sh          (about 40 minutes on a 2-core machine)
 #        RUNS=3 scripts/bench-all.sh
 set -euo pipefail
@@ -24,5 +25,6 @@ cargo bench -q --features vm-memory,bus --bench rustvmm -- --noplot | grep '^|' 
 if [ -z "${SKIP_KVM:-}" ]; then
   echo "=== KVM guest (SKIP_KVM=1 skips it)"
   scripts/kvm-bench.sh >/dev/null || echo "KVM runs failed or KVM is unusable: no KVM section"
+  scripts/seabios-bench.sh >/dev/null || echo "SeaBIOS runs failed (or no KVM, no firmware): no SeaBIOS section"
 fi
 python3 scripts/bench-report.py
