@@ -2,7 +2,8 @@
 # Runs every benchmark BENCHMARKS.md reports, then regenerates it:
 #   - the lookup benchmarks RUNS times (default 5), each run saved as criterion baseline
 #     `runN`, so the report can show each figure's spread and check targets run by run;
-#   - the concurrent, commit, scale, memory and rust-vmm (vm-memory, bus) benchmarks once;
+#   - the concurrent, commit, scale, memory, rust-vmm (vm-memory, bus) and cold-dispatch
+#     benchmarks once (and scripts/cold-lines.sh where valgrind is installed);
 #   - the KVM guest (scripts/kvm-bench.sh) and SeaBIOS (scripts/seabios-bench.sh), unless
 #     SKIP_KVM is set.
 # Usage: scripts/bench-all.sh          (about 40 minutes on a 2-core machine)
@@ -22,6 +23,9 @@ cargo bench -q --bench commit -- --noplot >/dev/null
 cargo bench -q --bench scale -- --noplot >/dev/null
 cargo bench -q --bench memory >/dev/null
 cargo bench -q --features vm-memory,bus --bench rustvmm -- --noplot | grep '^|' || true
+echo "=== cold dispatch (ns, then cache lines under cachegrind if valgrind is installed)"
+cargo bench -q --bench cold -- --noplot >/dev/null
+if command -v valgrind >/dev/null; then scripts/cold-lines.sh >/dev/null; else echo "no valgrind: no cache-line table"; fi
 if [ -z "${SKIP_KVM:-}" ]; then
   echo "=== KVM guest (SKIP_KVM=1 skips it)"
   scripts/kvm-bench.sh >/dev/null || echo "KVM runs failed or KVM is unusable: no KVM section"

@@ -179,6 +179,70 @@ def seabios_section(w):
     w("")
 
 
+def exit_path_section(w):
+    """The "Exit path" section: data cache lines per cold dispatch from
+    target/physmap-bench/cold-lines.json (scripts/cold-lines.sh) and ns per cold dispatch
+    from the criterion group cold/<map>/<structure> (cargo bench --bench cold); nothing if
+    neither was run."""
+    path = bench_output("cold-lines.json")
+    lines = json.load(open(path)) if os.path.exists(path) else []
+    ns = {k: v["ns"] for k, v in load().items() if k.startswith("cold/")}
+    if not lines and not ns:
+        return
+    maps = []
+    for x in lines:
+        if x["map"] not in maps:
+            maps.append(x["map"])
+    for k in ns:
+        m = k.split("/")[1]
+        if m not in maps:
+            maps.append(m)
+    S = ["physmap-bus", "rwlock-bus", "physmap-reader", "qemu-walk"]
+    w("## The exit path: a dispatch from cold caches")
+    w("")
+    w("Between two exits the guest ran and evicted what the VMM touched: what a dispatch costs at a "
+      "real exit is the number of cache lines it fetches from far away. `benches/cold.rs` dispatches "
+      "4-byte MMIO reads spread uniformly over every MMIO range of each map (each range a device) "
+      "after a walk that evicts the caches: `physmap-bus` is physmap's `MmioBus` with one `BusVcpu` "
+      "(online, lookup, access check, device call, offline), `rwlock-bus` Cloud Hypervisor's "
+      "`RwLock<BTreeMap>` bus (read lock, range search, `Weak::upgrade`, device call), "
+      "`physmap-reader` a `Reader::lookup` alone and `qemu-walk` QEMU's dispatch walk alone.")
+    w("")
+    if lines:
+        w("Data cache lines fetched per cold dispatch, `scripts/cold-lines.sh` (cachegrind: D1 32 KiB, "
+          "LL 1 MiB, a 2 MiB walk before each of 1,000 dispatches, the walks alone subtracted; address "
+          "randomisation off, so the figures are exact and repeat run after run), and instructions:")
+        w("")
+        w("| map | " + " | ".join(f"{s} lines (instr.)" for s in S) + " | bus: physmap / RwLock lines | walk: physmap / QEMU lines |")
+        w("|---|" + "---|" * (len(S) + 2))
+        for m in maps:
+            d = {x["structure"]: x for x in lines if x["map"] == m}
+            if not d:
+                continue
+            cells = [f"{d[s]['d1_lines']:.1f} ({d[s]['instructions']:.0f})" if s in d else "" for s in S]
+            r1 = d["physmap-bus"]["d1_lines"] / d["rwlock-bus"]["d1_lines"] if "physmap-bus" in d and "rwlock-bus" in d else None
+            r2 = d["physmap-reader"]["d1_lines"] / d["qemu-walk"]["d1_lines"] if "physmap-reader" in d and "qemu-walk" in d else None
+            f = lambda r: f"**{r:.2f}x**" if r is not None else ""
+            w(f"| {m} | " + " | ".join(cells) + f" | {f(r1)} | {f(r2)} |")
+        w("")
+    if ns:
+        w("ns per cold dispatch, criterion (`cargo bench --bench cold`: each dispatch timed alone after "
+          "an 8 MiB walk, so the lines come from L3; `none` is the timer and the loop alone, subtracted "
+          "below):")
+        w("")
+        w("| map | " + " | ".join(S) + " | bus: physmap / RwLock |")
+        w("|---|" + "---|" * (len(S) + 1))
+        for m in maps:
+            base = ns.get(f"cold/{m}/none", 0.0)
+            d = {s: ns[f"cold/{m}/{s}"] - base for s in S if f"cold/{m}/{s}" in ns}
+            if not d:
+                continue
+            r = d["physmap-bus"] / d["rwlock-bus"] if "physmap-bus" in d and "rwlock-bus" in d else None
+            w(f"| {m} | " + " | ".join(f"{d[s]:.1f}" if s in d else "" for s in S)
+              + (f" | **{r:.2f}x** |" if r is not None else " | |"))
+        w("")
+
+
 def main():
     r = load()
     if not r:
@@ -456,6 +520,9 @@ def main():
     # 2d. SeaBIOS
     seabios_section(w)
 
+    # 2e. cold dispatch
+    exit_path_section(w)
+
     # 3. commit
     w("## Commit of a one-range change")
     w("")
@@ -570,6 +637,11 @@ if __name__ == "__main__":
         # Only the SeaBIOS section (scripts/seabios-bench.sh's runs), to stdout.
         out = []
         seabios_section(out.append)
+        print("\n".join(out))
+    elif sys.argv[1:] == ["--exit-path"]:
+        # Only the cold-dispatch section (benches/cold.rs, scripts/cold-lines.sh), to stdout.
+        out = []
+        exit_path_section(out.append)
         print("\n".join(out))
     else:
         main()

@@ -65,7 +65,13 @@
 //!   atomic read-modify-write: one load and compare to check its generation, then one
 //!   dependent load per tree level plus the final range check. When the generation changed,
 //!   the reader announces the new one with one plain store to a slot on its own cache line
-//!   (then a fence, and a check that the generation did not move meanwhile).
+//!   (then a fence, and a check that the generation did not move meanwhile). With
+//!   [`Config::membarrier`] that fence is a compiler fence and the writer issues
+//!   `membarrier(2)` instead, when it reclaims or synchronizes ([`Barrier`]).
+//! - **One line of the reader's own.** Everything a lookup reads and writes besides the map
+//!   (its announcement, a bus's dispatch mark, the piece it remembers, a copy of its
+//!   generation's header) is one 64-byte line, so a lookup from cold caches, as at a VM
+//!   exit, fetches that line and then the tree's.
 //! - **Immutable once published.** No slot reachable from a published root is written again.
 //! - **Bounded garbage.** Every slot is born in one generation and retired by a later commit;
 //!   the writer reuses it once no [`Snapshot`] holds, and no online [`Reader`] announces, a
@@ -133,10 +139,13 @@
 //! `loom-tests/` run this code: `arc-swap`, `parking_lot` and `rayon` are not loom-aware, so
 //! under loom the publication cell is a loom mutex around an `Arc` with its pointer mirrored in
 //! a loom atomic, the writer lock is a loom mutex, and the bulk build runs sequentially. The
-//! readers' announcement slots are loom atomics with loom fences; models cover publishing,
-//! refreshing, reclaiming past held generations, announcing, going offline and online,
-//! `synchronize` against a reader mid-lookup, a reader dropped mid-way and a panicking writer,
-//! and `scripts/loom-mutants.sh` shows each seeded protocol bug caught.
+//! readers' announcement slots are loom atomics with loom fences; `membarrier(2)` is modelled
+//! by a per-reader loom mutex that the reader releases only at its interruption points and
+//! the writer's barrier takes (so the models run under both barriers). Models cover
+//! publishing, refreshing, reclaiming past held generations (a held snapshot and an idle
+//! reader pin only their own trees), announcing, going offline and online, `synchronize`
+//! against a reader mid-lookup, a reader dropped mid-way and a panicking writer, and
+//! `scripts/loom-mutants.sh` shows each seeded protocol bug caught under each barrier.
 
 #![deny(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
