@@ -1,14 +1,15 @@
 //! Per-vCPU readers: an announced generation (`qsbr.rs`) with a remembered piece, laid out so
-//! that a lookup from cold caches touches one line of the reader's own.
+//! that a lookup reads only the reader's own two lines before the walk (no pointer to chase)
+//! and a bus dispatch, which enters from offline, reads the first and writes one more, shared
+//! with the registry.
 
 use crate::arena::Piece;
 use crate::map::Shared;
 use crate::qsbr::{Announcer, Slot, OFFLINE};
 use crate::snapshot::{Hit, Snapshot};
-use crate::sync::{Arc, Barrier};
-use crate::version::Hot;
+use crate::sync::{Arc, Barrier, Latest};
+use crate::version::{Hot, Version};
 use crate::view::{find_in, Found};
-use std::cell::UnsafeCell;
 use std::sync::atomic::AtomicUsize;
 #[cfg(feature = "bus")]
 use std::sync::atomic::Ordering;
@@ -45,33 +46,14 @@ use std::sync::Arc as StdArc;
 /// assert_eq!(*vcpu.lookup(0x60).unwrap().value, "i8042"); // always the newest generation
 /// vcpu.offline(); // about to run the guest: hold nothing meanwhile
 /// ```
+#[repr(C, align(64))]
 pub struct Reader<V> {
+    // The first line: everything a lookup reads and writes of its own.
     /// The reader's state, shared with the registry, which reads only its slot.
     state: StdArc<State>,
-    /// Keeps the map's shared state (and the versions this reader reads) alive; the
-    /// newest generation is published in it (`Publisher::latest`).
-    shared: Arc<Shared<V>>,
-    /// The map's barrier (`sync.rs`).
-    barrier: Barrier,
-}
-
-/// A reader's state. Its first cache line holds everything a lookup and a bus dispatch read
-/// and write: the announcement, the bus's dispatch mark, the remembered piece and a copy of
-/// the generation's header (so a walk from cold caches reads one line of the reader's own,
-/// then the tree). The second holds the piece of the last page record answered from.
-#[repr(C, align(64))]
-pub(crate) struct State {
-    slot: Slot,
-    /// Set by a bus dispatch (`bus.rs`): the address of its frame, which counts while the
-    /// reader is online.
-    dispatching: AtomicUsize,
-    /// The owning reader's alone (`Reader::local`).
-    local: UnsafeCell<Local>,
-}
-
-/// What only the owning reader reads and writes.
-#[repr(C)]
-struct Local {
+    /// A copy of the slot's value ([`Slot::held`]): only this reader writes the slot, so a
+    /// lookup compares the newest generation with a word of the reader's own line.
+    held: u64,
     /// The last piece answered from, a piece of the held generation (0 for none, [`IN_LAST`]
     /// for the page record copied into `last`): its address, with in the low bits (pieces
     /// are 32-byte aligned in their array) how many lookups in a row the walk found it
@@ -82,14 +64,43 @@ struct Local {
     /// arrays' bases), so that the walk touches nothing of the version; kept while offline,
     /// for going online again in the same generation; [`Hot::NONE`] before the first.
     hot: Hot,
+    // The second line: what a lookup rarely needs.
     /// The piece of the last page record answered from (a record has no cell of its own in
-    /// the piece array); meaningful while `mru` says [`IN_LAST`]. On the second line.
+    /// the piece array); meaningful while `mru` says [`IN_LAST`].
     last: Piece,
+    /// The map's publication cell, as `State::latest`: a lookup in the held generation loads
+    /// the newest generation through it (one pointer load, where going through `state`
+    /// would be two); entering a generation goes through the state's copy, on the line it
+    /// writes anyway.
+    latest: *const Latest<Version<V>>,
+    /// Keeps the map's shared state (and the versions this reader reads) alive; the
+    /// newest generation is published in it (`Publisher::latest`).
+    shared: Arc<Shared<V>>,
 }
 
-// The first line ends where `last` begins (loom's atomics are larger: not there).
+// A lookup in the held generation reads the first line and `latest`, then the newest
+// generation's cell and the tree; entering from offline (a bus dispatch) reads the first line
+// and the state's, not the second (loom's types are larger: not there).
 #[cfg(not(loom))]
-const _: () = assert!(std::mem::offset_of!(State, local) + std::mem::offset_of!(Local, last) == 64);
+const _: () = assert!(std::mem::offset_of!(Reader<()>, last) == 64);
+
+/// A reader's shared state, on a line of its own: what the registry and the bus read from
+/// other threads, and what the owning reader needs when its generation changes or it goes
+/// online or offline (the same line as its announcement).
+#[repr(C, align(64))]
+pub(crate) struct State {
+    slot: Slot,
+    /// Set by a bus dispatch (`bus.rs`): the address of its frame, which counts while the
+    /// reader is online.
+    dispatching: AtomicUsize,
+    /// The map's publication cell (`Publisher::latest`, a `Latest<Version<V>>` for the
+    /// owning reader's `V`, erased: the registry keeps states of every `V`), in the map's
+    /// shared state, which the owning reader keeps alive; read only by that reader
+    /// (`Reader::entry_latest`).
+    latest: *const (),
+    /// The map's barrier (`sync.rs`).
+    barrier: Barrier,
+}
 
 /// The generation a reader's slot holds before it first goes online: none is ever
 /// published (generations count commits), so the first `enter` copies the header in.
@@ -97,17 +108,17 @@ const NEVER: u64 = OFFLINE | (OFFLINE - 1);
 
 /// Repeats after which the remembered piece is tried first; also the most the count holds.
 const REPEATS: usize = 2;
-/// `Local::mru`'s address for "the piece in `Local::last`": a multiple of 8 that is no
+/// `Reader::mru`'s address for "the piece in `Reader::last`": a multiple of 8 that is no
 /// piece's address (the reader's own address would not do: it moves).
 const IN_LAST: usize = 8;
-/// The bits of `Local::mru` that hold the count.
+/// The bits of `Reader::mru` that hold the count.
 const COUNT: usize = 3;
 
 // SAFETY: other threads reach a reader's `State` only through the registry (`qsbr.rs`) and
-// the bus's list of dispatchers, which read only `slot` and `dispatching`, both atomics; the
-// cell `local` is read and written only by the `Reader` owning the state, through `&mut`
-// (`Reader::local`). A `State` owns nothing (its addresses point into the map's shared
-// state, which the owning reader keeps alive), so dropping it on any thread drops nothing.
+// the bus's list of dispatchers, which read only `slot` and `dispatching`, both atomics;
+// `latest` is dereferenced only by the owning reader (which keeps its target alive), and
+// `barrier` is never written. A `State` owns nothing, so dropping it on any thread drops
+// nothing.
 unsafe impl Sync for State {}
 // SAFETY: as above.
 unsafe impl Send for State {}
@@ -126,39 +137,41 @@ unsafe impl<V: Send + Sync> Send for Reader<V> {}
 impl<V> Reader<V> {
     /// A registered reader, offline until its first lookup.
     pub(crate) fn new(shared: Arc<Shared<V>>) -> Self {
-        let local = Local {
-            mru: 0,
-            hot: Hot::NONE,
-            last: crate::view::NO_PIECE,
-        };
         let state = StdArc::new(State {
             slot: Slot::new(NEVER),
             dispatching: AtomicUsize::new(0),
-            local: UnsafeCell::new(local),
+            latest: shared.publisher.latest() as *const Latest<Version<V>> as *const (),
+            barrier: shared.registry.barrier(),
         });
         shared.registry.register(state.clone());
-        let barrier = shared.registry.barrier();
         Reader {
             state,
+            held: NEVER,
+            mru: 0,
+            hot: Hot::NONE,
+            last: crate::view::NO_PIECE,
+            latest: shared.publisher.latest(),
             shared,
-            barrier,
         }
     }
 
-    /// The owning reader's part of the state.
+    /// The map's publication cell, reached through the reader's state (on the line the
+    /// reader writes when its generation changes, so that entering one from cold caches
+    /// touches no other line of the reader's).
     #[inline(always)]
-    fn local(&mut self) -> &mut Local {
-        // SAFETY: only this reader touches `local` (see `State`'s `Sync`), and `&mut self`
-        // makes this the only borrow of it.
-        unsafe { &mut *self.state.local.get() }
+    fn entry_latest(&self) -> &Latest<Version<V>> {
+        // SAFETY: `state.latest` is `shared.publisher.latest()` with this `V` (set in
+        // `new`), in `shared`, which `self` keeps alive while the borrow lasts.
+        unsafe { &*(self.state.latest as *const Latest<Version<V>>) }
     }
 
     /// Enters the newest generation if the reader does not hold it (going online first if
-    /// offline): after this, `local().hot` is the header of the generation in the slot.
+    /// offline): after this, `hot` is the header of the generation in the slot.
     #[inline(always)]
     fn current(&mut self) {
-        let newest = self.shared.publisher.latest().generation_relaxed();
-        if newest != self.state.slot.held() {
+        // SAFETY: `latest` points into `shared`, which `self` keeps alive.
+        let newest = unsafe { &*self.latest }.generation_relaxed();
+        if newest != self.held {
             self.catch_up();
         }
     }
@@ -174,16 +187,18 @@ impl<V> Reader<V> {
     /// one the reader held last.
     #[inline(always)]
     fn enter(&mut self) {
-        let before = self.state.slot.held() & !OFFLINE;
-        let latest = self.shared.publisher.latest();
-        let (generation, p) = self.state.slot.enter(latest, self.barrier);
+        let before = self.held & !OFFLINE;
+        let (generation, p) = self
+            .state
+            .slot
+            .enter(self.entry_latest(), self.state.barrier);
+        self.held = generation;
         if generation != before {
-            let local = self.local();
             // SAFETY: `p` is the version of generation `generation`, which our slot now
             // announces, checked after the announcement (`Slot::enter`): the writer drops no
             // version and reuses nothing of a generation a reader announces (I8).
-            local.hot = unsafe { (*p).hot };
-            local.mru = 0;
+            self.hot = unsafe { (*p).hot };
+            self.mru = 0;
         }
         // Otherwise: back in the generation it held before going offline (generations are
         // never published twice), whose header and remembered piece it kept.
@@ -192,11 +207,10 @@ impl<V> Reader<V> {
     /// The piece holding `addr` in the generation the reader holds (it must be online).
     #[inline(always)]
     fn find(&mut self, addr: u64) -> Option<Found<'_, V>> {
-        let local = self.local();
-        let (mru, count) = (local.mru & !COUNT, local.mru & COUNT);
+        let (mru, count) = (self.mru & !COUNT, self.mru & COUNT);
         if count >= REPEATS {
             let at = if mru == IN_LAST {
-                &local.last as *const Piece
+                &self.last as *const Piece
             } else {
                 mru as *const Piece
             };
@@ -211,16 +225,16 @@ impl<V> Reader<V> {
         }
         // SAFETY: `hot` is the header of the generation the reader announced (`enter`
         // copied it), which is held while the answer borrows `self` (I8).
-        let found = unsafe { find_in::<V>(local.hot, addr) }?;
+        let found = unsafe { find_in::<V>(self.hot, addr) }?;
         // A page record's piece has no cell: copied to `last`.
         let p = if found.cell().is_null() {
-            local.last = *found.piece();
+            self.last = *found.piece();
             IN_LAST
         } else {
             found.cell() as usize
         };
         let count = (count + 1).min(REPEATS) * (p == mru) as usize;
-        local.mru = p | count;
+        self.mru = p | count;
         Some(found)
     }
 
@@ -254,7 +268,7 @@ impl<V> Reader<V> {
     /// The generation that answered the last [`lookup`](Reader::lookup) (0 before any).
     /// Does not refresh: use it to tie an answer to the generation it came from.
     pub fn last_generation(&self) -> u64 {
-        match self.state.slot.held() {
+        match self.held {
             NEVER => 0,
             held => held & !OFFLINE,
         }
@@ -283,7 +297,8 @@ impl<V> Reader<V> {
     #[inline(always)]
     pub fn offline(&mut self) {
         if self.is_online() {
-            self.state.slot.leave(self.barrier);
+            self.state.slot.leave(self.state.barrier);
+            self.held |= OFFLINE;
         }
     }
 
@@ -295,7 +310,7 @@ impl<V> Reader<V> {
     /// Whether the reader holds a generation (between a lookup and [`offline`](Reader::offline)).
     #[inline(always)]
     pub fn is_online(&self) -> bool {
-        self.state.slot.held() & OFFLINE == 0
+        self.held & OFFLINE == 0
     }
 
     /// Marks a bus dispatch in progress on this reader, whose frame is at `frame` (it counts
