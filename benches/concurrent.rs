@@ -213,13 +213,20 @@ fn sync_latency(json: &mut String) {
     for threads in [2usize, 32] {
         for offline_between in [false, true] {
             let stop = AtomicBool::new(false);
+            // Every reader has looked up once before the first round: otherwise the rounds
+            // can end before most of 32 readers on a few cores first run, and measure none.
+            let started = std::sync::Barrier::new(threads + 1);
             let mut lat: Vec<f64> = std::thread::scope(|s| {
-                let (map, stop, addrs) = (&map, &stop, &w.addrs);
+                let (map, stop, addrs, started) = (&map, &stop, &w.addrs, &started);
                 for id in 0..threads {
                     s.spawn(move || {
                         let mut r = map.reader();
                         let mut i = id * 977;
                         let mut sum = 0u64;
+                        if let Some(h) = r.lookup(addrs[i % addrs.len()]) {
+                            sum = *h.value;
+                        }
+                        started.wait();
                         // Relaxed: a plain stop flag.
                         while !stop.load(Ordering::Relaxed) {
                             // A burst of lookups (an exit's worth of work), then, as a vCPU
@@ -239,6 +246,7 @@ fn sync_latency(json: &mut String) {
                         black_box(sum);
                     });
                 }
+                started.wait();
                 // Fewer rounds with 32 readers: each waits for 32 threads on a few cores.
                 let rounds = if threads > 8 { 300 } else { 2000 };
                 let mut lat = Vec::with_capacity(rounds as usize);
@@ -282,6 +290,12 @@ fn sync_latency(json: &mut String) {
 }
 
 fn concurrent(c: &mut Criterion) {
+    // `PHYSMAP_BENCH=synchronize` runs the `synchronize` table alone (without writing the
+    // JSON the report reads).
+    if std::env::var("PHYSMAP_BENCH").is_ok_and(|f| f == "synchronize") {
+        sync_latency(&mut String::new());
+        return;
+    }
     let mut json = String::from("{");
     pairs(&mut json);
     sync_latency(&mut json);

@@ -253,15 +253,24 @@ impl Registry {
     /// docs, "Synchronize"). `wait` is called between rounds; it returns false to give up
     /// (then so does this).
     pub(crate) fn synchronize(&self, target: u64, mut wait: impl FnMut() -> bool) -> bool {
-        let mut pending: Vec<Owner> = self.slots.lock().clone();
-        let mut confirmed = false;
+        // A slot seen at `target` or newer is done. One seen offline is done once read
+        // after a barrier that follows `target`'s publication: issued once no slot is
+        // visibly behind (readers idle online hold `synchronize` anyway). The barrier's
+        // reading covers every reader registered by then (one registered since the first
+        // reading may have entered an older generation meanwhile).
+        let behind = |s: &Owner| s.slot().read().is_some_and(|g| g < target);
+        // The first reading under the registry's lock, so that the common case (nobody
+        // behind) keeps no reader's state alive: no reference count touched per reader.
+        let (mut pending, mut confirmed): (Vec<Owner>, bool) = {
+            let slots = self.slots.lock();
+            if slots.iter().any(behind) {
+                (slots.clone(), false)
+            } else {
+                self.barrier_locked(&slots);
+                (slots.iter().filter(|s| behind(s)).cloned().collect(), true)
+            }
+        };
         loop {
-            // A slot seen at `target` or newer is done. One seen offline is done once read
-            // after a barrier that follows `target`'s publication: issued once no slot
-            // is visibly behind (readers idle online hold `synchronize` anyway).
-            // The barrier's reading covers every reader registered by then (one registered
-            // since the first reading may have entered an older generation meanwhile).
-            let behind = |s: &Owner| s.slot().read().is_some_and(|g| g < target);
             if !confirmed && !pending.iter().any(behind) {
                 let slots = self.slots.lock();
                 self.barrier_locked(&slots);
