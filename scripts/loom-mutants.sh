@@ -75,9 +75,11 @@ run "a published section freed at commit with the never-published ones" \
   src/writer/mod.rs 'if self\.sections\.published\[i\] \{' 'if false {'
 # Readers (reader.rs, qsbr.rs) and the publication point (sync.rs).
 run "reader keeps its remembered piece across a refresh" \
-  src/reader.rs 'local\.hot = unsafe \{ \(\*p\)\.hot \};\n            local\.mru = 0;' 'local.hot = unsafe { (*p).hot };'
+  src/reader.rs 'self\.hot = unsafe \{ \(\*p\)\.hot \};\n            self\.mru = 0;' 'self.hot = unsafe { (*p).hot };'
 run "reader never catches up with the publisher" \
-  src/reader.rs 'if newest != self\.state\.slot\.held\(\) \{' 'if self.state.slot.held() & OFFLINE != 0 {'
+  src/reader.rs 'if newest != self\.held \{' 'if self.held & OFFLINE != 0 {'
+run "a reader going offline keeps its own copy of its slot online" \
+  src/reader.rs '            self\.held \|= OFFLINE;\n' ''
 run "announcement weakened to Relaxed" \
   src/qsbr.rs 'self\.state\.store\(g, Ordering::Release\);' 'self.state.store(g, Ordering::Relaxed);'
 run "going offline weakened to Relaxed" \
@@ -96,6 +98,8 @@ run "reclamation judges what commits retired after its last covering reading" \
   src/reclaim.rs '\.partition\(\|w\| w\.retired <= covered\);' '.partition(|_w| true);'
 run "synchronize confirms offline readers without a barrier" \
   src/qsbr.rs 'self\.barrier_locked\(&slots\);\n                pending\.clone_from' 'pending.clone_from'
+run "synchronize's first reading confirms offline readers without a barrier" \
+  src/qsbr.rs 'self\.barrier_locked\(&slots\);\n                \(slots\.iter\(\)' '(slots.iter()'
 run "the publisher stores the generation before the version's address" \
   src/sync.rs '(        self\.versions\[\(generation % 2\) as usize\]\.store\(ptr as \*mut T, Ordering::Release\);)(.*?)(        self\.generation\.store\(generation, Ordering::Release\);)' '\3\2\1'
 run "an offline reader treated as online (at the generation it left)" \
