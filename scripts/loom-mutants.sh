@@ -60,9 +60,9 @@ run "update a published node in place instead of copying it (no copy-on-write)" 
 run "free a retired slot although a snapshot holds a generation in its interval" \
   src/reclaim.rs 'Err\(held\) => \{\n                    pins\.push\(g\);' 'Err(held) => {'
 run "check 'nobody holds it' with a Relaxed count read instead of try_unwrap's Acquire" \
-  src/reclaim.rs 'match Arc::try_unwrap\(version\) \{' 'match if Arc::strong_count(&version) == 1 { Ok(()) } else { Err(version) } {'
+  src/reclaim.rs 'match Arc::try_unwrap\(self\.versions\.swap_remove\(i\)\) \{' 'match { let version = self.versions.swap_remove(i); if Arc::strong_count(&version) == 1 { Ok(()) } else { Err(version) } } {'
 run "free a retired slot although a reader announces a generation in its interval" \
-  src/reclaim.rs 'let mut pins = announced\.to_vec\(\);' 'let mut pins: Vec<u64> = Vec::new();'
+  src/reclaim.rs 'pins\.extend_from_slice\(announced\);' ''
 run "interval off by one at its start (a slot taken as unreachable from its birth generation)" \
   src/reclaim.rs 'pins\.partition_point\(\|&p\| p < w\.born\)' 'pins.partition_point(|&p| p <= w.born)'
 run "interval off by one at its end (a slot taken as unreachable from the generation before its retirement)" \
