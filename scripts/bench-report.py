@@ -241,6 +241,25 @@ def exit_path_section(w):
             w(f"| {m} | " + " | ".join(f"{d[s]:.1f}" if s in d else "" for s in S)
               + (f" | **{r:.2f}x** |" if r is not None else " | |"))
         w("")
+    kpath = bench_output("kvm.jsonl")
+    runs = [json.loads(l) for l in open(kpath) if l.strip()] if os.path.exists(kpath) else []
+    runs = [x for x in runs if x["round"] != "long"]
+    if runs:
+        w("At a real exit (`scripts/kvm-bench.sh`, the section \"A real KVM guest\": its `SUMMARY` "
+          "line), dispatch ns per exit, median of the rounds, and physmap / `RwLock<BTreeMap>` per "
+          "round (issue 25's targets: at most 0.75x with 1 vCPU, 0.5x with 2):")
+        w("")
+        w("| vCPUs | physmap | `RwLock<BTreeMap>` | ratio of the medians | ratio per round |")
+        w("|---|---|---|---|---|")
+        for v in sorted({x["vcpus"] for x in runs}):
+            by = {b: {x["round"]: x["dispatch_ns"] for x in runs if x["vcpus"] == v and x["bus"] == b}
+                  for b in ("Physmap", "RwLock")}
+            md = lambda d: sorted(d.values())[len(d) // 2] if d else float("nan")
+            per = ", ".join(f"{by['Physmap'][r] / by['RwLock'][r]:.2f}x"
+                            for r in sorted(by["Physmap"]) if r in by["RwLock"])
+            w(f"| {v} | {md(by['Physmap']):.1f} | {md(by['RwLock']):.1f} | "
+              f"**{md(by['Physmap']) / md(by['RwLock']):.2f}x** | {per} |")
+        w("")
 
 
 def main():
