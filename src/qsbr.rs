@@ -259,22 +259,26 @@ impl Registry {
         // reading covers every reader registered by then (one registered since the first
         // reading may have entered an older generation meanwhile).
         let behind = |s: &Owner| s.slot().read().is_some_and(|g| g < target);
+        // The barrier, then the readers still behind (the only ones left to wait for).
+        let confirm = |slots: &[Owner]| -> Vec<Owner> {
+            self.barrier_locked(slots);
+            slots.iter().filter(|s| behind(s)).cloned().collect()
+        };
         // The first reading under the registry's lock, so that the common case (nobody
         // behind) keeps no reader's state alive: no reference count touched per reader.
-        let (mut pending, mut confirmed): (Vec<Owner>, bool) = {
+        let mut confirmed = false;
+        let mut pending = {
             let slots = self.slots.lock();
             if slots.iter().any(behind) {
-                (slots.clone(), false)
+                slots.clone()
             } else {
-                self.barrier_locked(&slots);
-                (slots.iter().filter(|s| behind(s)).cloned().collect(), true)
+                confirmed = true;
+                confirm(&slots)
             }
         };
         loop {
             if !confirmed && !pending.iter().any(behind) {
-                let slots = self.slots.lock();
-                self.barrier_locked(&slots);
-                pending.clone_from(&slots);
+                pending = confirm(&self.slots.lock());
                 confirmed = true;
             }
             pending.retain(|s| match s.slot().read() {
