@@ -4,7 +4,9 @@
 # 64-byte lines; a 2 MiB walk evicts both before each of 1,000 dispatches) and subtracts the
 # same run without the dispatches. Deterministic: the same figures on every run of the same
 # binary. Prints a Markdown table and writes target/physmap-bench/cold-lines.json.
-# Usage: scripts/cold-lines.sh [MAP...]   (needs valgrind)
+# Usage: [MIX=few] scripts/cold-lines.sh [MAP...]   (needs valgrind)
+# MIX=few: the accesses go round three devices (as a driver's exits do) instead of spreading
+# over every MMIO range; writes cold-lines-few.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v valgrind >/dev/null || { echo "valgrind is not installed" >&2; exit 2; }
@@ -17,7 +19,8 @@ for l in sys.stdin:
 maps=("$@")
 [ ${#maps[@]} -gt 0 ] || maps=(q35-booted q35-24-virtio-net pc-i440fx pc-dimms virt-arm)
 structures=(physmap-bus rwlock-bus physmap-reader qemu-walk)
-out=target/physmap-bench/cold-lines.json
+suffix=""; [ "${MIX:-spread}" = few ] && suffix=/few
+out=target/physmap-bench/cold-lines${suffix:+-few}.json
 mkdir -p target/physmap-bench
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
@@ -41,9 +44,9 @@ echo "|---|---|---:|---:|---:|"
 echo "[" > "$out"
 first=1
 for m in "${maps[@]}"; do
-  read -r ir0 d0 l0 < <(count "$m/none")
+  read -r ir0 d0 l0 < <(count "$m/none$suffix")
   for s in "${structures[@]}"; do
-    read -r ir d l < <(count "$m/$s")
+    read -r ir d l < <(count "$m/$s$suffix")
     row=$(python3 -c "print('%.1f %.2f %.2f' % (($ir-$ir0)/1000, ($d-$d0)/1000, ($l-$l0)/1000))")
     read -r i1 d1 l1 <<<"$row"
     echo "| $m | $s | $i1 | $d1 | $l1 |"

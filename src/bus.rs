@@ -60,6 +60,8 @@
 use crate::{Config, PhysMap, Reader};
 use std::fmt;
 use std::ops::RangeInclusive;
+use std::ptr::NonNull;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use vm_device::bus::{MmioAddress, PioAddress};
 use vm_device::{DeviceMmio, DevicePio};
@@ -234,7 +236,11 @@ impl<D: ?Sized + Send + Sync> Bus<D> {
     pub fn vcpu(&self) -> BusVcpu<D> {
         let reader = self.map.reader();
         dispatchers::add(reader.dispatch_mark());
-        BusVcpu { reader }
+        reader.bus_score().store(Recent::<D>::ON, Ordering::Relaxed);
+        BusVcpu {
+            reader,
+            recent: Recent::new(),
+        }
     }
 
     /// Waits until every dispatch that may have found an older placement has returned
@@ -354,6 +360,89 @@ impl<V> Drop for Offline<'_, V> {
 /// Send it to its thread; one per thread.
 pub struct BusVcpu<D: ?Sized> {
     reader: Reader<Placement<D>>,
+    recent: Recent<D>,
+}
+
+// SAFETY: `recent` holds pointers to devices of placements in the generation it is tagged
+// with, dereferenced only by the owning `BusVcpu` while its reader holds that generation
+// (I8), whatever the thread; the devices are `Sync` (shared with every vCPU) and the reader
+// is `Send` for `Placement<D>: Send + Sync`.
+unsafe impl<D: ?Sized + Send + Sync> Send for BusVcpu<D> {}
+
+/// How many placements a vCPU remembers.
+const RECENT: usize = 3;
+
+/// The placements a vCPU dispatched to last, in the generation it held then: exits cluster
+/// on a few devices (a driver's doorbell and status registers, the serial port, the
+/// interrupt controller), and a hit here costs one line where the walk costs the tree's
+/// nodes, the piece and the placement (QEMU's dispatch remembers one section,
+/// `AddressSpaceDispatch::mru_section`; this remembers three, with their devices inline).
+/// On traffic spread over many devices it would cost a line per dispatch for nothing: a
+/// score on the reader's state line, which a dispatch writes anyway, decides whether to
+/// look here ([`Recent::ON`]).
+#[repr(C, align(64))]
+struct Recent<D: ?Sized> {
+    /// The generation the placements are of ([`NONE`](Recent::NONE) for none).
+    generation: u64,
+    /// Entries in use (filled in order, then replaced round-robin from `next`).
+    len: u32,
+    /// The entry the next walk's placement replaces, once all are in use.
+    next: u32,
+    /// Each entry's first and last byte (an unused entry: 1 and 0, which no address is
+    /// between).
+    first: [u64; RECENT],
+    last: [u64; RECENT],
+    /// Each entry's device (`None` unused).
+    device: [Option<NonNull<D>>; RECENT],
+}
+
+impl<D: ?Sized> Recent<D> {
+    /// Tags no generation: generations start at 1 and count up.
+    const NONE: u64 = u64::MAX;
+    /// The score from which the vCPU looks here first, and the most it holds: a hit sets
+    /// it to `ON + 2 * MISS`, so that three misses in a row (with every entry in use) turn
+    /// the lookups here off; while off, every dispatch adds 1 to it from 0, so that after
+    /// `ON` dispatches the vCPU tries again (a line every `ON` dispatches on spread traffic).
+    const ON: u32 = 64;
+    const MISS: u32 = 4;
+
+    fn new() -> Self {
+        Recent {
+            generation: Self::NONE,
+            len: 0,
+            next: 0,
+            first: [1; RECENT],
+            last: [0; RECENT],
+            device: [None; RECENT],
+        }
+    }
+
+    /// The entry holding `addr`, if any.
+    #[inline(always)]
+    fn find(&self, addr: u64) -> Option<(u64, u64, NonNull<D>)> {
+        for i in 0..RECENT {
+            if self.first[i] <= addr && addr <= self.last[i] {
+                return Some((self.first[i], self.last[i], self.device[i]?));
+            }
+        }
+        None
+    }
+
+    /// Remembers a placement of the generation the entries are of.
+    #[inline(always)]
+    fn remember(&mut self, p: &Placement<D>) {
+        let i = if (self.len as usize) < RECENT {
+            self.len += 1;
+            self.len as usize - 1
+        } else {
+            let i = self.next as usize;
+            self.next = ((i + 1) % RECENT) as u32;
+            i
+        };
+        self.first[i] = p.base;
+        self.last[i] = p.base + (p.size - 1);
+        self.device[i] = Some(NonNull::from(&*p.device));
+    }
 }
 
 impl<D: ?Sized + Send + Sync> BusVcpu<D> {
@@ -375,9 +464,48 @@ impl<D: ?Sized + Send + Sync> BusVcpu<D> {
         // This dispatch is in progress on this thread (for `Bus::synchronize`).
         vcpu.0
             .mark_dispatch(&vcpu as *const Offline<'_, _> as usize);
-        let hit = vcpu.0.lookup_from_offline(addr);
+        let generation = vcpu.0.dispatch_online();
+        // Relaxed (here and below): only this thread reads and writes the score.
+        let score = vcpu.0.bus_score().load(Ordering::Relaxed);
+        let recent = &mut self.recent;
+        if score >= Recent::<D>::ON {
+            if recent.generation != generation {
+                // Remembered in another generation: nothing of it may be used.
+                *recent = Recent::new();
+                recent.generation = generation;
+            } else if let Some((first, last, device)) = recent.find(addr) {
+                vcpu.0
+                    .bus_score()
+                    .store(Recent::<D>::ON + 2 * Recent::<D>::MISS, Ordering::Relaxed);
+                let offset = addr - first;
+                if len == 0 || len as u64 - 1 > last - addr {
+                    return Err(BusError::AccessOutOfRange { addr, len });
+                }
+                // SAFETY: `device` is the device of a placement of generation `generation`
+                // (`remember`; entries are dropped with their generation above), which the
+                // reader holds until `vcpu` takes it offline, after `f` (I8): the placement
+                // and its `Arc` are alive until then.
+                return Ok(f(unsafe { device.as_ref() }, first, offset));
+            } else if recent.len as usize == RECENT {
+                // Every entry in use, and none held the address.
+                let mut score = score - Recent::<D>::MISS;
+                if score < Recent::<D>::ON {
+                    // Off, for `ON` dispatches; then the entries fill up anew (no miss
+                    // counts until all are in use again).
+                    score = 0;
+                    recent.generation = Recent::<D>::NONE;
+                }
+                vcpu.0.bus_score().store(score, Ordering::Relaxed);
+            }
+        } else {
+            vcpu.0.bus_score().store(score + 1, Ordering::Relaxed);
+        }
+        let hit = vcpu.0.dispatch_lookup(addr);
         let hit = hit.ok_or(BusError::NoDevice { addr })?;
         let p = hit.value;
+        if score >= Recent::<D>::ON {
+            recent.remember(p);
+        }
         let offset = addr - p.base;
         if len == 0 || len as u64 > p.size - offset {
             return Err(BusError::AccessOutOfRange { addr, len });
@@ -433,5 +561,46 @@ impl PioBus {
     pub fn pio() -> Self {
         // 16 bits is a valid geometry: cannot fail.
         Self::with_addr_bits(16).unwrap_or_else(|_| unreachable!())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vm_device::bus::MmioAddressOffset;
+
+    struct Nop;
+    impl DeviceMmio for Nop {
+        fn mmio_read(&self, _: MmioAddress, _: MmioAddressOffset, _: &mut [u8]) {}
+        fn mmio_write(&self, _: MmioAddress, _: MmioAddressOffset, _: &[u8]) {}
+    }
+
+    /// Spread traffic turns the look at the recent placements off (no line for nothing);
+    /// traffic round a few devices turns it on again within `ON` dispatches.
+    #[test]
+    fn the_recent_placements_score_follows_the_traffic() {
+        let bus = MmioBus::new();
+        for i in 0..64u64 {
+            bus.insert(i << 12, 0x1000, Arc::new(Nop)).unwrap();
+        }
+        let mut vcpu = bus.vcpu();
+        let score = |v: &BusVcpu<_>| v.reader.bus_score().load(Ordering::Relaxed);
+        let on = Recent::<dyn DeviceMmio + Send + Sync>::ON;
+        assert!(score(&vcpu) >= on);
+        for i in 0..16u64 {
+            vcpu.mmio_read((i * 7 % 64) << 12, &mut [0]).unwrap();
+        }
+        assert!(score(&vcpu) < on, "spread traffic: off");
+        for i in 0..(on as u64 + 8) {
+            vcpu.mmio_read((i % 3) << 12, &mut [0]).unwrap();
+        }
+        assert!(score(&vcpu) >= on, "three devices: on again");
+        let before = score(&vcpu);
+        vcpu.mmio_read(1 << 12, &mut [0]).unwrap();
+        assert_eq!(
+            score(&vcpu),
+            on + 2 * Recent::<dyn DeviceMmio + Send + Sync>::MISS
+        );
+        assert!(before >= on);
     }
 }

@@ -1,7 +1,8 @@
 //! Per-vCPU readers: an announced generation (`qsbr.rs`) with a remembered piece, laid out so
 //! that a lookup reads only the reader's own two lines before the walk (no pointer to chase)
-//! and a bus dispatch, which enters from offline, reads the first and writes one more, shared
-//! with the registry.
+//! and a bus dispatch, which enters from offline and walks without the remembered piece,
+//! reads the first and writes one more, shared with the registry; the lines after the first
+//! all hang off it (a dependent chain of two, not three).
 
 use crate::arena::Piece;
 use crate::map::Shared;
@@ -10,9 +11,9 @@ use crate::snapshot::{Hit, Snapshot};
 use crate::sync::{Arc, Barrier, Latest};
 use crate::version::{Hot, Version};
 use crate::view::{find_in, Found};
-use std::sync::atomic::AtomicUsize;
 #[cfg(feature = "bus")]
 use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU32, AtomicUsize};
 use std::sync::Arc as StdArc;
 
 /// A per-vCPU lookup handle. Give each vCPU thread its own.
@@ -48,41 +49,41 @@ use std::sync::Arc as StdArc;
 /// ```
 #[repr(C, align(64))]
 pub struct Reader<V> {
-    // The first line: everything a lookup reads and writes of its own.
+    // The first line: everything a bus dispatch reads and writes of its own.
     /// The reader's state, shared with the registry, which reads only its slot.
     state: StdArc<State>,
     /// A copy of the slot's value ([`Slot::held`]): only this reader writes the slot, so a
     /// lookup compares the newest generation with a word of the reader's own line.
     held: u64,
+    /// The map's publication cell (`Publisher::latest`), in `shared`: a lookup loads the
+    /// newest generation through it, and entering a generation loads its address; on this
+    /// line, so that both the state's line and the cell's are one pointer away from it.
+    latest: *const Latest<Version<V>>,
+    /// A copy of the held generation's header (the root, the walk's constants and the
+    /// arrays' bases), so that the walk touches nothing of the version; kept while offline,
+    /// for going online again in the same generation; [`Hot::NONE`] before the first.
+    hot: Hot,
+    // The second line: what a lookup rarely needs, and the remembered piece, which only
+    // `lookup` uses (a bus dispatch does not: `BusVcpu` remembers placements of its own).
     /// The last piece answered from, a piece of the held generation (0 for none, [`IN_LAST`]
     /// for the page record copied into `last`): its address, with in the low bits (pieces
     /// are 32-byte aligned in their array) how many lookups in a row the walk found it
     /// again, up to [`REPEATS`] (see [`Reader::lookup`]). One word, so that remembering
     /// costs one load and one store.
     mru: usize,
-    /// A copy of the held generation's header (the root, the walk's constants and the
-    /// arrays' bases), so that the walk touches nothing of the version; kept while offline,
-    /// for going online again in the same generation; [`Hot::NONE`] before the first.
-    hot: Hot,
-    // The second line: what a lookup rarely needs.
     /// The piece of the last page record answered from (a record has no cell of its own in
     /// the piece array); meaningful while `mru` says [`IN_LAST`].
     last: Piece,
-    /// The map's publication cell, as `State::latest`: a lookup in the held generation loads
-    /// the newest generation through it (one pointer load, where going through `state`
-    /// would be two); entering a generation goes through the state's copy, on the line it
-    /// writes anyway.
-    latest: *const Latest<Version<V>>,
     /// Keeps the map's shared state (and the versions this reader reads) alive; the
     /// newest generation is published in it (`Publisher::latest`).
     shared: Arc<Shared<V>>,
 }
 
-// A lookup in the held generation reads the first line and `latest`, then the newest
-// generation's cell and the tree; entering from offline (a bus dispatch) reads the first line
-// and the state's, not the second (loom's types are larger: not there).
+// A lookup in the held generation reads the first line, then the newest generation's cell and
+// the tree, and the second line's remembered piece; a bus dispatch reads the first line, the
+// state's and the cell's, not the second (loom's types are larger: not there).
 #[cfg(not(loom))]
-const _: () = assert!(std::mem::offset_of!(Reader<()>, last) == 64);
+const _: () = assert!(std::mem::offset_of!(Reader<()>, mru) == 64);
 
 /// A reader's shared state, on a line of its own: what the registry and the bus read from
 /// other threads, and what the owning reader needs when its generation changes or it goes
@@ -93,11 +94,10 @@ pub(crate) struct State {
     /// Set by a bus dispatch (`bus.rs`): the address of its frame, which counts while the
     /// reader is online.
     dispatching: AtomicUsize,
-    /// The map's publication cell (`Publisher::latest`, a `Latest<Version<V>>` for the
-    /// owning reader's `V`, erased: the registry keeps states of every `V`), in the map's
-    /// shared state, which the owning reader keeps alive; read only by that reader
-    /// (`Reader::entry_latest`).
-    latest: *const (),
+    /// Written and read only by the owning reader's bus dispatches (`bus.rs`, its recent
+    /// placements' score): on this line, which a dispatch writes anyway. An atomic only
+    /// because `State` is shared; Relaxed loads and stores are plain moves.
+    bus_score: AtomicU32,
     /// The map's barrier (`sync.rs`).
     barrier: Barrier,
 }
@@ -113,15 +113,6 @@ const REPEATS: usize = 2;
 const IN_LAST: usize = 8;
 /// The bits of `Reader::mru` that hold the count.
 const COUNT: usize = 3;
-
-// SAFETY: other threads reach a reader's `State` only through the registry (`qsbr.rs`) and
-// the bus's list of dispatchers, which read only `slot` and `dispatching`, both atomics;
-// `latest` is dereferenced only by the owning reader (which keeps its target alive), and
-// `barrier` is never written. A `State` owns nothing, so dropping it on any thread drops
-// nothing.
-unsafe impl Sync for State {}
-// SAFETY: as above.
-unsafe impl Send for State {}
 
 impl Announcer for State {
     fn slot(&self) -> &Slot {
@@ -140,37 +131,34 @@ impl<V> Reader<V> {
         let state = StdArc::new(State {
             slot: Slot::new(NEVER),
             dispatching: AtomicUsize::new(0),
-            latest: shared.publisher.latest() as *const Latest<Version<V>> as *const (),
+            bus_score: AtomicU32::new(0),
             barrier: shared.registry.barrier(),
         });
         shared.registry.register(state.clone());
         Reader {
             state,
             held: NEVER,
-            mru: 0,
-            hot: Hot::NONE,
-            last: crate::view::NO_PIECE,
             latest: shared.publisher.latest(),
+            hot: Hot::NONE,
+            mru: 0,
+            last: crate::view::NO_PIECE,
             shared,
         }
     }
 
-    /// The map's publication cell, reached through the reader's state (on the line the
-    /// reader writes when its generation changes, so that entering one from cold caches
-    /// touches no other line of the reader's).
+    /// The map's publication cell.
     #[inline(always)]
-    fn entry_latest(&self) -> &Latest<Version<V>> {
-        // SAFETY: `state.latest` is `shared.publisher.latest()` with this `V` (set in
-        // `new`), in `shared`, which `self` keeps alive while the borrow lasts.
-        unsafe { &*(self.state.latest as *const Latest<Version<V>>) }
+    fn latest(&self) -> &Latest<Version<V>> {
+        // SAFETY: `latest` is `shared.publisher.latest()` (set in `new`), in `shared`, which
+        // `self` keeps alive while the borrow lasts.
+        unsafe { &*self.latest }
     }
 
     /// Enters the newest generation if the reader does not hold it (going online first if
     /// offline): after this, `hot` is the header of the generation in the slot.
     #[inline(always)]
     fn current(&mut self) {
-        // SAFETY: `latest` points into `shared`, which `self` keeps alive.
-        let newest = unsafe { &*self.latest }.generation_relaxed();
+        let newest = self.latest().generation_relaxed();
         if newest != self.held {
             self.catch_up();
         }
@@ -188,10 +176,7 @@ impl<V> Reader<V> {
     #[inline(always)]
     fn enter(&mut self) {
         let before = self.held & !OFFLINE;
-        let (generation, p) = self
-            .state
-            .slot
-            .enter(self.entry_latest(), self.state.barrier);
+        let (generation, p) = self.state.slot.enter(self.latest(), self.state.barrier);
         self.held = generation;
         if generation != before {
             // SAFETY: `p` is the version of generation `generation`, which our slot now
@@ -223,9 +208,7 @@ impl<V> Reader<V> {
                 return Some(found);
             }
         }
-        // SAFETY: `hot` is the header of the generation the reader announced (`enter`
-        // copied it), which is held while the answer borrows `self` (I8).
-        let found = unsafe { find_in::<V>(self.hot, addr) }?;
+        let found = Self::walk(&self.hot, addr)?;
         // A page record's piece has no cell: copied to `last`.
         let p = if found.cell().is_null() {
             self.last = *found.piece();
@@ -236,6 +219,15 @@ impl<V> Reader<V> {
         let count = (count + 1).min(REPEATS) * (p == mru) as usize;
         self.mru = p | count;
         Some(found)
+    }
+
+    /// The walk from the root of the held generation, given the reader's `hot` (the reader
+    /// must be online).
+    #[inline(always)]
+    fn walk(hot: &Hot, addr: u64) -> Option<Found<'_, V>> {
+        // SAFETY: `hot` is the header of the generation the reader announced (`enter`
+        // copied it), which is held while the answer borrows the reader (I8).
+        unsafe { find_in::<V>(*hot, addr) }
     }
 
     /// Looks `addr` up in the newest published generation.
@@ -252,17 +244,34 @@ impl<V> Reader<V> {
         Some(Hit::new(found.value(), found.piece(), addr))
     }
 
-    /// [`lookup`](Reader::lookup) for a reader that is offline, as a device bus's is
-    /// between dispatches: enters the newest generation inline rather than out of line.
+    /// Goes online for a bus dispatch (whose reader is offline between dispatches: enters
+    /// the newest generation inline rather than out of line) and returns the generation it
+    /// holds.
+    #[cfg(feature = "bus")]
     #[inline(always)]
-    pub(crate) fn lookup_from_offline(&mut self, addr: u64) -> Option<Hit<'_, V>> {
+    pub(crate) fn dispatch_online(&mut self) -> u64 {
         if self.is_online() {
             self.current();
         } else {
             self.enter();
         }
-        let found = self.find(addr)?;
+        self.held
+    }
+
+    /// The lookup of a bus dispatch, after [`dispatch_online`](Reader::dispatch_online): the
+    /// walk alone (the bus remembers placements itself, on a line of its own).
+    #[cfg(feature = "bus")]
+    #[inline(always)]
+    pub(crate) fn dispatch_lookup(&self, addr: u64) -> Option<Hit<'_, V>> {
+        let found = Self::walk(&self.hot, addr)?;
         Some(Hit::new(found.value(), found.piece(), addr))
+    }
+
+    /// The owning bus's score of its recent placements (`bus.rs`), on the state's line.
+    #[cfg(feature = "bus")]
+    #[inline(always)]
+    pub(crate) fn bus_score(&self) -> &AtomicU32 {
+        &self.state.bus_score
     }
 
     /// The generation that answered the last [`lookup`](Reader::lookup) (0 before any).

@@ -437,3 +437,81 @@ fn a_panicking_handler_on_an_idle_vcpu_delays_no_one() {
     done_tx.send(()).unwrap();
     assert_eq!(vcpu_thread.join().unwrap(), Ok(()));
 }
+
+/// A vCPU remembers the devices it dispatched to last (`BusVcpu`'s recent placements): what
+/// it remembers must follow every move, removal and insertion, on clustered and spread
+/// traffic alike, with the access checks of a walk.
+#[test]
+fn remembered_devices_follow_every_change() {
+    let bus = MmioBus::new();
+    let devs: Vec<_> = (0..8).map(|i| Dev::new(i + 1)).collect();
+    for (i, d) in devs.iter().enumerate() {
+        bus.insert(0x10_0000 * (i as u64 + 1), 0x1000, d.clone())
+            .unwrap();
+    }
+    let mut vcpu = bus.vcpu();
+    let mut data = [0u8; 17];
+    let mut read = |vcpu: &mut physmap::bus::BusVcpu<_>, addr: u64| {
+        vcpu.mmio_read(addr, &mut data).map(|()| decode(&data))
+    };
+    // Round three devices (remembered), then spread over all eight, then round three again.
+    for round in 0..200u64 {
+        let i = if (50..150).contains(&round) {
+            round * 5 % 8
+        } else {
+            round % 3
+        };
+        let base = 0x10_0000 * (i + 1);
+        let off = round * 4 % 0x1000;
+        assert_eq!(read(&mut vcpu, base + off), Ok((i + 1, base, off)));
+    }
+    // A move: the old place answers no more, the new one does, with the new base.
+    bus.update_range(0x20_0000, 0x90_0000, 0x1000).unwrap();
+    assert_eq!(
+        read(&mut vcpu, 0x20_0004),
+        Err(BusError::NoDevice { addr: 0x20_0004 })
+    );
+    assert_eq!(read(&mut vcpu, 0x90_0004), Ok((2, 0x90_0000, 4)));
+    // A removal, then another device in its place.
+    read(&mut vcpu, 0x30_0000).unwrap();
+    let calls = devs[2].calls.load(Ordering::Relaxed);
+    bus.remove(0x30_0000).unwrap();
+    assert_eq!(
+        read(&mut vcpu, 0x30_0000),
+        Err(BusError::NoDevice { addr: 0x30_0000 })
+    );
+    assert_eq!(devs[2].calls.load(Ordering::Relaxed), calls);
+    bus.insert(0x30_0000, 0x800, Dev::new(42)).unwrap();
+    for _ in 0..3 {
+        assert_eq!(read(&mut vcpu, 0x30_0010), Ok((42, 0x30_0000, 0x10)));
+        assert_eq!(
+            read(&mut vcpu, 0x30_0800),
+            Err(BusError::NoDevice { addr: 0x30_0800 })
+        );
+    }
+    // The access checks on a remembered device: past its end, and empty.
+    assert_eq!(read(&mut vcpu, 0x10_0ee0), Ok((1, 0x10_0000, 0xee0)));
+    assert_eq!(
+        vcpu.mmio_read(0x10_0ff8, &mut [0u8; 9]),
+        Err(BusError::AccessOutOfRange {
+            addr: 0x10_0ff8,
+            len: 9
+        })
+    );
+    vcpu.mmio_read(0x10_0ff8, &mut [0u8; 8]).unwrap();
+    assert_eq!(
+        vcpu.mmio_write(0x10_0ff8, &[]),
+        Err(BusError::AccessOutOfRange {
+            addr: 0x10_0ff8,
+            len: 0
+        })
+    );
+    // A device ending at the last address.
+    bus.insert(u64::MAX - 0xfff, 0x1000, Dev::new(9)).unwrap();
+    for _ in 0..3 {
+        let mut four = [0u8; 4];
+        vcpu.mmio_read(u64::MAX - 3, &mut four).unwrap();
+        assert_eq!(four[0], 9);
+        assert!(vcpu.mmio_read(u64::MAX - 3, &mut [0u8; 5]).is_err());
+    }
+}
