@@ -187,12 +187,7 @@ impl<D: ?Sized + Send + Sync> Bus<D> {
     /// Removes the device whose range holds `addr` and returns its range and the device,
     /// once no vCPU is still dispatching to it (module docs).
     pub fn remove(&self, addr: u64) -> Result<(RangeInclusive<u64>, Arc<D>), BusError> {
-        let mut t = self.map.transaction();
-        let (range, device) = self.placement(addr)?;
-        t.remove(range.clone())?;
-        t.commit()?;
-        self.synchronize();
-        Ok((range, device))
+        self.relocate(addr, |_| Ok::<_, BusError>(()), None)
     }
 
     /// Moves the device whose range holds `old_addr` to `size` bytes from `new_base`, in one
@@ -200,21 +195,41 @@ impl<D: ?Sized + Send + Sync> Bus<D> {
     /// dispatching to the old placement. The new range may overlap the old one, not another
     /// device's; on error nothing changes.
     pub fn update_range(&self, old_addr: u64, new_base: u64, size: u64) -> Result<(), BusError> {
-        let new = crate::checked_range(new_base, size)?;
+        self.relocate(old_addr, |_| Ok::<_, BusError>(()), Some((new_base, size)))
+            .map(drop)
+    }
+
+    /// Takes the device whose range holds `addr` off its range, if `check` accepts that range,
+    /// and puts it on `size` bytes from `new_base` if given, as one atomic change; returns
+    /// the old range and the device once no vCPU is still dispatching to the old placement
+    /// (module docs). On any error nothing changes. (The one way `remove`, `update_range` and
+    /// the other buses' shapes, `ch_bus` and `fc_bus`, change a placement.)
+    pub(crate) fn relocate<E: From<BusError>>(
+        &self,
+        addr: u64,
+        check: impl FnOnce(&RangeInclusive<u64>) -> Result<(), E>,
+        new: Option<(u64, u64)>,
+    ) -> Result<(RangeInclusive<u64>, Arc<D>), E> {
+        let new = match new {
+            Some((base, size)) => {
+                let range = crate::checked_range(base, size).map_err(BusError::from)?;
+                Some((base, size, range))
+            }
+            None => None,
+        };
+        // The transaction first: no other change comes between the check and the commit.
         let mut t = self.map.transaction();
-        let (old, device) = self.placement(old_addr)?;
-        t.remove(old)?;
-        t.insert(
-            new,
-            Placement {
-                base: new_base,
-                size,
-                device,
-            },
-        )?;
-        t.commit()?;
+        let (old, device) = self.placement(addr)?;
+        check(&old)?;
+        t.remove(old.clone()).map_err(BusError::from)?;
+        if let Some((base, size, range)) = new {
+            let device = device.clone();
+            let p = Placement { base, size, device };
+            t.insert(range, p).map_err(BusError::from)?;
+        }
+        t.commit().map_err(BusError::from)?;
         self.synchronize();
-        Ok(())
+        Ok((old, device))
     }
 
     /// The device whose range holds `addr`, with its range (for the control plane; vCPU

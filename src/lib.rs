@@ -158,11 +158,17 @@ mod bulk;
 #[cfg_attr(docsrs, doc(cfg(feature = "bus")))]
 pub mod bus;
 mod canon;
+#[cfg(feature = "ch-bus")]
+#[cfg_attr(docsrs, doc(cfg(feature = "ch-bus")))]
+pub mod ch_bus;
 mod config;
 mod diff;
 mod drops;
 mod entry;
 mod error;
+#[cfg(feature = "fc-bus")]
+#[cfg_attr(docsrs, doc(cfg(feature = "fc-bus")))]
+pub mod fc_bus;
 mod map;
 #[cfg(feature = "mtree")]
 #[cfg_attr(docsrs, doc(cfg(feature = "mtree")))]
@@ -172,6 +178,8 @@ mod reader;
 mod reclaim;
 mod snapshot;
 mod sync;
+#[cfg(any(feature = "ch-bus", feature = "fc-bus"))]
+mod thread_vcpus;
 mod transaction;
 mod version;
 mod view;
