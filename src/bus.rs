@@ -187,7 +187,9 @@ impl<D: ?Sized + Send + Sync> Bus<D> {
     /// Removes the device whose range holds `addr` and returns its range and the device,
     /// once no vCPU is still dispatching to it (module docs).
     pub fn remove(&self, addr: u64) -> Result<(RangeInclusive<u64>, Arc<D>), BusError> {
-        self.relocate(addr, |_| Ok::<_, BusError>(()), None)
+        let removed = self.relocate(addr, |_| Ok::<_, BusError>(()), None)?;
+        self.synchronize();
+        Ok(removed)
     }
 
     /// Moves the device whose range holds `old_addr` to `size` bytes from `new_base`, in one
@@ -195,14 +197,16 @@ impl<D: ?Sized + Send + Sync> Bus<D> {
     /// dispatching to the old placement. The new range may overlap the old one, not another
     /// device's; on error nothing changes.
     pub fn update_range(&self, old_addr: u64, new_base: u64, size: u64) -> Result<(), BusError> {
-        self.relocate(old_addr, |_| Ok::<_, BusError>(()), Some((new_base, size)))
-            .map(drop)
+        self.relocate(old_addr, |_| Ok::<_, BusError>(()), Some((new_base, size)))?;
+        self.synchronize();
+        Ok(())
     }
 
     /// Takes the device whose range holds `addr` off its range, if `check` accepts that range,
     /// and puts it on `size` bytes from `new_base` if given, as one atomic change; returns
-    /// the old range and the device once no vCPU is still dispatching to the old placement
-    /// (module docs). On any error nothing changes. (The one way `remove`, `update_range` and
+    /// the old range and the device, without waiting for the dispatches to the old placement
+    /// (callers [`synchronize`](Bus::synchronize) where their contract says so). On any
+    /// error nothing changes. (The one way `remove`, `update_range` and
     /// the other buses' shapes, `ch_bus` and `fc_bus`, change a placement.)
     pub(crate) fn relocate<E: From<BusError>>(
         &self,
@@ -228,7 +232,6 @@ impl<D: ?Sized + Send + Sync> Bus<D> {
             t.insert(range, p).map_err(BusError::from)?;
         }
         t.commit().map_err(BusError::from)?;
-        self.synchronize();
         Ok((old, device))
     }
 

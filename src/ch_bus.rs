@@ -32,8 +32,8 @@
 //!   removes it first and loses it); a range that runs past the last address is refused with
 //!   [`Error::InvalidRange`] (Cloud Hypervisor's wraps around); `remove_by_device` compares
 //!   the device's address (not the vtable too) and never panics.
-//! - `remove`, `update_range` and `remove_by_device` return once no access to the old
-//!   placement is in flight (from inside a device handler they do not wait: see
+//! - `remove` and `remove_by_device` return once no access to the removed device is in
+//!   flight (`update_range` does not wait, as in Cloud Hypervisor: the device is the same) (from inside a device handler they do not wait: see
 //!   [`physmap::bus`](crate::bus)); a panicking device leaves nothing blocked.
 //!
 //! ```
@@ -244,6 +244,7 @@ impl Bus {
             return Err(Error::ZeroSizedRange);
         }
         self.inner.relocate(base, starts_at(base), None)?;
+        self.inner.synchronize();
         Ok(())
     }
 
@@ -258,13 +259,15 @@ impl Bus {
                     .relocate(*range.start(), starts_at(*range.start()), None);
             }
         }
+        self.inner.synchronize();
         Ok(())
     }
 
     /// Moves the device whose range holds `old_base` (the range must start there, `old_len`
     /// not 0) to `new_len` bytes from `new_base`, in one atomic change; on error (the new
     /// range empty, past the end, or over another device) the device stays where it was.
-    /// Returns once no access to the old range is in flight.
+    /// Like Cloud Hypervisor's, returns without waiting for accesses in flight at the old
+    /// range (they reach the same device); [`Bus::remove`] waits.
     pub fn update_range(
         &self,
         old_base: u64,

@@ -211,13 +211,16 @@ impl Bus {
         BusRange::new(base, len)?;
         self.inner
             .relocate(base, |r| starts_at(r, base, None), None)?;
+        self.inner.synchronize();
         Ok(())
     }
 
     /// Moves the range of `len` bytes that starts at `old_base` to `new_base`, in one atomic
     /// change; the new range may overlap the old one, not another device's
     /// ([`BusError::Overlap`], the device kept in place). A `len` other than the range's is
-    /// [`BusError::InvalidRange`]. Callable from inside a device's access.
+    /// [`BusError::InvalidRange`]. Callable from inside a device's access. Like
+    /// Firecracker's, returns without waiting for accesses in flight at the old range (they
+    /// reach the same device).
     pub fn move_range(&self, old_base: u64, new_base: u64, len: u64) -> Result<(), BusError> {
         BusRange::new(old_base, len)?;
         BusRange::new(new_base, len)?;
