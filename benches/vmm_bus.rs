@@ -3,15 +3,17 @@
 //! project's own bus (`vm-device/src/bus.rs`: ranges to `Weak<dyn BusDeviceSync>` behind one
 //! `RwLock`, the device called after unlocking; `vstate/bus.rs`: a device slab and a range
 //! map behind two `RwLock`s, the slab's read lock and the device's `Mutex` held for the
-//! call). 1, 2 and 8 vCPU threads read 4 bytes from devices chosen uniformly among 24, while
-//! a control thread moves a BAR every 100 µs (`update_range` / `move_range`).
+//! call), and physmap's own bus with a `BusVcpu` per thread (what reaching the dispatcher
+//! through a thread-local costs). 1, 2 and 8 vCPU threads read 4 bytes from devices chosen
+//! uniformly among 24, while a control thread moves a BAR every 100 µs (`update_range` /
+//! `move_range`).
 //!
 //! `cargo bench --bench vmm_bus` (custom harness; `PHYSMAP_VMM_BUS_SECONDS`, default 1, per
 //! cell; `PHYSMAP_VMM_BUS_ROUNDS`, default 2, interleaved). Prints a Markdown table (median
 //! over rounds, M exits/s) and writes `target/physmap-bench/vmm-bus.json`.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -131,14 +133,17 @@ enum Which {
     ChRwLock,
     FcPhysmap,
     FcRwLock,
+    /// physmap's own bus with a `BusVcpu` per thread: what `&Bus` costs over a handle.
+    ChVcpu,
 }
 
 impl Which {
-    const ALL: [Which; 4] = [
+    const ALL: [Which; 5] = [
         Which::ChPhysmap,
         Which::ChRwLock,
         Which::FcPhysmap,
         Which::FcRwLock,
+        Which::ChVcpu,
     ];
     fn name(self) -> &'static str {
         match self {
@@ -146,6 +151,7 @@ impl Which {
             Which::ChRwLock => "ch: RwLock",
             Which::FcPhysmap => "fc: physmap",
             Which::FcRwLock => "fc: RwLock",
+            Which::ChVcpu => "ch devices: BusVcpu",
         }
     }
 }
@@ -155,8 +161,11 @@ struct Buses {
     ch_rw: ChRwLock,
     fc: physmap::fc_bus::Bus,
     fc_rw: FcRwLock,
+    core: physmap::bus::Bus<ChDevice>,
     _ch_devs: Vec<Arc<dyn physmap::ch_bus::BusDeviceSync>>,
     _fc_devs: Vec<Arc<FcDev>>,
+    /// Where each bus's moving BAR is now (`BAR[i]`), kept across runs.
+    bar_at: [AtomicUsize; 5],
 }
 
 fn buses() -> Buses {
@@ -165,14 +174,17 @@ fn buses() -> Buses {
         ch_rw: Default::default(),
         fc: Default::default(),
         fc_rw: Default::default(),
+        core: Default::default(),
         _ch_devs: Vec::new(),
         _fc_devs: Vec::new(),
+        bar_at: Default::default(),
     };
     let places = (0..DEVICES).map(|i| BASE + i * LEN).chain([BAR[0]]);
     for (i, base) in places.enumerate() {
         let c: Arc<dyn physmap::ch_bus::BusDeviceSync> = Arc::new(ChDev(i as u64));
         b.ch.insert(c.clone(), base, LEN).unwrap();
         b.ch_rw.insert(&c, base, LEN);
+        b.core.insert(base, LEN, c.clone()).unwrap();
         b._ch_devs.push(c);
         let f: Arc<FcDev> = Arc::new(Mutex::new(FcDevice(i as u64)));
         b.fc.insert(f.clone(), base, LEN).unwrap();
@@ -187,6 +199,14 @@ fn run(b: &Buses, which: Which, threads: usize, secs: f64) -> f64 {
     let stop = AtomicBool::new(false);
     let total = AtomicU64::new(0);
     let start = Instant::now();
+    /// Stops the vCPU threads however the control loop ends (a panic included), so that the
+    /// scope never waits for threads that would run forever.
+    struct StopOnDrop<'a>(&'a AtomicBool);
+    impl Drop for StopOnDrop<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
     std::thread::scope(|s| {
         for t in 0..threads as u64 {
             let (stop, total) = (&stop, &total);
@@ -194,6 +214,7 @@ fn run(b: &Buses, which: Which, threads: usize, secs: f64) -> f64 {
                 let mut x = (t + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
                 let mut n = 0u64;
                 let mut data = [0u8; 4];
+                let mut vcpu = b.core.vcpu();
                 while !stop.load(Ordering::Relaxed) {
                     for _ in 0..64 {
                         x ^= x << 13;
@@ -205,6 +226,9 @@ fn run(b: &Buses, which: Which, threads: usize, secs: f64) -> f64 {
                             Which::ChRwLock => b.ch_rw.read(addr, &mut data),
                             Which::FcPhysmap => b.fc.read(addr, &mut data).is_ok(),
                             Which::FcRwLock => b.fc_rw.read(addr, &mut data),
+                            Which::ChVcpu => vcpu
+                                .dispatch(addr, 1, |d, base, off| d.read(base, off, &mut data))
+                                .is_ok(),
                         };
                         n += ok as u64;
                     }
@@ -212,19 +236,21 @@ fn run(b: &Buses, which: Which, threads: usize, secs: f64) -> f64 {
                 total.fetch_add(n, Ordering::Relaxed);
             });
         }
-        let mut at = 0;
+        let _stop = StopOnDrop(&stop);
+        let at = &b.bar_at[which as usize];
         while start.elapsed() < Duration::from_secs_f64(secs) {
             std::thread::sleep(Duration::from_micros(100));
-            let (from, to) = (BAR[at], BAR[1 - at]);
+            let now = at.load(Ordering::Relaxed);
+            let (from, to) = (BAR[now], BAR[1 - now]);
             match which {
                 Which::ChPhysmap => b.ch.update_range(from, LEN, to, LEN).unwrap(),
                 Which::ChRwLock => b.ch_rw.update_range(from, to),
                 Which::FcPhysmap => b.fc.move_range(from, to, LEN).unwrap(),
                 Which::FcRwLock => b.fc_rw.move_range(from, to),
+                Which::ChVcpu => b.core.update_range(from, to, LEN).unwrap(),
             }
-            at = 1 - at;
+            at.store(1 - now, Ordering::Relaxed);
         }
-        stop.store(true, Ordering::Relaxed);
     });
     total.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
 }
@@ -266,19 +292,26 @@ fn main() {
         v.sort_by(|a, b| a.total_cmp(b));
         v[v.len() / 2]
     };
-    println!("| vCPU threads | CH physmap | CH RwLock | ratio | FC physmap | FC RwLock | ratio |");
-    println!("|---|---|---|---|---|---|---|");
+    println!(
+        "| vCPU threads | CH physmap | CH RwLock | ratio | FC physmap | FC RwLock | ratio \
+         | BusVcpu (CH devices) | CH `&Bus` / BusVcpu |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
     let mut json = Vec::new();
     for (ti, &t) in threads.iter().enumerate() {
-        let m: Vec<f64> = (0..4).map(|wi| median(&results[&(ti, wi)]) / 1e6).collect();
+        let m: Vec<f64> = (0..Which::ALL.len())
+            .map(|wi| median(&results[&(ti, wi)]) / 1e6)
+            .collect();
         println!(
-            "| {t} | {:.2} | {:.2} | **{:.2}x** | {:.2} | {:.2} | **{:.2}x** |",
+            "| {t} | {:.2} | {:.2} | **{:.2}x** | {:.2} | {:.2} | **{:.2}x** | {:.2} | {:.2}x |",
             m[0],
             m[1],
             m[0] / m[1],
             m[2],
             m[3],
-            m[2] / m[3]
+            m[2] / m[3],
+            m[4],
+            m[0] / m[4]
         );
         for (wi, w) in Which::ALL.iter().enumerate() {
             json.push(format!(
