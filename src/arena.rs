@@ -75,9 +75,11 @@ const FLAT_ENTRIES: usize = FLAT_ROWS + 1;
 const FLAT_BASE: usize = 2 * FLAT_ROWS + 1;
 /// Bytes of a flat node's block.
 pub(crate) const FLAT_BYTES: usize = FLAT_CELLS * std::mem::size_of::<u32>();
-/// Keys are stored and compared as `key ^ FLAT_BIAS`, as `i32`: that turns their unsigned
-/// order into the signed one SSE2 compares.
-const FLAT_BIAS: u32 = 0x8000_0000;
+/// Flat nodes' keys and sub-page tables' starts are stored and compared as
+/// `key ^ KEY_BIAS`, as `i32`: that turns their unsigned order into the signed one SSE2
+/// compares without a constant to load (an unsigned vector compare needs one, from a line
+/// of its own).
+const KEY_BIAS: u32 = 0x8000_0000;
 
 /// One mapped, contiguous piece of a section: 32 bytes, so that in the piece array (64-byte
 /// aligned blocks, [`Cells`]) a piece never straddles two cache lines. (Not `align(32)`: a
@@ -329,7 +331,7 @@ impl Bases {
     /// `class`) that holds page offset `off`: the row with the last start `<= off`, if any.
     ///
     /// A block is `rows` ([`table_cap`]) starts (page offsets, ascending, padded with
-    /// `u32::MAX`), then `rows` pieces (padded with the last one, so that a padding row found
+    /// `u32::MAX`; stored biased, [`KEY_BIAS`]), then `rows` pieces (padded with the last one, so that a padding row found
     /// for `off == u32::MAX` still gives the right piece), then the page number in two cells.
     #[inline(always)]
     pub(crate) unsafe fn table_piece(&self, offset: u32, class: u32, off: u32) -> Option<u32> {
@@ -338,26 +340,66 @@ impl Bases {
         let first = unsafe { self.rows.add(offset as usize) };
         // SAFETY: as above; `i < 2 * rows`.
         let cell = |i: usize| unsafe { (*first.add(i)).with(|p| *p) };
+        // The starts are stored biased ([`KEY_BIAS`]): a start `<= off` is a signed `<=`.
+        let key = (off ^ KEY_BIAS) as i32;
+        let at_most = |i: usize| cell(i) as i32 <= key;
         let (rows, n) = if class == 0 {
-            // The common table: one line, counted without a branch (vectorised).
-            let n = (0..MIN_TABLE_ROWS)
-                .map(|i| (cell(i) <= off) as u32)
-                .sum::<u32>() as usize;
-            (MIN_TABLE_ROWS, n)
+            // The common table: one line, counted without a branch.
+            // SAFETY: as above: the table has `MIN_TABLE_ROWS` starts.
+            (
+                MIN_TABLE_ROWS,
+                MIN_TABLE_ROWS - unsafe { Self::above(first, key) },
+            )
         } else {
             // Binary search: the number of starts `<= off`.
             let rows = table_cap(class);
             let (mut lo, mut len) = (0, rows);
             while len > 1 {
                 let half = len / 2;
-                if cell(lo + half) <= off {
+                if at_most(lo + half) {
                     lo += half;
                 }
                 len -= half;
             }
-            (rows, lo + (cell(lo) <= off) as usize)
+            (rows, lo + at_most(lo) as usize)
         };
         Some(cell(rows + n.checked_sub(1)?))
+    }
+
+    /// How many of the [`MIN_TABLE_ROWS`] biased starts from `first` (a sub-page table's, see
+    /// [`Bases::table_piece`]) are above `key`.
+    ///
+    /// # Safety
+    /// As [`Bases::table_piece`]: `first` is the first cell of a reachable table block.
+    #[inline(always)]
+    unsafe fn above(first: *const UnsafeCell<u32>, key: i32) -> usize {
+        #[cfg(all(target_arch = "x86_64", not(loom), not(miri)))]
+        {
+            use std::arch::x86_64::*;
+            const _: () = assert!(MIN_TABLE_ROWS == 8, "two SSE2 vectors of starts");
+            // The cells are `repr(transparent)` `u32`s, contiguous in the array (`Cells`).
+            let starts = first as *const __m128i;
+            // SAFETY: SSE2 is part of the x86_64 baseline, so these intrinsics are always
+            // available; the loads read the table's first `MIN_TABLE_ROWS` cells, inside its
+            // block (the contract above).
+            unsafe {
+                let k = _mm_set1_epi32(key);
+                // -1 in each lane whose start is above `key`; summed across the lanes, minus
+                // the count. No constant to load (an unsigned compare would need one).
+                let a = _mm_cmpgt_epi32(_mm_loadu_si128(starts), k);
+                let b = _mm_cmpgt_epi32(_mm_loadu_si128(starts.add(1)), k);
+                let v = _mm_add_epi32(a, b);
+                let v = _mm_add_epi32(v, _mm_shuffle_epi32::<0b01_00_11_10>(v));
+                let v = _mm_add_epi32(v, _mm_shuffle_epi32::<0b10_11_00_01>(v));
+                _mm_cvtsi128_si32(v).unsigned_abs() as usize
+            }
+        }
+        #[cfg(not(all(target_arch = "x86_64", not(loom), not(miri))))]
+        {
+            // SAFETY: as above; `i < MIN_TABLE_ROWS`.
+            let cell = |i: usize| unsafe { (*first.add(i)).with(|p| *p) } as i32;
+            (0..MIN_TABLE_ROWS).filter(|&i| cell(i) > key).count()
+        }
     }
 
     /// The entry of the run of the flat node at row-block offset `offset` (the layout of
@@ -372,7 +414,7 @@ impl Bases {
         // SAFETY: see the contract above: the block is reachable, so its cells exist and are
         // not written.
         let first = unsafe { self.rows.add(offset as usize) };
-        let key = (key ^ FLAT_BIAS) as i32;
+        let key = (key ^ KEY_BIAS) as i32;
         #[cfg(all(target_arch = "x86_64", not(loom), not(miri)))]
         {
             use std::arch::x86_64::*;
@@ -436,7 +478,7 @@ impl Bases {
         let cell = |i: usize| unsafe { (*first.add(i)).with(|p| *p) };
         let n = cell(FLAT_BASE + 2) as usize;
         let rows = (0..n)
-            .map(|i| (cell(i) ^ FLAT_BIAS, cell(FLAT_ENTRIES + i)))
+            .map(|i| (cell(i) ^ KEY_BIAS, cell(FLAT_ENTRIES + i)))
             .collect();
         let base = cell(FLAT_BASE) as u64 | (cell(FLAT_BASE + 1) as u64) << 32;
         (rows, base)
@@ -465,7 +507,7 @@ impl Bases {
             if out.last().is_some_and(|&(_, last)| last == piece) {
                 break; // padding: two rows of one table never share a piece
             }
-            out.push((cell(i), piece));
+            out.push((cell(i) ^ KEY_BIAS, piece));
         }
         out
     }
@@ -625,7 +667,7 @@ impl Arena {
             // SAFETY: a block no generation anyone can read reaches (fresh, or freed by
             // reclamation), and we are the writer (I3, I4, I6).
             unsafe {
-                self.write_row_cell(offset + k, key ^ FLAT_BIAS);
+                self.write_row_cell(offset + k, key ^ KEY_BIAS);
                 if k < FLAT_ROWS {
                     self.write_row_cell(offset + FLAT_ENTRIES + k, e);
                 }
@@ -732,7 +774,7 @@ impl Arena {
             // SAFETY: a block no table of any published generation uses (fresh, or freed by
             // reclamation), and we are the writer (I3, I4, I6).
             unsafe {
-                self.write_row_cell(offset + k, start);
+                self.write_row_cell(offset + k, start ^ KEY_BIAS);
                 self.write_row_cell(offset + cap + k, piece);
             }
         }

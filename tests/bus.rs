@@ -234,17 +234,16 @@ fn update_range_moves_a_bar_atomically_under_concurrent_dispatchers() {
         while started.load(Ordering::SeqCst) < 8 {
             std::thread::yield_now();
         }
-        let t0 = std::time::Instant::now();
+        // Moves there and back (so the device ends where it started), at least 100 times and
+        // until the vCPUs have checked 1,000 same-generation pairs: counted, not timed.
         let mut i = 0;
-        while i < 200 || t0.elapsed() < std::time::Duration::from_millis(300) {
-            let (from, to) = if i % 2 == 0 { (OLD, NEW) } else { (NEW, OLD) };
-            bus.update_range(from + 0x10, to, 0x1000).unwrap();
+        while i < 100 || checked.load(Ordering::Relaxed) < 1000 {
+            bus.update_range(OLD + 0x10, NEW, 0x1000).unwrap();
+            bus.update_range(NEW + 0x10, OLD, 0x1000).unwrap();
             i += 1;
         }
         stop.store(true, Ordering::Relaxed);
     });
-    let checked = checked.load(Ordering::Relaxed);
-    assert!(checked > 1000, "too few same-generation pairs: {checked}");
     assert_eq!(
         both.load(Ordering::Relaxed),
         0,
@@ -287,11 +286,8 @@ fn a_removed_device_is_never_called_after_remove_returns() {
         for i in 1..=100u64 {
             let dev = Dev::new(i);
             bus.insert(AT, 0x1000, dev.clone()).unwrap();
-            // Let the vCPUs find it.
-            let t0 = std::time::Instant::now();
-            while dev.calls.load(Ordering::Relaxed) < 20
-                && t0.elapsed() < std::time::Duration::from_millis(50)
-            {
+            // Let the vCPUs find it: 20 calls (counted; the vCPUs never stop trying).
+            while dev.calls.load(Ordering::Relaxed) < 20 {
                 std::thread::yield_now();
             }
             let (_, d) = bus.remove(AT + 4).unwrap();
@@ -310,7 +306,7 @@ fn a_removed_device_is_never_called_after_remove_returns() {
         .iter()
         .map(|d| d.late_calls.load(Ordering::Relaxed))
         .sum();
-    assert!(calls > 1_000, "the devices were hardly called: {calls}");
+    assert!(calls >= 2_000, "each device was called 20 times: {calls}");
     assert_eq!(late, 0, "calls to a device after its remove returned");
 }
 
