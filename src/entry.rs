@@ -7,19 +7,19 @@
 //!                                               of the entry's span
 //!  1  0  | 0 | class (4) | row block (25 bits) sub-page table: several pieces in one page,
 //!                                               `table_cap(class)` rows at this offset
-//!                                               of the row array (`arena.rs`)
+//!                                               of the row array (`arena/`)
 //!  1  0  | 1 | class (4) | row block (25 bits) flat node: a sparse subtree stored as its
 //!                                               runs, one fixed-size block of the row
 //!                                               array (class 0; rule 3 of `canon.rs`)
 //!  1  0  | 1 | 1 (4 bits) | row block (25 bits) page record: a leaf whose piece is exactly
 //!                                               one page with its origin at its start, in
-//!                                               3 cells of the row array (`arena.rs`)
+//!                                               3 cells of the row array (`arena/`)
 //!  1  1  | shift (6 bits) | node (24 bits)      node: at this offset of the node array,
 //!                                               in units of 16 cells (a cache line)
 //! ```
 //!
 //! Node and table entries locate their node or rows directly in their array (the lookup
-//! computes the address with one multiply-add); the arena (`arena.rs`) owns those units.
+//! computes the address with one multiply-add); the arena (`arena/`) owns those units.
 //!
 //! A node entry carries the *shift* of the node it points to: the lookup takes the child
 //! index as `(addr >> shift) & mask`, so a path may skip levels (path compression) and the

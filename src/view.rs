@@ -120,7 +120,7 @@ pub(crate) struct PieceRef<'g> {
 }
 
 impl PieceRef<'_> {
-    /// Whether this is a page record's piece (see `PageRecord` in `arena.rs`).
+    /// Whether this is a page record's piece (see `PageRecord` in `arena/layout.rs`).
     pub(crate) fn is_record(self) -> bool {
         self.record
     }

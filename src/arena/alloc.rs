@@ -1,0 +1,383 @@
+//! The writer's arena: slot allocation in the arrays, growth, and every raw write to them
+//! ([`Arena`]).
+
+use super::*;
+
+/// The writer's arena: the current arrays, the slot allocators, and growth (I6).
+pub(crate) struct Arena {
+    pub(super) arrays: Arrays,
+    /// Cells a node takes: its fan-out, at least one unit.
+    pub(super) node_cells: usize,
+    pub(super) nodes: SlabAlloc,
+    pub(super) pieces: SlabAlloc,
+    /// Most pieces and page records together ([`Config::max_pieces`](crate::Config)).
+    pub(super) max_pieces: usize,
+    pub(super) rows: RowAlloc,
+}
+
+/// What a block of the row array is for: which free list it comes from.
+#[derive(Clone, Copy)]
+pub(super) enum BlockKind {
+    Table(usize),
+    Flat,
+    Record,
+}
+
+/// Free blocks of sub-page rows, by size class ([`table_cap`] rows), of flat nodes and of
+/// page records.
+#[derive(Default)]
+pub(super) struct RowAlloc {
+    /// Cells handed out so far (blocks are never merged back).
+    pub(super) high: usize,
+    pub(super) free: Vec<Vec<u32>>,
+    pub(super) flat_free: Vec<u32>,
+    pub(super) record_free: Vec<u32>,
+    /// Sub-page tables, flat nodes and page records in use, and the real rows in the tables
+    /// and flat nodes (for accounting).
+    pub(super) tables: usize,
+    pub(super) flats: usize,
+    pub(super) records: usize,
+    pub(super) rows: usize,
+    /// Cells of the blocks in use.
+    pub(super) cells: usize,
+    pub(super) limit: usize,
+}
+
+impl Arena {
+    pub(crate) fn new(fanout: usize, max_nodes: usize, max_pieces: usize) -> Self {
+        let node_cells = fanout.max(NODE_UNIT);
+        Arena {
+            arrays: Arrays {
+                nodes: Arc::new(Cells::new(node_cells << SMALL_FIRST)),
+                pieces: Arc::new(Cells::new(1 << LARGE_FIRST)),
+                rows: Arc::new(Cells::new((2 * MIN_TABLE_ROWS) << SMALL_FIRST)),
+            },
+            node_cells,
+            nodes: SlabAlloc::new(max_nodes.min(Self::node_limit(fanout)), "nodes"),
+            pieces: SlabAlloc::new(max_pieces.min(SLOT_LIMIT - 1), "pieces"),
+            max_pieces,
+            rows: RowAlloc {
+                limit: max_pieces,
+                ..RowAlloc::default()
+            },
+        }
+    }
+
+    /// Most nodes an entry can address at this fan-out.
+    pub(crate) fn node_limit(fanout: usize) -> usize {
+        NODE_LIMIT / (fanout.max(NODE_UNIT) / NODE_UNIT)
+    }
+
+    /// The current arrays (for a new version).
+    pub(crate) fn arrays(&self) -> Arrays {
+        self.arrays.clone()
+    }
+
+    pub(super) fn units(&self) -> usize {
+        self.node_cells / NODE_UNIT
+    }
+
+    /// A free node, as the unit offset its entries carry; grows the node array if needed.
+    pub(crate) fn alloc_node(&mut self) -> Result<u32, Error> {
+        let slot = self.nodes.alloc()?;
+        let need = (slot as usize + 1) * self.node_cells;
+        grow(&mut self.arrays.nodes, need);
+        Ok((slot as usize * self.units()) as u32)
+    }
+
+    pub(crate) fn free_node(&mut self, unit: u32) {
+        self.nodes.free(self.node_slot(unit) as u32);
+    }
+
+    /// The node slot of the node at unit offset `unit` (0, 1, 2... in allocation space).
+    pub(crate) fn node_slot(&self, unit: u32) -> usize {
+        unit as usize / self.units()
+    }
+
+    /// A small number naming the block of a sub-page table or flat node entry `e`: its
+    /// offset in the row array divided by [`BLOCK_GRAIN`]. Distinct blocks get distinct
+    /// numbers, since every such block spans more than `BLOCK_GRAIN` cells.
+    pub(crate) fn block_key(e: Entry) -> usize {
+        e.table_parts().1 as usize / BLOCK_GRAIN
+    }
+
+    /// A free piece slot; grows the piece array if needed.
+    pub(crate) fn alloc_piece(&mut self) -> Result<u32, Error> {
+        self.piece_room()?;
+        let slot = self.pieces.alloc()?;
+        grow(&mut self.arrays.pieces, slot as usize + 1);
+        Ok(slot)
+    }
+
+    /// Frees piece id `id`: a piece slot, or a page record's ([`RECORD`]).
+    pub(crate) fn free_piece(&mut self, id: u32) {
+        if id & RECORD == 0 {
+            self.pieces.free(id);
+            return;
+        }
+        let r = &mut self.rows;
+        r.record_free.push(id & !RECORD);
+        r.records -= 1;
+        r.cells -= RECORD_CELLS;
+    }
+
+    /// Writes a new sub-page table for `page` of `rows` (page offsets ascending, piece slots)
+    /// and returns its entry; grows the row array if needed.
+    pub(crate) fn alloc_table(&mut self, page: u64, rows: &[(u32, u32)]) -> Result<Entry, Error> {
+        self.alloc_rows(page, rows)
+    }
+
+    /// Writes a new flat node whose span starts at page `base` and ends at the page whose
+    /// low 32 bits are `last`, of `rows` (the low 32 bits of each run's first page,
+    /// ascending; the run's entry as bits), and returns its entry.
+    pub(crate) fn alloc_flat(
+        &mut self,
+        base: u64,
+        last: u32,
+        rows: &[(u32, u32)],
+    ) -> Result<Entry, Error> {
+        assert!(
+            !rows.is_empty() && rows.len() <= FLAT_ROWS,
+            "a flat node holds 1..=FLAT_ROWS runs"
+        );
+        let offset = self.alloc_block(BlockKind::Flat, FLAT_CELLS, rows.len())?;
+        self.rows.flats += 1;
+        for k in 0..=FLAT_ROWS {
+            // The runs' first keys, one past the last run's last key (rule 3: the span does
+            // not end on a multiple of 2^32 pages, so this does not wrap), then padding keys
+            // at the top: padding rows have empty entries, so what they match adds nothing.
+            let (key, e) = match rows.get(k) {
+                Some(&run) => run,
+                None if k == rows.len() => (last.checked_add(1).expect("rule 3: below 2^32"), 0),
+                None => (u32::MAX, 0),
+            };
+            // SAFETY: a block no generation anyone can read reaches (fresh, or freed by
+            // reclamation), and we are the writer (I3, I4, I6).
+            unsafe {
+                self.write_row_cell(offset + k, key ^ KEY_BIAS);
+                if k < FLAT_ROWS {
+                    self.write_row_cell(offset + FLAT_ENTRIES + k, e);
+                }
+            }
+        }
+        // SAFETY: as above.
+        unsafe {
+            self.write_row_cell(offset + FLAT_BASE, base as u32);
+            self.write_row_cell(offset + FLAT_BASE + 1, (base >> 32) as u32);
+            self.write_row_cell(offset + FLAT_BASE + 2, rows.len() as u32);
+        }
+        Ok(Entry::flat(0, offset as u32))
+    }
+
+    /// A free block of `cells` cells for `rows` rows, from the free list of its kind; grows
+    /// the row array if needed.
+    pub(super) fn alloc_block(
+        &mut self,
+        kind: BlockKind,
+        cells: usize,
+        rows: usize,
+    ) -> Result<usize, Error> {
+        let r = &mut self.rows;
+        if r.rows + rows > r.limit {
+            return Err(Error::CapacityExhausted {
+                kind: "sub-page rows",
+                limit: r.limit,
+            });
+        }
+        let free = match kind {
+            BlockKind::Table(class) => {
+                if r.free.len() <= class {
+                    r.free.resize_with(class + 1, Vec::new);
+                }
+                &mut r.free[class]
+            }
+            BlockKind::Flat => &mut r.flat_free,
+            BlockKind::Record => &mut r.record_free,
+        };
+        let offset = match free.pop() {
+            Some(o) => o as usize,
+            None => {
+                let o = r.high;
+                if o + cells > TABLE_OFFSET_LIMIT {
+                    return Err(Error::CapacityExhausted {
+                        kind: "sub-page rows",
+                        limit: TABLE_OFFSET_LIMIT / 2,
+                    });
+                }
+                r.high += cells;
+                o
+            }
+        };
+        r.rows += rows;
+        r.cells += cells;
+        grow(&mut self.arrays.rows, offset + cells);
+        Ok(offset)
+    }
+
+    /// Writes the page record of the one-page piece of `page` (origin at its start) whose
+    /// section cell is `section`, and returns its piece id ([`RECORD`] and its row-block
+    /// offset); `None` if they do not fit in one ([`PageRecord::pack`]).
+    pub(crate) fn alloc_record(
+        &mut self,
+        page: u64,
+        section: *const (),
+    ) -> Result<Option<u32>, Error> {
+        let Some(cells) = PageRecord::pack(page, section) else {
+            return Ok(None);
+        };
+        self.piece_room()?;
+        let offset = self.alloc_block(BlockKind::Record, RECORD_CELLS, 0)?;
+        self.rows.records += 1;
+        for (i, c) in cells.into_iter().enumerate() {
+            // SAFETY: a block no generation anyone can read reaches (fresh, or freed by
+            // reclamation), and we are the writer (I3, I4, I6).
+            unsafe { self.write_row_cell(offset + i, c) };
+        }
+        Ok(Some(RECORD | offset as u32))
+    }
+
+    /// `Ok` if one more piece or page record fits under `max_pieces`.
+    pub(super) fn piece_room(&self) -> Result<(), Error> {
+        if self.pieces.live() + self.rows.records >= self.max_pieces {
+            return Err(Error::CapacityExhausted {
+                kind: "pieces",
+                limit: self.max_pieces,
+            });
+        }
+        Ok(())
+    }
+
+    /// The table block (the layout of [`Bases::table_piece`]).
+    pub(super) fn alloc_rows(&mut self, page: u64, rows: &[(u32, u32)]) -> Result<Entry, Error> {
+        let class = table_class(rows.len()).ok_or(Error::CapacityExhausted {
+            kind: "sub-page rows in one page",
+            limit: table_cap(TABLE_CLASSES - 1),
+        })?;
+        let cap = table_cap(class);
+        let offset = self.alloc_block(
+            BlockKind::Table(class as usize),
+            block_cells(cap),
+            rows.len(),
+        )?;
+        self.rows.tables += 1;
+        let last = rows[rows.len() - 1].1;
+        for k in 0..cap {
+            let (start, piece) = rows.get(k).copied().unwrap_or((u32::MAX, last));
+            // SAFETY: a block no table of any published generation uses (fresh, or freed by
+            // reclamation), and we are the writer (I3, I4, I6).
+            unsafe {
+                self.write_row_cell(offset + k, start ^ KEY_BIAS);
+                self.write_row_cell(offset + cap + k, piece);
+            }
+        }
+        // SAFETY: as above.
+        unsafe {
+            self.write_row_cell(offset + 2 * cap, page as u32);
+            self.write_row_cell(offset + 2 * cap + 1, (page >> 32) as u32);
+        }
+        Ok(Entry::subpage(class, offset as u32))
+    }
+
+    /// Frees the table or flat node of entry `e`.
+    pub(crate) fn free_table(&mut self, e: Entry) {
+        let (class, offset) = e.table_parts();
+        let bases = self.arrays.bases();
+        let r = &mut self.rows;
+        if e.is_flat() {
+            // SAFETY: the writer reads its own block (I6): it is allocated and nothing writes
+            // it meanwhile.
+            let rows = unsafe { bases.flat_rows(offset) }.0.len();
+            r.flat_free.push(offset);
+            r.flats -= 1;
+            r.rows -= rows;
+            r.cells -= FLAT_CELLS;
+            return;
+        }
+        // SAFETY: as above.
+        let rows = unsafe { bases.table_rows(offset, table_cap(class)) }.len();
+        r.free[class as usize].push(offset);
+        r.tables -= 1;
+        r.rows -= rows;
+        r.cells -= block_cells(table_cap(class));
+    }
+
+    /// Bytes of the block of the sub-page table or flat node of entry `e`.
+    pub(crate) fn block_bytes(e: Entry) -> usize {
+        if e.is_flat() {
+            FLAT_BYTES
+        } else {
+            table_bytes(e.table_parts().0)
+        }
+    }
+
+    /// Slots in use: nodes, pieces, page records, flat nodes, tables, real rows, and bytes
+    /// of the tables' and flat nodes' row blocks.
+    pub(crate) fn live(&self) -> (usize, usize, usize, usize, usize, usize, usize) {
+        let r = &self.rows;
+        (
+            self.nodes.live(),
+            self.pieces.live(),
+            r.records,
+            r.flats,
+            r.tables,
+            r.rows,
+            (r.cells - r.records * RECORD_CELLS) * std::mem::size_of::<u32>(),
+        )
+    }
+
+    /// Bytes of node storage reserved by the current node array.
+    pub(crate) fn reserved_node_bytes(&self) -> usize {
+        self.arrays.nodes.len() * std::mem::size_of::<u32>()
+    }
+
+    /// Bytes a node takes.
+    pub(crate) fn node_bytes(fanout: usize) -> usize {
+        fanout.max(NODE_UNIT) * std::mem::size_of::<u32>() + std::mem::size_of::<u64>()
+    }
+
+    // ----- Writing, into slots no generation anyone can still read reaches (fresh, or
+    // reclaimed: I3, I4), by the writer (I6). Each has that contract:
+    //
+    // # Safety
+    // The slot is allocated to the writer and unreachable from every generation anyone can
+    // still read.
+
+    /// Writes the entries of the node at unit offset `unit`.
+    pub(crate) unsafe fn write_node(&self, unit: u32, kids: &[Entry]) {
+        let nodes = &self.arrays.nodes;
+        let first = unit as usize * NODE_UNIT;
+        assert!(first + kids.len() <= nodes.len());
+        for (i, &k) in as_words(kids).iter().enumerate() {
+            // SAFETY: inside the array (checked above, blocks are flat); see the contract
+            // above for the write.
+            unsafe { (*nodes.base().add(first + i)).with_mut(|p| *p = k) };
+        }
+    }
+
+    /// Writes piece `slot`.
+    pub(crate) unsafe fn write_piece(&self, slot: u32, piece: Piece) {
+        let cell = self.arrays.pieces.cell(slot as usize);
+        // SAFETY: see the contract above.
+        cell.with_mut(|p| unsafe { *p = piece });
+    }
+
+    pub(super) unsafe fn write_row_cell(&self, i: usize, v: u32) {
+        let cell = self.arrays.rows.cell(i);
+        // SAFETY: see the contract above.
+        cell.with_mut(|p| unsafe { *p = v });
+    }
+}
+
+/// Fewer cells than any table block or flat node spans (page records, 3 cells, are named by
+/// their piece ids instead): see [`Arena::block_key`].
+pub(super) const BLOCK_GRAIN: usize = 16;
+const _: () = assert!(block_cells(MIN_TABLE_ROWS) > BLOCK_GRAIN && FLAT_CELLS > BLOCK_GRAIN);
+
+/// Makes `array` hold at least `need` cells, by copying it into one at least twice as large
+/// (versions built before keep the old one).
+pub(super) fn grow<T: Copy + Default, const N: usize>(array: &mut Arc<Cells<T, N>>, need: usize) {
+    if need > array.len() {
+        let len = need.max(array.len() * 2);
+        *array = Arc::new(array.grown(len));
+    }
+}

@@ -1,0 +1,88 @@
+//! Contiguous arrays of cells that grow by copying ([`Cells`]), and the arrays a generation
+//! holds ([`Arrays`]).
+
+use super::*;
+
+/// A contiguous array of cells, in 64-byte-aligned blocks of `N` cells (so that a node, a
+/// table or a piece starts on a cache line). Which cells a reader may read, and when the
+/// writer may write one, is the reclamation protocol's business (I3, I4); this type only owns
+/// the memory.
+pub(crate) struct Cells<T, const N: usize> {
+    pub(super) blocks: Box<[Block<T, N>]>,
+}
+
+#[repr(C, align(64))]
+pub(super) struct Block<T, const N: usize>([UnsafeCell<T>; N]);
+
+// SAFETY: cells are written only by the writer while unreachable from any generation that
+// can be read (I3), and read through generations that keep the array alive: sharing the
+// array between threads is sharing `T`s that are never written while shared.
+unsafe impl<T: Send + Sync, const N: usize> Sync for Cells<T, N> {}
+// SAFETY: as above; the array owns its `T`s.
+unsafe impl<T: Send + Sync, const N: usize> Send for Cells<T, N> {}
+
+impl<T: Copy + Default, const N: usize> Cells<T, N> {
+    /// Blocks have no padding, so cell `i` is `i` cells from the base (see [`Cells::base`]).
+    pub(super) const FLAT: () =
+        assert!(std::mem::size_of::<Block<T, N>>() == N * std::mem::size_of::<UnsafeCell<T>>());
+
+    pub(super) fn new(len: usize) -> Self {
+        Self::filled(len, |_| T::default())
+    }
+
+    /// `len` cells (rounded up to whole blocks), cell `i` holding `init(i)`.
+    pub(super) fn filled(len: usize, init: impl Fn(usize) -> T) -> Self {
+        #[allow(clippy::let_unit_value)]
+        let () = Self::FLAT;
+        let blocks = (0..len.div_ceil(N))
+            .map(|b| Block(std::array::from_fn(|k| UnsafeCell::new(init(b * N + k)))))
+            .collect();
+        Cells { blocks }
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.blocks.len() * N
+    }
+
+    /// An array of `len` cells holding a copy of this one's (the writer growing an array).
+    pub(super) fn grown(&self, len: usize) -> Self {
+        Self::filled(len, |i| {
+            if i < self.len() {
+                // SAFETY: only the writer writes cells (I6), and it is the caller.
+                self.cell(i).with(|p| unsafe { *p })
+            } else {
+                T::default()
+            }
+        })
+    }
+
+    /// The first cell: cell `i` is at `base().add(i)` (blocks are flat, `FLAT`).
+    pub(super) fn base(&self) -> *const UnsafeCell<T> {
+        self.blocks.as_ptr() as *const UnsafeCell<T>
+    }
+
+    /// Cell `i`, for the writer (I6).
+    pub(super) fn cell(&self, i: usize) -> &UnsafeCell<T> {
+        &self.blocks[i / N].0[i % N]
+    }
+}
+
+/// The arrays a generation's tree lives in; a [`Version`](crate::version::Version) holds
+/// them, so their cells outlive every reference to the version (I1).
+#[derive(Clone)]
+pub(crate) struct Arrays {
+    pub(super) nodes: Arc<Cells<u32, NODE_UNIT>>,
+    pub(super) pieces: Arc<Cells<Piece, 2>>,
+    pub(super) rows: Arc<Cells<u32, 16>>,
+}
+
+impl Arrays {
+    /// Their base addresses, for the lookup.
+    pub(crate) fn bases(&self) -> Bases {
+        Bases {
+            nodes: self.nodes.base(),
+            pieces: self.pieces.base(),
+            rows: self.rows.base(),
+        }
+    }
+}

@@ -1,0 +1,163 @@
+//! Chunked storage with stable addresses ([`Slab`]) and its writer-side bookkeeping
+//! ([`SlabAlloc`]).
+
+use super::*;
+
+/// Fixed-address chunked storage, one cell per slot (chunk `k` holds `first << k` slots).
+pub(crate) struct Slab<T: Default> {
+    pub(super) chunks: [AtomicPtr<UnsafeCell<T>>; MAX_CHUNKS],
+    /// log2 of the number of slots in chunk 0.
+    pub(super) first_shift: u32,
+}
+
+impl<T: Default> Slab<T> {
+    pub(crate) fn new(first_shift: u32) -> Self {
+        Slab {
+            chunks: std::array::from_fn(|_| AtomicPtr::new(ptr::null_mut())),
+            first_shift,
+        }
+    }
+
+    /// (chunk, offset in it) of `slot`.
+    #[inline(always)]
+    pub(super) fn locate(&self, slot: u32) -> (usize, usize) {
+        let j = slot as u64 + (1u64 << self.first_shift);
+        let top = 63 - j.leading_zeros();
+        (
+            (top - self.first_shift) as usize,
+            (j - (1u64 << top)) as usize,
+        )
+    }
+
+    pub(super) fn chunk_len(&self, chunk: usize) -> usize {
+        1usize << (self.first_shift as usize + chunk)
+    }
+
+    /// Cell of `slot`.
+    ///
+    /// # Safety
+    /// `slot` was made available with [`Slab::ensure`] and that happens-before this call
+    /// (I2: true for any slot reachable from a generation the caller holds, and for the
+    /// writer).
+    #[inline]
+    pub(super) unsafe fn cell(&self, slot: u32) -> &UnsafeCell<T> {
+        let (chunk, offset) = self.locate(slot);
+        // Relaxed: the chunk pointer was stored (Release) before the generation that made
+        // `slot` reachable was published, and the caller acquired that generation (I2), so by
+        // coherence this load sees the pointer, which never changes again while the slab lives.
+        let base = self.chunks[chunk].load(Ordering::Relaxed);
+        debug_assert!(!base.is_null());
+        // SAFETY: `base` points to a live chunk of `chunk_len(chunk)` cells (allocated in
+        // `ensure`, freed only in `Drop`, I1), and `offset` is inside it by `locate`.
+        unsafe { &*base.add(offset) }
+    }
+
+    /// Makes sure the chunk holding `slot` exists. Writer only (I6).
+    pub(super) fn ensure(&self, slot: u32) {
+        let (chunk, _) = self.locate(slot);
+        if self.chunks[chunk].load(Ordering::Relaxed).is_null() {
+            let cells: Box<[UnsafeCell<T>]> = (0..self.chunk_len(chunk))
+                .map(|_| UnsafeCell::new(T::default()))
+                .collect();
+            // Release: the initialised cells happen-before any thread that acquires the
+            // pointer (readers get it through a generation published later anyway, I2).
+            self.chunks[chunk].store(
+                Box::into_raw(cells) as *mut UnsafeCell<T>,
+                Ordering::Release,
+            );
+        }
+    }
+}
+
+impl<T: Default> Drop for Slab<T> {
+    fn drop(&mut self) {
+        let mut boxes = Vec::new();
+        for (c, chunk) in self.chunks.iter_mut().enumerate() {
+            let p = chunk.with_mut_ptr();
+            if !p.is_null() {
+                let len = 1usize << (self.first_shift as usize + c);
+                // SAFETY: `p` came from `Box::into_raw` of a boxed slice of exactly `len` cells
+                // in `ensure`; we have `&mut self`, so no reader can hold a reference into it.
+                boxes.push(unsafe { Box::from_raw(ptr::slice_from_raw_parts_mut(p, len)) });
+            }
+        }
+        // Values may run user code that panics (section values): take each out and drop it
+        // on its own, so one panic neither stops the others nor leaks a chunk.
+        let cells = boxes.iter().flat_map(|b| b.iter());
+        // SAFETY: we own every cell (`&mut self`, no generation can be read any more).
+        crate::drops::drop_all(cells.map(|c| c.with_mut(|p| unsafe { std::mem::take(&mut *p) })));
+    }
+}
+
+/// `AtomicPtr::get_mut` for std and loom alike.
+pub(super) trait GetMutPtr<T> {
+    fn with_mut_ptr(&mut self) -> *mut T;
+}
+
+impl<T> GetMutPtr<T> for AtomicPtr<T> {
+    fn with_mut_ptr(&mut self) -> *mut T {
+        #[cfg(not(loom))]
+        {
+            *self.get_mut()
+        }
+        #[cfg(loom)]
+        {
+            self.with_mut(|p| *p)
+        }
+    }
+}
+
+/// Writer-side bookkeeping of one kind of slot: high-water mark and free list.
+#[derive(Debug, Default)]
+pub(crate) struct SlabAlloc {
+    pub(super) high: u32,
+    pub(super) free: Vec<u32>,
+    /// Slots handed out and not yet freed.
+    pub(super) live: usize,
+    pub(super) limit: usize,
+    /// What the slots hold, for error messages.
+    pub(super) kind: &'static str,
+}
+
+impl SlabAlloc {
+    pub(crate) fn new(limit: usize, kind: &'static str) -> Self {
+        SlabAlloc {
+            limit,
+            kind,
+            ..Default::default()
+        }
+    }
+
+    /// A free slot, or `CapacityExhausted` (naming this kind and limit) at the limit.
+    pub(crate) fn alloc(&mut self) -> Result<u32, Error> {
+        self.room(1)?;
+        let slot = self.free.pop().unwrap_or_else(|| {
+            self.high += 1;
+            self.high - 1
+        });
+        self.live += 1;
+        Ok(slot)
+    }
+
+    /// `Ok` if `n` more slots fit under the limit, else the `CapacityExhausted` error.
+    pub(crate) fn room(&self, n: usize) -> Result<(), Error> {
+        if n > self.limit - self.live {
+            return Err(Error::CapacityExhausted {
+                kind: self.kind,
+                limit: self.limit,
+            });
+        }
+        Ok(())
+    }
+
+    pub(crate) fn free(&mut self, slot: u32) {
+        debug_assert!(slot < self.high);
+        self.live -= 1;
+        self.free.push(slot);
+    }
+
+    /// Slots in use.
+    pub(crate) fn live(&self) -> usize {
+        self.live
+    }
+}

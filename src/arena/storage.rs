@@ -1,0 +1,206 @@
+//! What all generations share at fixed addresses: node base pages and section values
+//! ([`Storage`]).
+
+use super::*;
+
+/// What all generations share at fixed addresses: node base pages and section values.
+///
+/// Cache-line aligned so that the reference counts in its `Arc` do not share a line with
+/// the slab headers.
+#[repr(align(64))]
+pub(crate) struct Storage<V> {
+    /// First page covered by each node (for range walks, diff and the writer), by node slot.
+    pub(super) node_base: Slab<u64>,
+    pub(super) sections: Slab<SectionCell<V>>,
+    /// Which section slots hold a value, a bit each: the writer's alone (I6), written by
+    /// `write_section` and `take_section`, read by `Drop` (which owns the storage). Readers
+    /// never look: a slot a generation reaches holds a value (I5).
+    pub(super) live: UnsafeCell<Vec<u64>>,
+}
+
+/// A section's cell: its value while the slot is live, uninitialised otherwise (which slots
+/// are live: `Storage::live`). `size_of::<V>()` bytes, where an `Option<V>` would take a
+/// second word for the values without a niche (`usize`, `u64`, ...).
+#[repr(transparent)]
+pub(crate) struct SectionCell<V>(MaybeUninit<V>);
+
+impl<V> Default for SectionCell<V> {
+    fn default() -> Self {
+        SectionCell(MaybeUninit::uninit())
+    }
+}
+
+/// Bytes of `n` section slots of values of type `V`: the value and its live bit.
+pub(crate) fn section_bytes<V>(n: usize) -> usize {
+    n * std::mem::size_of::<V>() + n.div_ceil(8)
+}
+
+// SAFETY: Storage hands out `&V` (from sections) to any thread holding a generation, so V
+// must be Sync; values are dropped on the writer thread or wherever the storage goes last,
+// so V must be Send. Cells are written only when unreachable (I3).
+unsafe impl<V: Send + Sync> Send for Storage<V> {}
+// SAFETY: as above.
+unsafe impl<V: Send + Sync> Sync for Storage<V> {}
+
+impl<V> Storage<V> {
+    pub(crate) fn new() -> Self {
+        Storage {
+            node_base: Slab::new(SMALL_FIRST),
+            sections: Slab::new(LARGE_FIRST),
+            live: UnsafeCell::new(Vec::new()),
+        }
+    }
+
+    /// Sets whether section `slot` holds a value; returns whether it did.
+    ///
+    /// # Safety
+    /// The caller is the writer (I6), or owns the storage.
+    pub(super) unsafe fn set_live(&self, slot: u32, on: bool) -> bool {
+        let (word, bit) = (slot as usize / 64, 1u64 << (slot % 64));
+        self.live.with_mut(|p| {
+            // SAFETY: forwarded contract: nobody else touches the bits meanwhile.
+            let live = unsafe { &mut *p };
+            if live.len() <= word {
+                live.resize(word + 1, 0);
+            }
+            let was = live[word] & bit != 0;
+            live[word] = live[word] & !bit | if on { bit } else { 0 };
+            was
+        })
+    }
+
+    /// Makes section slot `slot` available (I2). Writer only.
+    pub(crate) fn ensure_section(&self, slot: u32) {
+        self.sections.ensure(slot);
+    }
+
+    /// First page of the node at unit offset `unit` (of fan-out `fanout`).
+    ///
+    /// # Safety
+    /// The node is reachable from a generation the caller holds, or the caller is the writer
+    /// and the node is allocated (I2, I3).
+    pub(crate) unsafe fn node_base(&self, unit: u32, fanout: usize) -> u64 {
+        let slot = unit / (fanout.max(NODE_UNIT) / NODE_UNIT) as u32;
+        // SAFETY: forwarded contract.
+        unsafe { self.node_base.cell(slot).with(|p| *p) }
+    }
+
+    /// Records the first page of a node the writer is building.
+    ///
+    /// # Safety
+    /// As [`Arena::write_node`]: the node is the writer's and unreachable.
+    pub(crate) unsafe fn write_node_base(&self, unit: u32, fanout: usize, base: u64) {
+        let slot = unit / (fanout.max(NODE_UNIT) / NODE_UNIT) as u32;
+        self.node_base.ensure(slot);
+        // SAFETY: forwarded contract.
+        unsafe { self.node_base.cell(slot).with_mut(|p| *p = base) };
+    }
+
+    /// The value of the section a piece of a reachable generation refers to.
+    ///
+    /// Production and loom builds run this same code: the piece holds the address of its
+    /// section's cell (slots never move, I1), and the read goes through the cell's `with`,
+    /// which loom tracks and which is a plain pointer read otherwise.
+    ///
+    /// # Safety
+    /// The piece is reachable from a generation of a map of `V`s that the caller holds for
+    /// `'a` (then its section holds a value and is not written meanwhile: I3, I4, I5).
+    #[inline(always)]
+    pub(crate) unsafe fn value<'a>(piece: &Piece) -> &'a V {
+        let cell = piece.section as *const UnsafeCell<SectionCell<V>>;
+        // SAFETY: `piece.section` was set by the writer from a live section cell of this
+        // storage (forwarded contract).
+        cell_value(unsafe { &*cell })
+    }
+
+    // ----- Writing sections: the writer only (I6), into slots no generation anyone can
+    // still read reaches (I3, I4). Each has that contract.
+
+    /// The address pieces and page records hold for section `slot`: its cell's, or, when
+    /// cells are zero-sized (`PhysMap<()>`: every cell has the same address), a distinct
+    /// non-null address aligned for the cell, `align * (slot + 1)`, so that a section is
+    /// still told apart by its address (`Stats::sections`, `diff`). Reading a zero-sized
+    /// value reads no memory, so any such address is a valid place to read it from.
+    ///
+    /// # Safety
+    /// `slot` was made available with [`Storage::ensure_section`] and that happens-before
+    /// this call (I2).
+    pub(super) unsafe fn section_addr(&self, slot: u32) -> *const () {
+        type Cell<V> = UnsafeCell<SectionCell<V>>;
+        if std::mem::size_of::<Cell<V>>() == 0 {
+            let align = std::mem::align_of::<Cell<V>>();
+            return ptr::null::<u8>()
+                .wrapping_add(align * (slot as usize + 1))
+                .cast();
+        }
+        // SAFETY: forwarded contract.
+        unsafe { self.sections.cell(slot) as *const _ as *const () }
+    }
+
+    /// Puts `value` in section `slot` and returns the address pieces hold for it.
+    ///
+    /// # Safety
+    /// See above; `slot` was made available with [`Storage::ensure_section`].
+    pub(crate) unsafe fn write_section(&self, slot: u32, value: V) -> *const () {
+        // SAFETY: forwarded contract.
+        let cell = unsafe { self.sections.cell(slot) };
+        // SAFETY: forwarded contract: we are the writer.
+        let was = unsafe { self.set_live(slot, true) };
+        debug_assert!(!was, "section slot {slot} written while live");
+        cell.with_mut(|p| {
+            // SAFETY: as above: nobody else reads or writes the cell now; it held no value
+            // (a live slot is never handed out again before `take_section`).
+            unsafe { (*p).0.write(value) };
+        });
+        // SAFETY: forwarded contract.
+        unsafe { self.section_addr(slot) }
+    }
+
+    /// The address pieces hold for section `slot` ([`Storage::section_addr`]). Writer only;
+    /// the slot is live.
+    pub(crate) fn section_cell(&self, slot: u32) -> *const () {
+        // SAFETY: a live section slot was made available by the writer (I2); taking the
+        // address reads nothing.
+        unsafe { self.section_addr(slot) }
+    }
+
+    /// Empties section `slot`, returning its value (for the caller to drop, `drops.rs`).
+    ///
+    /// # Safety
+    /// See above.
+    pub(crate) unsafe fn take_section(&self, slot: u32) -> Option<V> {
+        // SAFETY: forwarded contract: we are the writer.
+        if !unsafe { self.set_live(slot, false) } {
+            return None;
+        }
+        // SAFETY: forwarded contract; the slot was live, so its cell holds a value, which
+        // is moved out once (its bit is clear now).
+        Some(unsafe {
+            self.sections
+                .cell(slot)
+                .with_mut(|p| (*p).0.assume_init_read())
+        })
+    }
+}
+
+impl<V> Drop for Storage<V> {
+    fn drop(&mut self) {
+        // SAFETY: we own the storage (`&mut self`): no generation can be read any more.
+        let slots = self.live.with_mut(|p| unsafe { (*p).len() } * 64) as u32;
+        // Values may run user code that panics: each live one is taken out (its bit cleared,
+        // so once) and dropped on its own (`drops.rs`); the slab frees the chunks afterwards.
+        // SAFETY: as above: we own the storage, the writer's role included.
+        crate::drops::drop_all((0..slots).filter_map(|slot| unsafe { self.take_section(slot) }));
+    }
+}
+
+/// The value in a section cell that a reachable generation refers to.
+#[inline(always)]
+pub(super) fn cell_value<V>(cell: &UnsafeCell<SectionCell<V>>) -> &V {
+    cell.with(|p| {
+        // SAFETY: the caller (`Storage::value`) holds a generation that reaches the cell, so
+        // the cell holds a value (I5) and no write to it happens while the borrow lives (I3,
+        // I4).
+        unsafe { (*p).0.assume_init_ref() }
+    })
+}
