@@ -1,0 +1,170 @@
+//! The lookup: [`find_in`] from a generation's header, [`TreeRef::find`], and what it
+//! returns ([`Found`]).
+
+use super::*;
+
+/// Where a piece with no cell of its own (a page record's) is remembered: an empty range,
+/// which no address is in.
+pub(crate) static NO_PIECE: Piece = Piece {
+    start: 1,
+    end: 0,
+    origin: 0,
+    section: std::ptr::null(),
+};
+
+/// A piece found by a lookup, by value (a page record's unpacked), with the address of its
+/// cell in the piece array (null for a page record's: it has none). By value, not as a
+/// reference to a piece the lookup wrote: a store into the caller's frame in the lookup made
+/// the compiler reload the version's header on every lookup of a caller's loop. Only this
+/// module makes them, from a tree of `V`s borrowed for `'g` (or the header of one:
+/// [`find_in`]), so the piece's section holds a `V` for `'g` ([`Found::value`]).
+pub(crate) struct Found<'g, V> {
+    pub(super) piece: Piece,
+    pub(super) cell: *const Piece,
+    pub(super) _g: PhantomData<&'g V>,
+}
+
+impl<V> Clone for Found<'_, V> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<V> Copy for Found<'_, V> {}
+
+impl<'g, V> Found<'g, V> {
+    /// The piece.
+    #[inline(always)]
+    pub(crate) fn piece(&self) -> &Piece {
+        &self.piece
+    }
+
+    /// The piece's cell in the piece array, which [`Found::remembered`] can take back; null
+    /// for a page record's piece.
+    #[inline(always)]
+    pub(crate) fn cell(&self) -> *const Piece {
+        self.cell
+    }
+
+    /// The value of the piece's section.
+    #[inline(always)]
+    pub(crate) fn value(&self) -> &'g V {
+        // SAFETY: the piece was found in a tree of `V`s held for 'g (only this module makes
+        // `Found`s), so its section is one of a held generation's: live, holding a `V`, not
+        // written meanwhile (I1, I3, I4, I5).
+        unsafe { Storage::<V>::value(&self.piece) }
+    }
+
+    /// A piece remembered by its address (see [`Found::cell`]).
+    ///
+    /// # Safety
+    /// `p` came from a `Found<'g, V>` of a generation that is held for `'g`, or points to a
+    /// copy of such a piece (a page record's) that is not written for `'g`.
+    #[inline(always)]
+    pub(crate) unsafe fn remembered(p: *const Piece) -> Found<'g, V> {
+        Found {
+            // SAFETY: forwarded contract: the piece's slot is not reused while its generation
+            // is held (I4), and its array lives as long as the generation (I1).
+            piece: unsafe { *p },
+            cell: p,
+            _g: PhantomData,
+        }
+    }
+}
+
+/// The piece of a page record: page `[start, start | page_mask]`, origin at its start,
+/// section cell `section`.
+#[inline(always)]
+pub(super) fn record_piece(start: u64, page_mask: u64, section: *const ()) -> Piece {
+    Piece {
+        start,
+        end: start | page_mask,
+        origin: start,
+        section,
+    }
+}
+
+/// The piece holding `addr` in the tree whose version's header is `hot`: one load per
+/// level, then the final range check. A [`Reader`](crate::Reader) keeps a copy of the header
+/// beside its announcement and walks from it, so that the walk neither waits for a load of
+/// the version's address and then of its header, nor touches the version at all.
+///
+/// # Safety
+/// `hot` is a copy of the header of a version of `V`s whose tree is readable for `'g` (the
+/// version invariant: a counted reference to it, or an announcement of its generation,
+/// lives for `'g`).
+#[inline(always)]
+pub(crate) unsafe fn find_in<'g, V>(hot: Hot, addr: u64) -> Option<Found<'g, V>> {
+    // The header in locals (a parameter), so that the loop keeps it in registers.
+    let mut e = hot.root;
+    while e.is_node() {
+        let (shift, node) = e.node_parts();
+        let i = (addr >> shift) & hot.mask();
+        // SAFETY: `node` comes from an entry of this tree (I1-I4); `i` < fan-out.
+        e = unsafe { hot.bases.entry(node, i as usize) };
+    }
+    // Compares, not `kind()`'s match: a jump table here is an indirect branch that
+    // mispredicts whenever leaves and tables alternate. Empty first: unmapped addresses
+    // end here. (No closure over `hot`: it would put the header in memory, and the
+    // caller's loop could no longer keep it in registers across lookups.)
+    if e.is_empty() {
+        return None;
+    }
+    // Leaves, then tables, then (only in the flat layout, so last) flat nodes, whose runs
+    // are leaves, tables or empty: at most two rounds.
+    let slot = loop {
+        if let Some(p) = e.leaf_slot() {
+            break p;
+        }
+        if e.is_table() {
+            let (class, offset) = e.table_parts();
+            let off = (addr & hot.page_mask()) as u32;
+            // SAFETY: a table of this tree (I1-I4).
+            break unsafe { hot.bases.table_piece(offset, class, off) }?;
+        }
+        if !e.is_flat() {
+            return None;
+        }
+        let (class, offset) = e.table_parts();
+        if Entry::is_record_class(class) {
+            // A page record (a leaf, here after the others: the default layout's common
+            // ends keep their compares). It holds its page: the final check is on it.
+            // SAFETY: a record of this tree (I1-I4).
+            let (page, section) = unsafe { hot.bases.record(offset) };
+            let start = addr & !hot.page_mask();
+            if page != start >> hot.page_mask().trailing_ones() {
+                return None;
+            }
+            return Some(Found {
+                piece: record_piece(start, hot.page_mask(), section),
+                cell: std::ptr::null(),
+                _g: PhantomData,
+            });
+        }
+        // A flat node ends the walk: its runs are keyed by the low 32 bits of their first
+        // page. An address outside its span (reached through a compressed path) finds no
+        // run, or one whose piece fails the final check: nothing there is mapped (rule 2
+        // of `canon.rs`).
+        // SAFETY: a flat node of this tree (I1-I4).
+        e = unsafe {
+            hot.bases
+                .flat_entry(offset, (addr >> hot.page_mask().trailing_ones()) as u32)
+        };
+    };
+    // SAFETY: `hot.bases` are this tree's (forwarded contract) and the slot is reachable
+    // from its root (I1-I4).
+    let piece: &'g Piece = unsafe { hot.bases.piece(slot) };
+    (piece.start <= addr && addr <= piece.end).then_some(Found {
+        piece: *piece,
+        cell: piece,
+        _g: PhantomData,
+    })
+}
+
+impl<'g, V> TreeRef<'g, V> {
+    /// The piece holding `addr`, if any: one load per level, then the final range check.
+    #[inline(always)]
+    pub(crate) fn find(self, addr: u64) -> Option<Found<'g, V>> {
+        // SAFETY: the header is this tree's own, borrowed for 'g.
+        unsafe { find_in(self.version.hot, addr) }
+    }
+}

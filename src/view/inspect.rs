@@ -1,0 +1,219 @@
+//! Whole-tree inspection: the shape, the inner entries, the fingerprint and the dump.
+
+use super::*;
+
+impl<'g, V> TreeRef<'g, V> {
+    /// Shape of the tree: nodes, flat nodes, sub-page tables, bytes of the row blocks (of
+    /// tables and flat nodes), deepest path (a flat node counts as one level).
+    pub(crate) fn shape(self) -> (usize, usize, usize, usize, u32) {
+        let (mut nodes, mut flats, mut tables, mut table_bytes, mut deepest) = (0, 0, 0, 0, 0);
+        let mut stack = vec![(self.root(), 0u32)];
+        while let Some((e, depth)) = stack.pop() {
+            match e.kind() {
+                Kind::Empty | Kind::Leaf(_) => {}
+                Kind::Subpage(class, _) => {
+                    tables += 1;
+                    table_bytes += crate::arena::table_bytes(class);
+                }
+                Kind::Flat(class, offset) => {
+                    flats += 1;
+                    deepest = deepest.max(depth + 1);
+                    table_bytes += crate::arena::FLAT_BYTES;
+                    let rows = self.flat_at(class, offset).into_iter();
+                    stack.extend(rows.map(|r| (TreeEntry::new(r.1), depth + 1)));
+                }
+                Kind::Node { shift, index } => {
+                    nodes += 1;
+                    deepest = deepest.max(depth + 1);
+                    let kids = self.entries(index, self.height(shift));
+                    stack.extend(kids.filter(|c| c.get().is_inner()).map(|c| (c, depth + 1)));
+                }
+            }
+        }
+        (nodes, flats, tables, table_bytes, deepest)
+    }
+
+    /// Every node and sub-page table under `e` (an entry of this tree), as plain entries:
+    /// what the writer retires when it replaces the subtree.
+    pub(crate) fn inner_entries(self, e: TreeEntry<'g>, out: &mut Vec<Entry>) {
+        let mut stack = vec![e];
+        while let Some(e) = stack.pop() {
+            match e.kind() {
+                Kind::Subpage(..) => out.push(e.get()),
+                Kind::Flat(class, offset) => {
+                    out.push(e.get());
+                    let rows = self.flat_at(class, offset).into_iter();
+                    stack.extend(rows.map(|r| TreeEntry::new(r.1)));
+                }
+                Kind::Node { shift, index } => {
+                    out.push(e.get());
+                    let kids = self.entries(index, self.height(shift));
+                    stack.extend(kids.filter(|c| c.get().is_inner()));
+                }
+                Kind::Empty | Kind::Leaf(_) => {}
+            }
+        }
+    }
+
+    /// The tree as numbers, without slot indices: for each entry in depth-first order its
+    /// kind, the height and first page of nodes, and the byte ranges of pieces. Two trees
+    /// with the same fingerprint have the same shape and the same pieces.
+    pub(crate) fn fingerprint(self) -> Vec<u64> {
+        let mut out = Vec::new();
+        let mut stack = vec![self.root().get()];
+        while let Some(e) = stack.pop() {
+            match e.kind() {
+                Kind::Empty => out.push(0),
+                Kind::Leaf(p) => {
+                    let piece = self.piece_at(p);
+                    out.extend([1, piece.start, piece.end]);
+                }
+                Kind::Subpage(class, offset) => {
+                    out.push(2);
+                    for (start, p) in self.table_at(class, offset) {
+                        let piece = self.piece_at(p);
+                        out.extend([start, piece.start, piece.end]);
+                    }
+                }
+                Kind::Flat(class, offset) => {
+                    let rows = self.flat_at(class, offset);
+                    out.extend([4, self.flat_base(class, offset), rows.len() as u64]);
+                    out.extend(rows.iter().map(|r| r.0));
+                    stack.extend(rows.into_iter().rev().map(|r| r.1));
+                }
+                Kind::Node { shift, index } => {
+                    out.extend([3, self.height(shift) as u64, self.base_of(index)]);
+                    let kids: Vec<Entry> = (0..self.geo().fanout)
+                        .map(|i| self.entry(index, i))
+                        .collect();
+                    stack.extend(kids.into_iter().rev());
+                }
+            }
+        }
+        out
+    }
+
+    /// Writes the tree level by level, in the spirit of QEMU's dispatch listing: each node
+    /// with its height, first address, and runs of equal entries.
+    pub(crate) fn dump(
+        self,
+        out: &mut dyn std::fmt::Write,
+        label: &dyn Fn(&V) -> String,
+    ) -> std::fmt::Result {
+        let geo = self.geo();
+        let describe = |e: Entry| -> String {
+            match e.kind() {
+                Kind::Empty => "-".to_string(),
+                Kind::Leaf(p) => {
+                    let piece = self.piece_at(p);
+                    let v = label(self.value(piece));
+                    let what = if piece.is_record() { "record" } else { "leaf" };
+                    format!("{what} {:#x}..={:#x} {v}", piece.start, piece.end)
+                }
+                Kind::Subpage(_, offset) => format!("sub-page table {offset}"),
+                Kind::Flat(class, offset) => format!(
+                    "flat node {offset} ({} runs)",
+                    self.flat_at(class, offset).len()
+                ),
+                Kind::Node { shift, index } => {
+                    format!(
+                        "node {} (height {})",
+                        self.node_number(index),
+                        self.height(shift)
+                    )
+                }
+            }
+        };
+        let span_bytes = |h: u32| -> String {
+            let bits = h * geo.level_bits + geo.page_bits;
+            match bits {
+                0..=9 => format!("{} B", 1u128 << bits),
+                10..=19 => format!("{} KiB", 1u128 << (bits - 10)),
+                20..=29 => format!("{} MiB", 1u128 << (bits - 20)),
+                30..=39 => format!("{} GiB", 1u128 << (bits - 30)),
+                40..=49 => format!("{} TiB", 1u128 << (bits - 40)),
+                50..=59 => format!("{} PiB", 1u128 << (bits - 50)),
+                _ => format!("2^{bits} B"),
+            }
+        };
+        writeln!(
+            out,
+            "root (height {}, {} per entry at the top): {}",
+            geo.height,
+            span_bytes(geo.height),
+            describe(self.root().get())
+        )?;
+        let mut level: Vec<TreeEntry<'g>> = vec![self.root()];
+        let mut tables = Vec::new();
+        let mut flats = Vec::new();
+        while !level.is_empty() {
+            let mut next = Vec::new();
+            let mut nodes: Vec<(u32, u32)> = level
+                .iter()
+                .filter_map(|e| match e.kind() {
+                    Kind::Node { shift, index } => Some((self.height(shift), index)),
+                    Kind::Subpage(class, offset) => {
+                        tables.push((class, offset));
+                        None
+                    }
+                    Kind::Flat(class, offset) => {
+                        flats.push((class, offset));
+                        None
+                    }
+                    _ => None,
+                })
+                .collect();
+            nodes.sort_by_key(|&(h, i)| (std::cmp::Reverse(h), i));
+            for (height, index) in nodes {
+                let base = self.base_of(index);
+                writeln!(
+                    out,
+                    "  node {}: height {height}, from {:#x}, {} per entry",
+                    self.node_number(index),
+                    (base as u128) << geo.page_bits,
+                    span_bytes(height - 1)
+                )?;
+                let entries: Vec<TreeEntry<'g>> = self.entries(index, height).collect();
+                let mut i = 0;
+                while i < entries.len() {
+                    let e = entries[i];
+                    let j = i + entries[i..].iter().take_while(|&&x| x == e).count() - 1;
+                    let idx = if i == j {
+                        format!("{i}")
+                    } else {
+                        format!("{i}..{j}")
+                    };
+                    writeln!(out, "    {idx:>9}  {}", describe(e.get()))?;
+                    if e.get().is_inner() {
+                        next.push(e);
+                    }
+                    i = j + 1;
+                }
+            }
+            level = next;
+        }
+        for (class, offset) in flats {
+            let rows = self.flat_at(class, offset);
+            writeln!(
+                out,
+                "  flat node {offset}: from {:#x}, {} runs",
+                (self.flat_base(class, offset) as u128) << geo.page_bits,
+                rows.len()
+            )?;
+            for (page, e) in rows {
+                let at = (page as u128) << geo.page_bits;
+                writeln!(out, "    from {at:#x}: {}", describe(e))?;
+                if let Kind::Subpage(class, offset) = e.kind() {
+                    tables.push((class, offset));
+                }
+            }
+        }
+        for (class, offset) in tables {
+            writeln!(out, "  sub-page table {offset}:")?;
+            for (start, piece) in self.table_at(class, offset) {
+                writeln!(out, "    from {start:#x}: {}", describe(Entry::leaf(piece)))?;
+            }
+        }
+        Ok(())
+    }
+}
