@@ -1,10 +1,9 @@
-//! The dispatches in progress, to tell whether the calling thread is inside one (then
-//! `synchronize` must not wait: the `bus` module docs) without a thread-local access on the dispatch
-//! path, which costs a dispatch from cold caches two or three more cache lines (the thread's
-//! control block, the variable, and the call's address). A dispatch instead writes its frame
-//! address into its reader's own state (`Reader::mark_dispatch`), which it writes anyway;
-//! `synchronize` looks for an online dispatcher whose mark lies in the calling thread's
-//! stack.
+//! The dispatches in progress, to tell whether the calling thread is inside one (then `synchronize`
+//! must not wait: the `bus` module docs) without a thread-local access on the dispatch path, which
+//! costs a dispatch from cold caches two or three more cache lines (the thread's control block, the
+//! variable, and the call's address). A dispatch instead writes its frame address into its reader's
+//! own state (`Reader::mark_dispatch`), which it writes anyway; `synchronize` looks for an online
+//! dispatcher whose mark lies in the calling thread's stack.
 
 use crate::reader::DispatchMark;
 use std::sync::{Mutex, Weak};
