@@ -21,7 +21,7 @@
 //! level) and lengthens others (a search where a dense node took one load): a trade, hence
 //! an option.
 
-use crate::arena::{Arena, FLAT_BYTES};
+use crate::arena::{node_bytes, FLAT_BYTES};
 use crate::config::Geometry;
 use crate::entry::Entry;
 
@@ -90,7 +90,7 @@ pub(crate) enum Run {
 /// than a flat node (a space of 16 pages is one 64-byte node).
 pub(crate) fn may_be_flat(geo: &Geometry, h: u32, base: u64) -> bool {
     geo.flat_nodes
-        && (h >= 2 || h == 1 && Arena::node_bytes(geo.fanout) > FLAT_BYTES)
+        && (h >= 2 || h == 1 && node_bytes(geo.fanout) > FLAT_BYTES)
         && h * geo.level_bits <= 32
         && ((geo.span(h, base).1 >> geo.page_bits) as u32)
             .checked_add(1)

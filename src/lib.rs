@@ -170,12 +170,14 @@ mod error;
 #[cfg_attr(docsrs, doc(cfg(feature = "fc-bus")))]
 pub mod fc_bus;
 mod map;
+mod memory;
 #[cfg(feature = "mtree")]
 #[cfg_attr(docsrs, doc(cfg(feature = "mtree")))]
 pub mod mtree;
 mod qsbr;
 mod reader;
 mod reclaim;
+mod shared;
 mod snapshot;
 mod sync;
 #[cfg(any(feature = "ch-bus", feature = "fc-bus"))]
@@ -191,7 +193,8 @@ mod writer;
 pub use config::{checked_range, Config};
 pub use diff::{Change, Mapping};
 pub use error::Error;
-pub use map::{Barrier, Memory, PhysMap};
+pub use map::{Barrier, PhysMap};
+pub use memory::Memory;
 pub use reader::Reader;
 pub use snapshot::{Hit, Iter, Snapshot, Stats};
 pub use transaction::Transaction;

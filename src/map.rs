@@ -1,12 +1,13 @@
 //! The map handle: configuration, and the state its handles share (the writer, the
 //! publication point, the readers' registry).
 
+use crate::memory::Memory;
 use crate::qsbr::Registry;
 use crate::reader::Reader;
+use crate::shared::Shared;
 use crate::snapshot::Snapshot;
-use crate::sync::{Arc, Mutex, Publisher};
+use crate::sync::{Arc, Mutex};
 use crate::transaction::Transaction;
-use crate::version::Version;
 use crate::writer::Writer;
 use crate::{Config, Error};
 use std::time::{Duration, Instant};
@@ -19,17 +20,6 @@ pub struct PhysMap<V> {
     shared: Arc<Shared<V>>,
 }
 
-/// What the map, its readers and its transactions share. Readers hold it too, so that the
-/// versions they read (owned by the writer) live as long as they do.
-pub(crate) struct Shared<V> {
-    /// The newest version: loaded by readers and snapshots, stored by the writer.
-    pub publisher: Publisher<Version<V>>,
-    /// The readers' announcements (`qsbr.rs`).
-    pub registry: Registry,
-    /// The write side, behind the writer lock (I6).
-    pub writer: Mutex<Writer<V>>,
-}
-
 /// How a map's readers and writer order a reader's announcement against the writer's reading
 /// of it ([`PhysMap::barrier`], [`Config::membarrier`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,45 +29,6 @@ pub enum Barrier {
     Fence,
     /// A compiler fence on the reader's side, `membarrier(2)` on the writer's.
     Membarrier,
-}
-
-/// Memory held by a map's arena, as the writer accounts it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub struct Memory {
-    /// Bytes of slots in use: the newest tree plus whatever older generations still held by
-    /// a snapshot or reader keep alive. Counted like [`Stats::bytes`](crate::Stats::bytes).
-    pub live_bytes: usize,
-    /// Node slots in use.
-    pub nodes: usize,
-    /// Pieces in use (page records included).
-    pub pieces: usize,
-    /// Of those, page records (see [`Stats::page_records`](crate::Stats::page_records)).
-    pub page_records: usize,
-    /// Flat nodes in use (sparse subtrees stored as their runs; see [`Stats::flat_nodes`](crate::Stats::flat_nodes)).
-    pub flat_nodes: usize,
-    /// Sub-page tables in use.
-    pub subpage_tables: usize,
-    /// Section slots in use.
-    pub sections: usize,
-    /// Superseded generations still pinned: held by a snapshot, or announced by an online
-    /// reader. Non-zero with no snapshot held means a `Reader` is online but idle on an old
-    /// generation (see [`Reader::offline`](crate::Reader::offline)).
-    pub pinned_generations: usize,
-    /// Bytes of the slots kept only for those pinned generations: what the trees they reach
-    /// hold and the newest does not. At most the sum of their trees'
-    /// [`Stats::bytes`](crate::Stats::bytes), however many commits followed (interval-based
-    /// reclamation).
-    pub pinned_bytes: usize,
-    /// Subtrees built by the bulk path (from a sorted slice of new pieces) since the map was
-    /// created.
-    pub bulk_builds: u64,
-    /// Times a bulk build made a node's children in parallel (rayon) since the map was
-    /// created (see [`Transaction::extend`]).
-    pub parallel_builds: u64,
-    /// Bytes of node storage reserved by the arena's chunks (chunks grow geometrically and
-    /// are kept for reuse; at most about twice the peak node count).
-    pub reserved_node_bytes: usize,
 }
 
 impl<V> PhysMap<V> {

@@ -5,8 +5,8 @@
 //! all hang off it (a dependent chain of two, not three).
 
 use crate::arena::Piece;
-use crate::map::Shared;
 use crate::qsbr::{Announcer, Slot, OFFLINE};
+use crate::shared::Shared;
 use crate::snapshot::{Hit, Snapshot};
 use crate::sync::{Arc, Barrier, Latest};
 use crate::version::{Hot, Version};

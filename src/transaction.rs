@@ -1,7 +1,7 @@
 //! Transactions: the writer lock, held, plus the log of what this transaction changed.
 
 use crate::drops::drop_all;
-use crate::map::Shared;
+use crate::shared::Shared;
 use crate::sync::MutexGuard;
 use crate::writer::{Log, Writer};
 use crate::Error;

@@ -4,7 +4,6 @@ use crate::arena::{Arrays, Bases, Storage};
 use crate::config::Geometry;
 use crate::entry::Entry;
 use crate::sync::Arc;
-use crate::view::TreeRef;
 
 /// What every lookup reads first: the root, the walk's constants and the base addresses of
 /// the arrays the tree lives in, so that the walk touches nothing else. 40 bytes, so that a
@@ -98,12 +97,5 @@ impl<V> Version<V> {
             storage,
             geo,
         }
-    }
-
-    /// The tree of this generation, readable for as long as `self` is borrowed (the version
-    /// invariant above).
-    #[inline(always)]
-    pub(crate) fn tree(&self) -> TreeRef<'_, V> {
-        TreeRef::new(self)
     }
 }

@@ -1,7 +1,10 @@
 //! The writer's arena: slot allocation in the arrays, growth, and every raw write to them
 //! ([`Arena`]).
 
-use super::*;
+use super::{cells::*, layout::*, slab::*};
+use crate::entry::{as_words, Entry, NODE_LIMIT, RECORD, SLOT_LIMIT, TABLE_OFFSET_LIMIT};
+use crate::sync::Arc;
+use crate::Error;
 
 /// The writer's arena: the current arrays, the slot allocators, and growth (I6).
 pub(crate) struct Arena {
@@ -247,7 +250,7 @@ impl Arena {
         Ok(())
     }
 
-    /// The table block (the layout of [`Bases::table_piece`]).
+    /// The table block (the layout of [`Bases::table_piece`](super::bases::Bases::table_piece)).
     pub(super) fn alloc_rows(&mut self, page: u64, rows: &[(u32, u32)]) -> Result<Entry, Error> {
         let class = table_class(rows.len()).ok_or(Error::CapacityExhausted {
             kind: "sub-page rows in one page",
@@ -328,11 +331,6 @@ impl Arena {
     /// Bytes of node storage reserved by the current node array.
     pub(crate) fn reserved_node_bytes(&self) -> usize {
         self.arrays.nodes.len() * std::mem::size_of::<u32>()
-    }
-
-    /// Bytes a node takes.
-    pub(crate) fn node_bytes(fanout: usize) -> usize {
-        fanout.max(NODE_UNIT) * std::mem::size_of::<u32>() + std::mem::size_of::<u64>()
     }
 
     // ----- Writing, into slots no generation anyone can still read reaches (fresh, or

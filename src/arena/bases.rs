@@ -1,7 +1,9 @@
 //! The read side: every raw read of a generation's arrays ([`Bases`]), the SSE2 searches
 //! included.
 
-use super::*;
+use super::layout::*;
+use crate::entry::Entry;
+use crate::sync::UnsafeCell;
 
 /// The base addresses of a generation's arrays, copied into its header: every read of the
 /// read side goes through here.

@@ -1,7 +1,8 @@
 //! Contiguous arrays of cells that grow by copying ([`Cells`]), and the arrays a generation
 //! holds ([`Arrays`]).
 
-use super::*;
+use super::{bases::*, layout::*};
+use crate::sync::{Arc, UnsafeCell};
 
 /// A contiguous array of cells, in 64-byte-aligned blocks of `N` cells (so that a node, a
 /// table or a piece starts on a cache line). Which cells a reader may read, and when the

@@ -1,7 +1,7 @@
 //! The arena's layout: size classes, the flat node and table encodings, pieces, page
 //! records, and the byte counts every report shares.
 
-use super::*;
+use std::ptr;
 
 /// Most chunks a slab can have: enough for 2^30 slots from a first chunk of 4.
 #[cfg(not(loom))]
@@ -62,7 +62,7 @@ pub(crate) const FLAT_BYTES: usize = FLAT_CELLS * std::mem::size_of::<u32>();
 pub(super) const KEY_BIAS: u32 = 0x8000_0000;
 
 /// One mapped, contiguous piece of a section: 32 bytes, so that in the piece array (64-byte
-/// aligned blocks, [`Cells`]) a piece never straddles two cache lines. (Not `align(32)`: a
+/// aligned blocks, [`Cells`](super::cells::Cells)) a piece never straddles two cache lines. (Not `align(32)`: a
 /// lookup unpacks a page record into a `Piece` on its stack, which would then be realigned.
 /// Under loom it is, so that a cell with loom's bookkeeping still tiles a block.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -160,6 +160,16 @@ pub(super) const fn block_cells(rows: usize) -> usize {
     2 * rows + 2
 }
 
+/// Bytes a node takes.
+pub(crate) fn node_bytes(fanout: usize) -> usize {
+    fanout.max(NODE_UNIT) * std::mem::size_of::<u32>() + std::mem::size_of::<u64>()
+}
+
+/// Bytes of `n` section slots of values of type `V`: the value and its live bit.
+pub(crate) fn section_bytes<V>(n: usize) -> usize {
+    n * std::mem::size_of::<V>() + n.div_ceil(8)
+}
+
 /// Sizes of a set of slots, and what they cost in bytes: the one byte count shared by
 /// [`Stats`](crate::Stats) (one generation's tree) and [`Memory`](crate::Memory) (the arena).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -178,7 +188,7 @@ pub(crate) struct Counts {
 impl Counts {
     /// Bytes of nodes, flat nodes and sub-page tables (what QEMU's own figure counts).
     pub(crate) fn tree_bytes(&self, fanout: usize) -> usize {
-        self.nodes * Arena::node_bytes(fanout) + self.table_bytes
+        self.nodes * node_bytes(fanout) + self.table_bytes
     }
 
     /// Bytes of everything: the tree, pieces and section slots of values of type `V`.

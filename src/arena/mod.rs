@@ -23,12 +23,6 @@
 //!
 //! [`Version`]: crate::version::Version
 
-use crate::entry::{as_words, Entry, NODE_LIMIT, RECORD, SLOT_LIMIT, TABLE_OFFSET_LIMIT};
-use crate::sync::{Arc, AtomicPtr, Ordering, UnsafeCell};
-use crate::Error;
-use std::mem::MaybeUninit;
-use std::ptr;
-
 mod alloc;
 mod bases;
 mod cells;

@@ -1,7 +1,10 @@
 //! Chunked storage with stable addresses ([`Slab`]) and its writer-side bookkeeping
 //! ([`SlabAlloc`]).
 
-use super::*;
+use super::layout::*;
+use crate::sync::{AtomicPtr, Ordering, UnsafeCell};
+use crate::Error;
+use std::ptr;
 
 /// Fixed-address chunked storage, one cell per slot (chunk `k` holds `first << k` slots).
 pub(crate) struct Slab<T: Default> {

@@ -1,7 +1,10 @@
 //! What all generations share at fixed addresses: node base pages and section values
 //! ([`Storage`]).
 
-use super::*;
+use super::{layout::*, slab::*};
+use crate::sync::UnsafeCell;
+use std::mem::MaybeUninit;
+use std::ptr;
 
 /// What all generations share at fixed addresses: node base pages and section values.
 ///
@@ -28,11 +31,6 @@ impl<V> Default for SectionCell<V> {
     fn default() -> Self {
         SectionCell(MaybeUninit::uninit())
     }
-}
-
-/// Bytes of `n` section slots of values of type `V`: the value and its live bit.
-pub(crate) fn section_bytes<V>(n: usize) -> usize {
-    n * std::mem::size_of::<V>() + n.div_ceil(8)
 }
 
 // SAFETY: Storage hands out `&V` (from sections) to any thread holding a generation, so V
@@ -88,7 +86,7 @@ impl<V> Storage<V> {
     /// Records the first page of a node the writer is building.
     ///
     /// # Safety
-    /// As [`Arena::write_node`]: the node is the writer's and unreachable.
+    /// As [`Arena::write_node`](super::alloc::Arena::write_node): the node is the writer's and unreachable.
     pub(crate) unsafe fn write_node_base(&self, unit: u32, fanout: usize, base: u64) {
         let slot = unit / (fanout.max(NODE_UNIT) / NODE_UNIT) as u32;
         self.node_base.ensure(slot);

@@ -1,6 +1,8 @@
 //! Unit tests of the arena.
 
 use super::*;
+use crate::entry::{as_words, Entry};
+use crate::Error;
 
 #[test]
 fn slab_slots_map_to_distinct_cells_inside_their_chunk() {

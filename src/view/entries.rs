@@ -1,9 +1,12 @@
 //! What a tree borrowed for `'g` hands out: its entries ([`TreeEntry`]), a node's children
 //! ([`Kids`]) and its pieces ([`PieceRef`]).
 
-use super::*;
+use crate::arena::Piece;
+use crate::canon;
+use crate::entry::{Entry, Kind};
+use std::marker::PhantomData;
 
-/// An entry read from a tree borrowed for `'g`: only [`TreeRef`] makes them, so the slots
+/// An entry read from a tree borrowed for `'g`: only [`TreeRef`](super::tree::TreeRef) makes them, so the slots
 /// it names are readable for `'g`. (Entries of two trees of the same storage, both borrowed
 /// for `'g`, may be mixed: any slot reachable from a held generation is readable.)
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -26,7 +29,7 @@ impl<'g> TreeEntry<'g> {
     }
 }
 
-/// The children of a position of a tree borrowed for `'g` ([`TreeRef::children`]): entries
+/// The children of a position of a tree borrowed for `'g` ([`TreeRef::children`](super::tree::TreeRef::children)): entries
 /// of the tree, read one by one as [`TreeEntry`]s, or turned into the entry of a new tree
 /// once some are replaced ([`Kids::collapse`]).
 pub(crate) struct Kids<'g> {
@@ -93,8 +96,8 @@ impl<'g> Kids<'g> {
     }
 }
 
-/// A piece read from a tree borrowed for `'g` (only [`TreeRef`] makes them), by value: a
-/// page record's is unpacked. For walks; a lookup returns a [`Found`].
+/// A piece read from a tree borrowed for `'g` (only [`TreeRef`](super::tree::TreeRef) makes them), by value: a
+/// page record's is unpacked. For walks; a lookup returns a [`Found`](super::find::Found).
 #[derive(Clone, Copy)]
 pub(crate) struct PieceRef<'g> {
     pub(super) piece: Piece,
@@ -113,5 +116,17 @@ impl std::ops::Deref for PieceRef<'_> {
     type Target = Piece;
     fn deref(&self) -> &Piece {
         &self.piece
+    }
+}
+
+/// The piece of a page record: page `[start, start | page_mask]`, origin at its start,
+/// section cell `section`.
+#[inline(always)]
+pub(super) fn record_piece(start: u64, page_mask: u64, section: *const ()) -> Piece {
+    Piece {
+        start,
+        end: start | page_mask,
+        origin: start,
+        section,
     }
 }

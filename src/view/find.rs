@@ -1,7 +1,11 @@
 //! The lookup: [`find_in`] from a generation's header, [`TreeRef::find`], and what it
 //! returns ([`Found`]).
 
-use super::*;
+use super::{entries::*, tree::*};
+use crate::arena::{Piece, Storage};
+use crate::entry::Entry;
+use crate::version::Hot;
+use std::marker::PhantomData;
 
 /// Where a piece with no cell of its own (a page record's) is remembered: an empty range,
 /// which no address is in.
@@ -68,18 +72,6 @@ impl<'g, V> Found<'g, V> {
             cell: p,
             _g: PhantomData,
         }
-    }
-}
-
-/// The piece of a page record: page `[start, start | page_mask]`, origin at its start,
-/// section cell `section`.
-#[inline(always)]
-pub(super) fn record_piece(start: u64, page_mask: u64, section: *const ()) -> Piece {
-    Piece {
-        start,
-        end: start | page_mask,
-        origin: start,
-        section,
     }
 }
 

@@ -1,6 +1,7 @@
 //! Whole-tree inspection: the shape, the inner entries, the fingerprint and the dump.
 
-use super::*;
+use super::{entries::*, tree::*};
+use crate::entry::{Entry, Kind};
 
 impl<'g, V> TreeRef<'g, V> {
     /// Shape of the tree: nodes, flat nodes, sub-page tables, bytes of the row blocks (of

@@ -1,7 +1,10 @@
 //! The writer's structural queries on a tree: what a node or table holds, a position's
 //! canonical children.
 
-use super::*;
+use super::{entries::*, tree::*};
+use crate::arena::{table_cap, SubEntry, NODE_UNIT};
+use crate::entry::{Entry, Kind};
+use std::marker::PhantomData;
 
 impl<'g, V> TreeRef<'g, V> {
     /// Height and first page of a node entry of this tree.

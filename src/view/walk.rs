@@ -1,6 +1,7 @@
 //! In-order walks of the pieces overlapping a range ([`Walk`]).
 
-use super::*;
+use super::{entries::*, tree::*};
+use crate::entry::{Entry, Kind};
 
 impl<'g, V> TreeRef<'g, V> {
     /// The pieces overlapping `[lo, hi]`, in address order, each once.

@@ -1,6 +1,6 @@
 //! The edits a transaction makes to the working mapping, and the [`Log`] that undoes them.
 
-use super::{PieceInfo, Writer};
+use super::state::{PieceInfo, Writer};
 use crate::drops::drop_all;
 use crate::reclaim::{Dead, Slot};
 use crate::Error;

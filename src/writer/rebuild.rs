@@ -6,7 +6,7 @@
 //! overlap), so a span with no dirty byte holds the same pieces as before, and its canonical
 //! subtree is the old one (I7).
 
-use super::{piece_record, Births, PieceInfo, Writer};
+use super::state::{piece_record, Births, PieceInfo, Writer};
 use crate::arena::{Arena as Slots, Storage, SubEntry};
 use crate::bulk::{self, Sink, SlicePiece};
 use crate::canon::{self, Run, Span};

@@ -1,0 +1,129 @@
+//! The view of one generation's tree ([`TreeRef`]) and its raw accessors: the read side's
+//! only `unsafe`.
+
+use super::entries::*;
+use crate::arena::{table_cap, Storage};
+use crate::config::Geometry;
+use crate::entry::Entry;
+use crate::entry::RECORD;
+use crate::version::Version;
+use std::marker::PhantomData;
+
+/// A read-only view of one generation's tree (see the module docs).
+pub(crate) struct TreeRef<'g, V> {
+    pub(super) version: &'g Version<V>,
+}
+
+impl<V> Clone for TreeRef<'_, V> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<V> Copy for TreeRef<'_, V> {}
+
+impl<'g, V> TreeRef<'g, V> {
+    /// The tree of `version`, for as long as it is borrowed.
+    #[inline(always)]
+    pub(crate) fn new(version: &'g Version<V>) -> Self {
+        TreeRef { version }
+    }
+
+    pub(crate) fn root(self) -> TreeEntry<'g> {
+        TreeEntry::new(self.version.hot.root)
+    }
+
+    pub(crate) fn geo(self) -> &'g Geometry {
+        &self.version.geo
+    }
+
+    // ----- The raw accessors, private to this module: the only `unsafe` of the read side.
+    // Every index they are given comes from an entry of a tree borrowed for 'g (a
+    // `TreeEntry<'g>`, or a table row of one), so the slot is reachable from a generation
+    // held for 'g (the version invariant): exactly the contract of the `Storage` readers.
+
+    /// Entry `i` of the node at unit offset `node` (`i` < fan-out).
+    #[inline(always)]
+    pub(super) fn entry(self, node: u32, i: usize) -> Entry {
+        debug_assert!(i < self.version.geo.fanout);
+        // SAFETY: see above (I1-I4).
+        unsafe { self.version.hot.bases.entry(node, i) }
+    }
+
+    /// First page of the node at unit offset `node`.
+    pub(super) fn base_of(self, node: u32) -> u64 {
+        let v = self.version;
+        // SAFETY: see above (I1-I4).
+        unsafe { v.storage.node_base(node, v.geo.fanout) }
+    }
+
+    /// The piece of piece id `id`: a piece slot, or a page record's ([`RECORD`]).
+    pub(super) fn piece_at(self, id: u32) -> PieceRef<'g> {
+        let (bases, page_mask) = (self.version.hot.bases, self.version.hot.page_mask());
+        let (piece, record) = if id & RECORD != 0 {
+            // SAFETY: see above (I1-I4).
+            let (page, section) = unsafe { bases.record(id & !RECORD) };
+            let start = page << self.version.geo.page_bits;
+            (record_piece(start, page_mask, section), true)
+        } else {
+            // SAFETY: see above (I1-I4).
+            (*unsafe { bases.piece(id) }, false)
+        };
+        PieceRef {
+            piece,
+            record,
+            _g: PhantomData,
+        }
+    }
+
+    /// The rows of the sub-page table of class `class` at `offset`, as (first byte, piece
+    /// slot).
+    pub(super) fn table_at(self, class: u32, offset: u32) -> Vec<(u64, u32)> {
+        let (bases, rows) = (self.version.hot.bases, table_cap(class));
+        // SAFETY: see above (I1-I4).
+        let (page, raw) = unsafe {
+            (
+                bases.table_page(offset, rows),
+                bases.table_rows(offset, rows),
+            )
+        };
+        let first = page << self.version.geo.page_bits;
+        raw.into_iter()
+            .map(|(off, p)| (first + off as u64, p))
+            .collect()
+    }
+
+    /// The runs of the flat node at `offset`, as (first page, entry).
+    pub(super) fn flat_at(self, _class: u32, offset: u32) -> Vec<(u64, Entry)> {
+        // SAFETY: see above (I1-I4).
+        let (rows, base) = unsafe { self.version.hot.bases.flat_rows(offset) };
+        // Rows keep the low 32 bits of the page: the span never crosses a multiple of 2^32
+        // pages (rule 3 of `canon.rs`).
+        rows.into_iter()
+            .map(|(low, e)| (base & !0xffff_ffff | low as u64, Entry::from_bits(e)))
+            .collect()
+    }
+
+    /// The first page of the span of the flat node at `offset`.
+    pub(super) fn flat_base(self, _class: u32, offset: u32) -> u64 {
+        // SAFETY: see above (I1-I4).
+        unsafe { self.version.hot.bases.flat_rows(offset) }.1
+    }
+
+    /// The value of a piece of a tree borrowed for 'g.
+    #[inline(always)]
+    pub(crate) fn value(self, piece: PieceRef<'g>) -> &'g V {
+        // SAFETY: `piece` was read from a tree borrowed for 'g (only this module makes
+        // `PieceRef`s), so its section is one of a held generation's: live, holding a value,
+        // not written meanwhile (I1, I3, I4, I5).
+        unsafe { Storage::<V>::value(&piece.piece) }
+    }
+}
+
+impl<V> Version<V> {
+    /// The tree of this generation, readable for as long as `self` is borrowed (the version
+    /// invariant in `version.rs`).
+    #[inline(always)]
+    pub(crate) fn tree(&self) -> TreeRef<'_, V> {
+        TreeRef::new(self)
+    }
+}
