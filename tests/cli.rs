@@ -134,19 +134,33 @@ fn import_prints_our_and_qemus_figures() {
             out.contains("QEMU nodes") && out.contains("total bytes: physmap"),
             "{out}"
         );
-        let (code, json, _) = physmap(&["import", "--json", &data(dump)]);
+        let (code, out, _) = physmap(&["import", "--json", &data(dump)]);
         assert_eq!(code, 0);
+        let flatviews = json(&out)["flatviews"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
         assert!(
-            json.starts_with("{\"flatviews\":[") && json.contains("\"qemu\":{\"nodes\":"),
-            "{json}"
+            flatviews.iter().any(|fv| fv["qemu"]["nodes"].is_u64()),
+            "{out}"
         );
     }
     // q35 as booted: QEMU's "memory" FlatView has 12 nodes (9 reachable) and 4 sub-page tables.
-    let (_, json, _) = physmap(&["import", "--json", &data("q35-booted.txt")]);
-    assert!(
-        json.contains("\"qemu\":{\"nodes\":12,\"reachable_nodes\":9,\"subpage_tables\":4"),
-        "{json}"
-    );
+    let (_, out, _) = physmap(&["import", "--json", &data("q35-booted.txt")]);
+    let v = json(&out);
+    let memory = v["flatviews"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|fv| fv["qemu"]["nodes"] == 12)
+        .unwrap_or_else(|| panic!("no FlatView with QEMU's 12 nodes: {out}"));
+    assert_eq!(memory["qemu"]["reachable_nodes"], 9, "{out}");
+    assert_eq!(memory["qemu"]["subpage_tables"], 4, "{out}");
+}
+
+/// Standard output parsed as JSON (the test fails on anything else).
+fn json(out: &str) -> serde_json::Value {
+    serde_json::from_str(out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
 }
 
 #[test]
@@ -176,24 +190,16 @@ fn dump_lists_the_tree() {
 
 #[test]
 fn import_shows_both_layouts_and_the_flat_one_is_smaller() {
-    let (code, json, err) = physmap(&["import", "--json", &data("q35-booted.txt")]);
+    let (code, out, err) = physmap(&["import", "--json", &data("q35-booted.txt")]);
     assert_eq!(code, 0, "{err}");
-    // Every FlatView with ranges: its "bytes" and, later, "with_flat_nodes" ... "bytes".
+    // Every FlatView: its "bytes" and its "with_flat_nodes" "bytes".
     let mut compared = 0;
-    for fv in json.split("{\"flatview\":").skip(1) {
-        let num = |key: &str, from: usize| -> Option<u64> {
-            let at = fv[from..].find(key)? + from + key.len();
-            fv[at..]
-                .split(|c: char| !c.is_ascii_digit())
-                .next()?
-                .parse()
-                .ok()
-        };
-        let dense = num("\"bytes\":", 0).unwrap();
-        let Some(at) = fv.find("\"with_flat_nodes\":") else {
+    let v = json(&out);
+    for fv in v["flatviews"].as_array().unwrap() {
+        let dense = fv["bytes"].as_u64().unwrap();
+        let Some(flat) = fv["with_flat_nodes"]["bytes"].as_u64() else {
             continue;
         };
-        let flat = num("\"bytes\":", at).unwrap();
         // Never bigger; smaller where there are 2 KiB nodes to replace (not in the port I/O
         // space, one node of its 16 pages).
         assert!(flat <= dense, "{fv}");
@@ -201,7 +207,7 @@ fn import_shows_both_layouts_and_the_flat_one_is_smaller() {
             compared += 1;
         }
     }
-    assert!(compared >= 2, "{json}");
+    assert!(compared >= 2, "{out}");
 }
 
 #[test]
@@ -264,9 +270,14 @@ fn lookup_json() {
         "0x90000000",
     ]);
     assert_eq!(code, 0);
-    assert!(out.contains("{\"addr\":4275044368,\"region\":\"hpet\",\"kind\":\"i/o\",\"start\":4275044352,\"end\":4275045375,\"offset\":16}"), "{out}");
-    assert!(
-        out.contains("{\"addr\":2415919104,\"region\":null}"),
+    let v = json(&out);
+    assert_eq!(
+        v["lookups"],
+        serde_json::json!([
+            {"addr": 0xfed00010u64, "region": "hpet", "kind": "i/o",
+             "start": 0xfed00000u64, "end": 0xfed003ffu64, "offset": 16},
+            {"addr": 0x90000000u64, "region": null}
+        ]),
         "{out}"
     );
 }
@@ -275,12 +286,11 @@ fn lookup_json() {
 fn simulation_runs_checks_every_answer_and_reports() {
     let (code, out, err) = physmap(&["simulate", "--seconds", "0.5", "--vcpus", "3", "--json"]);
     assert_eq!(code, 0, "{err}");
-    assert!(
-        out.contains("\"vcpus\":3")
-            && out.contains("\"mismatches\":0}")
-            && out.contains("\"commit_p99_us\":"),
-        "{out}"
-    );
+    let v = json(&out);
+    assert_eq!(v["vcpus"], 3, "{out}");
+    assert_eq!(v["mismatches"], 0, "{out}");
+    assert_eq!(v["per_vcpu"].as_array().map(Vec::len), Some(3), "{out}");
+    assert!(v["commit_p99_us"].is_number(), "{out}");
     let (code, out, err) = physmap(&["simulate", "--seconds", "0.3", "--vcpus", "2"]);
     assert_eq!(code, 0, "{err}");
     for word in [
@@ -429,7 +439,7 @@ fn simulate_survives_any_machine() {
         ]);
         no_panic(&err);
         assert_eq!(code, 0, "{machine}: {err}{out}");
-        assert!(out.contains("\"mismatches\":0}"), "{machine}: {out}");
+        assert_eq!(json(&out)["mismatches"], 0, "{machine}: {out}");
     }
     // A machine with no room left for the moving parts is an error, not a panic.
     let full = write_dump(&dir, "full.txt", &[(0, u64::MAX, "ram", "all", 0)]);
@@ -440,27 +450,32 @@ fn simulate_survives_any_machine() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// `--seconds` is honoured within about 100 ms even with a long commit interval.
+/// `--seconds` is honoured even with a commit interval 200 times longer: the run does not
+/// wait for the control plane's next commit. Time is what this test is about, so it reads the
+/// clock, with a margin no loaded machine reaches: a run that waited for the next commit
+/// would take 60 s, and this one must take less than half of that.
 #[test]
 fn simulate_stops_on_time() {
     let t0 = std::time::Instant::now();
-    let (code, _, err) = physmap(&[
+    let (code, out, err) = physmap(&[
         "simulate",
         "--seconds",
         "0.3",
         "--vcpus",
         "1",
         "--commit-interval-us",
-        "10000000",
+        "60000000",
         "--json",
     ]);
     let took = t0.elapsed();
     no_panic(&err);
     assert_eq!(code, 0, "{err}");
-    assert!(
-        took < std::time::Duration::from_millis(1500),
-        "took {took:?}"
+    assert_eq!(
+        json(&out)["commits"],
+        1,
+        "one commit, then the run ended: {out}"
     );
+    assert!(took < std::time::Duration::from_secs(30), "took {took:?}");
 }
 
 /// An empty dump (or one with no ranges) is an error for every command; so is a range whose
