@@ -111,8 +111,10 @@ impl<V> Snapshot<V> {
     }
 
     /// The pieces overlapping `range`, in address order, whole (not clipped to `range`).
-    /// Walks only the part of the tree under `range`. An empty, inverted or out-of-space
-    /// range is an error, as everywhere else.
+    /// Walks only the part of the tree under `range`. As with std's `BTreeMap::range`, an
+    /// empty range (`a..a`) has no pieces; an inverted range
+    /// ([`Error::InvertedRange`], where `BTreeMap::range` panics) or one past the address
+    /// space ([`Error::OutOfSpace`]) is an error.
     ///
     /// ```
     /// let map = physmap::PhysMap::new();
@@ -122,11 +124,16 @@ impl<V> Snapshot<V> {
     /// t.commit().unwrap();
     /// let snap = map.snapshot();
     /// assert_eq!(snap.range(0x2000..0x5001).unwrap().count(), 2);
+    /// assert_eq!(snap.range(0x2000..0x2000).unwrap().count(), 0);
     /// assert!(snap.range(7..3).is_err());
     /// ```
     pub fn range(&self, range: impl RangeBounds<u64>) -> Result<Iter<'_, V>, Error> {
-        let (lo, hi) = self.version.geo.resolve(&range)?;
-        Ok(self.pieces_in(lo, hi))
+        match self.version.geo.resolve(&range) {
+            Ok((lo, hi)) => Ok(self.pieces_in(lo, hi)),
+            // Nothing to walk: `lo > hi` walks nothing.
+            Err(Error::EmptyRange { .. }) => Ok(self.pieces_in(1, 0)),
+            Err(e) => Err(e),
+        }
     }
 
     fn pieces_in(&self, lo: u64, hi: u64) -> Iter<'_, V> {

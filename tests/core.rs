@@ -676,6 +676,33 @@ fn readers_follow_commits_and_snapshots_are_shareable() {
     let snap = r.snapshot();
     assert_eq!(snap.range(0x800..0x900).unwrap().count(), 1);
     assert_eq!(snap.range(0x10_0000_0000..).unwrap().count(), 0);
+    // Empty ranges are empty, as in std's `BTreeMap::range`, even over a piece and at the
+    // ends of the space; inverted and out-of-space ones stay errors.
+    use std::ops::Bound::{Excluded, Unbounded};
+    assert_eq!(snap.range(0x800..0x800).unwrap().count(), 0);
+    assert_eq!(snap.range(0..0).unwrap().count(), 0);
+    assert_eq!(
+        snap.range((Excluded(u64::MAX), Unbounded)).unwrap().count(),
+        0
+    );
+    assert!(matches!(
+        snap.range(0x900..0x800),
+        Err(Error::InvertedRange { .. })
+    ));
+    assert_eq!(snap.range(..).unwrap().count(), 1);
+    let small = PhysMap::<u8>::with_config(Config {
+        addr_bits: 16,
+        ..Config::default()
+    })
+    .unwrap();
+    assert!(matches!(
+        small.snapshot().range(0..0x1_0001),
+        Err(Error::OutOfSpace { .. })
+    ));
+    assert_eq!(
+        small.snapshot().range(0x2_0000..0x2_0000).unwrap().count(),
+        0
+    );
 }
 
 /// Online readers on an old generation hold its garbage; once they move on (a lookup), go
