@@ -262,7 +262,7 @@ mod tests {
         let n = if cfg!(miri) { 150u64 } else { 2000 };
         let bulk =
             PhysMap::from_ranges(config.clone(), (0..n).map(|i| (i * 8..i * 8 + 8, i))).unwrap();
-        assert!(bulk.memory().bulk_builds > 0);
+        assert!(bulk.build_counts().bulk > 0);
         let single = PhysMap::with_config(config).unwrap();
         for parity in [0, 1] {
             let mut t = single.transaction();

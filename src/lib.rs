@@ -193,6 +193,9 @@ mod writer;
 pub use config::{checked_range, Config};
 pub use diff::{Change, Mapping};
 pub use error::Error;
+#[cfg(feature = "test-hooks")]
+#[doc(hidden)]
+pub use map::BuildCounts;
 pub use map::{Barrier, PhysMap};
 pub use memory::Memory;
 pub use reader::Reader;

@@ -109,6 +109,15 @@ impl<V> PhysMap<V> {
         self.shared.writer.lock().memory(&self.shared.registry)
     }
 
+    /// Subtrees built by the bulk path (from a sorted slice of new pieces), and times a bulk
+    /// build made a node's children in parallel (rayon), since the map was created: for
+    /// physmap's own tests (feature `test-hooks`; not a stable API).
+    #[cfg(feature = "test-hooks")]
+    #[doc(hidden)]
+    pub fn build_counts(&self) -> BuildCounts {
+        self.shared.writer.lock().build_counts()
+    }
+
     /// Waits until no [`Reader`] can still be answering from a generation older than the one
     /// published when this is called: every reader has since started a lookup (and so
     /// announced that generation or a newer one), or is offline, or was dropped.
@@ -171,4 +180,15 @@ impl<V> Default for PhysMap<V> {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// What [`PhysMap::build_counts`] returns (feature `test-hooks`; not a stable API).
+#[cfg(feature = "test-hooks")]
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BuildCounts {
+    /// Subtrees built by the bulk path.
+    pub bulk: u64,
+    /// Nodes whose children a bulk build made in parallel.
+    pub parallel: u64,
 }

@@ -28,12 +28,6 @@ pub struct Memory {
     /// [`Stats::bytes`](crate::Stats::bytes), however many commits followed (interval-based
     /// reclamation).
     pub pinned_bytes: usize,
-    /// Subtrees built by the bulk path (from a sorted slice of new pieces) since the map was
-    /// created.
-    pub bulk_builds: u64,
-    /// Times a bulk build made a node's children in parallel (rayon) since the map was
-    /// created (see [`Transaction::extend`](crate::Transaction::extend)).
-    pub parallel_builds: u64,
     /// Bytes of node storage reserved by the arena's chunks (chunks grow geometrically and
     /// are kept for reuse; at most about twice the peak node count).
     pub reserved_node_bytes: usize,

@@ -267,6 +267,7 @@ impl<V> Snapshot<V> {
 
     /// The tree's shape and pieces as numbers, without slot indices (for tests that compare
     /// trees built by different paths). Not a stable format.
+    #[cfg(any(test, feature = "test-hooks"))]
     #[doc(hidden)]
     pub fn canonical_form(&self) -> Vec<u64> {
         self.tree().fingerprint()

@@ -686,7 +686,10 @@ fn readers_follow_commits_and_snapshots_are_shareable() {
         0
     );
     assert!(matches!(
-        snap.range(0x900..0x800),
+        snap.range(std::ops::Range {
+            start: 0x900,
+            end: 0x800
+        }),
         Err(Error::InvertedRange { .. })
     ));
     assert_eq!(snap.range(..).unwrap().count(), 1);

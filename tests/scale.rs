@@ -139,10 +139,10 @@ proptest! {
             t.commit().unwrap();
         }
         prop_assert_eq!(bulk.snapshot().canonical_form(), single.snapshot().canonical_form());
-        prop_assert_eq!(single.memory().bulk_builds, 0);
+        prop_assert_eq!(single.build_counts().bulk, 0);
         if longest_run >= 4096 {
             // It covers an aligned 1 KiB span (height 4) holding over 64 pieces.
-            prop_assert!(bulk.memory().bulk_builds > 0, "long runs take the bulk path");
+            prop_assert!(bulk.build_counts().bulk > 0, "long runs take the bulk path");
         }
         let a: Vec<_> = bulk.snapshot().iter().map(|(r, v)| (r, *v)).collect();
         let b: Vec<_> = single.snapshot().iter().map(|(r, v)| (r, *v)).collect();
@@ -159,10 +159,10 @@ fn parallel_bulk_build_of_a_million_pages_is_the_canonical_tree() {
     // 1M private/shared pages: whole 1 GiB spans of 262144 pages take the parallel branch.
     let bulk = PhysMap::from_ranges(Config::default(), pages(1 << 20)).unwrap();
     assert!(
-        bulk.memory().parallel_builds > 0,
+        bulk.build_counts().parallel > 0,
         "the parallel branch was taken"
     );
-    assert!(bulk.memory().bulk_builds > 0);
+    assert!(bulk.build_counts().bulk > 0);
     // The same mapping, built by the sequential span-by-span path: even pages, then odd.
     let single = PhysMap::new();
     for parity in [0, 1] {
@@ -172,7 +172,7 @@ fn parallel_bulk_build_of_a_million_pages_is_the_canonical_tree() {
         }
         t.commit().unwrap();
     }
-    assert_eq!(single.memory().parallel_builds, 0);
+    assert_eq!(single.build_counts().parallel, 0);
     let (a, b) = (bulk.snapshot(), single.snapshot());
     assert_eq!(a.stats().nodes, b.stats().nodes);
     assert_eq!(a.canonical_form(), b.canonical_form());
@@ -210,7 +210,7 @@ fn parallel_branch_in_a_small_space_with_byte_pages() {
             (0..65536u64).map(|i| (4 * i..=4 * i + 3, i)),
         )
         .unwrap();
-        assert!(bulk.memory().parallel_builds > 0);
+        assert!(bulk.build_counts().parallel > 0);
         assert_eq!(bulk.snapshot().stats().flat_nodes > 0, flat_nodes);
         let single = PhysMap::with_config(config).unwrap();
         for parity in [0, 1] {
@@ -325,9 +325,9 @@ fn a_long_run_takes_the_bulk_path_and_matches_the_sequential_tree() {
     };
     let bulk =
         PhysMap::from_ranges(config.clone(), (0..2000u64).map(|i| (i * 8..i * 8 + 8, i))).unwrap();
-    assert!(bulk.memory().bulk_builds > 0);
+    assert!(bulk.build_counts().bulk > 0);
     assert_eq!(
-        bulk.memory().parallel_builds,
+        bulk.build_counts().parallel,
         0,
         "2000 pieces stay below the parallel threshold"
     );
@@ -339,7 +339,7 @@ fn a_long_run_takes_the_bulk_path_and_matches_the_sequential_tree() {
         }
         t.commit().unwrap();
     }
-    assert_eq!(single.memory().bulk_builds, 0);
+    assert_eq!(single.build_counts().bulk, 0);
     assert_eq!(
         bulk.snapshot().canonical_form(),
         single.snapshot().canonical_form()

@@ -56,6 +56,7 @@ impl<'g, V> TreeRef<'g, V> {
         }
     }
 
+    #[cfg(any(test, feature = "test-hooks"))]
     /// The tree as numbers, without slot indices: for each entry in depth-first order its
     /// kind, the height and first page of nodes, and the byte ranges of pieces. Two trees
     /// with the same fingerprint have the same shape and the same pieces.

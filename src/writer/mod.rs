@@ -68,6 +68,15 @@ impl<V> Writer<V> {
         Ok((writer, publisher))
     }
 
+    /// Bulk builds and parallel builds since the map was created (`PhysMap::build_counts`).
+    #[cfg(feature = "test-hooks")]
+    pub(crate) fn build_counts(&self) -> crate::map::BuildCounts {
+        crate::map::BuildCounts {
+            bulk: self.bulk_builds,
+            parallel: self.parallel_builds,
+        }
+    }
+
     pub(crate) fn geo(&self) -> &Geometry {
         &self.geo
     }
@@ -242,8 +251,6 @@ impl<V> Writer<V> {
             sections: counts.sections,
             pinned_generations: self.graveyard.pinned_generations(),
             pinned_bytes: self.bytes_of(self.graveyard.waiting()),
-            bulk_builds: self.bulk_builds,
-            parallel_builds: self.parallel_builds,
             reserved_node_bytes: self.arena.reserved_node_bytes(),
         }
     }
