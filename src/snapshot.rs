@@ -148,7 +148,7 @@ impl<V> Snapshot<V> {
     /// Walks the whole tree: a diagnostic, not a hot-path call.
     pub fn stats(&self) -> Stats {
         let tree = self.tree();
-        let (nodes, flats, tables, table_bytes, levels) = tree.shape();
+        let shape = tree.shape();
         let (mut pieces, mut records) = (0, 0);
         let mut sections = HashSet::new();
         for piece in tree.walk(0, self.version.geo.max_addr) {
@@ -157,26 +157,23 @@ impl<V> Snapshot<V> {
             sections.insert(piece.section);
         }
         let counts = Counts {
-            nodes,
-            flats,
-            tables,
-            table_bytes,
             pieces: pieces - records,
             records,
             sections: sections.len(),
+            ..shape.tree
         };
         let fanout = self.version.geo.fanout;
         Stats {
             generation: self.version.generation,
-            nodes,
-            flat_nodes: flats,
-            subpage_tables: tables,
+            nodes: counts.nodes,
+            flat_nodes: counts.flats,
+            subpage_tables: counts.tables,
             pieces,
-            page_records: records,
-            sections: sections.len(),
+            page_records: counts.records,
+            sections: counts.sections,
             bytes: counts.bytes::<V>(fanout),
             tree_bytes: counts.tree_bytes(fanout),
-            levels,
+            levels: shape.levels,
         }
     }
 }

@@ -313,19 +313,19 @@ impl Arena {
         }
     }
 
-    /// Slots in use: nodes, pieces, page records, flat nodes, tables, real rows, and bytes
-    /// of the tables' and flat nodes' row blocks.
-    pub(crate) fn live(&self) -> (usize, usize, usize, usize, usize, usize, usize) {
+    /// Slots in use: nodes, pieces, page records, flat nodes, tables, and the bytes of the
+    /// tables' and flat nodes' row blocks (sections are `Storage`'s: zero here).
+    pub(crate) fn live(&self) -> Counts {
         let r = &self.rows;
-        (
-            self.nodes.live(),
-            self.pieces.live(),
-            r.records,
-            r.flats,
-            r.tables,
-            r.rows,
-            (r.cells - r.records * RECORD_CELLS) * std::mem::size_of::<u32>(),
-        )
+        Counts {
+            nodes: self.nodes.live(),
+            flats: r.flats,
+            tables: r.tables,
+            table_bytes: (r.cells - r.records * RECORD_CELLS) * std::mem::size_of::<u32>(),
+            pieces: self.pieces.live(),
+            records: r.records,
+            sections: 0,
+        }
     }
 
     /// Bytes of node storage reserved by the current node array.

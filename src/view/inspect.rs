@@ -1,37 +1,52 @@
 //! Whole-tree inspection: the shape, the inner entries, the fingerprint and the dump.
 
 use super::{entries::*, tree::*};
+use crate::arena::Counts;
 use crate::entry::{Entry, Kind};
 
+/// The shape of a tree ([`TreeRef::shape`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Shape {
+    /// Its nodes, flat nodes, sub-page tables and their row bytes (pieces and sections are
+    /// the walk's to count: zero here).
+    pub tree: Counts,
+    /// The deepest path, in levels (a flat node counts as one).
+    pub levels: u32,
+}
+
 impl<'g, V> TreeRef<'g, V> {
-    /// Shape of the tree: nodes, flat nodes, sub-page tables, bytes of the row blocks (of
-    /// tables and flat nodes), deepest path (a flat node counts as one level).
-    pub(crate) fn shape(self) -> (usize, usize, usize, usize, u32) {
-        let (mut nodes, mut flats, mut tables, mut table_bytes, mut deepest) = (0, 0, 0, 0, 0);
+    /// The shape of the tree: its nodes, flat nodes, sub-page tables, the bytes of their
+    /// row blocks, and its deepest path.
+    pub(crate) fn shape(self) -> Shape {
+        let mut c = Counts::default();
+        let mut deepest = 0;
         let mut stack = vec![(self.root(), 0u32)];
         while let Some((e, depth)) = stack.pop() {
             match e.kind() {
                 Kind::Empty | Kind::Leaf(_) => {}
                 Kind::Subpage(class, _) => {
-                    tables += 1;
-                    table_bytes += crate::arena::table_bytes(class);
+                    c.tables += 1;
+                    c.table_bytes += crate::arena::table_bytes(class);
                 }
                 Kind::Flat(class, offset) => {
-                    flats += 1;
+                    c.flats += 1;
                     deepest = deepest.max(depth + 1);
-                    table_bytes += crate::arena::FLAT_BYTES;
+                    c.table_bytes += crate::arena::FLAT_BYTES;
                     let rows = self.flat_at(class, offset).into_iter();
                     stack.extend(rows.map(|r| (TreeEntry::new(r.1), depth + 1)));
                 }
                 Kind::Node { shift, index } => {
-                    nodes += 1;
+                    c.nodes += 1;
                     deepest = deepest.max(depth + 1);
                     let kids = self.entries(index, self.height(shift));
                     stack.extend(kids.filter(|c| c.get().is_inner()).map(|c| (c, depth + 1)));
                 }
             }
         }
-        (nodes, flats, tables, table_bytes, deepest)
+        Shape {
+            tree: c,
+            levels: deepest,
+        }
     }
 
     /// Every node and sub-page table under `e` (an entry of this tree), as plain entries:

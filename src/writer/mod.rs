@@ -257,15 +257,9 @@ impl<V> Writer<V> {
 
     /// The slots in use.
     fn live(&self) -> Counts {
-        let (nodes, pieces, records, flats, tables, _rows, table_bytes) = self.arena.live();
         Counts {
-            nodes,
-            flats,
-            tables,
-            table_bytes,
-            pieces,
-            records,
             sections: self.sections.alloc.live(),
+            ..self.arena.live()
         }
     }
 
