@@ -193,10 +193,10 @@ mod writer;
 pub use config::{checked_range, Config};
 pub use diff::{Change, Mapping};
 pub use error::Error;
+pub use map::{Barrier, PhysMap};
 #[cfg(feature = "test-hooks")]
 #[doc(hidden)]
-pub use map::BuildCounts;
-pub use map::{Barrier, PhysMap};
+pub use memory::BuildCounts;
 pub use memory::Memory;
 pub use reader::Reader;
 pub use snapshot::{Hit, Iter, Snapshot, Stats};

@@ -114,7 +114,7 @@ impl<V> PhysMap<V> {
     /// physmap's own tests (feature `test-hooks`; not a stable API).
     #[cfg(feature = "test-hooks")]
     #[doc(hidden)]
-    pub fn build_counts(&self) -> BuildCounts {
+    pub fn build_counts(&self) -> crate::memory::BuildCounts {
         self.shared.writer.lock().build_counts()
     }
 
@@ -180,15 +180,4 @@ impl<V> Default for PhysMap<V> {
     fn default() -> Self {
         Self::new()
     }
-}
-
-/// What [`PhysMap::build_counts`] returns (feature `test-hooks`; not a stable API).
-#[cfg(feature = "test-hooks")]
-#[doc(hidden)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BuildCounts {
-    /// Subtrees built by the bulk path.
-    pub bulk: u64,
-    /// Nodes whose children a bulk build made in parallel.
-    pub parallel: u64,
 }

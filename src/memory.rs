@@ -32,3 +32,14 @@ pub struct Memory {
     /// are kept for reuse; at most about twice the peak node count).
     pub reserved_node_bytes: usize,
 }
+
+/// What [`PhysMap::build_counts`](crate::PhysMap::build_counts) returns (feature `test-hooks`; not a stable API).
+#[cfg(feature = "test-hooks")]
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BuildCounts {
+    /// Subtrees built by the bulk path.
+    pub bulk: u64,
+    /// Nodes whose children a bulk build made in parallel.
+    pub parallel: u64,
+}

@@ -70,8 +70,8 @@ impl<V> Writer<V> {
 
     /// Bulk builds and parallel builds since the map was created (`PhysMap::build_counts`).
     #[cfg(feature = "test-hooks")]
-    pub(crate) fn build_counts(&self) -> crate::map::BuildCounts {
-        crate::map::BuildCounts {
+    pub(crate) fn build_counts(&self) -> crate::memory::BuildCounts {
+        crate::memory::BuildCounts {
             bulk: self.bulk_builds,
             parallel: self.parallel_builds,
         }
