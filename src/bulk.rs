@@ -106,7 +106,7 @@ impl Sink for LocalSink<'_> {
         let k = self.nodes.len();
         if k >= NODE_LIMIT {
             return Err(Error::CapacityExhausted {
-                kind: "nodes",
+                kind: crate::Capacity::Nodes,
                 limit: NODE_LIMIT - 1,
             });
         }

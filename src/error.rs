@@ -2,6 +2,7 @@
 //! transaction it was called on) exactly as it was before the call.
 
 use std::fmt;
+use std::ops::RangeInclusive;
 
 /// What went wrong. Messages name the offending range in hexadecimal, inclusive ends.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,14 +40,14 @@ pub enum Error {
     /// `insert` was asked to map bytes that are already mapped.
     Overlap {
         /// The range that was asked for.
-        range: (u64, u64),
-        /// The mapped piece it collides with (first one found, inclusive ends).
-        existing: (u64, u64),
+        range: RangeInclusive<u64>,
+        /// The mapped piece it collides with (the first one found).
+        existing: RangeInclusive<u64>,
     },
     /// The arena reached its configured or encodable limit for this kind of slot.
     CapacityExhausted {
-        /// `"nodes"`, `"pieces"`, `"sub-page tables"` or `"sections"`.
-        kind: &'static str,
+        /// What ran out.
+        kind: Capacity,
         /// The limit that was hit.
         limit: usize,
     },
@@ -77,7 +78,10 @@ impl fmt::Display for Error {
             Error::Overlap { range, existing } => write!(
                 f,
                 "range {:#x}..={:#x} overlaps mapped range {:#x}..={:#x}",
-                range.0, range.1, existing.0, existing.1
+                range.start(),
+                range.end(),
+                existing.start(),
+                existing.end()
             ),
             Error::CapacityExhausted { kind, limit } => {
                 write!(f, "capacity exhausted: at most {limit} {kind}")
@@ -88,3 +92,32 @@ impl fmt::Display for Error {
 }
 
 impl std::error::Error for Error {}
+
+/// What an [`Error::CapacityExhausted`] ran out of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Capacity {
+    /// Tree nodes ([`Config::max_nodes`](crate::Config::max_nodes), or what an entry can
+    /// address).
+    Nodes,
+    /// Pieces ([`Config::max_pieces`](crate::Config::max_pieces), page records included).
+    Pieces,
+    /// Section slots (one per inserted range, [`Config::max_pieces`](crate::Config::max_pieces)).
+    Sections,
+    /// Cells of the row array, which holds the sub-page tables, flat nodes and page records.
+    Rows,
+    /// Sub-page rows in one page: more pieces in a single page than a table holds.
+    RowsInOnePage,
+}
+
+impl fmt::Display for Capacity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Capacity::Nodes => "nodes",
+            Capacity::Pieces => "pieces",
+            Capacity::Sections => "sections",
+            Capacity::Rows => "sub-page rows",
+            Capacity::RowsInOnePage => "sub-page rows in one page",
+        })
+    }
+}

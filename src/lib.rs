@@ -192,7 +192,7 @@ mod writer;
 
 pub use config::{checked_range, Config};
 pub use diff::{Change, Mapping};
-pub use error::Error;
+pub use error::{Capacity, Error};
 pub use map::{Barrier, PhysMap};
 #[cfg(feature = "test-hooks")]
 #[doc(hidden)]

@@ -183,16 +183,16 @@ fn shared_ranges_have_one_section_and_their_own_offsets() {
     assert_eq!(
         t.insert_shared([0x9000..0xa000, 0x500..0x600], "clash"),
         Err(Error::Overlap {
-            range: (0x500, 0x5ff),
-            existing: (0, 0xfff)
+            range: 0x500..=0x5ff,
+            existing: 0..=0xfff
         })
     );
     // Ranges of one call may not overlap each other either (named in address order).
     assert_eq!(
         t.insert_shared([0x9000..0xa000, 0x8000..0x9800], "self-clash"),
         Err(Error::Overlap {
-            range: (0x9000, 0x9fff),
-            existing: (0x8000, 0x97ff)
+            range: 0x9000..=0x9fff,
+            existing: 0x8000..=0x97ff
         })
     );
     #[allow(clippy::reversed_empty_ranges)]
@@ -299,8 +299,8 @@ fn bad_ranges_are_errors_and_change_nothing() {
         assert_eq!(
             e,
             Error::Overlap {
-                range: (0x1fff, 0x2000),
-                existing: (0x1000, 0x1fff)
+                range: 0x1fff..=0x2000,
+                existing: 0x1000..=0x1fff
             }
         );
         assert!(e.to_string().contains("0x1fff..=0x2000"), "{e}");
@@ -463,7 +463,7 @@ fn capacity_exhausted_is_an_error_and_publishes_nothing() {
         matches!(
             e,
             Error::CapacityExhausted {
-                kind: "nodes",
+                kind: physmap::Capacity::Nodes,
                 limit: 3
             }
         ),
@@ -496,7 +496,7 @@ fn capacity_exhausted_is_an_error_and_publishes_nothing() {
         matches!(
             err,
             Some(Error::CapacityExhausted {
-                kind: "sections",
+                kind: physmap::Capacity::Sections,
                 ..
             })
         ),
@@ -962,7 +962,7 @@ fn page_records_count_against_max_pieces() {
         matches!(
             e,
             Error::CapacityExhausted {
-                kind: "pieces",
+                kind: physmap::Capacity::Pieces,
                 limit: 4
             }
         ),

@@ -4,7 +4,7 @@
 use super::{cells::*, layout::*, slab::*};
 use crate::entry::{as_words, Entry, NODE_LIMIT, RECORD, SLOT_LIMIT, TABLE_OFFSET_LIMIT};
 use crate::sync::Arc;
-use crate::Error;
+use crate::{Capacity, Error};
 
 /// The writer's arena: the current arrays, the slot allocators, and growth (I6).
 pub(crate) struct Arena {
@@ -56,8 +56,8 @@ impl Arena {
                 rows: Arc::new(Cells::new((2 * MIN_TABLE_ROWS) << SMALL_FIRST)),
             },
             node_cells,
-            nodes: SlabAlloc::new(max_nodes.min(Self::node_limit(fanout)), "nodes"),
-            pieces: SlabAlloc::new(max_pieces.min(SLOT_LIMIT - 1), "pieces"),
+            nodes: SlabAlloc::new(max_nodes.min(Self::node_limit(fanout)), Capacity::Nodes),
+            pieces: SlabAlloc::new(max_pieces.min(SLOT_LIMIT - 1), Capacity::Pieces),
             max_pieces,
             rows: RowAlloc {
                 limit: max_pieces,
@@ -183,7 +183,7 @@ impl Arena {
         let r = &mut self.rows;
         if r.rows + rows > r.limit {
             return Err(Error::CapacityExhausted {
-                kind: "sub-page rows",
+                kind: Capacity::Rows,
                 limit: r.limit,
             });
         }
@@ -203,7 +203,7 @@ impl Arena {
                 let o = r.high;
                 if o + cells > TABLE_OFFSET_LIMIT {
                     return Err(Error::CapacityExhausted {
-                        kind: "sub-page rows",
+                        kind: Capacity::Rows,
                         limit: TABLE_OFFSET_LIMIT / 2,
                     });
                 }
@@ -243,7 +243,7 @@ impl Arena {
     pub(super) fn piece_room(&self) -> Result<(), Error> {
         if self.pieces.live() + self.rows.records >= self.max_pieces {
             return Err(Error::CapacityExhausted {
-                kind: "pieces",
+                kind: Capacity::Pieces,
                 limit: self.max_pieces,
             });
         }
@@ -253,7 +253,7 @@ impl Arena {
     /// The table block (the layout of [`Bases::table_piece`](super::bases::Bases::table_piece)).
     pub(super) fn alloc_rows(&mut self, page: u64, rows: &[(u32, u32)]) -> Result<Entry, Error> {
         let class = table_class(rows.len()).ok_or(Error::CapacityExhausted {
-            kind: "sub-page rows in one page",
+            kind: Capacity::RowsInOnePage,
             limit: table_cap(TABLE_CLASSES - 1),
         })?;
         let cap = table_cap(class);

@@ -3,7 +3,7 @@
 
 use super::layout::*;
 use crate::sync::{AtomicPtr, Ordering, UnsafeCell};
-use crate::Error;
+use crate::{Capacity, Error};
 use std::ptr;
 
 /// Fixed-address chunked storage, one cell per slot (chunk `k` holds `first << k` slots).
@@ -111,7 +111,7 @@ impl<T> GetMutPtr<T> for AtomicPtr<T> {
 }
 
 /// Writer-side bookkeeping of one kind of slot: high-water mark and free list.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct SlabAlloc {
     pub(super) high: u32,
     pub(super) free: Vec<u32>,
@@ -119,15 +119,17 @@ pub(crate) struct SlabAlloc {
     pub(super) live: usize,
     pub(super) limit: usize,
     /// What the slots hold, for error messages.
-    pub(super) kind: &'static str,
+    pub(super) kind: Capacity,
 }
 
 impl SlabAlloc {
-    pub(crate) fn new(limit: usize, kind: &'static str) -> Self {
+    pub(crate) fn new(limit: usize, kind: Capacity) -> Self {
         SlabAlloc {
+            high: 0,
+            free: Vec::new(),
+            live: 0,
             limit,
             kind,
-            ..Default::default()
         }
     }
 

@@ -19,13 +19,13 @@ fn slab_slots_map_to_distinct_cells_inside_their_chunk() {
 
 #[test]
 fn allocators_reuse_freed_slots_and_stop_at_the_limit() {
-    let mut alloc = SlabAlloc::new(40, "cells");
+    let mut alloc = SlabAlloc::new(40, crate::Capacity::Rows);
     let slots: Vec<u32> = (0..40).map(|_| alloc.alloc().unwrap()).collect();
     assert_eq!(slots, (0..40).collect::<Vec<u32>>());
     assert_eq!(
         alloc.alloc(),
         Err(Error::CapacityExhausted {
-            kind: "cells",
+            kind: crate::Capacity::Rows,
             limit: 40
         })
     );

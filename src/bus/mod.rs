@@ -124,8 +124,8 @@ impl From<crate::Error> for BusError {
     fn from(e: crate::Error) -> Self {
         match e {
             crate::Error::Overlap { range, existing } => BusError::Overlap {
-                range: range.0..=range.1,
-                with: existing.0..=existing.1,
+                range,
+                with: existing,
             },
             e => BusError::InvalidRange(e),
         }

@@ -193,8 +193,8 @@ impl<V> Writer<V> {
             let (a, b) = (range(&pair[0]), range(&pair[1]));
             if b.0 <= a.1 {
                 return Err(Error::Overlap {
-                    range: b,
-                    existing: a,
+                    range: b.0..=b.1,
+                    existing: a.0..=a.1,
                 });
             }
         }
@@ -211,8 +211,8 @@ impl<V> Writer<V> {
         // reach `s`.
         match self.map.range(..=e).next_back() {
             Some((&k, info)) if info.end >= s => Err(Error::Overlap {
-                range: (s, e),
-                existing: (k, info.end),
+                range: s..=e,
+                existing: k..=info.end,
             }),
             _ => Ok(()),
         }

@@ -20,7 +20,7 @@ mod edit;
 mod rebuild;
 mod state;
 
-use crate::arena::{Arena, Counts, SlabAlloc, Storage};
+use crate::arena::{Arena, Counts, Storage};
 use crate::config::Geometry;
 use crate::drops::drop_all;
 use crate::memory::Memory;
@@ -58,10 +58,7 @@ impl<V> Writer<V> {
             uncovered_bytes: 0,
             free: Vec::new(),
             map: BTreeMap::new(),
-            sections: Sections {
-                alloc: SlabAlloc::new(config.max_pieces, "sections"),
-                ..Sections::default()
-            },
+            sections: Sections::new(config.max_pieces),
             bulk_builds: 0,
             parallel_builds: 0,
         };

@@ -62,7 +62,6 @@ impl PieceInfo {
 /// for all its ranges): slot allocated, value written. When its last
 /// piece goes, it is freed at commit, right away if no generation ever published it,
 /// otherwise through the graveyard once no generation that reaches it is held (I4).
-#[derive(Default)]
 pub(super) struct Sections {
     pub(super) alloc: SlabAlloc,
     /// Pieces of the working mapping per section slot.
@@ -73,6 +72,19 @@ pub(super) struct Sections {
     pub(super) shared: Vec<bool>,
     /// The generation that first published each section slot (`reclaim.rs`).
     pub(super) born: Vec<u64>,
+}
+
+impl Sections {
+    /// No sections yet, at most `limit` of them.
+    pub(super) fn new(limit: usize) -> Self {
+        Sections {
+            alloc: SlabAlloc::new(limit, crate::Capacity::Sections),
+            refs: Vec::new(),
+            published: Vec::new(),
+            shared: Vec::new(),
+            born: Vec::new(),
+        }
+    }
 }
 
 /// The generation each node and each sub-page table or flat node was born in (written by
