@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Shows that a reader's lookup, refresh, going online and going offline do no atomic
-# read-modify-write: disassembles the reader paths of examples/disasm.rs (x86-64: a
+# read-modify-write: disassembles the reader paths of tools/src/bin/disasm.rs (x86-64: a
 # `lock`-prefixed instruction or an `xchg` with memory is an atomic RMW on shared memory;
 # `mfence`, or a `lock or` of 0 to the thread's own stack, is a SeqCst fence, as LLVM emits
 # it) and prints every such instruction per function. Any RMW fails. A fence is allowed only
@@ -11,8 +11,8 @@
 # Usage: scripts/check-no-rmw.sh   (needs objdump)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build -q --release --example disasm
-bin=target/release/examples/disasm
+cargo build -q --release -p physmap-tools --bin disasm
+bin=target/release/disasm
 asm=$(objdump -d --no-show-raw-insn "$bin")
 status=0
 for f in disasm_reader_lookup disasm_reader_refresh disasm_reader_online disasm_reader_offline \

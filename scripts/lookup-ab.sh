@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# A/B of two builds' lookups, alternated in one session (examples/lookup_driver.rs).
+# A/B of two builds' lookups, alternated in one session (tools/src/bin/lookup_driver.rs).
 #   scripts/lookup-ab.sh OLD_DRIVER NEW_DRIVER [ROUNDS]
-# OLD_DRIVER / NEW_DRIVER: target/release/examples/lookup_driver of each build (for the old
-# one, copy examples/lookup_driver.rs and benches/common into a worktree of the old commit).
+# OLD_DRIVER / NEW_DRIVER: target/release/lookup_driver of each build (`cargo build --release -p physmap-tools`; for the old
+# one, copy tools/src/bin/lookup_driver.rs and benches/common into a worktree of the old commit).
 # Runs from tests/data. Prints, per mode, the median and range over the real maps x mixes of
 # new/old (min of 2 runs each side), and the same divided by the QEMU-style walk's new/old.
 set -euo pipefail

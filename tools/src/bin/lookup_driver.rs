@@ -1,5 +1,5 @@
 //! Times lookups outside criterion, for A/B runs of two builds of physmap in one session:
-//! `cargo run --release --example lookup_driver -- MAP MIX MODE [ROUNDS]`, where MAP is a
+//! `cargo run --release -p physmap-tools --bin lookup_driver -- MAP MIX MODE [ROUNDS]`, where MAP is a
 //! dump of `tests/data`, MIX one of `mmio`, `ram`, `low64g`, `bursts` (`benches/common`), and
 //! MODE one of
 //!
@@ -9,11 +9,12 @@
 //! - `qemu`: the QEMU-style walk of `benches/common`, for normalising two runs.
 //!
 //! Prints `MODE: N ns/lookup`. For the build before a change, copy this file and
-//! `benches/common` into a worktree of the old commit and run the same command there.
+//! `benches/common` into a worktree of the old commit and build it there (as an example, if
+//! that commit has no `tools/`).
 
-#[path = "../benches/common/baselines.rs"]
+#[path = "../../../benches/common/baselines.rs"]
 mod baselines;
-#[path = "../benches/common/workloads.rs"]
+#[path = "../../../benches/common/workloads.rs"]
 mod workloads;
 
 use baselines::QemuStyle;
