@@ -226,10 +226,74 @@ impl<R: GuestMemoryRegion + Send + Sync> PhysAddressSpace<R> {
         }
     }
 
-    /// The physmap behind the address space, for vCPU-style [`crate::Reader`]s (one per
-    /// thread: a lookup without the `arc-swap` load of `memory()`).
-    pub fn map(&self) -> &PhysMap<Arc<R>> {
-        &self.inner.map
+    /// The read side of the physmap behind the address space: vCPU-style [`crate::Reader`]s
+    /// (one per thread: a lookup without the `arc-swap` load of `memory()`), snapshots and
+    /// `synchronize`. No transaction: every change goes through [`update`](Self::update),
+    /// which keeps `memory()` in step with the map.
+    pub fn map(&self) -> MapReadSide<'_, R> {
+        MapReadSide {
+            map: &self.inner.map,
+        }
+    }
+}
+
+/// The read side of a [`PhysAddressSpace`]'s physmap ([`PhysAddressSpace::map`]): what
+/// [`PhysMap`] offers, without [`PhysMap::transaction`].
+///
+/// ```
+/// use std::sync::Arc;
+/// use vm_memory::{GuestAddress, GuestRegionMmap};
+/// use physmap::vm_memory::PhysAddressSpace;
+///
+/// let ram = Arc::new(GuestRegionMmap::<()>::from_range(GuestAddress(0), 0x10_0000, None).unwrap());
+/// let space = PhysAddressSpace::new([ram])?;
+/// let mut vcpu = space.map().reader();
+/// assert_eq!(vcpu.lookup(0x1234).unwrap().offset, 0x1234);
+/// # Ok::<(), physmap::vm_memory::Error>(())
+/// ```
+///
+/// Changes go through [`PhysAddressSpace::update`] only:
+///
+/// ```compile_fail
+/// # use std::sync::Arc;
+/// # use vm_memory::{GuestAddress, GuestRegionMmap};
+/// # let ram = Arc::new(GuestRegionMmap::<()>::from_range(GuestAddress(0), 0x1000, None).unwrap());
+/// let space = physmap::vm_memory::PhysAddressSpace::new([ram]).unwrap();
+/// space.map().transaction(); // no such method: `memory()` would fall out of step
+/// ```
+pub struct MapReadSide<'a, R> {
+    map: &'a PhysMap<Arc<R>>,
+}
+
+impl<R> MapReadSide<'_, R> {
+    /// A per-vCPU reader ([`PhysMap::reader`]).
+    pub fn reader(&self) -> crate::Reader<Arc<R>> {
+        self.map.reader()
+    }
+
+    /// The newest generation, held ([`PhysMap::snapshot`]).
+    pub fn snapshot(&self) -> Snapshot<Arc<R>> {
+        self.map.snapshot()
+    }
+
+    /// Waits for the readers ([`PhysMap::synchronize`]).
+    pub fn synchronize(&self) {
+        self.map.synchronize()
+    }
+
+    /// The same, giving up after `timeout` ([`PhysMap::synchronize_timeout`]).
+    pub fn synchronize_timeout(&self, timeout: std::time::Duration) -> bool {
+        self.map.synchronize_timeout(timeout)
+    }
+
+    /// The arena's memory ([`PhysMap::memory`]).
+    pub fn memory(&self) -> crate::Memory {
+        self.map.memory()
+    }
+
+    /// The map's barrier ([`PhysMap::barrier`]).
+    pub fn barrier(&self) -> crate::Barrier {
+        self.map.barrier()
     }
 }
 
