@@ -98,6 +98,22 @@ impl<V> Sink for Arena<'_, V> {
     }
 }
 
+/// A position of the rebuild: the span of height `h` at page `base`, whose canonical entry
+/// in the old tree `tree` is `old`.
+struct At<'g, V> {
+    tree: TreeRef<'g, V>,
+    old: TreeEntry<'g>,
+    h: u32,
+    base: u64,
+}
+
+impl<V> Clone for At<'_, V> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<V> Copy for At<'_, V> {}
+
 impl<V> Writer<V> {
     fn arena<'a>(&'a mut self, cx: &'a mut Build) -> Arena<'a, V> {
         Arena {
@@ -117,26 +133,30 @@ impl<V> Writer<V> {
         dirty: &[(u64, u64)],
         cx: &mut Build,
     ) -> Result<Entry, Error> {
-        self.rebuild(tree, tree.root(), self.geo.height, 0, dirty, cx)
+        let at = At {
+            tree,
+            old: tree.root(),
+            h: self.geo.height,
+            base: 0,
+        };
+        self.rebuild(at, dirty, cx)
     }
 
     /// The canonical entry for the span of height `h` at page `base`, given that the old
     /// canonical entry for it was `old` and `dirty` lists the changed byte ranges inside it.
-    fn rebuild<'g>(
+    fn rebuild(
         &mut self,
-        tree: TreeRef<'g, V>,
-        old: TreeEntry<'g>,
-        h: u32,
-        base: u64,
+        at: At<'_, V>,
         dirty: &[(u64, u64)],
         cx: &mut Build,
     ) -> Result<Entry, Error> {
+        let At { tree, old, h, base } = at;
         if dirty.is_empty() {
             return Ok(old.get());
         }
         let (s, e) = self.geo.span(h, base);
         if h > 0 && dirty.len() == 1 && dirty[0].0 <= s && e <= dirty[0].1 {
-            if let Some(new) = self.rebuild_bulk(tree, old, h, base, s, e, cx)? {
+            if let Some(new) = self.rebuild_bulk(at, s, e, cx)? {
                 return Ok(new);
             }
         }
@@ -144,22 +164,22 @@ impl<V> Writer<V> {
         let new = match Span::of(count, h) {
             Span::Empty => Entry::EMPTY,
             Span::Leaf => Entry::leaf(self.materialize(first, cx)?),
-            Span::Table => return self.rebuild_table(tree, old, s, e, cx),
+            Span::Table => return self.rebuild_table(at, cx),
             Span::Node => {
                 if canon::may_be_flat(&self.geo, h, base) {
                     let mut keys = Vec::new();
                     let pieces = self.overlapping(s, e).inspect(|&(k, _)| keys.push(k));
                     if let Some(runs) = canon::flat_runs(&self.geo, h, base, pieces) {
-                        return self.rebuild_flat(tree, old, h, base, runs, &keys, cx);
+                        return self.rebuild_flat(at, runs, &keys, cx);
                     }
                 }
                 if let Kind::Flat(..) = old.kind() {
                     // Its children are not nodes of their own: build the span afresh (the
                     // flat node held at most FLAT_MAX runs, so this is the transaction's work).
                     let first = self.overlapping(s, e).next().map_or(s, |p| p.0);
-                    return self.build_from(tree, old, h, base, first, e, cx);
+                    return self.build_from(at, first, e, cx);
                 }
-                return self.rebuild_node(tree, old, h, base, dirty, cx);
+                return self.rebuild_node(at, dirty, cx);
             }
         };
         if new != old.get() {
@@ -192,13 +212,9 @@ impl<V> Writer<V> {
     /// A span that lies wholly inside one changed range holds only pieces made by this
     /// transaction: when there are many, build its subtree from a sorted slice of them
     /// (in parallel above a threshold, see `bulk`) instead of querying the map span by span.
-    #[allow(clippy::too_many_arguments)]
-    fn rebuild_bulk<'g>(
+    fn rebuild_bulk(
         &mut self,
-        tree: TreeRef<'g, V>,
-        old: TreeEntry<'g>,
-        h: u32,
-        base: u64,
+        at: At<'_, V>,
         s: u64,
         e: u64,
         cx: &mut Build,
@@ -214,24 +230,21 @@ impl<V> Writer<V> {
             }
             _ => return Ok(None),
         };
-        let new = self.build_from(tree, old, h, base, first, e, cx)?;
+        let new = self.build_from(at, first, e, cx)?;
         self.bulk_builds += 1;
         Ok(Some(new))
     }
 
     /// The span of height `h` at `base` built from the pieces starting at `first` up to its
     /// end `e` (the first overlaps it), replacing `old`.
-    #[allow(clippy::too_many_arguments)]
-    fn build_from<'g>(
+    fn build_from(
         &mut self,
-        tree: TreeRef<'g, V>,
-        old: TreeEntry<'g>,
-        h: u32,
-        base: u64,
+        at: At<'_, V>,
         first: u64,
         e: u64,
         cx: &mut Build,
     ) -> Result<Entry, Error> {
+        let At { tree, old, h, base } = at;
         let keys: Vec<u64> = self.map.range(first..=e).map(|(&k, _)| k).collect();
         let mut pieces = Vec::with_capacity(keys.len());
         for k in keys {
@@ -252,17 +265,14 @@ impl<V> Writer<V> {
     /// A flat node of `runs` (rule 3) for the span of height `h` at page `base`, the pieces
     /// numbered as in `keys`; the old tables of unchanged pages are kept, and `old` itself if
     /// nothing changed.
-    #[allow(clippy::too_many_arguments)]
-    fn rebuild_flat<'g>(
+    fn rebuild_flat(
         &mut self,
-        tree: TreeRef<'g, V>,
-        old: TreeEntry<'g>,
-        h: u32,
-        base: u64,
+        at: At<'_, V>,
         runs: Vec<(u64, Run)>,
         keys: &[u64],
         cx: &mut Build,
     ) -> Result<Entry, Error> {
+        let At { tree, old, h, base } = at;
         let mut rows = Vec::with_capacity(runs.len());
         let mut kept = Vec::new();
         for (page, run) in runs {
@@ -294,14 +304,10 @@ impl<V> Writer<V> {
         Ok(new)
     }
 
-    fn rebuild_table<'g>(
-        &mut self,
-        tree: TreeRef<'g, V>,
-        old: TreeEntry<'g>,
-        s: u64,
-        e: u64,
-        cx: &mut Build,
-    ) -> Result<Entry, Error> {
+    /// The sub-page table of the one-page span at `at` (several pieces in one page).
+    fn rebuild_table(&mut self, at: At<'_, V>, cx: &mut Build) -> Result<Entry, Error> {
+        let At { tree, old, h, base } = at;
+        let (s, e) = self.geo.span(h, base);
         let keys: Vec<u64> = self.overlapping(s, e).map(|(k, _)| k).collect();
         let rows = self.page_rows(&keys, s, cx)?;
         if tree.table_holds(old, &rows) {
@@ -330,16 +336,13 @@ impl<V> Writer<V> {
         Ok(rows)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn rebuild_node<'g>(
+    fn rebuild_node(
         &mut self,
-        tree: TreeRef<'g, V>,
-        old: TreeEntry<'g>,
-        h: u32,
-        base: u64,
+        at: At<'_, V>,
         dirty: &[(u64, u64)],
         cx: &mut Build,
     ) -> Result<Entry, Error> {
+        let At { tree, old, h, base } = at;
         let geo = self.geo;
         // The old node of this very span, if there was one (not a compressed path through it).
         let expanded = tree.node_info(old).is_some_and(|(oh, _)| oh == h);
@@ -355,7 +358,13 @@ impl<V> Writer<V> {
                 let (cs, ce) = geo.span(h - 1, cb);
                 let lo = dirty.partition_point(|r| r.1 < cs);
                 let hi = lo + dirty[lo..].partition_point(|r| r.0 <= ce);
-                let kid = self.rebuild(tree, old_kids.at(i), h - 1, cb, &dirty[lo..hi], cx)?;
+                let kid = At {
+                    tree,
+                    old: old_kids.at(i),
+                    h: h - 1,
+                    base: cb,
+                };
+                let kid = self.rebuild(kid, &dirty[lo..hi], cx)?;
                 changed.push((i, kid));
             }
             next = next.max(touched.end);
