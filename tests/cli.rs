@@ -1,5 +1,4 @@
 //! The `physmap` command on real QEMU dumps.
-#![cfg(feature = "cli")]
 
 use std::process::Command;
 
@@ -26,7 +25,8 @@ fn physmap(args: &[&str]) -> (i32, String, String) {
 }
 
 fn data(name: &str) -> String {
-    format!("{}/tests/data/{name}", env!("CARGO_MANIFEST_DIR"))
+    // This file is the test of the workspace member `cli/`.
+    format!("{}/../tests/data/{name}", env!("CARGO_MANIFEST_DIR"))
 }
 
 /// An independent, minimal reading of the dump: per FlatView, its first address-space name
