@@ -15,34 +15,60 @@ pub(crate) struct Shape {
 }
 
 impl<'g, V> TreeRef<'g, V> {
+    /// Every entry under `root` (itself included), depth first and in address order, with
+    /// its depth below `root`: the one traversal behind [`shape`](Self::shape),
+    /// [`inner_entries`](Self::inner_entries), [`fingerprint`](Self::fingerprint) and
+    /// [`dump`](Self::dump). With `every`, all of a node's `fan-out` children and all of a
+    /// flat node's runs are visited, empty ones included; without, only the inner ones
+    /// (nodes, flat nodes, sub-page tables), which is all the others need.
+    fn depth_first(self, root: TreeEntry<'g>, every: bool, mut f: impl FnMut(TreeEntry<'g>, u32)) {
+        let mut stack = vec![(root, 0u32)];
+        while let Some((e, depth)) = stack.pop() {
+            f(e, depth);
+            let at = stack.len();
+            let keep = |c: &TreeEntry<'g>| every || c.get().is_inner();
+            match e.kind() {
+                Kind::Node { index, .. } if every => {
+                    let kids = (0..self.geo().fanout).map(|i| TreeEntry::new(self.entry(index, i)));
+                    stack.extend(kids.map(|c| (c, depth + 1)));
+                }
+                Kind::Node { shift, index } => {
+                    let kids = self.entries(index, self.height(shift));
+                    stack.extend(kids.filter(keep).map(|c| (c, depth + 1)));
+                }
+                Kind::Flat(class, offset) => {
+                    let runs = self.flat_at(class, offset).into_iter();
+                    let runs = runs.map(|r| TreeEntry::new(r.1)).filter(keep);
+                    stack.extend(runs.map(|c| (c, depth + 1)));
+                }
+                Kind::Empty | Kind::Leaf(_) | Kind::Subpage(..) => {}
+            }
+            // Popped in address order.
+            stack[at..].reverse();
+        }
+    }
+
     /// The shape of the tree: its nodes, flat nodes, sub-page tables, the bytes of their
     /// row blocks, and its deepest path.
     pub(crate) fn shape(self) -> Shape {
         let mut c = Counts::default();
         let mut deepest = 0;
-        let mut stack = vec![(self.root(), 0u32)];
-        while let Some((e, depth)) = stack.pop() {
-            match e.kind() {
-                Kind::Empty | Kind::Leaf(_) => {}
-                Kind::Subpage(class, _) => {
-                    c.tables += 1;
-                    c.table_bytes += crate::arena::table_bytes(class);
-                }
-                Kind::Flat(class, offset) => {
-                    c.flats += 1;
-                    deepest = deepest.max(depth + 1);
-                    c.table_bytes += crate::arena::FLAT_BYTES;
-                    let rows = self.flat_at(class, offset).into_iter();
-                    stack.extend(rows.map(|r| (TreeEntry::new(r.1), depth + 1)));
-                }
-                Kind::Node { shift, index } => {
-                    c.nodes += 1;
-                    deepest = deepest.max(depth + 1);
-                    let kids = self.entries(index, self.height(shift));
-                    stack.extend(kids.filter(|c| c.get().is_inner()).map(|c| (c, depth + 1)));
-                }
+        self.depth_first(self.root(), false, |e, depth| match e.kind() {
+            Kind::Node { .. } => {
+                c.nodes += 1;
+                deepest = deepest.max(depth + 1);
             }
-        }
+            Kind::Flat(..) => {
+                c.flats += 1;
+                deepest = deepest.max(depth + 1);
+                c.table_bytes += crate::arena::FLAT_BYTES;
+            }
+            Kind::Subpage(class, _) => {
+                c.tables += 1;
+                c.table_bytes += crate::arena::table_bytes(class);
+            }
+            Kind::Empty | Kind::Leaf(_) => {}
+        });
         Shape {
             tree: c,
             levels: deepest,
@@ -52,23 +78,11 @@ impl<'g, V> TreeRef<'g, V> {
     /// Every node and sub-page table under `e` (an entry of this tree), as plain entries:
     /// what the writer retires when it replaces the subtree.
     pub(crate) fn inner_entries(self, e: TreeEntry<'g>, out: &mut Vec<Entry>) {
-        let mut stack = vec![e];
-        while let Some(e) = stack.pop() {
-            match e.kind() {
-                Kind::Subpage(..) => out.push(e.get()),
-                Kind::Flat(class, offset) => {
-                    out.push(e.get());
-                    let rows = self.flat_at(class, offset).into_iter();
-                    stack.extend(rows.map(|r| TreeEntry::new(r.1)));
-                }
-                Kind::Node { shift, index } => {
-                    out.push(e.get());
-                    let kids = self.entries(index, self.height(shift));
-                    stack.extend(kids.filter(|c| c.get().is_inner()));
-                }
-                Kind::Empty | Kind::Leaf(_) => {}
+        self.depth_first(e, false, |e, _| {
+            if e.get().is_inner() {
+                out.push(e.get());
             }
-        }
+        });
     }
 
     #[cfg(any(test, feature = "test-hooks"))]
@@ -77,36 +91,28 @@ impl<'g, V> TreeRef<'g, V> {
     /// with the same fingerprint have the same shape and the same pieces.
     pub(crate) fn fingerprint(self) -> Vec<u64> {
         let mut out = Vec::new();
-        let mut stack = vec![self.root().get()];
-        while let Some(e) = stack.pop() {
-            match e.kind() {
-                Kind::Empty => out.push(0),
-                Kind::Leaf(p) => {
+        self.depth_first(self.root(), true, |e, _| match e.kind() {
+            Kind::Empty => out.push(0),
+            Kind::Leaf(p) => {
+                let piece = self.piece_at(p);
+                out.extend([1, piece.start, piece.end]);
+            }
+            Kind::Subpage(class, offset) => {
+                out.push(2);
+                for (start, p) in self.table_at(class, offset) {
                     let piece = self.piece_at(p);
-                    out.extend([1, piece.start, piece.end]);
-                }
-                Kind::Subpage(class, offset) => {
-                    out.push(2);
-                    for (start, p) in self.table_at(class, offset) {
-                        let piece = self.piece_at(p);
-                        out.extend([start, piece.start, piece.end]);
-                    }
-                }
-                Kind::Flat(class, offset) => {
-                    let rows = self.flat_at(class, offset);
-                    out.extend([4, self.flat_base(class, offset), rows.len() as u64]);
-                    out.extend(rows.iter().map(|r| r.0));
-                    stack.extend(rows.into_iter().rev().map(|r| r.1));
-                }
-                Kind::Node { shift, index } => {
-                    out.extend([3, self.height(shift) as u64, self.base_of(index)]);
-                    let kids: Vec<Entry> = (0..self.geo().fanout)
-                        .map(|i| self.entry(index, i))
-                        .collect();
-                    stack.extend(kids.into_iter().rev());
+                    out.extend([start, piece.start, piece.end]);
                 }
             }
-        }
+            Kind::Flat(class, offset) => {
+                let rows = self.flat_at(class, offset);
+                out.extend([4, self.flat_base(class, offset), rows.len() as u64]);
+                out.extend(rows.iter().map(|r| r.0));
+            }
+            Kind::Node { shift, index } => {
+                out.extend([3, self.height(shift) as u64, self.base_of(index)]);
+            }
+        });
         out
     }
 
@@ -160,26 +166,21 @@ impl<'g, V> TreeRef<'g, V> {
             span_bytes(geo.height),
             describe(self.root().get())
         )?;
-        let mut level: Vec<TreeEntry<'g>> = vec![self.root()];
-        let mut tables = Vec::new();
-        let mut flats = Vec::new();
-        while !level.is_empty() {
-            let mut next = Vec::new();
-            let mut nodes: Vec<(u32, u32)> = level
-                .iter()
-                .filter_map(|e| match e.kind() {
-                    Kind::Node { shift, index } => Some((self.height(shift), index)),
-                    Kind::Subpage(class, offset) => {
-                        tables.push((class, offset));
-                        None
-                    }
-                    Kind::Flat(class, offset) => {
-                        flats.push((class, offset));
-                        None
-                    }
-                    _ => None,
-                })
-                .collect();
+        // The nodes by depth, then the flat nodes and the tables, as the traversal meets them.
+        let (mut levels, mut flats, mut tables) = (Vec::<Vec<(u32, u32)>>::new(), vec![], vec![]);
+        self.depth_first(self.root(), false, |e, depth| match e.kind() {
+            Kind::Node { shift, index } => {
+                let depth = depth as usize;
+                if levels.len() <= depth {
+                    levels.resize_with(depth + 1, Vec::new);
+                }
+                levels[depth].push((self.height(shift), index));
+            }
+            Kind::Subpage(class, offset) => tables.push((class, offset)),
+            Kind::Flat(class, offset) => flats.push((class, offset)),
+            Kind::Empty | Kind::Leaf(_) => {}
+        });
+        for mut nodes in levels {
             nodes.sort_by_key(|&(h, i)| (std::cmp::Reverse(h), i));
             for (height, index) in nodes {
                 let base = self.base_of(index);
@@ -201,13 +202,9 @@ impl<'g, V> TreeRef<'g, V> {
                         format!("{i}..{j}")
                     };
                     writeln!(out, "    {idx:>9}  {}", describe(e.get()))?;
-                    if e.get().is_inner() {
-                        next.push(e);
-                    }
                     i = j + 1;
                 }
             }
-            level = next;
         }
         for (class, offset) in flats {
             let rows = self.flat_at(class, offset);
@@ -220,9 +217,6 @@ impl<'g, V> TreeRef<'g, V> {
             for (page, e) in rows {
                 let at = (page as u128) << geo.page_bits;
                 writeln!(out, "    from {at:#x}: {}", describe(e))?;
-                if let Kind::Subpage(class, offset) = e.kind() {
-                    tables.push((class, offset));
-                }
             }
         }
         for (class, offset) in tables {
