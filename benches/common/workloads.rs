@@ -293,7 +293,15 @@ fn inside(rng: &mut Rng, r: &Region) -> u64 {
 impl Map {
     /// The "memory" FlatView of a dump in `tests/data`.
     pub fn from_dump(file: &str) -> Map {
-        let path = format!("{}/tests/data/{file}", env!("CARGO_MANIFEST_DIR"));
+        // The package is physmap (benches) or a workspace member beside it (`tools/`).
+        let root = env!("CARGO_MANIFEST_DIR");
+        let path = [
+            format!("{root}/tests/data/{file}"),
+            format!("{root}/../tests/data/{file}"),
+        ]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .unwrap_or_else(|| panic!("no tests/data/{file} under {root} or its parent"));
         let text = std::fs::read_to_string(&path).unwrap();
         let dump = physmap::mtree::Dump::parse(&text, &path).unwrap();
         let fv = dump.find("memory").unwrap();
