@@ -223,7 +223,7 @@ mod tests {
     /// freed exactly when no pin lies in `b..r`, whatever is pinned outside it.
     #[test]
     fn a_slot_is_freed_once_no_pin_lies_in_its_interval() {
-        let storage = Arc::new(Storage::new());
+        let storage = crate::arena::StorageWriter::new().shared().clone();
         let mut g = Graveyard::new();
         let v1 = version(1, &storage);
         let held1 = v1.clone(); // a snapshot of generation 1
@@ -249,7 +249,7 @@ mod tests {
     /// reachable from `r`.
     #[test]
     fn interval_ends() {
-        let storage = Arc::new(Storage::new());
+        let storage = crate::arena::StorageWriter::new().shared().clone();
         let mut g = Graveyard::new();
         g.bury(version(4, &storage), 5, &node(1, 3)); // 3..5
         assert!(

@@ -2,7 +2,7 @@
 //! ([`Storage`]).
 
 use super::{layout::*, slab::*};
-use crate::sync::UnsafeCell;
+use crate::sync::{Arc, UnsafeCell};
 use std::mem::MaybeUninit;
 use std::ptr;
 
@@ -40,20 +40,20 @@ unsafe impl<V: Send + Sync> Send for Storage<V> {}
 // SAFETY: as above.
 unsafe impl<V: Send + Sync> Sync for Storage<V> {}
 
-impl<V> Storage<V> {
-    pub(crate) fn new() -> Self {
-        Storage {
-            node_base: Slab::new(SMALL_FIRST),
-            sections: Slab::new(LARGE_FIRST),
-            live: UnsafeCell::new(Vec::new()),
-        }
-    }
+/// The writer's handle on a [`Storage`]: every write to node base pages and section values
+/// goes through it, so what only the writer may do (I6) cannot be called from the
+/// `Arc<Storage>` that versions and readers share. One per storage (made with it,
+/// [`StorageWriter::new`]; not `Clone`), owned by the map's `Writer`; writes take `&mut self`.
+pub(crate) struct StorageWriter<V> {
+    storage: Arc<Storage<V>>,
+}
 
+impl<V> Storage<V> {
     /// Sets whether section `slot` holds a value; returns whether it did.
     ///
     /// # Safety
     /// The caller is the writer (I6), or owns the storage.
-    pub(super) unsafe fn set_live(&self, slot: u32, on: bool) -> bool {
+    unsafe fn set_live(&self, slot: u32, on: bool) -> bool {
         let (word, bit) = (slot as usize / 64, 1u64 << (slot % 64));
         self.live.with_mut(|p| {
             // SAFETY: forwarded contract: nobody else touches the bits meanwhile.
@@ -67,11 +67,6 @@ impl<V> Storage<V> {
         })
     }
 
-    /// Makes section slot `slot` available (I2). Writer only.
-    pub(crate) fn ensure_section(&self, slot: u32) {
-        self.sections.ensure(slot);
-    }
-
     /// First page of the node at unit offset `unit` (of fan-out `fanout`).
     ///
     /// # Safety
@@ -81,17 +76,6 @@ impl<V> Storage<V> {
         let slot = unit / (fanout.max(NODE_UNIT) / NODE_UNIT) as u32;
         // SAFETY: forwarded contract.
         unsafe { self.node_base.cell(slot).with(|p| *p) }
-    }
-
-    /// Records the first page of a node the writer is building.
-    ///
-    /// # Safety
-    /// As [`Arena::write_node`](super::alloc::Arena::write_node): the node is the writer's and unreachable.
-    pub(crate) unsafe fn write_node_base(&self, unit: u32, fanout: usize, base: u64) {
-        let slot = unit / (fanout.max(NODE_UNIT) / NODE_UNIT) as u32;
-        self.node_base.ensure(slot);
-        // SAFETY: forwarded contract.
-        unsafe { self.node_base.cell(slot).with_mut(|p| *p = base) };
     }
 
     /// The value of the section a piece of a reachable generation refers to.
@@ -111,9 +95,6 @@ impl<V> Storage<V> {
         cell_value(unsafe { &*cell })
     }
 
-    // ----- Writing sections: the writer only (I6), into slots no generation anyone can
-    // still read reaches (I3, I4). Each has that contract.
-
     /// The address pieces and page records hold for section `slot`: its cell's, or, when
     /// cells are zero-sized (`PhysMap<()>`: every cell has the same address), a distinct
     /// non-null address aligned for the cell, `align * (slot + 1)`, so that a section is
@@ -121,9 +102,9 @@ impl<V> Storage<V> {
     /// value reads no memory, so any such address is a valid place to read it from.
     ///
     /// # Safety
-    /// `slot` was made available with [`Storage::ensure_section`] and that happens-before
-    /// this call (I2).
-    pub(super) unsafe fn section_addr(&self, slot: u32) -> *const () {
+    /// `slot` was made available with [`StorageWriter::ensure_section`] and that
+    /// happens-before this call (I2).
+    unsafe fn section_addr(&self, slot: u32) -> *const () {
         type Cell<V> = UnsafeCell<SectionCell<V>>;
         if std::mem::size_of::<Cell<V>>() == 0 {
             let align = std::mem::align_of::<Cell<V>>();
@@ -135,39 +116,13 @@ impl<V> Storage<V> {
         unsafe { self.sections.cell(slot) as *const _ as *const () }
     }
 
-    /// Puts `value` in section `slot` and returns the address pieces hold for it.
+    /// Empties section `slot`, returning its value.
     ///
     /// # Safety
-    /// See above; `slot` was made available with [`Storage::ensure_section`].
-    pub(crate) unsafe fn write_section(&self, slot: u32, value: V) -> *const () {
+    /// The caller is the writer (I6), or owns the storage; no generation anyone can still
+    /// read reaches the slot (I3, I4).
+    unsafe fn take(&self, slot: u32) -> Option<V> {
         // SAFETY: forwarded contract.
-        let cell = unsafe { self.sections.cell(slot) };
-        // SAFETY: forwarded contract: we are the writer.
-        let was = unsafe { self.set_live(slot, true) };
-        debug_assert!(!was, "section slot {slot} written while live");
-        cell.with_mut(|p| {
-            // SAFETY: as above: nobody else reads or writes the cell now; it held no value
-            // (a live slot is never handed out again before `take_section`).
-            unsafe { (*p).0.write(value) };
-        });
-        // SAFETY: forwarded contract.
-        unsafe { self.section_addr(slot) }
-    }
-
-    /// The address pieces hold for section `slot` ([`Storage::section_addr`]). Writer only;
-    /// the slot is live.
-    pub(crate) fn section_cell(&self, slot: u32) -> *const () {
-        // SAFETY: a live section slot was made available by the writer (I2); taking the
-        // address reads nothing.
-        unsafe { self.section_addr(slot) }
-    }
-
-    /// Empties section `slot`, returning its value (for the caller to drop, `drops.rs`).
-    ///
-    /// # Safety
-    /// See above.
-    pub(crate) unsafe fn take_section(&self, slot: u32) -> Option<V> {
-        // SAFETY: forwarded contract: we are the writer.
         if !unsafe { self.set_live(slot, false) } {
             return None;
         }
@@ -181,6 +136,80 @@ impl<V> Storage<V> {
     }
 }
 
+impl<V> StorageWriter<V> {
+    /// An empty storage, and the one handle that writes it.
+    pub(crate) fn new() -> Self {
+        StorageWriter {
+            storage: Arc::new(Storage {
+                node_base: Slab::new(SMALL_FIRST),
+                sections: Slab::new(LARGE_FIRST),
+                live: UnsafeCell::new(Vec::new()),
+            }),
+        }
+    }
+
+    /// The storage, for the versions that share it.
+    pub(crate) fn shared(&self) -> &Arc<Storage<V>> {
+        &self.storage
+    }
+
+    /// Makes section slot `slot` available (I2).
+    pub(crate) fn ensure_section(&mut self, slot: u32) {
+        self.storage.sections.ensure(slot);
+    }
+
+    /// Records the first page of a node the writer is building.
+    ///
+    /// # Safety
+    /// As [`Arena::write_node`](super::alloc::Arena::write_node): the node is the writer's and unreachable.
+    pub(crate) unsafe fn write_node_base(&mut self, unit: u32, fanout: usize, base: u64) {
+        let slot = unit / (fanout.max(NODE_UNIT) / NODE_UNIT) as u32;
+        self.storage.node_base.ensure(slot);
+        // SAFETY: forwarded contract.
+        unsafe { self.storage.node_base.cell(slot).with_mut(|p| *p = base) };
+    }
+
+    // ----- Writing sections, into slots no generation anyone can still read reaches (I3,
+    // I4). Each has that contract.
+
+    /// Puts `value` in section `slot` and returns the address pieces hold for it.
+    ///
+    /// # Safety
+    /// See above; `slot` was made available with [`StorageWriter::ensure_section`].
+    pub(crate) unsafe fn write_section(&mut self, slot: u32, value: V) -> *const () {
+        let s = &*self.storage;
+        // SAFETY: forwarded contract.
+        let cell = unsafe { s.sections.cell(slot) };
+        // SAFETY: we are the writer (this handle, I6).
+        let was = unsafe { s.set_live(slot, true) };
+        debug_assert!(!was, "section slot {slot} written while live");
+        cell.with_mut(|p| {
+            // SAFETY: as above: nobody else reads or writes the cell now; it held no value
+            // (a live slot is never handed out again before `take_section`).
+            unsafe { (*p).0.write(value) };
+        });
+        // SAFETY: forwarded contract.
+        unsafe { s.section_addr(slot) }
+    }
+
+    /// The address pieces hold for section `slot` (`Storage::section_addr`); the slot is
+    /// live.
+    pub(crate) fn section_cell(&self, slot: u32) -> *const () {
+        // SAFETY: a live section slot was made available by this writer (I2); taking the
+        // address reads nothing.
+        unsafe { self.storage.section_addr(slot) }
+    }
+
+    /// Empties section `slot`, returning its value (for the caller to drop, `drops.rs`).
+    ///
+    /// # Safety
+    /// See above.
+    pub(crate) unsafe fn take_section(&mut self, slot: u32) -> Option<V> {
+        // SAFETY: forwarded contract; we are the writer (this handle, I6).
+        unsafe { self.storage.take(slot) }
+    }
+}
+
 impl<V> Drop for Storage<V> {
     fn drop(&mut self) {
         // SAFETY: we own the storage (`&mut self`): no generation can be read any more.
@@ -188,7 +217,7 @@ impl<V> Drop for Storage<V> {
         // Values may run user code that panics: each live one is taken out (its bit cleared,
         // so once) and dropped on its own (`drops.rs`); the slab frees the chunks afterwards.
         // SAFETY: as above: we own the storage, the writer's role included.
-        crate::drops::drop_all((0..slots).filter_map(|slot| unsafe { self.take_section(slot) }));
+        crate::drops::drop_all((0..slots).filter_map(|slot| unsafe { self.take(slot) }));
     }
 }
 

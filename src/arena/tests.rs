@@ -166,7 +166,7 @@ fn tables_pad_to_a_line_and_find_their_rows() {
 
 #[test]
 fn values_in_sections_are_dropped_with_the_storage() {
-    let storage: Storage<String> = Storage::new();
+    let mut storage = StorageWriter::<String>::new();
     storage.ensure_section(0);
     // SAFETY: fresh slot, single-threaded.
     let cell = unsafe { storage.write_section(0, "pc.ram".to_string()) };

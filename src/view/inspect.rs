@@ -17,7 +17,7 @@ pub(crate) struct Shape {
 impl<'g, V> TreeRef<'g, V> {
     /// Every entry under `root` (itself included), depth first and in address order, with
     /// its depth below `root`: the one traversal behind [`shape`](Self::shape),
-    /// [`inner_entries`](Self::inner_entries), [`fingerprint`](Self::fingerprint) and
+    /// [`inner_entries`](Self::inner_entries), `fingerprint` (test builds) and
     /// [`dump`](Self::dump). With `every`, all of a node's `fan-out` children and all of a
     /// flat node's runs are visited, empty ones included; without, only the inner ones
     /// (nodes, flat nodes, sub-page tables), which is all the others need.

@@ -20,7 +20,7 @@ mod edit;
 mod rebuild;
 mod state;
 
-use crate::arena::{Arena, Counts, Storage};
+use crate::arena::{Arena, Counts, StorageWriter};
 use crate::config::Geometry;
 use crate::drops::drop_all;
 use crate::memory::Memory;
@@ -42,9 +42,10 @@ impl<V> Writer<V> {
     pub(crate) fn new(config: &Config) -> Result<(Self, Publisher<Version<V>>), Error> {
         let geo = config.geometry()?;
         let arena = Arena::new(geo.fanout, config.max_nodes, config.max_pieces);
-        let storage = Arc::new(Storage::new());
+        let storage = StorageWriter::new();
         let empty = crate::entry::Entry::EMPTY;
-        let current = Arc::new(Version::new(0, empty, arena.arrays(), storage.clone(), geo));
+        let shared = storage.shared().clone();
+        let current = Arc::new(Version::new(0, empty, arena.arrays(), shared, geo));
         let publisher = Publisher::new(current.clone(), 0);
         let writer = Writer {
             geo,
@@ -138,7 +139,13 @@ impl<V> Writer<V> {
         // 3. Publish: one pointer store. Everything the new tree reaches was written (and
         //    its chunks made visible, I2) before this store, which readers acquire.
         let arrays = self.arena.arrays();
-        let next = Version::new(generation, root, arrays, self.storage.clone(), self.geo);
+        let next = Version::new(
+            generation,
+            root,
+            arrays,
+            self.storage.shared().clone(),
+            self.geo,
+        );
         let next = Arc::new(next);
         publisher.store(next.clone(), generation);
         // 4. Bury: the superseded version goes to the graveyard with the slots the new tree

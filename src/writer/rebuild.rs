@@ -7,7 +7,7 @@
 //! subtree is the old one (I7).
 
 use super::state::{piece_record, Births, PieceInfo, Writer};
-use crate::arena::{Arena as Slots, Storage, SubEntry};
+use crate::arena::{Arena as Slots, StorageWriter, SubEntry};
 use crate::bulk::{self, Sink, SlicePiece};
 use crate::canon::{self, Run, Span};
 use crate::config::Geometry;
@@ -50,7 +50,7 @@ struct Arena<'a, V> {
     geo: &'a Geometry,
     slots: &'a mut Slots,
     births: &'a mut Births,
-    storage: &'a Storage<V>,
+    storage: &'a mut StorageWriter<V>,
     parallel_builds: &'a mut u64,
     cx: &'a mut Build,
 }
@@ -120,7 +120,7 @@ impl<V> Writer<V> {
             geo: &self.geo,
             slots: &mut self.arena,
             births: &mut self.births,
-            storage: &self.storage,
+            storage: &mut self.storage,
             parallel_builds: &mut self.parallel_builds,
             cx,
         }

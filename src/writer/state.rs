@@ -1,7 +1,7 @@
 //! The writer's state: the working mapping's pieces, the section lifecycle, the births of
 //! slots, and the [`Writer`] itself (its fields, for this module's children only).
 
-use crate::arena::{Arena, Piece, SlabAlloc, Storage};
+use crate::arena::{Arena, Piece, SlabAlloc, StorageWriter};
 use crate::config::Geometry;
 use crate::reclaim::{Dead, Graveyard, Slot};
 use crate::sync::Arc;
@@ -140,7 +140,7 @@ pub(crate) struct Writer<V> {
     /// Nodes, pieces and sub-page tables.
     pub(super) arena: Arena,
     /// Node base pages and section values.
-    pub(super) storage: Arc<Storage<V>>,
+    pub(super) storage: StorageWriter<V>,
     /// The newest published version.
     pub(super) current: Arc<Version<V>>,
     /// Superseded versions and retired slots waiting for the generations that reach them to
@@ -166,7 +166,7 @@ pub(crate) struct Writer<V> {
 }
 
 /// A piece record for the arena, from the working mapping.
-pub(super) fn piece_record<V>(storage: &Storage<V>, start: u64, info: &PieceInfo) -> Piece {
+pub(super) fn piece_record<V>(storage: &StorageWriter<V>, start: u64, info: &PieceInfo) -> Piece {
     Piece {
         start,
         end: info.end,
