@@ -12,7 +12,7 @@
 //! Which slots are in use is the writer's bookkeeping ([`Arena`], [`SlabAlloc`]); when a slot
 //! may be written is the reclamation protocol's (I3, I4). This module owns every raw cell
 //! access of the crate: the readers' ([`Bases`], `Storage::value`) and the writer's
-//! (`Arena::write_*`, `Storage::write_section`, `take_section`), each `unsafe` with the
+//! (`Arena::write_*`, `StorageWriter::write_section`, `take_section`: the writer's handle), each `unsafe` with the
 //! invariant it needs spelled out here, once.
 //!
 //!
