@@ -92,7 +92,7 @@ impl<V> Storage<V> {
         let cell = piece.section as *const UnsafeCell<SectionCell<V>>;
         // SAFETY: `piece.section` was set by the writer from a live section cell of this
         // storage (forwarded contract).
-        cell_value(unsafe { &*cell })
+        unsafe { cell_value(&*cell) }
     }
 
     /// The address pieces and page records hold for section `slot`: its cell's, or, when
@@ -222,12 +222,14 @@ impl<V> Drop for Storage<V> {
 }
 
 /// The value in a section cell that a reachable generation refers to.
+///
+/// # Safety
+/// The caller holds, for `'a`, a generation that reaches the cell.
 #[inline(always)]
-pub(super) fn cell_value<V>(cell: &UnsafeCell<SectionCell<V>>) -> &V {
+unsafe fn cell_value<'a, V>(cell: &'a UnsafeCell<SectionCell<V>>) -> &'a V {
     cell.with(|p| {
-        // SAFETY: the caller (`Storage::value`) holds a generation that reaches the cell, so
-        // the cell holds a value (I5) and no write to it happens while the borrow lives (I3,
-        // I4).
+        // SAFETY: forwarded contract: the cell holds a value (I5) and no write to it happens
+        // while the borrow lives (I3, I4).
         unsafe { (*p).0.assume_init_ref() }
     })
 }
