@@ -224,9 +224,9 @@ impl<V> Drop for Storage<V> {
 /// The value in a section cell that a reachable generation refers to.
 ///
 /// # Safety
-/// The caller holds, for `'a`, a generation that reaches the cell.
+/// The caller holds, for as long as the borrow lives, a generation that reaches the cell.
 #[inline(always)]
-unsafe fn cell_value<'a, V>(cell: &'a UnsafeCell<SectionCell<V>>) -> &'a V {
+unsafe fn cell_value<V>(cell: &UnsafeCell<SectionCell<V>>) -> &V {
     cell.with(|p| {
         // SAFETY: forwarded contract: the cell holds a value (I5) and no write to it happens
         // while the borrow lives (I3, I4).
