@@ -8,19 +8,19 @@ use crate::{Capacity, Error};
 
 /// The writer's arena: the current arrays, the slot allocators, and growth (I6).
 pub(crate) struct Arena {
-    pub(super) arrays: Arrays,
+    arrays: Arrays,
     /// Cells a node takes: its fan-out, at least one unit.
-    pub(super) node_cells: usize,
-    pub(super) nodes: SlabAlloc,
-    pub(super) pieces: SlabAlloc,
+    node_cells: usize,
+    nodes: SlabAlloc,
+    pieces: SlabAlloc,
     /// Most pieces and page records together ([`Config::max_pieces`](crate::Config)).
-    pub(super) max_pieces: usize,
-    pub(super) rows: RowAlloc,
+    max_pieces: usize,
+    rows: RowAlloc,
 }
 
 /// What a block of the row array is for: which free list it comes from.
 #[derive(Clone, Copy)]
-pub(super) enum BlockKind {
+enum BlockKind {
     Table(usize),
     Flat,
     Record,
@@ -31,19 +31,19 @@ pub(super) enum BlockKind {
 #[derive(Default)]
 pub(super) struct RowAlloc {
     /// Cells handed out so far (blocks are never merged back).
-    pub(super) high: usize,
-    pub(super) free: Vec<Vec<u32>>,
-    pub(super) flat_free: Vec<u32>,
-    pub(super) record_free: Vec<u32>,
+    high: usize,
+    free: Vec<Vec<u32>>,
+    flat_free: Vec<u32>,
+    record_free: Vec<u32>,
     /// Sub-page tables, flat nodes and page records in use, and the real rows in the tables
     /// and flat nodes (for accounting).
-    pub(super) tables: usize,
-    pub(super) flats: usize,
-    pub(super) records: usize,
-    pub(super) rows: usize,
+    tables: usize,
+    flats: usize,
+    records: usize,
+    rows: usize,
     /// Cells of the blocks in use.
-    pub(super) cells: usize,
-    pub(super) limit: usize,
+    cells: usize,
+    limit: usize,
 }
 
 impl Arena {
@@ -76,7 +76,7 @@ impl Arena {
         self.arrays.clone()
     }
 
-    pub(super) fn units(&self) -> usize {
+    fn units(&self) -> usize {
         self.node_cells / NODE_UNIT
     }
 
@@ -174,12 +174,7 @@ impl Arena {
 
     /// A free block of `cells` cells for `rows` rows, from the free list of its kind; grows
     /// the row array if needed.
-    pub(super) fn alloc_block(
-        &mut self,
-        kind: BlockKind,
-        cells: usize,
-        rows: usize,
-    ) -> Result<usize, Error> {
+    fn alloc_block(&mut self, kind: BlockKind, cells: usize, rows: usize) -> Result<usize, Error> {
         let r = &mut self.rows;
         if r.rows + rows > r.limit {
             return Err(Error::CapacityExhausted {
@@ -240,7 +235,7 @@ impl Arena {
     }
 
     /// `Ok` if one more piece or page record fits under `max_pieces`.
-    pub(super) fn piece_room(&self) -> Result<(), Error> {
+    fn piece_room(&self) -> Result<(), Error> {
         if self.pieces.live() + self.rows.records >= self.max_pieces {
             return Err(Error::CapacityExhausted {
                 kind: Capacity::Pieces,
@@ -251,7 +246,7 @@ impl Arena {
     }
 
     /// The table block (the layout of [`Bases::table_piece`](super::bases::Bases::table_piece)).
-    pub(super) fn alloc_rows(&mut self, page: u64, rows: &[(u32, u32)]) -> Result<Entry, Error> {
+    fn alloc_rows(&mut self, page: u64, rows: &[(u32, u32)]) -> Result<Entry, Error> {
         let class = table_class(rows.len()).ok_or(Error::CapacityExhausted {
             kind: Capacity::RowsInOnePage,
             limit: table_cap(TABLE_CLASSES - 1),
@@ -359,7 +354,7 @@ impl Arena {
         cell.with_mut(|p| unsafe { *p = piece });
     }
 
-    pub(super) unsafe fn write_row_cell(&self, i: usize, v: u32) {
+    unsafe fn write_row_cell(&self, i: usize, v: u32) {
         let cell = self.arrays.rows.cell(i);
         // SAFETY: see the contract above.
         cell.with_mut(|p| unsafe { *p = v });
@@ -368,12 +363,12 @@ impl Arena {
 
 /// Fewer cells than any table block or flat node spans (page records, 3 cells, are named by
 /// their piece ids instead): see [`Arena::block_key`].
-pub(super) const BLOCK_GRAIN: usize = 16;
+const BLOCK_GRAIN: usize = 16;
 const _: () = assert!(block_cells(MIN_TABLE_ROWS) > BLOCK_GRAIN && FLAT_CELLS > BLOCK_GRAIN);
 
 /// Makes `array` hold at least `need` cells, by copying it into one at least twice as large
 /// (versions built before keep the old one).
-pub(super) fn grow<T: Copy + Default, const N: usize>(array: &mut Arc<Cells<T, N>>, need: usize) {
+fn grow<T: Copy + Default, const N: usize>(array: &mut Arc<Cells<T, N>>, need: usize) {
     if need > array.len() {
         let len = need.max(array.len() * 2);
         *array = Arc::new(array.grown(len));

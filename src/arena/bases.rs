@@ -115,7 +115,7 @@ impl Bases {
     /// # Safety
     /// As [`Bases::table_piece`]: `first` is the first cell of a reachable table block.
     #[inline(always)]
-    pub(super) unsafe fn above(first: *const UnsafeCell<u32>, key: i32) -> usize {
+    unsafe fn above(first: *const UnsafeCell<u32>, key: i32) -> usize {
         #[cfg(all(target_arch = "x86_64", not(loom), not(miri)))]
         {
             use std::arch::x86_64::*;

@@ -9,7 +9,7 @@ use crate::sync::{Arc, UnsafeCell};
 /// writer may write one, is the reclamation protocol's business (I3, I4); this type only owns
 /// the memory.
 pub(crate) struct Cells<T, const N: usize> {
-    pub(super) blocks: Box<[Block<T, N>]>,
+    blocks: Box<[Block<T, N>]>,
 }
 
 #[repr(C, align(64))]
@@ -24,7 +24,7 @@ unsafe impl<T: Send + Sync, const N: usize> Send for Cells<T, N> {}
 
 impl<T: Copy + Default, const N: usize> Cells<T, N> {
     /// Blocks have no padding, so cell `i` is `i` cells from the base (see [`Cells::base`]).
-    pub(super) const FLAT: () =
+    const FLAT: () =
         assert!(std::mem::size_of::<Block<T, N>>() == N * std::mem::size_of::<UnsafeCell<T>>());
 
     pub(super) fn new(len: usize) -> Self {
@@ -32,7 +32,7 @@ impl<T: Copy + Default, const N: usize> Cells<T, N> {
     }
 
     /// `len` cells (rounded up to whole blocks), cell `i` holding `init(i)`.
-    pub(super) fn filled(len: usize, init: impl Fn(usize) -> T) -> Self {
+    fn filled(len: usize, init: impl Fn(usize) -> T) -> Self {
         #[allow(clippy::let_unit_value)]
         let () = Self::FLAT;
         let blocks = (0..len.div_ceil(N))

@@ -120,8 +120,8 @@ pub(crate) struct PageRecord;
 pub(crate) const RECORD_CELLS: usize = 3;
 
 impl PageRecord {
-    pub(super) const PAGE_BITS: u32 = 40;
-    pub(super) const CELL_BITS: u32 = 56;
+    const PAGE_BITS: u32 = 40;
+    const CELL_BITS: u32 = 56;
 
     /// The cells of the record of the one-page piece of `page` and section cell `section`,
     /// if they fit.

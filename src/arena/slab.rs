@@ -8,9 +8,9 @@ use std::ptr;
 
 /// Fixed-address chunked storage, one cell per slot (chunk `k` holds `first << k` slots).
 pub(crate) struct Slab<T: Default> {
-    pub(super) chunks: [AtomicPtr<UnsafeCell<T>>; MAX_CHUNKS],
+    chunks: [AtomicPtr<UnsafeCell<T>>; MAX_CHUNKS],
     /// log2 of the number of slots in chunk 0.
-    pub(super) first_shift: u32,
+    first_shift: u32,
 }
 
 impl<T: Default> Slab<T> {
@@ -93,7 +93,7 @@ impl<T: Default> Drop for Slab<T> {
 }
 
 /// `AtomicPtr::get_mut` for std and loom alike.
-pub(super) trait GetMutPtr<T> {
+trait GetMutPtr<T> {
     fn with_mut_ptr(&mut self) -> *mut T;
 }
 
@@ -113,13 +113,13 @@ impl<T> GetMutPtr<T> for AtomicPtr<T> {
 /// Writer-side bookkeeping of one kind of slot: high-water mark and free list.
 #[derive(Debug)]
 pub(crate) struct SlabAlloc {
-    pub(super) high: u32,
-    pub(super) free: Vec<u32>,
+    high: u32,
+    free: Vec<u32>,
     /// Slots handed out and not yet freed.
-    pub(super) live: usize,
-    pub(super) limit: usize,
+    live: usize,
+    limit: usize,
     /// What the slots hold, for error messages.
-    pub(super) kind: Capacity,
+    kind: Capacity,
 }
 
 impl SlabAlloc {

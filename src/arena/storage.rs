@@ -13,12 +13,12 @@ use std::ptr;
 #[repr(align(64))]
 pub(crate) struct Storage<V> {
     /// First page covered by each node (for range walks, diff and the writer), by node slot.
-    pub(super) node_base: Slab<u64>,
-    pub(super) sections: Slab<SectionCell<V>>,
+    node_base: Slab<u64>,
+    sections: Slab<SectionCell<V>>,
     /// Which section slots hold a value, a bit each: the writer's alone (I6), written by
     /// `write_section` and `take_section`, read by `Drop` (which owns the storage). Readers
     /// never look: a slot a generation reaches holds a value (I5).
-    pub(super) live: UnsafeCell<Vec<u64>>,
+    live: UnsafeCell<Vec<u64>>,
 }
 
 /// A section's cell: its value while the slot is live, uninitialised otherwise (which slots

@@ -11,8 +11,8 @@ use std::marker::PhantomData;
 /// for `'g`, may be mixed: any slot reachable from a held generation is readable.)
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) struct TreeEntry<'g> {
-    pub(super) e: Entry,
-    pub(super) _g: PhantomData<&'g ()>,
+    e: Entry,
+    _g: PhantomData<&'g ()>,
 }
 
 impl<'g> TreeEntry<'g> {

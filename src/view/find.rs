@@ -23,9 +23,9 @@ pub(crate) static NO_PIECE: Piece = Piece {
 /// module makes them, from a tree of `V`s borrowed for `'g` (or the header of one:
 /// [`find_in`]), so the piece's section holds a `V` for `'g` ([`Found::value`]).
 pub(crate) struct Found<'g, V> {
-    pub(super) piece: Piece,
-    pub(super) cell: *const Piece,
-    pub(super) _g: PhantomData<&'g V>,
+    piece: Piece,
+    cell: *const Piece,
+    _g: PhantomData<&'g V>,
 }
 
 impl<V> Clone for Found<'_, V> {

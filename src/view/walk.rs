@@ -25,20 +25,20 @@ impl<'g, V> TreeRef<'g, V> {
 
 /// In-order walk of the pieces overlapping `[lo, hi]`, each piece once.
 pub(crate) struct Walk<'g, V> {
-    pub(super) tree: TreeRef<'g, V>,
-    pub(super) lo: u64,
-    pub(super) hi: u64,
+    tree: TreeRef<'g, V>,
+    lo: u64,
+    hi: u64,
     /// (node, next child, end child)
-    pub(super) stack: Vec<(u32, usize, usize)>,
+    stack: Vec<(u32, usize, usize)>,
     /// Entries of a flat node or pieces of a sub-page table still to visit (reversed).
-    pub(super) pending: Vec<Entry>,
-    pub(super) last: Option<u32>,
-    pub(super) root: Option<Entry>,
+    pending: Vec<Entry>,
+    last: Option<u32>,
+    root: Option<Entry>,
 }
 
 impl<'g, V> Walk<'g, V> {
     /// Handles one entry (of the walked tree); returns a piece to yield, if any.
-    pub(super) fn visit(&mut self, e: Entry) -> Option<PieceRef<'g>> {
+    fn visit(&mut self, e: Entry) -> Option<PieceRef<'g>> {
         match e.kind() {
             Kind::Empty => None,
             Kind::Leaf(p) => self.offer(p),
@@ -73,7 +73,7 @@ impl<'g, V> Walk<'g, V> {
         }
     }
 
-    pub(super) fn offer(&mut self, p: u32) -> Option<PieceRef<'g>> {
+    fn offer(&mut self, p: u32) -> Option<PieceRef<'g>> {
         if self.last == Some(p) {
             return None;
         }

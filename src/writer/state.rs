@@ -27,7 +27,7 @@ const _: () = assert!(std::mem::size_of::<PieceInfo>() == 32);
 impl PieceInfo {
     /// No piece id: piece ids are below 2^31 or carry `entry::RECORD` with a row offset
     /// below 2^25, never all ones.
-    pub(super) const UNWRITTEN: u32 = u32::MAX;
+    const UNWRITTEN: u32 = u32::MAX;
 
     /// A new piece `[start, end]` of `section`, whose origin is its start, not yet in the
     /// arena.
@@ -93,13 +93,13 @@ impl Sections {
 #[derive(Default)]
 pub(super) struct Births {
     /// By node slot ([`Arena::node_slot`]).
-    pub(super) nodes: Vec<u64>,
+    nodes: Vec<u64>,
     /// By block ([`Arena::block_key`]).
-    pub(super) tables: Vec<u64>,
+    tables: Vec<u64>,
 }
 
 impl Births {
-    pub(super) fn set(v: &mut Vec<u64>, i: usize, g: u64) {
+    fn set(v: &mut Vec<u64>, i: usize, g: u64) {
         if v.len() <= i {
             v.resize(i + 1, 0);
         }
