@@ -11,9 +11,10 @@ use crate::snapshot::{Hit, Snapshot};
 use crate::sync::{Arc, Barrier, Latest};
 use crate::version::{Hot, Version};
 use crate::view::{find_in, Found};
+use std::cell::UnsafeCell;
+use std::sync::atomic::AtomicUsize;
 #[cfg(feature = "bus")]
 use std::sync::atomic::Ordering;
-use std::sync::atomic::{AtomicU32, AtomicUsize};
 use std::sync::Arc as StdArc;
 
 /// A per-vCPU lookup handle. Give each vCPU thread its own.
@@ -47,24 +48,55 @@ use std::sync::Arc as StdArc;
 /// assert_eq!(*vcpu.lookup(0x60).unwrap().value, "i8042"); // always the newest generation
 /// vcpu.offline(); // about to run the guest: hold nothing meanwhile
 /// ```
-#[repr(C, align(64))]
 pub struct Reader<V> {
-    // The first line: everything a bus dispatch reads and writes of its own.
-    /// The reader's state, shared with the registry, which reads only its slot.
+    /// The reader's lines, shared with the registry (which reads only the slot) and the
+    /// bus's list of dispatchers (the slot and the dispatch mark).
     state: StdArc<State>,
-    /// A copy of the slot's value ([`Slot::held`]): only this reader writes the slot, so a
-    /// lookup compares the newest generation with a word of the reader's own line.
-    held: u64,
-    /// The map's publication cell (`Publisher::latest`), in `shared`: a lookup loads the
-    /// newest generation through it, and entering a generation loads its address; on this
-    /// line, so that both the state's line and the cell's are one pointer away from it.
-    latest: *const Latest<Version<V>>,
+    /// Keeps the map's shared state (and the versions this reader reads) alive; the newest
+    /// generation is published in it (`Publisher::latest`), whose address is a fixed offset
+    /// from this pointer: the handle is two words, which can share a line with the caller's
+    /// own state.
+    shared: Arc<Shared<V>>,
+}
+
+/// A reader's state: one line with everything a bus dispatch reads and writes of its own
+/// (the announcement, the dispatch mark, the held generation's header, the bus's score),
+/// then one with what only [`Reader::lookup`] uses (the remembered piece). The registry and
+/// the bus read the slot and the mark from other threads; everything in the cells is the
+/// owning reader's alone.
+#[repr(C, align(64))]
+pub(crate) struct State {
+    // The first line.
+    /// The announcement (`qsbr.rs`): the generation held, or [`OFFLINE`] with the last one.
+    /// Only the owning reader writes it, so it reads its own last store with Relaxed.
+    slot: Slot,
+    /// Set by a bus dispatch (`bus.rs`): the address of its frame, which counts while the
+    /// reader is online.
+    dispatching: AtomicUsize,
+    /// The owning reader's own words on this line (`Own`).
+    own: UnsafeCell<Own>,
+    // The second line.
+    /// The remembered piece (`Remembered`).
+    remembered: UnsafeCell<Remembered>,
+}
+
+/// The owning reader's words on its first line.
+#[repr(C)]
+struct Own {
     /// A copy of the held generation's header (the root, the walk's constants and the
     /// arrays' bases), so that the walk touches nothing of the version; kept while offline,
     /// for going online again in the same generation; [`Hot::NONE`] before the first.
     hot: Hot,
-    // The second line: what a lookup rarely needs, and the remembered piece, which only
-    // `lookup` uses (a bus dispatch does not: `BusVcpu` remembers placements of its own).
+    /// The owning bus's score of its recent placements (`bus.rs`): on this line, which a
+    /// dispatch reads anyway.
+    bus_score: u8,
+    /// The map's barrier (`sync.rs`).
+    barrier: Barrier,
+}
+
+/// The piece [`Reader::lookup`] answered from last.
+#[repr(C)]
+struct Remembered {
     /// The last piece answered from, a piece of the held generation (0 for none, [`IN_LAST`]
     /// for the page record copied into `last`): its address, with in the low bits (pieces
     /// are 32-byte aligned in their array) how many lookups in a row the walk found it
@@ -74,33 +106,23 @@ pub struct Reader<V> {
     /// The piece of the last page record answered from (a record has no cell of its own in
     /// the piece array); meaningful while `mru` says [`IN_LAST`].
     last: Piece,
-    /// Keeps the map's shared state (and the versions this reader reads) alive; the
-    /// newest generation is published in it (`Publisher::latest`).
-    shared: Arc<Shared<V>>,
 }
 
-// A lookup in the held generation reads the first line, then the newest generation's cell and
-// the tree, and the second line's remembered piece; a bus dispatch reads the first line, the
-// state's and the cell's, not the second (loom's types are larger: not there).
+// A bus dispatch reads and writes the first line alone; a lookup in the held generation
+// reads it and the second (loom's types are larger: not there).
 #[cfg(not(loom))]
-const _: () = assert!(std::mem::offset_of!(Reader<()>, mru) == 64);
+const _: () = {
+    assert!(std::mem::offset_of!(State, remembered) == 64);
+    assert!(std::mem::size_of::<Reader<()>>() == 16);
+};
 
-/// A reader's shared state, on a line of its own: what the registry and the bus read from
-/// other threads, and what the owning reader needs when its generation changes or it goes
-/// online or offline (the same line as its announcement).
-#[repr(C, align(64))]
-pub(crate) struct State {
-    slot: Slot,
-    /// Set by a bus dispatch (`bus.rs`): the address of its frame, which counts while the
-    /// reader is online.
-    dispatching: AtomicUsize,
-    /// Written and read only by the owning reader's bus dispatches (`bus.rs`, its recent
-    /// placements' score): on this line, which a dispatch writes anyway. An atomic only
-    /// because `State` is shared; Relaxed loads and stores are plain moves.
-    bus_score: AtomicU32,
-    /// The map's barrier (`sync.rs`).
-    barrier: Barrier,
-}
+// SAFETY: other threads read only the atomics (`slot`, `dispatching`); the cells are
+// accessed only through the one `Reader` that owns this state (`Reader::own`), which is
+// `Send` under its own conditions. The raw pointers in `Own` and `Remembered` point into
+// versions that reader holds (I8).
+unsafe impl Send for State {}
+// SAFETY: as above: shared references on other threads read only the atomics.
+unsafe impl Sync for State {}
 
 /// The generation a reader's slot holds before it first goes online: none is ever
 /// published (generations count commits), so the first `enter` copies the header in.
@@ -108,10 +130,10 @@ const NEVER: u64 = OFFLINE | (OFFLINE - 1);
 
 /// Repeats after which the remembered piece is tried first; also the most the count holds.
 const REPEATS: usize = 2;
-/// `Reader::mru`'s address for "the piece in `Reader::last`": a multiple of 8 that is no
-/// piece's address (the reader's own address would not do: it moves).
+/// `Remembered::mru`'s address for "the piece in `Remembered::last`": a multiple of 8 that
+/// is no piece's address.
 const IN_LAST: usize = 8;
-/// The bits of `Reader::mru` that hold the count.
+/// The bits of `Remembered::mru` that hold the count.
 const COUNT: usize = 3;
 
 impl Announcer for State {
@@ -120,8 +142,8 @@ impl Announcer for State {
     }
 }
 
-// SAFETY: the reader's raw pointers point into versions its announcement keeps alive (I8),
-// which does not depend on the thread; values are shared with other threads, hence
+// SAFETY: the reader's state holds pointers into versions its announcement keeps alive
+// (I8), which does not depend on the thread; values are shared with other threads, hence
 // `V: Sync`; the last reader may drop the map's state (and values), hence `V: Send`.
 unsafe impl<V: Send + Sync> Send for Reader<V> {}
 
@@ -131,27 +153,51 @@ impl<V> Reader<V> {
         let state = StdArc::new(State {
             slot: Slot::new(NEVER),
             dispatching: AtomicUsize::new(0),
-            bus_score: AtomicU32::new(0),
-            barrier: shared.registry.barrier(),
+            own: UnsafeCell::new(Own {
+                hot: Hot::NONE,
+                bus_score: 0,
+                barrier: shared.registry.barrier(),
+            }),
+            remembered: UnsafeCell::new(Remembered {
+                mru: 0,
+                last: crate::view::NO_PIECE,
+            }),
         });
         shared.registry.register(state.clone());
-        Reader {
-            state,
-            held: NEVER,
-            latest: shared.publisher.latest(),
-            hot: Hot::NONE,
-            mru: 0,
-            last: crate::view::NO_PIECE,
-            shared,
+        Reader { state, shared }
+    }
+
+    /// The owning reader's words of its state, and its remembered piece.
+    #[inline(always)]
+    fn own(&mut self) -> (&mut Own, &mut Remembered) {
+        // SAFETY: only this reader accesses the cells (other threads read the atomics
+        // alone), and `&mut self` makes this access its only one.
+        unsafe {
+            (
+                &mut *self.state.own.get(),
+                &mut *self.state.remembered.get(),
+            )
         }
+    }
+
+    /// The held generation's header.
+    #[cfg(feature = "bus")]
+    #[inline(always)]
+    fn hot(&self) -> &Hot {
+        // SAFETY: as in `own`: `&self` excludes `own`'s exclusive access while this lives.
+        unsafe { &(*self.state.own.get()).hot }
+    }
+
+    /// The generation the slot holds (or [`OFFLINE`] with the last one).
+    #[inline(always)]
+    fn held(&self) -> u64 {
+        self.state.slot.held()
     }
 
     /// The map's publication cell.
     #[inline(always)]
     fn latest(&self) -> &Latest<Version<V>> {
-        // SAFETY: `latest` is `shared.publisher.latest()` (set in `new`), in `shared`, which
-        // `self` keeps alive while the borrow lasts.
-        unsafe { &*self.latest }
+        self.shared.publisher.latest()
     }
 
     /// Enters the newest generation if the reader does not hold it (going online first if
@@ -159,7 +205,7 @@ impl<V> Reader<V> {
     #[inline(always)]
     fn current(&mut self) {
         let newest = self.latest().generation_relaxed();
-        if newest != self.held {
+        if newest != self.held() {
             self.catch_up();
         }
     }
@@ -175,15 +221,17 @@ impl<V> Reader<V> {
     /// one the reader held last.
     #[inline(always)]
     fn enter(&mut self) {
-        let before = self.held & !OFFLINE;
-        let (generation, p) = self.state.slot.enter(self.latest(), self.state.barrier);
-        self.held = generation;
+        let before = self.held() & !OFFLINE;
+        let barrier = self.own().0.barrier;
+        let (generation, p) = self.state.slot.enter(self.latest(), barrier);
         if generation != before {
             // SAFETY: `p` is the version of generation `generation`, which our slot now
             // announces, checked after the announcement (`Slot::enter`): the writer drops no
             // version and reuses nothing of a generation a reader announces (I8).
-            self.hot = unsafe { (*p).hot };
-            self.mru = 0;
+            let hot = unsafe { (*p).hot };
+            let (own, remembered) = self.own();
+            own.hot = hot;
+            remembered.mru = 0;
         }
         // Otherwise: back in the generation it held before going offline (generations are
         // never published twice), whose header and remembered piece it kept.
@@ -192,10 +240,11 @@ impl<V> Reader<V> {
     /// The piece holding `addr` in the generation the reader holds (it must be online).
     #[inline(always)]
     fn find(&mut self, addr: u64) -> Option<Found<'_, V>> {
-        let (mru, count) = (self.mru & !COUNT, self.mru & COUNT);
+        let (own, remembered) = self.own();
+        let (mru, count) = (remembered.mru & !COUNT, remembered.mru & COUNT);
         if count >= REPEATS {
             let at = if mru == IN_LAST {
-                &self.last as *const Piece
+                &remembered.last as *const Piece
             } else {
                 mru as *const Piece
             };
@@ -208,16 +257,16 @@ impl<V> Reader<V> {
                 return Some(found);
             }
         }
-        let found = Self::walk(&self.hot, addr)?;
+        let found = Self::walk(&own.hot, addr)?;
         // A page record's piece has no cell: copied to `last`.
         let p = if found.cell().is_null() {
-            self.last = *found.piece();
+            remembered.last = *found.piece();
             IN_LAST
         } else {
             found.cell() as usize
         };
         let count = (count + 1).min(REPEATS) * (p == mru) as usize;
-        self.mru = p | count;
+        remembered.mru = p | count;
         Some(found)
     }
 
@@ -255,7 +304,7 @@ impl<V> Reader<V> {
         } else {
             self.enter();
         }
-        self.held
+        self.held()
     }
 
     /// The lookup of a bus dispatch, after [`dispatch_online`](Reader::dispatch_online): the
@@ -263,21 +312,29 @@ impl<V> Reader<V> {
     #[cfg(feature = "bus")]
     #[inline(always)]
     pub(crate) fn dispatch_lookup(&self, addr: u64) -> Option<Hit<'_, V>> {
-        let found = Self::walk(&self.hot, addr)?;
+        let found = Self::walk(self.hot(), addr)?;
         Some(Hit::new(found.value(), found.piece(), addr))
     }
 
-    /// The owning bus's score of its recent placements (`bus.rs`), on the state's line.
+    /// The owning bus's score of its recent placements (`bus.rs`), on the reader's first
+    /// line.
     #[cfg(feature = "bus")]
     #[inline(always)]
-    pub(crate) fn bus_score(&self) -> &AtomicU32 {
-        &self.state.bus_score
+    pub(crate) fn bus_score(&mut self) -> u8 {
+        self.own().0.bus_score
+    }
+
+    /// Sets the bus's score (`bus.rs`).
+    #[cfg(feature = "bus")]
+    #[inline(always)]
+    pub(crate) fn set_bus_score(&mut self, score: u8) {
+        self.own().0.bus_score = score;
     }
 
     /// The generation that answered the last [`lookup`](Reader::lookup) (0 before any).
     /// Does not refresh: use it to tie an answer to the generation it came from.
     pub fn last_generation(&self) -> u64 {
-        match self.held {
+        match self.held() {
             NEVER => 0,
             held => held & !OFFLINE,
         }
@@ -306,8 +363,8 @@ impl<V> Reader<V> {
     #[inline(always)]
     pub fn offline(&mut self) {
         if self.is_online() {
-            self.state.slot.leave(self.state.barrier);
-            self.held |= OFFLINE;
+            let barrier = self.own().0.barrier;
+            self.state.slot.leave(barrier);
         }
     }
 
@@ -319,7 +376,7 @@ impl<V> Reader<V> {
     /// Whether the reader holds a generation (between a lookup and [`offline`](Reader::offline)).
     #[inline(always)]
     pub fn is_online(&self) -> bool {
-        self.held & OFFLINE == 0
+        self.held() & OFFLINE == 0
     }
 
     /// Marks a bus dispatch in progress on this reader, whose frame is at `frame` (it counts

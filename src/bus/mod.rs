@@ -61,7 +61,6 @@ use crate::{Config, PhysMap, Reader};
 use std::fmt;
 use std::ops::RangeInclusive;
 use std::ptr::NonNull;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use vm_device::bus::{MmioAddress, PioAddress};
 use vm_device::{DeviceMmio, DevicePio};
@@ -254,10 +253,11 @@ impl<D: ?Sized + Send + Sync> Bus<D> {
     pub fn vcpu(&self) -> BusVcpu<D> {
         let reader = self.map.reader();
         dispatchers::add(reader.dispatch_mark());
-        reader.bus_score().store(Recent::<D>::ON, Ordering::Relaxed);
+        let mut reader = reader;
+        reader.set_bus_score(Recent::<D>::ON);
         BusVcpu {
             reader,
-            recent: Recent::new(),
+            recent: Box::new(Recent::new()),
         }
     }
 
@@ -294,7 +294,8 @@ impl<V> Drop for Offline<'_, V> {
 /// Send it to its thread; one per thread.
 pub struct BusVcpu<D: ?Sized> {
     reader: Reader<Placement<D>>,
-    recent: Recent<D>,
+    /// On a line of its own, looked at only while the score says it hits.
+    recent: Box<Recent<D>>,
 }
 
 // SAFETY: `recent` holds pointers to devices of placements in the generation it is tagged
@@ -337,8 +338,8 @@ impl<D: ?Sized> Recent<D> {
     /// it to `ON + 2 * MISS`, so that three misses in a row (with every entry in use) turn
     /// the lookups here off; while off, every dispatch adds 1 to it from 0, so that after
     /// `ON` dispatches the vCPU tries again (a line every `ON` dispatches on spread traffic).
-    const ON: u32 = 64;
-    const MISS: u32 = 4;
+    const ON: u8 = 64;
+    const MISS: u8 = 4;
 
     fn new() -> Self {
         Recent {
@@ -399,9 +400,8 @@ impl<D: ?Sized + Send + Sync> BusVcpu<D> {
         vcpu.0
             .mark_dispatch(&vcpu as *const Offline<'_, _> as usize);
         let generation = vcpu.0.dispatch_online();
-        // Relaxed (here and below): only this thread reads and writes the score.
-        let score = vcpu.0.bus_score().load(Ordering::Relaxed);
-        let recent = &mut self.recent;
+        let score = vcpu.0.bus_score();
+        let recent = &mut *self.recent;
         if score >= Recent::<D>::ON {
             if recent.generation != generation {
                 // Remembered in another generation: nothing of it may be used.
@@ -409,8 +409,7 @@ impl<D: ?Sized + Send + Sync> BusVcpu<D> {
                 recent.generation = generation;
             } else if let Some((first, last, device)) = recent.find(addr) {
                 vcpu.0
-                    .bus_score()
-                    .store(Recent::<D>::ON + 2 * Recent::<D>::MISS, Ordering::Relaxed);
+                    .set_bus_score(Recent::<D>::ON + 2 * Recent::<D>::MISS);
                 let offset = addr - first;
                 if len == 0 || len as u64 - 1 > last - addr {
                     return Err(BusError::AccessOutOfRange { addr, len });
@@ -429,10 +428,10 @@ impl<D: ?Sized + Send + Sync> BusVcpu<D> {
                     score = 0;
                     recent.generation = Recent::<D>::NONE;
                 }
-                vcpu.0.bus_score().store(score, Ordering::Relaxed);
+                vcpu.0.set_bus_score(score);
             }
         } else {
-            vcpu.0.bus_score().store(score + 1, Ordering::Relaxed);
+            vcpu.0.set_bus_score(score + 1);
         }
         let hit = vcpu.0.dispatch_lookup(addr);
         let hit = hit.ok_or(BusError::NoDevice { addr })?;
@@ -518,21 +517,21 @@ mod tests {
             bus.insert(i << 12, 0x1000, Arc::new(Nop)).unwrap();
         }
         let mut vcpu = bus.vcpu();
-        let score = |v: &BusVcpu<_>| v.reader.bus_score().load(Ordering::Relaxed);
+        let score = |v: &mut BusVcpu<_>| v.reader.bus_score();
         let on = Recent::<dyn DeviceMmio + Send + Sync>::ON;
-        assert!(score(&vcpu) >= on);
+        assert!(score(&mut vcpu) >= on);
         for i in 0..16u64 {
             vcpu.mmio_read((i * 7 % 64) << 12, &mut [0]).unwrap();
         }
-        assert!(score(&vcpu) < on, "spread traffic: off");
+        assert!(score(&mut vcpu) < on, "spread traffic: off");
         for i in 0..(on as u64 + 8) {
             vcpu.mmio_read((i % 3) << 12, &mut [0]).unwrap();
         }
-        assert!(score(&vcpu) >= on, "three devices: on again");
-        let before = score(&vcpu);
+        assert!(score(&mut vcpu) >= on, "three devices: on again");
+        let before = score(&mut vcpu);
         vcpu.mmio_read(1 << 12, &mut [0]).unwrap();
         assert_eq!(
-            score(&vcpu),
+            score(&mut vcpu),
             on + 2 * Recent::<dyn DeviceMmio + Send + Sync>::MISS
         );
         assert!(before >= on);
