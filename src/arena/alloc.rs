@@ -19,7 +19,7 @@ pub(crate) struct Arena {
 }
 
 /// What a block of the row array is for: which free list it comes from.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum BlockKind {
     Table(usize),
     Flat,
@@ -195,14 +195,26 @@ impl Arena {
         let offset = match free.pop() {
             Some(o) => o as usize,
             None => {
-                let o = r.high;
+                // The common table's starts and pieces on one cache line (a lookup reads one
+                // start vector and one piece: one line, not two; the array's blocks are
+                // line-aligned, `Cells`).
+                let o = match kind {
+                    BlockKind::Table(0) => r.high.next_multiple_of(LINE_CELLS),
+                    _ => r.high,
+                };
                 if o + cells > TABLE_OFFSET_LIMIT {
                     return Err(Error::CapacityExhausted {
                         kind: Capacity::Rows,
                         limit: TABLE_OFFSET_LIMIT / 2,
                     });
                 }
-                r.high += cells;
+                // The cells skipped become free page records.
+                for gap in (r.high..o).step_by(RECORD_CELLS) {
+                    if gap + RECORD_CELLS <= o {
+                        r.record_free.push(gap as u32);
+                    }
+                }
+                r.high = o + cells;
                 o
             }
         };

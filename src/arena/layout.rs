@@ -119,6 +119,9 @@ pub(crate) struct PageRecord;
 /// Cells of a page record.
 pub(crate) const RECORD_CELLS: usize = 3;
 
+/// Cells of the row array in a cache line (its blocks are line-aligned, `Cells`).
+pub(super) const LINE_CELLS: usize = 64 / std::mem::size_of::<u32>();
+
 impl PageRecord {
     const PAGE_BITS: u32 = 40;
     const CELL_BITS: u32 = 56;

@@ -4,6 +4,7 @@
 use super::layout::*;
 use crate::sync::{AtomicPtr, Ordering, UnsafeCell};
 use crate::{Capacity, Error};
+use std::alloc::{self, Layout};
 use std::ptr;
 
 /// Fixed-address chunked storage, one cell per slot (chunk `k` holds `first << k` slots).
@@ -59,36 +60,106 @@ impl<T: Default> Slab<T> {
     pub(super) fn ensure(&self, slot: u32) {
         let (chunk, _) = self.locate(slot);
         if self.chunks[chunk].load(Ordering::Relaxed).is_null() {
-            let cells: Box<[UnsafeCell<T>]> = (0..self.chunk_len(chunk))
-                .map(|_| UnsafeCell::new(T::default()))
-                .collect();
+            let cells = Chunk::<T>::new(self.chunk_len(chunk));
             // Release: the initialised cells happen-before any thread that acquires the
             // pointer (readers get it through a generation published later anyway, I2).
-            self.chunks[chunk].store(
-                Box::into_raw(cells) as *mut UnsafeCell<T>,
-                Ordering::Release,
-            );
+            self.chunks[chunk].store(cells.into_raw(), Ordering::Release);
         }
     }
 }
 
 impl<T: Default> Drop for Slab<T> {
     fn drop(&mut self) {
-        let mut boxes = Vec::new();
+        let mut chunks = Vec::new();
         for (c, chunk) in self.chunks.iter_mut().enumerate() {
             let p = chunk.with_mut_ptr();
             if !p.is_null() {
                 let len = 1usize << (self.first_shift as usize + c);
-                // SAFETY: `p` came from `Box::into_raw` of a boxed slice of exactly `len` cells
-                // in `ensure`; we have `&mut self`, so no reader can hold a reference into it.
-                boxes.push(unsafe { Box::from_raw(ptr::slice_from_raw_parts_mut(p, len)) });
+                // SAFETY: `p` came from `Chunk::into_raw` of a chunk of exactly `len` cells in
+                // `ensure`; we have `&mut self`, so no reader can hold a reference into it (I1).
+                chunks.push(unsafe { Chunk::from_raw(p, len) });
             }
         }
         // Values may run user code that panics (section values): take each out and drop it
-        // on its own, so one panic neither stops the others nor leaks a chunk.
-        let cells = boxes.iter().flat_map(|b| b.iter());
-        // SAFETY: we own every cell (`&mut self`, no generation can be read any more).
+        // on its own, so one panic neither stops the others nor leaks a chunk (each frees
+        // its memory when dropped, unwinding included).
+        let cells = chunks.iter().flat_map(|c| c.cells());
+        // SAFETY: we own every cell (`&mut self`, no generation can be read any more, I1).
         crate::drops::drop_all(cells.map(|c| c.with_mut(|p| unsafe { std::mem::take(&mut *p) })));
+    }
+}
+
+/// One chunk's memory: `len` cells from a cache-line-aligned address, so that a cell whose
+/// size divides 64 bytes (a bus's 32-byte placement, an `Arc`) never straddles two lines: a
+/// lookup then reads one line for a section's value, not two. (A boxed slice is aligned only
+/// to the cell's alignment: half of the placements straddled.)
+struct Chunk<T> {
+    cells: ptr::NonNull<UnsafeCell<T>>,
+    len: usize,
+}
+
+impl<T> Chunk<T> {
+    /// `len` cells from a 64-byte boundary.
+    fn layout(len: usize) -> Layout {
+        Layout::array::<UnsafeCell<T>>(len)
+            .and_then(|l| l.align_to(64))
+            .expect("a chunk's size overflows")
+    }
+}
+
+impl<T: Default> Chunk<T> {
+    /// `len` cells holding `T::default()`.
+    fn new(len: usize) -> Self {
+        let layout = Self::layout(len);
+        let cells = if layout.size() == 0 {
+            // Zero-sized cells: no memory.
+            ptr::NonNull::dangling()
+        } else {
+            // SAFETY: the layout's size is not zero.
+            let p = unsafe { alloc::alloc(layout) };
+            ptr::NonNull::new(p)
+                .unwrap_or_else(|| alloc::handle_alloc_error(layout))
+                .cast()
+        };
+        for i in 0..len {
+            // SAFETY: cell `i` is inside the allocation (`layout`), aligned (an array's
+            // layout, its start aligned further), and not initialised yet. (A `T::default()`
+            // that panicked would leak the chunk's memory, never read it: ours do not.)
+            unsafe { cells.add(i).write(UnsafeCell::new(T::default())) };
+        }
+        Chunk { cells, len }
+    }
+
+    fn into_raw(self) -> *mut UnsafeCell<T> {
+        std::mem::ManuallyDrop::new(self).cells.as_ptr()
+    }
+
+    /// # Safety
+    /// `p` and `len` are those of a chunk that `into_raw` gave up, and no one else uses it.
+    unsafe fn from_raw(p: *mut UnsafeCell<T>, len: usize) -> Self {
+        Chunk {
+            // SAFETY: `into_raw` returned a non-null pointer.
+            cells: unsafe { ptr::NonNull::new_unchecked(p) },
+            len,
+        }
+    }
+
+    fn cells(&self) -> &[UnsafeCell<T>] {
+        // SAFETY: `len` initialised cells (`new`), owned by `self`.
+        unsafe { std::slice::from_raw_parts(self.cells.as_ptr(), self.len) }
+    }
+}
+
+impl<T> Drop for Chunk<T> {
+    fn drop(&mut self) {
+        let layout = Self::layout(self.len);
+        let cells = ptr::slice_from_raw_parts_mut(self.cells.as_ptr(), self.len);
+        // SAFETY: `len` initialised cells that we own (`new`, `from_raw`), dropped once.
+        unsafe { ptr::drop_in_place(cells) };
+        if layout.size() != 0 {
+            // SAFETY: allocated in `new` with this layout.
+            unsafe { alloc::dealloc(self.cells.as_ptr().cast(), layout) };
+        }
     }
 }
 
