@@ -75,11 +75,11 @@ run "a published section freed at commit with the never-published ones" \
   src/writer/mod.rs 'if self\.sections\.published\[i\] \{' 'if false {'
 # Readers (reader.rs, qsbr.rs) and the publication point (sync.rs).
 run "reader keeps its remembered piece across a refresh" \
-  src/reader.rs 'self\.hot = unsafe \{ \(\*p\)\.hot \};\n            self\.mru = 0;' 'self.hot = unsafe { (*p).hot };'
+  src/reader.rs 'own\.hot = hot;\n            remembered\.mru = 0;' 'own.hot = hot;\n            let _ = remembered;'
 run "reader never catches up with the publisher" \
-  src/reader.rs 'if newest != self\.held \{' 'if self.held & OFFLINE != 0 {'
-run "a reader going offline keeps its own copy of its slot online" \
-  src/reader.rs '            self\.held \|= OFFLINE;\n' ''
+  src/reader.rs 'if newest != self\.held\(\) \{' 'if self.held() \& OFFLINE != 0 {'
+run "a reader going offline does not clear its announcement" \
+  src/reader.rs 'self\.state\.slot\.leave\(barrier\);' 'let _ = barrier;'
 run "announcement weakened to Relaxed" \
   src/qsbr.rs 'self\.state\.store\(g, Ordering::Release\);' 'self.state.store(g, Ordering::Relaxed);'
 run "going offline weakened to Relaxed" \

@@ -1,8 +1,8 @@
-//! Per-vCPU readers: an announced generation (`qsbr.rs`) with a remembered piece, laid out so
-//! that a lookup reads only the reader's own two lines before the walk (no pointer to chase)
-//! and a bus dispatch, which enters from offline and walks without the remembered piece,
-//! reads the first and writes one more, shared with the registry; the lines after the first
-//! all hang off it (a dependent chain of two, not three).
+//! Per-vCPU readers: an announced generation (`qsbr.rs`) with a remembered piece. The
+//! handle is two words (the reader's state and the map); the state's first line holds
+//! everything a bus dispatch reads and writes of its own (the announcement, the header copy
+//! the walk starts from), its second the piece a lookup remembers. So a bus dispatch from
+//! cold caches fetches one line of the reader's, then the publication cell's and the tree's.
 
 use crate::arena::Piece;
 use crate::qsbr::{Announcer, Slot, OFFLINE};

@@ -313,7 +313,7 @@ const RECENT: usize = 3;
 /// nodes, the piece and the placement (QEMU's dispatch remembers one section,
 /// `AddressSpaceDispatch::mru_section`; this remembers three, with their devices inline).
 /// On traffic spread over many devices it would cost a line per dispatch for nothing: a
-/// score on the reader's state line, which a dispatch writes anyway, decides whether to
+/// score on the reader's first line, which a dispatch writes anyway, decides whether to
 /// look here ([`Recent::ON`]).
 #[repr(C, align(64))]
 struct Recent<D: ?Sized> {
