@@ -87,15 +87,17 @@ impl RwLockBus {
 
 /// Everything measured, built for one map. The first line holds what every dispatch reads
 /// of the harness, as a VMM's vCPU state holds its bus handles beside what its exit handler
-/// reads anyway: the addresses, and each structure's handle (physmap's `BusVcpu`, three
-/// words, and `Reader`, two; the `RwLock` bus behind an `Arc`, as Cloud Hypervisor's vCPUs
-/// hold theirs). QEMU's dispatch is one pointer further (`as->current_map->dispatch`).
+/// reads anyway: the addresses, and each bus's handle (the `RwLock` bus behind an `Arc`, as
+/// Cloud Hypervisor's vCPUs hold theirs; physmap's `BusVcpu`, of which a dispatch reads the
+/// first three words). A `Reader`'s lookup reads its whole handle (a copy of the header,
+/// the remembered piece): two lines of its own. QEMU's dispatch is one pointer further
+/// (`as->current_map->dispatch`).
 #[repr(C, align(64))]
 struct Setup {
     addrs: Box<[u64]>,
+    rwlock: Arc<RwLockBus>,
     vcpu: BusVcpu<DynDev>,
     reader: Reader<u64>,
-    rwlock: Arc<RwLockBus>,
     name: String,
     _physmap: MmioBus,
     _devices: Vec<Arc<DynDev>>,

@@ -68,11 +68,12 @@
 //!   (then a fence, and a check that the generation did not move meanwhile). With
 //!   [`Config::membarrier`] that fence is a compiler fence and the writer issues
 //!   `membarrier(2)` instead, when it reclaims or synchronizes ([`Barrier`]).
-//! - **A line of the reader's own.** A [`Reader`] is a two-word handle; everything a bus
-//!   dispatch reads and writes besides the map (its announcement, a copy of the held
-//!   generation's header) is on one 64-byte line of the reader's, and a lookup's remembered
-//!   piece on a second. A bus dispatch from cold caches, as at a VM exit, fetches that line,
-//!   the publication point's, and then the tree's.
+//! - **A line of the reader's own.** A warm [`Reader`] lookup reads only the handle (a copy
+//!   of the generation it holds and of that generation's header, the piece it remembers).
+//!   A bus dispatch, which goes online and offline around every access, reads the handle's
+//!   first three words and one 64-byte line of the reader's (its announcement, the same
+//!   header copy): from cold caches, as at a VM exit, that line, the publication point's,
+//!   and then the tree's.
 //! - **Immutable once published.** No slot reachable from a published root is written again.
 //! - **Bounded garbage.** Every slot is born in one generation and retired by a later commit;
 //!   the writer reuses it once no [`Snapshot`] holds, and no online [`Reader`] announces, a

@@ -1,8 +1,10 @@
-//! Per-vCPU readers: an announced generation (`qsbr.rs`) with a remembered piece. The
-//! handle is two words (the reader's state and the map); the state's first line holds
-//! everything a bus dispatch reads and writes of its own (the announcement, the header copy
-//! the walk starts from), its second the piece a lookup remembers. So a bus dispatch from
-//! cold caches fetches one line of the reader's, then the publication cell's and the tree's.
+//! Per-vCPU readers: an announced generation (`qsbr.rs`) with a remembered piece. Two
+//! layouts of the same state for two paths: a warm [`Reader::lookup`] reads only the
+//! handle (a copy of its slot's value and of the held generation's header, the remembered
+//! piece: no pointer to chase before the walk), and a bus dispatch, which goes online and
+//! offline around each access from cold caches, reads the handle's first three words (which
+//! share a line with the caller's state) and the state's one line (the slot, the dispatch
+//! mark, the same header copy), then the publication cell's and the tree's.
 
 use crate::arena::Piece;
 use crate::qsbr::{Announcer, Slot, OFFLINE};
@@ -48,55 +50,26 @@ use std::sync::Arc as StdArc;
 /// assert_eq!(*vcpu.lookup(0x60).unwrap().value, "i8042"); // always the newest generation
 /// vcpu.offline(); // about to run the guest: hold nothing meanwhile
 /// ```
+#[repr(C)]
 pub struct Reader<V> {
-    /// The reader's lines, shared with the registry (which reads only the slot) and the
-    /// bus's list of dispatchers (the slot and the dispatch mark).
+    // What a bus dispatch reads of the handle: its first three words, which can share a
+    // line with the caller's own state.
+    /// The reader's state, shared with the registry (which reads only the slot) and the bus's
+    /// list of dispatchers (the slot and the dispatch mark).
     state: StdArc<State>,
     /// Keeps the map's shared state (and the versions this reader reads) alive; the newest
-    /// generation is published in it (`Publisher::latest`), whose address is a fixed offset
-    /// from this pointer: the handle is two words, which can share a line with the caller's
-    /// own state.
+    /// generation is published in it (`Publisher::latest`), a fixed offset from this pointer.
     shared: Arc<Shared<V>>,
-}
-
-/// A reader's state: one line with everything a bus dispatch reads and writes of its own
-/// (the announcement, the dispatch mark, the held generation's header, the bus's score),
-/// then one with what only [`Reader::lookup`] uses (the remembered piece). The registry and
-/// the bus read the slot and the mark from other threads; everything in the cells is the
-/// owning reader's alone.
-#[repr(C, align(64))]
-pub(crate) struct State {
-    // The first line.
-    /// The announcement (`qsbr.rs`): the generation held, or [`OFFLINE`] with the last one.
-    /// Only the owning reader writes it, so it reads its own last store with Relaxed.
-    slot: Slot,
-    /// Set by a bus dispatch (`bus.rs`): the address of its frame, which counts while the
-    /// reader is online.
-    dispatching: AtomicUsize,
-    /// The owning reader's own words on this line (`Own`).
-    own: UnsafeCell<Own>,
-    // The second line.
-    /// The remembered piece (`Remembered`).
-    remembered: UnsafeCell<Remembered>,
-}
-
-/// The owning reader's words on its first line.
-#[repr(C)]
-struct Own {
+    /// A copy of the slot's value ([`Slot::held`]): only this reader writes the slot, so a
+    /// lookup compares the newest generation with a word of the handle's.
+    held: u64,
+    // What only `Reader::lookup` reads: the warm path, with no pointer to chase before the
+    // walk.
     /// A copy of the held generation's header (the root, the walk's constants and the
     /// arrays' bases), so that the walk touches nothing of the version; kept while offline,
-    /// for going online again in the same generation; [`Hot::NONE`] before the first.
+    /// for going online again in the same generation; [`Hot::NONE`] before the first. (The
+    /// state holds the same copy for the bus's dispatches: `enter` writes both.)
     hot: Hot,
-    /// The owning bus's score of its recent placements (`bus.rs`): on this line, which a
-    /// dispatch reads anyway.
-    bus_score: u8,
-    /// The map's barrier (`sync.rs`).
-    barrier: Barrier,
-}
-
-/// The piece [`Reader::lookup`] answered from last.
-#[repr(C)]
-struct Remembered {
     /// The last piece answered from, a piece of the held generation (0 for none, [`IN_LAST`]
     /// for the page record copied into `last`): its address, with in the low bits (pieces
     /// are 32-byte aligned in their array) how many lookups in a row the walk found it
@@ -108,18 +81,40 @@ struct Remembered {
     last: Piece,
 }
 
-// A bus dispatch reads and writes the first line alone; a lookup in the held generation
-// reads it and the second (loom's types are larger: not there).
-#[cfg(not(loom))]
-const _: () = {
-    assert!(std::mem::offset_of!(State, remembered) == 64);
-    assert!(std::mem::size_of::<Reader<()>>() == 16);
-};
+/// A reader's state, on one line: everything a bus dispatch reads and writes of its own
+/// besides the handle's first words (the announcement, the dispatch mark, the held
+/// generation's header, the bus's score). The registry and the bus read the slot and the
+/// mark from other threads; what is in the cell is the owning reader's alone.
+#[repr(C, align(64))]
+pub(crate) struct State {
+    /// The announcement (`qsbr.rs`): the generation held, or [`OFFLINE`] with the last one.
+    slot: Slot,
+    /// Set by a bus dispatch (`bus.rs`): the address of its frame, which counts while the
+    /// reader is online.
+    dispatching: AtomicUsize,
+    /// The owning reader's own words on this line (`Own`).
+    own: UnsafeCell<Own>,
+}
 
-// SAFETY: other threads read only the atomics (`slot`, `dispatching`); the cells are
-// accessed only through the one `Reader` that owns this state (`Reader::own`), which is
-// `Send` under its own conditions. The raw pointers in `Own` and `Remembered` point into
-// versions that reader holds (I8).
+/// The owning reader's words on its state's line.
+#[repr(C)]
+struct Own {
+    /// The held generation's header, for the bus's dispatches (as `Reader::hot`).
+    hot: Hot,
+    /// The owning bus's score of its recent placements (`bus.rs`): on this line, which a
+    /// dispatch reads anyway.
+    bus_score: u8,
+    /// The map's barrier (`sync.rs`).
+    barrier: Barrier,
+}
+
+// A bus dispatch reads the state's one line (loom's types are larger: not there).
+#[cfg(not(loom))]
+const _: () = assert!(std::mem::size_of::<State>() == 64);
+
+// SAFETY: other threads read only the atomics (`slot`, `dispatching`); the cell is accessed
+// only through the one `Reader` that owns this state (`Reader::own`), which is `Send` under
+// its own conditions. The raw pointers in `Own` point into versions that reader holds (I8).
 unsafe impl Send for State {}
 // SAFETY: as above: shared references on other threads read only the atomics.
 unsafe impl Sync for State {}
@@ -130,10 +125,10 @@ const NEVER: u64 = OFFLINE | (OFFLINE - 1);
 
 /// Repeats after which the remembered piece is tried first; also the most the count holds.
 const REPEATS: usize = 2;
-/// `Remembered::mru`'s address for "the piece in `Remembered::last`": a multiple of 8 that
-/// is no piece's address.
+/// `Reader::mru`'s address for "the piece in `Reader::last`": a multiple of 8 that is no
+/// piece's address (the reader's own address would not do: it moves).
 const IN_LAST: usize = 8;
-/// The bits of `Remembered::mru` that hold the count.
+/// The bits of `Reader::mru` that hold the count.
 const COUNT: usize = 3;
 
 impl Announcer for State {
@@ -158,29 +153,27 @@ impl<V> Reader<V> {
                 bus_score: 0,
                 barrier: shared.registry.barrier(),
             }),
-            remembered: UnsafeCell::new(Remembered {
-                mru: 0,
-                last: crate::view::NO_PIECE,
-            }),
         });
         shared.registry.register(state.clone());
-        Reader { state, shared }
-    }
-
-    /// The owning reader's words of its state, and its remembered piece.
-    #[inline(always)]
-    fn own(&mut self) -> (&mut Own, &mut Remembered) {
-        // SAFETY: only this reader accesses the cells (other threads read the atomics
-        // alone), and `&mut self` makes this access its only one.
-        unsafe {
-            (
-                &mut *self.state.own.get(),
-                &mut *self.state.remembered.get(),
-            )
+        Reader {
+            state,
+            shared,
+            held: NEVER,
+            hot: Hot::NONE,
+            mru: 0,
+            last: crate::view::NO_PIECE,
         }
     }
 
-    /// The held generation's header.
+    /// The owning reader's words of its state.
+    #[inline(always)]
+    fn own(&mut self) -> &mut Own {
+        // SAFETY: only this reader accesses the cell (other threads read the atomics
+        // alone), and `&mut self` makes this access its only one.
+        unsafe { &mut *self.state.own.get() }
+    }
+
+    /// The held generation's header, on the state's line.
     #[cfg(feature = "bus")]
     #[inline(always)]
     fn hot(&self) -> &Hot {
@@ -191,7 +184,7 @@ impl<V> Reader<V> {
     /// The generation the slot holds (or [`OFFLINE`] with the last one).
     #[inline(always)]
     fn held(&self) -> u64 {
-        self.state.slot.held()
+        self.held
     }
 
     /// The map's publication cell.
@@ -221,30 +214,38 @@ impl<V> Reader<V> {
     /// one the reader held last.
     #[inline(always)]
     fn enter(&mut self) {
-        let before = self.held() & !OFFLINE;
-        let barrier = self.own().0.barrier;
+        let before = self.held & !OFFLINE;
+        let barrier = self.own().barrier;
         let (generation, p) = self.state.slot.enter(self.latest(), barrier);
+        self.held = generation;
         if generation != before {
             // SAFETY: `p` is the version of generation `generation`, which our slot now
             // announces, checked after the announcement (`Slot::enter`): the writer drops no
             // version and reuses nothing of a generation a reader announces (I8).
-            let hot = unsafe { (*p).hot };
-            let (own, remembered) = self.own();
-            own.hot = hot;
-            remembered.mru = 0;
+            self.adopt(unsafe { &(*p).hot });
         }
         // Otherwise: back in the generation it held before going offline (generations are
         // never published twice), whose header and remembered piece it kept.
     }
 
+    /// Takes the header of the generation just entered: both copies, and forgets the
+    /// remembered piece. Out of line (once per commit): inline, the copies would enlarge the
+    /// frame of every bus dispatch by the header's size, and its stack by a line.
+    #[cold]
+    #[inline(never)]
+    fn adopt(&mut self, hot: &Hot) {
+        self.own().hot = *hot;
+        self.hot = *hot;
+        self.mru = 0;
+    }
+
     /// The piece holding `addr` in the generation the reader holds (it must be online).
     #[inline(always)]
     fn find(&mut self, addr: u64) -> Option<Found<'_, V>> {
-        let (own, remembered) = self.own();
-        let (mru, count) = (remembered.mru & !COUNT, remembered.mru & COUNT);
+        let (mru, count) = (self.mru & !COUNT, self.mru & COUNT);
         if count >= REPEATS {
             let at = if mru == IN_LAST {
-                &remembered.last as *const Piece
+                &self.last as *const Piece
             } else {
                 mru as *const Piece
             };
@@ -257,16 +258,16 @@ impl<V> Reader<V> {
                 return Some(found);
             }
         }
-        let found = Self::walk(&own.hot, addr)?;
+        let found = Self::walk(&self.hot, addr)?;
         // A page record's piece has no cell: copied to `last`.
         let p = if found.cell().is_null() {
-            remembered.last = *found.piece();
+            self.last = *found.piece();
             IN_LAST
         } else {
             found.cell() as usize
         };
         let count = (count + 1).min(REPEATS) * (p == mru) as usize;
-        remembered.mru = p | count;
+        self.mru = p | count;
         Some(found)
     }
 
@@ -321,14 +322,14 @@ impl<V> Reader<V> {
     #[cfg(feature = "bus")]
     #[inline(always)]
     pub(crate) fn bus_score(&mut self) -> u8 {
-        self.own().0.bus_score
+        self.own().bus_score
     }
 
     /// Sets the bus's score (`bus.rs`).
     #[cfg(feature = "bus")]
     #[inline(always)]
     pub(crate) fn set_bus_score(&mut self, score: u8) {
-        self.own().0.bus_score = score;
+        self.own().bus_score = score;
     }
 
     /// The generation that answered the last [`lookup`](Reader::lookup) (0 before any).
@@ -363,8 +364,9 @@ impl<V> Reader<V> {
     #[inline(always)]
     pub fn offline(&mut self) {
         if self.is_online() {
-            let barrier = self.own().0.barrier;
+            let barrier = self.own().barrier;
             self.state.slot.leave(barrier);
+            self.held |= OFFLINE;
         }
     }
 

@@ -292,10 +292,13 @@ impl<V> Drop for Offline<'_, V> {
 
 /// One vCPU thread's view of a [`Bus`]: dispatches accesses to devices without a lock.
 /// Send it to its thread; one per thread.
+#[repr(C)]
 pub struct BusVcpu<D: ?Sized> {
-    reader: Reader<Placement<D>>,
     /// On a line of its own, looked at only while the score says it hits.
     recent: Box<Recent<D>>,
+    /// A dispatch reads this word and the reader's first three (they can share a line with
+    /// the caller's own state), then the reader's state.
+    reader: Reader<Placement<D>>,
 }
 
 // SAFETY: `recent` holds pointers to devices of placements in the generation it is tagged
