@@ -146,7 +146,7 @@ impl Slot {
             // Dekker's pattern with the writer's barrier (`Registry::barrier`, I8): either
             // the writer sees the announcement, or the load below sees the generation the
             // writer published before its barrier.
-            barrier.reader();
+            barrier.reader(&self.state);
             // Relaxed: the barrier orders it after the announcement; coherence with the
             // Acquire loads above makes any newer address in `g`'s cell show here as a
             // newer generation (`Latest`).

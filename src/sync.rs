@@ -214,12 +214,13 @@ impl Barrier {
         }
     }
 
-    /// The reader's side, between its announcement and its check of the generation.
+    /// The reader's side, between its announcement (to `slot`) and its check of the
+    /// generation.
     #[inline(always)]
-    pub(crate) fn reader(self) {
+    pub(crate) fn reader(self, slot: &AtomicU64) {
         match self {
             // SeqCst: Dekker's pattern with the writer's fence (I8).
-            Barrier::Fence => reader_fence(),
+            Barrier::Fence => reader_fence(slot),
             // The writer's membarrier orders the two accesses (I8); the compiler must not.
             Barrier::Membarrier => std::sync::atomic::compiler_fence(Ordering::SeqCst),
         }
@@ -238,25 +239,32 @@ impl Barrier {
     }
 }
 
-/// The reader's `SeqCst` fence. On x86-64, `mfence` rather than what LLVM emits for
-/// `fence(SeqCst)` (`lock or $0, -64(%rsp)`, an atomic write to a stack line below the
-/// frame): a reader enters a generation at every bus dispatch, after an exit whose guest
-/// evicted the caches, and that stack line is one more line to fetch; `mfence` touches no
-/// memory. Elsewhere, and under loom and Miri (which must see the fence), the fence itself.
+/// The reader's `SeqCst` fence, issued right after its announcement to `slot`. On x86-64, a
+/// locked `or` of 0 to the slot itself rather than what LLVM emits for `fence(SeqCst)` (the
+/// same instruction on the stack 64 bytes below the frame): a reader enters a generation at
+/// every bus dispatch, after an exit whose guest evicted the caches, and that stack line is
+/// one more line to fetch, where the slot's line was just written. (`mfence`, which touches
+/// no memory, cost 10 to 30 ns more per dispatch in the KVM guest: BENCHMARKS.md.)
+/// Elsewhere, and under loom and Miri (which must see the fence), the fence itself.
 #[inline(always)]
-fn reader_fence() {
+fn reader_fence(slot: &AtomicU64) {
     #[cfg(all(target_arch = "x86_64", not(loom), not(miri)))]
-    // SAFETY: `mfence` reads and writes no memory and no register, and leaves the flags
-    // alone. Without `nomem` the compiler must treat the block as an unknown function that
-    // may perform any atomic operation, a `SeqCst` fence included, so it orders the
-    // accesses around it as `fence(SeqCst)` does; the processor orders them by `mfence`
-    // (every earlier load and store before every later one), which is what Dekker's pattern
-    // with the writer's fence needs (I8).
+    // SAFETY: the block ORs 0 into the reader's own slot, an `AtomicU64`, with one locked
+    // instruction: the value is unchanged, as a `fetch_or(0)` would leave it, and no other
+    // memory or register is touched (the flags are declared clobbered). Without `nomem` the
+    // compiler must treat the block as an unknown function that may perform any atomic
+    // operation, a `SeqCst` fence included, so it orders the accesses around it as
+    // `fence(SeqCst)` does; the processor orders them by the `lock` prefix (every earlier load
+    // and store before every later one), which is what Dekker's pattern with the writer's
+    // fence needs (I8).
     unsafe {
-        std::arch::asm!("mfence", options(nostack, preserves_flags));
+        std::arch::asm!("lock or qword ptr [{0}], 0", in(reg) slot.as_ptr(), options(nostack));
     }
     #[cfg(not(all(target_arch = "x86_64", not(loom), not(miri))))]
-    fence(Ordering::SeqCst);
+    {
+        let _ = slot;
+        fence(Ordering::SeqCst);
+    }
 }
 
 /// `membarrier(2)`, where there is one to call.
