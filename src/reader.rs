@@ -116,7 +116,9 @@ const _: () = assert!(std::mem::size_of::<State>() == 64);
 // only through the one `Reader` that owns this state (`Reader::own`), which is `Send` under
 // its own conditions. The raw pointers in `Own` point into versions that reader holds (I8).
 unsafe impl Send for State {}
-// SAFETY: as above: shared references on other threads read only the atomics.
+// SAFETY: shared references on other threads (the registry, the bus's list) read only the
+// atomics `slot` and `dispatching`; the cell is accessed only by the owning `Reader`
+// (`Reader::own`, `Reader::hot`).
 unsafe impl Sync for State {}
 
 /// The generation a reader's slot holds before it first goes online: none is ever
@@ -177,7 +179,8 @@ impl<V> Reader<V> {
     #[cfg(feature = "bus")]
     #[inline(always)]
     fn hot(&self) -> &Hot {
-        // SAFETY: as in `own`: `&self` excludes `own`'s exclusive access while this lives.
+        // SAFETY: only this reader accesses the cell (other threads read the atomics
+        // alone), and `&self` excludes `own`'s exclusive access while this borrow lives.
         unsafe { &(*self.state.own.get()).hot }
     }
 

@@ -69,11 +69,14 @@ pub(crate) struct Version<V> {
     pub geo: Geometry,
 }
 
-// SAFETY: the raw pointers in `hot` point into `_arrays` and `storage`, which the version
-// owns a share of; sending or sharing a version sends or shares those shares (both are
-// Send + Sync for such V), and a version is immutable.
+// SAFETY: the raw pointers in `hot` point into `_arrays`, which the version holds (I1), and
+// its pieces into `storage`, of which it owns a share; sending or sharing a version sends
+// or shares those shares (both are Send + Sync for such V), and the cells its tree reaches
+// are not written while it can be read (I3).
 unsafe impl<V: Send + Sync> Send for Version<V> {}
-// SAFETY: as above.
+// SAFETY: a shared version is only read: its fields never change, the cells its tree
+// reaches are not written while it can be read (I3), and the arrays and storage it holds
+// (I1) are Sync for such V.
 unsafe impl<V: Send + Sync> Sync for Version<V> {}
 
 impl<V> Version<V> {

@@ -163,7 +163,8 @@ impl Arena {
                 }
             }
         }
-        // SAFETY: as above.
+        // SAFETY: the same block, fresh or reclaimed, which no generation anyone can read
+        // reaches, and we are the writer (I3, I4, I6).
         unsafe {
             self.write_row_cell(offset + FLAT_BASE, base as u32);
             self.write_row_cell(offset + FLAT_BASE + 1, (base >> 32) as u32);
@@ -280,7 +281,8 @@ impl Arena {
                 self.write_row_cell(offset + cap + k, piece);
             }
         }
-        // SAFETY: as above.
+        // SAFETY: the same block, fresh or reclaimed, which no table of a generation anyone
+        // can read uses, and we are the writer (I3, I4, I6).
         unsafe {
             self.write_row_cell(offset + 2 * cap, page as u32);
             self.write_row_cell(offset + 2 * cap + 1, (page >> 32) as u32);
@@ -303,7 +305,8 @@ impl Arena {
             r.cells -= FLAT_CELLS;
             return;
         }
-        // SAFETY: as above.
+        // SAFETY: the writer reads its own table block (I6): it is allocated, inside the
+        // current array, and nothing writes it meanwhile.
         let rows = unsafe { bases.table_rows(offset, table_cap(class)) }.len();
         r.free[class as usize].push(offset);
         r.tables -= 1;
@@ -353,8 +356,9 @@ impl Arena {
         let first = unit as usize * NODE_UNIT;
         assert!(first + kids.len() <= nodes.len());
         for (i, &k) in as_words(kids).iter().enumerate() {
-            // SAFETY: inside the array (checked above, blocks are flat); see the contract
-            // above for the write.
+            // SAFETY: inside the array (checked above, blocks are flat); the node is the
+            // writer's and no generation anyone can read reaches it (the contract above:
+            // I3, I4, I6), so nobody reads the cells while we write them.
             unsafe { (*nodes.base().add(first + i)).with_mut(|p| *p = k) };
         }
     }
@@ -362,13 +366,16 @@ impl Arena {
     /// Writes piece `slot`.
     pub(crate) unsafe fn write_piece(&self, slot: u32, piece: Piece) {
         let cell = self.arrays.pieces.cell(slot as usize);
-        // SAFETY: see the contract above.
+        // SAFETY: the slot is the writer's and no generation anyone can read reaches it
+        // (the contract above: I3, I4, I6), so nobody reads the cell while we write it.
         cell.with_mut(|p| unsafe { *p = piece });
     }
 
     unsafe fn write_row_cell(&self, i: usize, v: u32) {
         let cell = self.arrays.rows.cell(i);
-        // SAFETY: see the contract above.
+        // SAFETY: the cell's block is the writer's and no generation anyone can read
+        // reaches it (the contract above: I3, I4, I6), so nobody reads the cell while we
+        // write it.
         cell.with_mut(|p| unsafe { *p = v });
     }
 }

@@ -37,16 +37,20 @@ impl Bases {
     /// Entry `i` of the node at unit offset `unit`.
     #[inline(always)]
     pub(crate) unsafe fn entry(&self, unit: u32, i: usize) -> Entry {
-        // SAFETY: see the contract above: the node's cells are inside the array.
+        // SAFETY: see the contract above: the node is reachable from a generation the
+        // caller holds, so its cells are inside the array that generation holds (I1).
         let cell = unsafe { &*self.nodes.add(unit as usize * NODE_UNIT + i) };
-        // SAFETY: as above: the cell is not written while it is reachable.
+        // SAFETY: the cell was written before its generation was published (I2) and is not
+        // written while it is reachable (I3, I4).
         Entry::from_bits(cell.with(|p| unsafe { *p }))
     }
 
     /// The first `out.len()` entries of the node at unit offset `unit`.
     pub(crate) unsafe fn node_entries(&self, unit: u32, out: &mut [Entry]) {
         for (i, o) in out.iter_mut().enumerate() {
-            // SAFETY: forwarded contract.
+            // SAFETY: forwarded contract: the node is reachable from a generation the
+            // caller holds (inside its array, I1; not written meanwhile, I3, I4), and `out`
+            // is no longer than its fan-out.
             *o = unsafe { self.entry(unit, i) };
         }
     }
@@ -54,18 +58,22 @@ impl Bases {
     /// Piece `slot`.
     #[inline(always)]
     pub(crate) unsafe fn piece<'a>(&self, slot: u32) -> &'a Piece {
-        // SAFETY: see the contract above.
+        // SAFETY: see the contract above: the piece is reachable from a generation the
+        // caller holds, so its cell is inside the array that generation holds (I1).
         let cell = unsafe { &*self.pieces.add(slot as usize) };
-        // SAFETY: as above.
+        // SAFETY: the piece was written before its generation was published (I2) and is not
+        // written while it is reachable (I3, I4), so the borrow may live for 'a.
         cell.with(|p| unsafe { &*p })
     }
 
     /// The page record at row-block offset `offset`: `(page, section cell)`.
     #[inline(always)]
     pub(crate) unsafe fn record(&self, offset: u32) -> (u64, *const ()) {
-        // SAFETY: see the contract above.
+        // SAFETY: see the contract above: the record is reachable from a generation the
+        // caller holds, so its block is inside the row array that generation holds (I1).
         let first = unsafe { self.rows.add(offset as usize) };
-        // SAFETY: as above; `i < RECORD_CELLS`.
+        // SAFETY: `i < RECORD_CELLS`: a cell of that block (I1), written before publication
+        // (I2) and not written while reachable (I3, I4).
         let cell = |i: usize| unsafe { (*first.add(i)).with(|p| *p) };
         PageRecord::unpack([cell(0), cell(1), cell(2)])
     }
@@ -78,17 +86,19 @@ impl Bases {
     /// for `off == u32::MAX` still gives the right piece), then the page number in two cells.
     #[inline(always)]
     pub(crate) unsafe fn table_piece(&self, offset: u32, class: u32, off: u32) -> Option<u32> {
-        // SAFETY: see the contract above: the block is reachable, so its cells exist and are
-        // not written.
+        // SAFETY: see the contract above: the table is reachable from a generation the
+        // caller holds, so its block is inside the row array that generation holds (I1).
         let first = unsafe { self.rows.add(offset as usize) };
-        // SAFETY: as above; `i < 2 * rows`.
+        // SAFETY: `i < 2 * rows`: a start or piece of that block (I1), written before
+        // publication (I2) and not written while reachable (I3, I4).
         let cell = |i: usize| unsafe { (*first.add(i)).with(|p| *p) };
         // The starts are stored biased ([`KEY_BIAS`]): a start `<= off` is a signed `<=`.
         let key = (off ^ KEY_BIAS) as i32;
         let at_most = |i: usize| cell(i) as i32 <= key;
         let (rows, n) = if class == 0 {
             // The common table: one line, counted without a branch.
-            // SAFETY: as above: the table has `MIN_TABLE_ROWS` starts.
+            // SAFETY: `above` reads the `MIN_TABLE_ROWS` starts of this class-0 table,
+            // inside its reachable block (I1) and not written meanwhile (I3, I4).
             (
                 MIN_TABLE_ROWS,
                 MIN_TABLE_ROWS - unsafe { Self::above(first, key) },
@@ -123,8 +133,9 @@ impl Bases {
             // The cells are `repr(transparent)` `u32`s, contiguous in the array (`Cells`).
             let starts = first as *const __m128i;
             // SAFETY: SSE2 is part of the x86_64 baseline, so these intrinsics are always
-            // available; the loads read the table's first `MIN_TABLE_ROWS` cells, inside its
-            // block (the contract above).
+            // available; the loads read the table's first `MIN_TABLE_ROWS` cells, inside
+            // its reachable block (the contract above, I1), written before publication (I2)
+            // and not written meanwhile (I3, I4).
             unsafe {
                 let k = _mm_set1_epi32(key);
                 // -1 in each lane whose start is above `key`; summed across the lanes, minus
@@ -139,7 +150,8 @@ impl Bases {
         }
         #[cfg(not(all(target_arch = "x86_64", not(loom), not(miri))))]
         {
-            // SAFETY: as above; `i < MIN_TABLE_ROWS`.
+            // SAFETY: `i < MIN_TABLE_ROWS`: a start of the reachable table block (the
+            // contract above, I1), not written meanwhile (I3, I4).
             let cell = |i: usize| unsafe { (*first.add(i)).with(|p| *p) } as i32;
             (0..MIN_TABLE_ROWS).filter(|&i| cell(i) > key).count()
         }
@@ -154,8 +166,8 @@ impl Bases {
     /// matches and OR-ed together.
     #[inline(always)]
     pub(crate) unsafe fn flat_entry(&self, offset: u32, key: u32) -> Entry {
-        // SAFETY: see the contract above: the block is reachable, so its cells exist and are
-        // not written.
+        // SAFETY: see the contract above: the flat node is reachable from a generation the
+        // caller holds, so its block is inside the row array that generation holds (I1).
         let first = unsafe { self.rows.add(offset as usize) };
         let key = (key ^ KEY_BIAS) as i32;
         #[cfg(all(target_arch = "x86_64", not(loom), not(miri)))]
@@ -167,8 +179,9 @@ impl Bases {
             let next = first.wrapping_add(1) as *const __m128i;
             let entries = first.wrapping_add(FLAT_ENTRIES) as *const __m128i;
             // SAFETY: SSE2 is part of the x86_64 baseline, so these intrinsics are always
-            // available; the loads read cells `0 .. FLAT_ENTRIES + FLAT_ROWS` of the block,
-            // inside it (see the contract above for the reads).
+            // available; the loads read cells `0 .. FLAT_ENTRIES + FLAT_ROWS` of the
+            // reachable block, inside it (I1), written before publication (I2) and not
+            // written meanwhile (I3, I4).
             let bits = unsafe {
                 let k = _mm_set1_epi32(key);
                 let lane = |j: usize| {
@@ -200,7 +213,8 @@ impl Bases {
         }
         #[cfg(not(all(target_arch = "x86_64", not(loom), not(miri))))]
         {
-            // SAFETY: as above; `i < FLAT_ENTRIES + FLAT_ROWS`.
+            // SAFETY: `i < FLAT_ENTRIES + FLAT_ROWS`: a cell of the reachable block (I1),
+            // written before publication (I2) and not written meanwhile (I3, I4).
             let cell = |i: usize| unsafe { (*first.add(i)).with(|p| *p) };
             let mut bits = 0;
             for i in 0..FLAT_ROWS {
@@ -215,9 +229,11 @@ impl Bases {
     /// The runs of a flat node (see [`Bases::flat_entry`]) as (low 32 bits of the first page,
     /// entry bits), and the first page of its span.
     pub(crate) unsafe fn flat_rows(&self, offset: u32) -> (Vec<(u32, u32)>, u64) {
-        // SAFETY: see the contract above.
+        // SAFETY: see the contract above: the flat node is reachable from a generation the
+        // caller holds, so its block is inside the row array that generation holds (I1).
         let first = unsafe { self.rows.add(offset as usize) };
-        // SAFETY: as above; `i < FLAT_CELLS`.
+        // SAFETY: `i < FLAT_CELLS`: a cell of that block (I1), written before publication
+        // (I2) and not written while reachable (I3, I4).
         let cell = |i: usize| unsafe { (*first.add(i)).with(|p| *p) };
         let n = cell(FLAT_BASE + 2) as usize;
         let rows = (0..n)
@@ -230,9 +246,12 @@ impl Bases {
     /// The page (number) a sub-page table (see [`Bases::table_piece`]) is for: the two cells
     /// after its rows.
     pub(crate) unsafe fn table_page(&self, offset: u32, rows: usize) -> u64 {
-        // SAFETY: see the contract above.
+        // SAFETY: see the contract above: the table is reachable from a generation the
+        // caller holds, and its page is in the two cells after its `2 * rows` rows, inside
+        // its block (I1).
         let first = unsafe { self.rows.add(offset as usize + 2 * rows) };
-        // SAFETY: as above.
+        // SAFETY: cells 0 and 1 from there, the block's last two (I1), written before
+        // publication (I2) and not written while reachable (I3, I4).
         let cell = |i: usize| unsafe { (*first.add(i)).with(|p| *p) } as u64;
         cell(0) | cell(1) << 32
     }
@@ -240,9 +259,11 @@ impl Bases {
     /// The real rows of a sub-page table (see [`Bases::table_piece`]), as (page offset,
     /// piece): the rows before the padding, which repeats the last piece.
     pub(crate) unsafe fn table_rows(&self, offset: u32, rows: usize) -> Vec<(u32, u32)> {
-        // SAFETY: see the contract above.
+        // SAFETY: see the contract above: the table is reachable from a generation the
+        // caller holds, so its block is inside the row array that generation holds (I1).
         let first = unsafe { self.rows.add(offset as usize) };
-        // SAFETY: as above; `i < 2 * rows`.
+        // SAFETY: `i < 2 * rows`: a start or piece of that block (I1), written before
+        // publication (I2) and not written while reachable (I3, I4).
         let cell = |i: usize| unsafe { (*first.add(i)).with(|p| *p) };
         let mut out: Vec<(u32, u32)> = Vec::with_capacity(rows);
         for i in 0..rows {

@@ -19,7 +19,9 @@ pub(super) struct Block<T, const N: usize>([UnsafeCell<T>; N]);
 // can be read (I3), and read through generations that keep the array alive: sharing the
 // array between threads is sharing `T`s that are never written while shared.
 unsafe impl<T: Send + Sync, const N: usize> Sync for Cells<T, N> {}
-// SAFETY: as above; the array owns its `T`s.
+// SAFETY: the array owns its `T`s (`T: Send`): moving it, or its last `Arc`, to another
+// thread moves them, and other threads reach its cells only through versions that hold it
+// (I1).
 unsafe impl<T: Send + Sync, const N: usize> Send for Cells<T, N> {}
 
 impl<T: Copy + Default, const N: usize> Cells<T, N> {

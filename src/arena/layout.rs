@@ -82,10 +82,11 @@ pub(crate) struct Piece {
 }
 
 // SAFETY: a piece is plain data; its section address is only dereferenced through
-// `Storage::value`, whose contract (a generation holding the piece is held) makes the read
-// sound on any thread.
+// `Storage::value`, whose contract (a generation holding the piece is held: the cell does
+// not move, I1, and holds a value, I5) makes the read sound on any thread.
 unsafe impl Send for Piece {}
-// SAFETY: as above.
+// SAFETY: a shared piece is only read (plain data); its section address is dereferenced
+// only through `Storage::value`, under a held generation (I1, I5), on whichever thread.
 unsafe impl Sync for Piece {}
 
 impl Default for Piece {

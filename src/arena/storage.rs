@@ -37,7 +37,9 @@ impl<V> Default for SectionCell<V> {
 // must be Sync; values are dropped on the writer thread or wherever the storage goes last,
 // so V must be Send. Cells are written only when unreachable (I3).
 unsafe impl<V: Send + Sync> Send for Storage<V> {}
-// SAFETY: as above.
+// SAFETY: a shared storage hands out `&V` only from section cells that nothing writes while
+// a generation anyone can read reaches them (I3, I4), hence `V: Sync`; the live bits and
+// every write are the writer's, through its one handle (I6).
 unsafe impl<V: Send + Sync> Sync for Storage<V> {}
 
 /// The writer's handle on a [`Storage`]: every write to node base pages and section values
@@ -56,7 +58,8 @@ impl<V> Storage<V> {
     unsafe fn set_live(&self, slot: u32, on: bool) -> bool {
         let (word, bit) = (slot as usize / 64, 1u64 << (slot % 64));
         self.live.with_mut(|p| {
-            // SAFETY: forwarded contract: nobody else touches the bits meanwhile.
+            // SAFETY: forwarded contract: the caller is the writer (I6) or owns the
+            // storage, so nobody else touches the bits meanwhile.
             let live = unsafe { &mut *p };
             if live.len() <= word {
                 live.resize(word + 1, 0);
@@ -74,7 +77,9 @@ impl<V> Storage<V> {
     /// and the node is allocated (I2, I3).
     pub(crate) unsafe fn node_base(&self, unit: u32, fanout: usize) -> u64 {
         let slot = unit / (fanout.max(NODE_UNIT) / NODE_UNIT) as u32;
-        // SAFETY: forwarded contract.
+        // SAFETY: forwarded contract: the node's slot was made available before this call
+        // (I2, or by the writer itself), and nothing writes its cell meanwhile (I3; only
+        // the writer writes, I6).
         unsafe { self.node_base.cell(slot).with(|p| *p) }
     }
 
@@ -90,8 +95,9 @@ impl<V> Storage<V> {
     #[inline(always)]
     pub(crate) unsafe fn value<'a>(piece: &Piece) -> &'a V {
         let cell = piece.section as *const UnsafeCell<SectionCell<V>>;
-        // SAFETY: `piece.section` was set by the writer from a live section cell of this
-        // storage (forwarded contract).
+        // SAFETY: forwarded contract: `piece.section` is the cell of a section of this
+        // storage that a held generation reaches; the cell never moves and lives as long as
+        // the storage (I1), and holds a value written before publication (I2, I5).
         unsafe { cell_value(&*cell) }
     }
 
@@ -112,7 +118,8 @@ impl<V> Storage<V> {
                 .wrapping_add(align * (slot as usize + 1))
                 .cast();
         }
-        // SAFETY: forwarded contract.
+        // SAFETY: forwarded contract: `slot` was made available with `ensure_section`
+        // before this call (I2), so its chunk exists; taking the address reads nothing.
         unsafe { self.sections.cell(slot) as *const _ as *const () }
     }
 
@@ -122,12 +129,15 @@ impl<V> Storage<V> {
     /// The caller is the writer (I6), or owns the storage; no generation anyone can still
     /// read reaches the slot (I3, I4).
     unsafe fn take(&self, slot: u32) -> Option<V> {
-        // SAFETY: forwarded contract.
+        // SAFETY: forwarded contract: the caller is the writer (I6) or owns the storage, as
+        // `set_live` requires.
         if !unsafe { self.set_live(slot, false) } {
             return None;
         }
-        // SAFETY: forwarded contract; the slot was live, so its cell holds a value, which
-        // is moved out once (its bit is clear now).
+        // SAFETY: the slot was live, so its chunk exists and its cell holds a value, which
+        // is moved out once (its bit is clear now); no generation anyone can read reaches
+        // the slot (I3, I4) and the caller is the writer (I6) or owns the storage
+        // (forwarded contract): nobody else reads or writes the cell.
         Some(unsafe {
             self.sections
                 .cell(slot)
@@ -165,7 +175,9 @@ impl<V> StorageWriter<V> {
     pub(crate) unsafe fn write_node_base(&mut self, unit: u32, fanout: usize, base: u64) {
         let slot = unit / (fanout.max(NODE_UNIT) / NODE_UNIT) as u32;
         self.storage.node_base.ensure(slot);
-        // SAFETY: forwarded contract.
+        // SAFETY: the chunk was made available just above; the node is the writer's and
+        // unreachable (forwarded contract: I3, I4, I6), so nobody reads the cell while we
+        // write it.
         unsafe { self.storage.node_base.cell(slot).with_mut(|p| *p = base) };
     }
 
@@ -178,17 +190,21 @@ impl<V> StorageWriter<V> {
     /// See above; `slot` was made available with [`StorageWriter::ensure_section`].
     pub(crate) unsafe fn write_section(&mut self, slot: u32, value: V) -> *const () {
         let s = &*self.storage;
-        // SAFETY: forwarded contract.
+        // SAFETY: `slot` was made available with `ensure_section` (the contract above),
+        // earlier in the writer (I6), so its chunk exists.
         let cell = unsafe { s.sections.cell(slot) };
         // SAFETY: we are the writer (this handle, I6).
         let was = unsafe { s.set_live(slot, true) };
         debug_assert!(!was, "section slot {slot} written while live");
         cell.with_mut(|p| {
-            // SAFETY: as above: nobody else reads or writes the cell now; it held no value
-            // (a live slot is never handed out again before `take_section`).
+            // SAFETY: no generation anyone can read reaches the slot (the contract above:
+            // I3, I4) and we are the writer (I6): nobody else reads or writes the cell now;
+            // it held no value (a live slot is never handed out again before
+            // `take_section`).
             unsafe { (*p).0.write(value) };
         });
-        // SAFETY: forwarded contract.
+        // SAFETY: `slot` was made available with `ensure_section` (the contract above),
+        // earlier in the writer (I6).
         unsafe { s.section_addr(slot) }
     }
 
@@ -205,18 +221,20 @@ impl<V> StorageWriter<V> {
     /// # Safety
     /// See above.
     pub(crate) unsafe fn take_section(&mut self, slot: u32) -> Option<V> {
-        // SAFETY: forwarded contract; we are the writer (this handle, I6).
+        // SAFETY: forwarded contract: no generation anyone can read reaches the slot
+        // (I3, I4); we are the writer (this handle, I6).
         unsafe { self.storage.take(slot) }
     }
 }
 
 impl<V> Drop for Storage<V> {
     fn drop(&mut self) {
-        // SAFETY: we own the storage (`&mut self`): no generation can be read any more.
+        // SAFETY: we own the storage (`&mut self`), so nothing else touches the live bits.
         let slots = self.live.with_mut(|p| unsafe { (*p).len() } * 64) as u32;
         // Values may run user code that panics: each live one is taken out (its bit cleared,
         // so once) and dropped on its own (`drops.rs`); the slab frees the chunks afterwards.
-        // SAFETY: as above: we own the storage, the writer's role included.
+        // SAFETY: we own the storage (`&mut self`), which `take` accepts in place of the
+        // writer (I6); every version holds an `Arc` of it, so none is left to reach a slot.
         crate::drops::drop_all((0..slots).filter_map(|slot| unsafe { self.take(slot) }));
     }
 }

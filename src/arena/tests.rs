@@ -50,7 +50,9 @@ fn grown_arrays_keep_their_cells_and_old_ones_stay_valid() {
     for (unit, then, kids) in &nodes {
         let then = then.bases();
         for (i, k) in kids.iter().enumerate() {
-            // SAFETY: written above; every array that held the node is still alive.
+            // SAFETY: written above; `then` and `now` are arrays that held the node, still
+            // alive (`nodes` keeps them), and a grown array keeps the cells of the one it
+            // copied, which is never written again (I1).
             unsafe {
                 assert_eq!(then.entry(*unit, i), *k);
                 assert_eq!(now.entry(*unit, i), *k);
@@ -99,11 +101,12 @@ fn flat_nodes_find_each_key_in_its_run_and_nothing_outside() {
             } else {
                 runs.iter().rev().find(|r| r.0 <= key).unwrap().1
             };
-            // SAFETY: the writer's own block, single-threaded.
+            // SAFETY: the block `alloc_flat` wrote above, in the current arrays;
+            // single-threaded, so nothing writes it meanwhile.
             let got = unsafe { bases.flat_entry(offset, key) };
             assert_eq!(got, Entry::from_bits(want), "key {key:#x} of {runs:x?}");
         }
-        // SAFETY: as above.
+        // SAFETY: the same block, written above by `alloc_flat`; single-threaded.
         let (rows, _) = unsafe { bases.flat_rows(offset) };
         assert_eq!(rows, runs);
     };
@@ -131,9 +134,9 @@ fn tables_pad_to_a_line_and_find_their_rows() {
     let bases = arena.arrays().bases();
     // SAFETY: written above, single-threaded.
     let find = |off| unsafe { bases.table_piece(offset, class, off) };
-    // SAFETY: as above.
+    // SAFETY: the table `alloc_table` wrote above, in the current arrays; single-threaded.
     assert_eq!(unsafe { bases.table_rows(offset, 8) }, rows.to_vec());
-    // SAFETY: as above.
+    // SAFETY: the table `alloc_table` wrote above, in the current arrays; single-threaded.
     assert_eq!(unsafe { bases.table_page(offset, 8) }, 1 << 40);
     for (off, want) in [
         (0xf, None),
@@ -152,15 +155,18 @@ fn tables_pad_to_a_line_and_find_their_rows() {
     let bases = arena.arrays().bases();
     for off in 0..0x200u32 {
         let want = big.iter().rposition(|&(s, _)| s <= off).map(|i| big[i].1);
-        // SAFETY: as above.
+        // SAFETY: the second table, written above by `alloc_table`, in the current arrays;
+        // single-threaded.
         assert_eq!(
-            // SAFETY: as above.
+            // SAFETY: the second table, written above by `alloc_table`, in the current
+            // arrays; single-threaded.
             unsafe { bases.table_piece(offset, class, off) },
             want,
             "{off:#x}"
         );
     }
-    // SAFETY: as above.
+    // SAFETY: the second table, written above by `alloc_table`, in the current arrays;
+    // single-threaded.
     assert_eq!(unsafe { bases.table_rows(offset, cap) }, big);
 }
 
@@ -174,7 +180,8 @@ fn values_in_sections_are_dropped_with_the_storage() {
         section: cell,
         ..Piece::default()
     };
-    // SAFETY: holds Some, nobody writes it.
+    // SAFETY: `piece.section` is the cell written above, which holds its value until
+    // `storage` is dropped below; single-threaded, so nothing writes it meanwhile.
     assert_eq!(unsafe { Storage::<String>::value(&piece) }, "pc.ram");
     drop(storage); // Miri reports a leak if the String is not dropped.
 }

@@ -156,7 +156,8 @@ impl<'g, V> TreeRef<'g, V> {
     /// The piece holding `addr`, if any: one load per level, then the final range check.
     #[inline(always)]
     pub(crate) fn find(self, addr: u64) -> Option<Found<'g, V>> {
-        // SAFETY: the header is this tree's own, borrowed for 'g.
+        // SAFETY: the header is this version's own, borrowed for 'g: its tree is readable
+        // for 'g (the version invariant, I4).
         unsafe { find_in(self.version.hot, addr) }
     }
 }

@@ -61,7 +61,10 @@ impl<'g, V> TreeRef<'g, V> {
                 }
                 Kind::Subpage(class, offset) => {
                     let rows = table_cap(class);
-                    // SAFETY: see the accessors above (I1-I4).
+                    // SAFETY: `offset` comes from a table entry of this tree, held for 'g
+                    // (I4), and `rows` is its class's: the block is inside the row array
+                    // the version holds (I1), written before publication (I2) and not
+                    // written meanwhile (I3).
                     let page = unsafe { self.version.hot.bases.table_page(offset, rows) };
                     return (page == addr >> geo.page_bits).then_some(TreeEntry::new(e));
                 }

@@ -45,14 +45,18 @@ impl<'g, V> TreeRef<'g, V> {
     #[inline(always)]
     pub(super) fn entry(self, node: u32, i: usize) -> Entry {
         debug_assert!(i < self.version.geo.fanout);
-        // SAFETY: see above (I1-I4).
+        // SAFETY: `node` comes from an entry of this tree, held for 'g (the version
+        // invariant, I4): its cells are inside the array the version holds (I1), written
+        // before publication (I2) and not written meanwhile (I3).
         unsafe { self.version.hot.bases.entry(node, i) }
     }
 
     /// First page of the node at unit offset `node`.
     pub(super) fn base_of(self, node: u32) -> u64 {
         let v = self.version;
-        // SAFETY: see above (I1-I4).
+        // SAFETY: `node` comes from an entry of this tree, held for 'g (I4): its base cell
+        // is in a slab chunk that never moves (I1), written before publication (I2) and not
+        // written meanwhile (I3).
         unsafe { v.storage.node_base(node, v.geo.fanout) }
     }
 
@@ -60,12 +64,16 @@ impl<'g, V> TreeRef<'g, V> {
     pub(super) fn piece_at(self, id: u32) -> PieceRef<'g> {
         let (bases, page_mask) = (self.version.hot.bases, self.version.hot.page_mask());
         let (piece, record) = if id & RECORD != 0 {
-            // SAFETY: see above (I1-I4).
+            // SAFETY: `id` comes from an entry of this tree, held for 'g (I4): the record
+            // is inside the row array the version holds (I1), written before publication
+            // (I2), not written meanwhile (I3).
             let (page, section) = unsafe { bases.record(id & !RECORD) };
             let start = page << self.version.geo.page_bits;
             (record_piece(start, page_mask, section), true)
         } else {
-            // SAFETY: see above (I1-I4).
+            // SAFETY: `id` comes from an entry of this tree, held for 'g (I4): the piece is
+            // inside the array the version holds (I1), written before publication (I2) and
+            // not written meanwhile (I3).
             (*unsafe { bases.piece(id) }, false)
         };
         PieceRef {
@@ -79,7 +87,9 @@ impl<'g, V> TreeRef<'g, V> {
     /// slot).
     pub(super) fn table_at(self, class: u32, offset: u32) -> Vec<(u64, u32)> {
         let (bases, rows) = (self.version.hot.bases, table_cap(class));
-        // SAFETY: see above (I1-I4).
+        // SAFETY: `offset` comes from a table entry of this tree, held for 'g (I4), and
+        // `rows` is its class's: the block is inside the row array the version holds (I1),
+        // written before publication (I2) and not written meanwhile (I3).
         let (page, raw) = unsafe {
             (
                 bases.table_page(offset, rows),
@@ -94,7 +104,9 @@ impl<'g, V> TreeRef<'g, V> {
 
     /// The runs of the flat node at `offset`, as (first page, entry).
     pub(super) fn flat_at(self, _class: u32, offset: u32) -> Vec<(u64, Entry)> {
-        // SAFETY: see above (I1-I4).
+        // SAFETY: `offset` comes from a flat entry of this tree, held for 'g (I4): the
+        // block is inside the row array the version holds (I1), written before publication
+        // (I2), not written meanwhile (I3).
         let (rows, base) = unsafe { self.version.hot.bases.flat_rows(offset) };
         // Rows keep the low 32 bits of the page: the span never crosses a multiple of 2^32
         // pages (rule 3 of `canon.rs`).
@@ -105,7 +117,9 @@ impl<'g, V> TreeRef<'g, V> {
 
     /// The first page of the span of the flat node at `offset`.
     pub(super) fn flat_base(self, _class: u32, offset: u32) -> u64 {
-        // SAFETY: see above (I1-I4).
+        // SAFETY: `offset` comes from a flat entry of this tree, held for 'g (I4): the
+        // block is inside the row array the version holds (I1), written before publication
+        // (I2), not written meanwhile (I3).
         unsafe { self.version.hot.bases.flat_rows(offset) }.1
     }
 
