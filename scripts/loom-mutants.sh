@@ -75,7 +75,7 @@ run "a published section freed at commit with the never-published ones" \
   src/writer/mod.rs 'if self\.sections\.published\[i\] \{' 'if false {'
 # Readers (reader.rs, qsbr.rs) and the publication point (sync.rs).
 run "reader keeps its remembered piece across a refresh" \
-  src/reader.rs 'own\.hot = hot;\n            remembered\.mru = 0;' 'own.hot = hot;\n            let _ = remembered;'
+  src/reader.rs 'self\.hot = \*hot;\n        self\.mru = 0;' 'self.hot = *hot;'
 run "reader never catches up with the publisher" \
   src/reader.rs 'if newest != self\.held\(\) \{' 'let _ = newest;\n        if self.held() & OFFLINE != 0 {'
 run "a reader going offline does not clear its announcement" \
@@ -85,7 +85,7 @@ run "announcement weakened to Relaxed" \
 run "going offline weakened to Relaxed" \
   src/qsbr.rs 'self\.state\.store\(self\.held\(\) \| OFFLINE, Ordering::Release\);' 'self.state.store(self.held() | OFFLINE, Ordering::Relaxed);'
 BARRIER=fence run "entering a generation without the reader's fence" \
-  src/qsbr.rs '            barrier\.reader\(\);\n' ''
+  src/qsbr.rs '            barrier\.reader\(&self\.state\);\n' ''
 run "entering a generation without checking it after the announcement" \
   src/qsbr.rs 'if latest\.generation_relaxed\(\) == g \{' 'if true {'
 BARRIER=fence run "the writer reads the announcements without its fence" \
