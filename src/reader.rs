@@ -70,14 +70,11 @@ pub struct Reader<V> {
     /// for going online again in the same generation; [`Hot::NONE`] before the first. (The
     /// state holds the same copy for the bus's dispatches: `enter` writes both.)
     hot: Hot,
-    /// The last piece answered from, a piece of the held generation (0 for none, [`IN_LAST`]
-    /// for the page record copied into `last`): its address, with in the low bits (pieces
-    /// are 32-byte aligned in their array) how many lookups in a row the walk found it
-    /// again, up to [`REPEATS`] (see [`Reader::lookup`]). One word, so that remembering
-    /// costs one load and one store.
-    mru: usize,
+    /// The last piece answered from, a piece of the held generation, and how many walks in
+    /// a row found it ([`Mru`]; see [`Reader::lookup`]).
+    mru: Mru,
     /// The piece of the last page record answered from (a record has no cell of its own in
-    /// the piece array); meaningful while `mru` says [`IN_LAST`].
+    /// the piece array); meaningful while `mru`'s piece is [`IN_LAST`].
     last: Piece,
 }
 
@@ -127,11 +124,49 @@ const NEVER: u64 = OFFLINE | (OFFLINE - 1);
 
 /// Repeats after which the remembered piece is tried first; also the most the count holds.
 const REPEATS: usize = 2;
-/// `Reader::mru`'s address for "the piece in `Reader::last`": a multiple of 8 that is no
-/// piece's address (the reader's own address would not do: it moves).
+/// [`Mru`]'s address for "the piece in `Reader::last`": a multiple of 8 that is no piece's
+/// address (the reader's own address would not do: it moves).
 const IN_LAST: usize = 8;
-/// The bits of `Reader::mru` that hold the count.
-const COUNT: usize = 3;
+
+/// The remembered piece, in one word (so that remembering costs one load and one store):
+///
+/// ```text
+///  63 ............................ 2 | 1 0
+///  the piece's address (0: none,      | how many walks in a row found it
+///  IN_LAST: the record copy)          | (at most REPEATS)
+/// ```
+///
+/// Pieces are 32-byte aligned in their array and `IN_LAST` is a multiple of 8, so the
+/// address leaves the two low bits free.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Mru(usize);
+
+impl Mru {
+    /// The bits that hold the count.
+    const COUNT: usize = 3;
+    const NONE: Mru = Mru(0);
+
+    /// The remembered piece's address (0 for none, [`IN_LAST`] for `Reader::last`).
+    #[inline(always)]
+    fn piece(self) -> usize {
+        self.0 & !Self::COUNT
+    }
+
+    /// How many walks in a row found the piece.
+    #[inline(always)]
+    fn count(self) -> usize {
+        self.0 & Self::COUNT
+    }
+
+    /// After a walk that found the piece at `piece`: that piece, its count one more (up to
+    /// [`REPEATS`]) if it is the one remembered, else 0.
+    #[inline(always)]
+    fn after_walk(self, piece: usize) -> Mru {
+        debug_assert_eq!(piece & Self::COUNT, 0, "pieces are aligned");
+        let count = (self.count() + 1).min(REPEATS) * (piece == self.piece()) as usize;
+        Mru(piece | count)
+    }
+}
 
 impl Announcer for State {
     fn slot(&self) -> &Slot {
@@ -162,7 +197,7 @@ impl<V> Reader<V> {
             shared,
             held: NEVER,
             hot: Hot::NONE,
-            mru: 0,
+            mru: Mru::NONE,
             last: crate::view::NO_PIECE,
         }
     }
@@ -239,18 +274,18 @@ impl<V> Reader<V> {
     fn adopt(&mut self, hot: &Hot) {
         self.own().hot = *hot;
         self.hot = *hot;
-        self.mru = 0;
+        self.mru = Mru::NONE;
     }
 
     /// The piece holding `addr` in the generation the reader holds (it must be online).
     #[inline(always)]
     fn find(&mut self, addr: u64) -> Option<Found<'_, V>> {
-        let (mru, count) = (self.mru & !COUNT, self.mru & COUNT);
-        if count >= REPEATS {
-            let at = if mru == IN_LAST {
+        let mru = self.mru;
+        if mru.count() >= REPEATS {
+            let at = if mru.piece() == IN_LAST {
                 &self.last as *const Piece
             } else {
-                mru as *const Piece
+                mru.piece() as *const Piece
             };
             // SAFETY: `at` is a piece of the held generation or `last`, a record's piece of
             // it (the count is reset with the generation; no found piece is at address 0),
@@ -269,8 +304,7 @@ impl<V> Reader<V> {
         } else {
             found.cell() as usize
         };
-        let count = (count + 1).min(REPEATS) * (p == mru) as usize;
-        self.mru = p | count;
+        self.mru = mru.after_walk(p);
         Some(found)
     }
 
@@ -427,5 +461,32 @@ impl<V> Drop for Reader<V> {
         self.offline();
         let owner: StdArc<dyn Announcer> = self.state.clone();
         self.shared.registry.deregister(&owner);
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    /// The remembered word's two fields round-trip, and its count follows the walks.
+    #[test]
+    fn the_remembered_word_packs_a_piece_and_a_count() {
+        let (a, b) = (0x7f00_1000usize, 0x7f00_1020usize);
+        assert_eq!((Mru::NONE.piece(), Mru::NONE.count()), (0, 0));
+        let m = Mru::NONE.after_walk(a);
+        assert_eq!((m.piece(), m.count()), (a, 0), "a new piece starts at 0");
+        let m = m.after_walk(a);
+        assert_eq!((m.piece(), m.count()), (a, 1));
+        let m = m.after_walk(a).after_walk(a).after_walk(a);
+        assert_eq!(
+            (m.piece(), m.count()),
+            (a, REPEATS),
+            "the count stops at REPEATS"
+        );
+        let m = m.after_walk(b);
+        assert_eq!((m.piece(), m.count()), (b, 0), "another piece starts over");
+        let m = m.after_walk(IN_LAST).after_walk(IN_LAST);
+        assert_eq!((m.piece(), m.count()), (IN_LAST, 1));
+        assert!(REPEATS <= Mru::COUNT, "the count fits its bits");
     }
 }
