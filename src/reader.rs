@@ -141,6 +141,9 @@ const IN_LAST: usize = 8;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Mru(usize);
 
+// The count fits its bits, and `IN_LAST` leaves them free.
+const _: () = assert!(REPEATS <= Mru::COUNT && IN_LAST & Mru::COUNT == 0);
+
 impl Mru {
     /// The bits that hold the count.
     const COUNT: usize = 3;
@@ -487,6 +490,5 @@ mod tests {
         assert_eq!((m.piece(), m.count()), (b, 0), "another piece starts over");
         let m = m.after_walk(IN_LAST).after_walk(IN_LAST);
         assert_eq!((m.piece(), m.count()), (IN_LAST, 1));
-        assert!(REPEATS <= Mru::COUNT, "the count fits its bits");
     }
 }
