@@ -222,12 +222,6 @@ impl<V> Reader<V> {
         unsafe { &(*self.state.own.get()).hot }
     }
 
-    /// The generation the slot holds (or [`OFFLINE`] with the last one).
-    #[inline(always)]
-    fn held(&self) -> u64 {
-        self.held
-    }
-
     /// The map's publication cell.
     #[inline(always)]
     fn latest(&self) -> &Latest<Version<V>> {
@@ -239,7 +233,7 @@ impl<V> Reader<V> {
     #[inline(always)]
     fn current(&mut self) {
         let newest = self.latest().generation_relaxed();
-        if newest != self.held() {
+        if newest != self.held {
             self.catch_up();
         }
     }
@@ -345,7 +339,7 @@ impl<V> Reader<V> {
         } else {
             self.enter();
         }
-        self.held()
+        self.held
     }
 
     /// The lookup of a bus dispatch, after [`dispatch_online`](Reader::dispatch_online): the
@@ -375,7 +369,7 @@ impl<V> Reader<V> {
     /// The generation that answered the last [`lookup`](Reader::lookup) (0 before any).
     /// Does not refresh: use it to tie an answer to the generation it came from.
     pub fn last_generation(&self) -> u64 {
-        match self.held() {
+        match self.held {
             NEVER => 0,
             held => held & !OFFLINE,
         }
@@ -418,7 +412,7 @@ impl<V> Reader<V> {
     /// Whether the reader holds a generation (between a lookup and [`offline`](Reader::offline)).
     #[inline(always)]
     pub fn is_online(&self) -> bool {
-        self.held() & OFFLINE == 0
+        self.held & OFFLINE == 0
     }
 
     /// Marks a bus dispatch in progress on this reader, whose frame is at `frame` (it counts

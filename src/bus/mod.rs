@@ -251,9 +251,8 @@ impl<D: ?Sized + Send + Sync> Bus<D> {
 
     /// A dispatcher for one vCPU thread.
     pub fn vcpu(&self) -> BusVcpu<D> {
-        let reader = self.map.reader();
+        let mut reader = self.map.reader();
         dispatchers::add(reader.dispatch_mark());
-        let mut reader = reader;
         reader.set_bus_score(Recent::<D>::ON);
         BusVcpu {
             reader,
