@@ -77,9 +77,9 @@ fn main() {
     if json {
         let r = &report;
         println!(
-            "{{\"bus\":\"{:?}\",\"vcpus\":{},\"control_plane\":{},\"seconds\":{:.3},\"exits\":{:?},\"exits_per_s\":{:.0},\"dispatch_ns\":{:.1},\"dispatch_mean_ns\":{:.1},\"bar_moves\":{},\"block_changes\":{},\"rom_toggles\":{},\"memslot_updates\":{},\"misroutes\":{},\"guest_errors\":{},\"memslots_match\":{}}}",
+            "{{\"bus\":\"{:?}\",\"vcpus\":{},\"control_plane\":{},\"seconds\":{:.3},\"exits\":{:?},\"exits_per_s\":{:.0},\"dispatch_ns\":{:.1},\"dispatch_mean_ns\":{:.1},\"after_commit_share\":{:.5},\"after_commit_mean_ns\":{:.1},\"bar_moves\":{},\"block_changes\":{},\"rom_toggles\":{},\"memslot_updates\":{},\"misroutes\":{},\"guest_errors\":{},\"memslots_match\":{}}}",
             opts.bus, opts.vcpus, opts.control_plane, r.elapsed, r.exits,
-            r.total_exits() as f64 / r.elapsed, r.dispatch_ns, r.dispatch_mean_ns, r.bar_moves, r.block_changes,
+            r.total_exits() as f64 / r.elapsed, r.dispatch_ns, r.dispatch_mean_ns, r.after_commit_share, r.after_commit_mean_ns, r.bar_moves, r.block_changes,
             r.rom_toggles, r.memslot_updates, r.misroutes, r.guest_error_count(), r.memslots_match
         );
         std::process::exit(if report.failed() { 1 } else { 0 });
@@ -103,6 +103,13 @@ fn main() {
         report.dispatch_ns,
         report.dispatch_mean_ns
     );
+    if report.after_commit_share > 0.0 {
+        println!(
+            "  first exits in a new bus generation: {:.2} % of exits, {:.1} ns mean",
+            report.after_commit_share * 100.0,
+            report.after_commit_mean_ns
+        );
+    }
     println!(
         "  control plane: {} BAR moves, {} block plug/unplugs, {} ROM toggles, {} memslot updates from diffs",
         report.bar_moves, report.block_changes, report.rom_toggles, report.memslot_updates
