@@ -293,7 +293,7 @@ impl<V> Reader<V> {
                 return Some(found);
             }
         }
-        let found = Self::walk(&self.hot, addr)?;
+        let found = Self::walk::<false>(&self.hot, addr)?;
         // A page record's piece has no cell: copied to `last`.
         let p = if found.cell().is_null() {
             self.last = *found.piece();
@@ -308,10 +308,10 @@ impl<V> Reader<V> {
     /// The walk from the root of the held generation, given the reader's `hot` (the reader
     /// must be online).
     #[inline(always)]
-    fn walk(hot: &Hot, addr: u64) -> Option<Found<'_, V>> {
+    fn walk<const LOW: bool>(hot: &Hot, addr: u64) -> Option<Found<'_, V>> {
         // SAFETY: `hot` is the header of the generation the reader announced (`enter`
         // copied it), which is held while the answer borrows the reader (I8).
-        unsafe { find_in::<V>(*hot, addr) }
+        unsafe { find_in::<V, LOW>(*hot, addr) }
     }
 
     /// Looks `addr` up in the newest published generation.
@@ -347,7 +347,7 @@ impl<V> Reader<V> {
     #[cfg(feature = "bus")]
     #[inline(always)]
     pub(crate) fn dispatch_lookup(&self, addr: u64) -> Option<Hit<'_, V>> {
-        let found = Self::walk(self.hot(), addr)?;
+        let found = Self::walk::<true>(self.hot(), addr)?;
         Some(Hit::new(found.value(), found.piece(), addr))
     }
 

@@ -20,6 +20,11 @@ pub(crate) struct Hot {
     /// (not a field of its own: the default layout's walk, which never needs it, then keeps
     /// one register more).
     page_mask: u32,
+    /// Where the walk of every address below 4 GiB goes on from after the levels in which
+    /// all such addresses take child 0 ([`TreeRef::low_start`](crate::view::TreeRef::low_start)):
+    /// the walks that matter most (legacy MMIO, port I/O, low RAM) skip the root and the
+    /// levels above the one that splits the low 4 GiB. (In what would be padding.)
+    pub low: Entry,
     pub bases: Bases,
 }
 
@@ -33,6 +38,7 @@ impl Hot {
         root: Entry::EMPTY,
         mask: 0,
         page_mask: 0,
+        low: Entry::EMPTY,
         bases: Bases::NULL,
     };
 
@@ -87,18 +93,21 @@ impl<V> Version<V> {
         storage: Arc<Storage<V>>,
         geo: Geometry,
     ) -> Self {
-        Version {
+        let mut version = Version {
             hot: Hot {
                 root,
                 // Both fit: `Config` allows at most 16 bits a level and 32-bit pages.
                 mask: geo.mask as u32,
                 page_mask: geo.page_mask() as u32,
+                low: root,
                 bases: arrays.bases(),
             },
             generation,
             _arrays: arrays,
             storage,
             geo,
-        }
+        };
+        version.hot.low = version.tree().low_start();
+        version
     }
 }
