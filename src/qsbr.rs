@@ -127,11 +127,21 @@ impl Slot {
         self.state.load(Ordering::Relaxed)
     }
 
-    /// Enters the newest generation: announces it and returns it with its version's
-    /// address, which stays readable until the next `enter` or [`Slot::leave`] (I8; module
-    /// docs). `barrier` is the map's ([`Barrier`]).
+    /// Enters the newest generation: announces it and returns it, with what `read` takes
+    /// from its version if the generation is not `before` (a reader back in the generation
+    /// it held reads nothing of the version). `barrier` is the map's ([`Barrier`]).
+    ///
+    /// `read` sees the version only while the announcement protects it (I8; module docs),
+    /// and, a plain function, cannot reach this slot to change the announcement meanwhile;
+    /// what it returns cannot borrow from the version.
     #[inline(always)]
-    pub(crate) fn enter<T>(&self, latest: &Latest<T>, barrier: Barrier) -> (u64, *const T) {
+    pub(crate) fn enter<T, R>(
+        &self,
+        latest: &Latest<T>,
+        barrier: Barrier,
+        before: u64,
+        read: fn(&T) -> R,
+    ) -> (u64, Option<R>) {
         let mut cpu = Cpu::take(self, barrier);
         loop {
             let g = latest.generation();
@@ -151,7 +161,14 @@ impl Slot {
             // Acquire loads above makes any newer address in `g`'s cell show here as a
             // newer generation (`Latest`).
             if latest.generation_relaxed() == g {
-                return (g, version);
+                if g == before {
+                    return (g, None);
+                }
+                // SAFETY: `version` is generation `g`'s, which this slot announces, checked
+                // after the announcement: the writer drops no version a reader announces
+                // (I8). `read` borrows it for the call alone, during which only this slot's
+                // reader could change the announcement, and a `fn` cannot reach the slot.
+                return (g, Some(read(unsafe { &*version })));
             }
             cpu.interruptible();
         }

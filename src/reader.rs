@@ -13,7 +13,7 @@ use crate::snapshot::{Hit, Snapshot};
 use crate::sync::{Arc, Barrier, Latest};
 use crate::version::{Hot, Version};
 use crate::view::{find_in, Found};
-use std::cell::UnsafeCell;
+use std::cell::Cell;
 use std::sync::atomic::AtomicUsize;
 #[cfg(feature = "bus")]
 use std::sync::atomic::Ordering;
@@ -90,17 +90,18 @@ pub(crate) struct State {
     /// reader is online.
     dispatching: AtomicUsize,
     /// The owning reader's own words on this line (`Own`).
-    own: UnsafeCell<Own>,
+    own: Own,
 }
 
-/// The owning reader's words on its state's line.
+/// The owning reader's words on its state's line: `Cell`s, which only the owning reader
+/// touches (the state is shared, but no other thread reads them: `State`'s `Sync`).
 #[repr(C)]
 struct Own {
     /// The held generation's header, for the bus's dispatches (as `Reader::hot`).
-    hot: Hot,
+    hot: Cell<Hot>,
     /// The owning bus's score of its recent placements (`bus.rs`): on this line, which a
     /// dispatch reads anyway.
-    bus_score: u8,
+    bus_score: Cell<u8>,
     /// The map's barrier (`sync.rs`).
     barrier: Barrier,
 }
@@ -109,13 +110,15 @@ struct Own {
 #[cfg(not(loom))]
 const _: () = assert!(std::mem::size_of::<State>() == 64);
 
-// SAFETY: other threads read only the atomics (`slot`, `dispatching`); the cell is accessed
-// only through the one `Reader` that owns this state (`Reader::own`), which is `Send` under
-// its own conditions. The raw pointers in `Own` point into versions that reader holds (I8).
+// SAFETY: other threads read only the atomics (`slot`, `dispatching`); the cells of `own` are
+// accessed only through the one `Reader` that owns this state, which is `Send` under its own
+// conditions (a `Cell` may move between threads with its one user). The raw pointers in
+// `Own` point into versions that reader holds (I8).
 unsafe impl Send for State {}
 // SAFETY: shared references on other threads (the registry, the bus's list) read only the
-// atomics `slot` and `dispatching`; the cell is accessed only by the owning `Reader`
-// (`Reader::own`, `Reader::hot`).
+// atomics `slot` and `dispatching` (and `own.barrier`, which is never written); the `Cell`s
+// of `own` are read and written only by the owning `Reader`, so they are never accessed
+// from two threads.
 unsafe impl Sync for State {}
 
 /// The generation a reader's slot holds before it first goes online: none is ever
@@ -188,11 +191,11 @@ impl<V> Reader<V> {
         let state = StdArc::new(State {
             slot: Slot::new(NEVER),
             dispatching: AtomicUsize::new(0),
-            own: UnsafeCell::new(Own {
-                hot: Hot::NONE,
-                bus_score: 0,
+            own: Own {
+                hot: Cell::new(Hot::NONE),
+                bus_score: Cell::new(0),
                 barrier: shared.registry.barrier(),
-            }),
+            },
         });
         shared.registry.register(state.clone());
         Reader {
@@ -203,23 +206,6 @@ impl<V> Reader<V> {
             mru: Mru::NONE,
             last: crate::view::NO_PIECE,
         }
-    }
-
-    /// The owning reader's words of its state.
-    #[inline(always)]
-    fn own(&mut self) -> &mut Own {
-        // SAFETY: only this reader accesses the cell (other threads read the atomics
-        // alone), and `&mut self` makes this access its only one.
-        unsafe { &mut *self.state.own.get() }
-    }
-
-    /// The held generation's header, on the state's line.
-    #[cfg(feature = "bus")]
-    #[inline(always)]
-    fn hot(&self) -> &Hot {
-        // SAFETY: only this reader accesses the cell (other threads read the atomics
-        // alone), and `&self` excludes `own`'s exclusive access while this borrow lives.
-        unsafe { &(*self.state.own.get()).hot }
     }
 
     /// The map's publication cell.
@@ -250,14 +236,14 @@ impl<V> Reader<V> {
     #[inline(always)]
     fn enter(&mut self) {
         let before = self.held & !OFFLINE;
-        let barrier = self.own().barrier;
-        let (generation, p) = self.state.slot.enter(self.latest(), barrier);
+        let barrier = self.state.own.barrier;
+        let (generation, hot) =
+            self.state
+                .slot
+                .enter(self.latest(), barrier, before, |v: &Version<V>| v.hot);
         self.held = generation;
-        if generation != before {
-            // SAFETY: `p` is the version of generation `generation`, which our slot now
-            // announces, checked after the announcement (`Slot::enter`): the writer drops no
-            // version and reuses nothing of a generation a reader announces (I8).
-            self.adopt(unsafe { &(*p).hot });
+        if let Some(hot) = hot {
+            self.adopt(hot);
         }
         // Otherwise: back in the generation it held before going offline (generations are
         // never published twice), whose header and remembered piece it kept.
@@ -268,9 +254,9 @@ impl<V> Reader<V> {
     /// frame of every bus dispatch by the header's size, and its stack by a line.
     #[cold]
     #[inline(never)]
-    fn adopt(&mut self, hot: &Hot) {
-        self.own().hot = *hot;
-        self.hot = *hot;
+    fn adopt(&mut self, hot: Hot) {
+        self.state.own.hot.set(hot);
+        self.hot = hot;
         self.mru = Mru::NONE;
     }
 
@@ -293,7 +279,7 @@ impl<V> Reader<V> {
                 return Some(found);
             }
         }
-        let found = Self::walk::<false>(&self.hot, addr)?;
+        let found = Self::walk::<false, _>(self.hot, addr, &self.hot)?;
         // A page record's piece has no cell: copied to `last`.
         let p = if found.cell().is_null() {
             self.last = *found.piece();
@@ -308,10 +294,11 @@ impl<V> Reader<V> {
     /// The walk from the root of the held generation, given the reader's `hot` (the reader
     /// must be online).
     #[inline(always)]
-    fn walk<const LOW: bool>(hot: &Hot, addr: u64) -> Option<Found<'_, V>> {
+    fn walk<'r, const LOW: bool, A>(hot: Hot, addr: u64, _part: &'r A) -> Option<Found<'r, V>> {
         // SAFETY: `hot` is the header of the generation the reader announced (`enter`
-        // copied it), which is held while the answer borrows the reader (I8).
-        unsafe { find_in::<V, LOW>(*hot, addr) }
+        // copied it), which is held while the answer borrows `_part`, a part of the reader,
+        // since going offline or entering another generation takes the whole reader (I8).
+        unsafe { find_in::<V, LOW>(hot, addr) }
     }
 
     /// Looks `addr` up in the newest published generation.
@@ -347,7 +334,7 @@ impl<V> Reader<V> {
     #[cfg(feature = "bus")]
     #[inline(always)]
     pub(crate) fn dispatch_lookup(&self, addr: u64) -> Option<Hit<'_, V>> {
-        let found = Self::walk::<true>(self.hot(), addr)?;
+        let found = Self::walk::<true, _>(self.state.own.hot.get(), addr, &self.state)?;
         Some(Hit::new(found.value(), found.piece(), addr))
     }
 
@@ -356,14 +343,14 @@ impl<V> Reader<V> {
     #[cfg(feature = "bus")]
     #[inline(always)]
     pub(crate) fn bus_score(&mut self) -> u8 {
-        self.own().bus_score
+        self.state.own.bus_score.get()
     }
 
     /// Sets the bus's score (`bus.rs`).
     #[cfg(feature = "bus")]
     #[inline(always)]
     pub(crate) fn set_bus_score(&mut self, score: u8) {
-        self.own().bus_score = score;
+        self.state.own.bus_score.set(score);
     }
 
     /// The generation that answered the last [`lookup`](Reader::lookup) (0 before any).
@@ -398,7 +385,7 @@ impl<V> Reader<V> {
     #[inline(always)]
     pub fn offline(&mut self) {
         if self.is_online() {
-            let barrier = self.own().barrier;
+            let barrier = self.state.own.barrier;
             self.state.slot.leave(barrier);
             self.held |= OFFLINE;
         }
