@@ -80,12 +80,25 @@ impl Arena {
         self.node_cells / NODE_UNIT
     }
 
-    /// A free node, as the unit offset its entries carry; grows the node array if needed.
-    pub(crate) fn alloc_node(&mut self) -> Result<u32, Error> {
+    /// A new node holding `kids`, as the unit offset its entries carry; grows the node array
+    /// if needed.
+    pub(crate) fn new_node(&mut self, kids: &[Entry]) -> Result<u32, Error> {
         let slot = self.nodes.alloc()?;
         let need = (slot as usize + 1) * self.node_cells;
         grow(&mut self.arrays.nodes, need);
-        Ok((slot as usize * self.units()) as u32)
+        let unit = (slot as usize * self.units()) as u32;
+        assert!(kids.len() <= self.node_cells);
+        let first = unit as usize * NODE_UNIT;
+        for (i, &k) in as_words(kids).iter().enumerate() {
+            // SAFETY: a node slot just allocated, fresh or freed by reclamation: no
+            // generation anyone can read reaches it (I3, I4); and only the writer writes,
+            // through `&mut self` (I6), so nobody reads or writes the cell meanwhile.
+            self.arrays
+                .nodes
+                .cell(first + i)
+                .with_mut(|p| unsafe { *p = k });
+        }
+        Ok(unit)
     }
 
     pub(crate) fn free_node(&mut self, unit: u32) {
@@ -104,11 +117,16 @@ impl Arena {
         e.table_parts().1 as usize / BLOCK_GRAIN
     }
 
-    /// A free piece slot; grows the piece array if needed.
-    pub(crate) fn alloc_piece(&mut self) -> Result<u32, Error> {
+    /// A new piece slot holding `piece`; grows the piece array if needed.
+    pub(crate) fn new_piece(&mut self, piece: Piece) -> Result<u32, Error> {
         self.piece_room()?;
         let slot = self.pieces.alloc()?;
         grow(&mut self.arrays.pieces, slot as usize + 1);
+        // SAFETY: a piece slot just allocated, fresh or freed by reclamation: no generation
+        // anyone can read reaches it (I3, I4); and only the writer writes, through `&mut
+        // self` (I6), so nobody reads or writes the cell meanwhile.
+        let write = |p: *mut Piece| unsafe { *p = piece };
+        self.arrays.pieces.cell(slot as usize).with_mut(write);
         Ok(slot)
     }
 
@@ -143,8 +161,7 @@ impl Arena {
             !rows.is_empty() && rows.len() <= FLAT_ROWS,
             "a flat node holds 1..=FLAT_ROWS runs"
         );
-        let offset = self.alloc_block(BlockKind::Flat, FLAT_CELLS, rows.len())?;
-        self.rows.flats += 1;
+        let mut cells = [0; FLAT_CELLS];
         for k in 0..=FLAT_ROWS {
             // The runs' first keys, one past the last run's last key (rule 3: the span does
             // not end on a multiple of 2^32 pages, so this does not wrap), then padding keys
@@ -154,28 +171,23 @@ impl Arena {
                 None if k == rows.len() => (last.checked_add(1).expect("rule 3: below 2^32"), 0),
                 None => (u32::MAX, 0),
             };
-            // SAFETY: a block no generation anyone can read reaches (fresh, or freed by
-            // reclamation), and we are the writer (I3, I4, I6).
-            unsafe {
-                self.write_row_cell(offset + k, key ^ KEY_BIAS);
-                if k < FLAT_ROWS {
-                    self.write_row_cell(offset + FLAT_ENTRIES + k, e);
-                }
+            cells[k] = key ^ KEY_BIAS;
+            if k < FLAT_ROWS {
+                cells[FLAT_ENTRIES + k] = e;
             }
         }
-        // SAFETY: the same block, fresh or reclaimed, which no generation anyone can read
-        // reaches, and we are the writer (I3, I4, I6).
-        unsafe {
-            self.write_row_cell(offset + FLAT_BASE, base as u32);
-            self.write_row_cell(offset + FLAT_BASE + 1, (base >> 32) as u32);
-            self.write_row_cell(offset + FLAT_BASE + 2, rows.len() as u32);
-        }
+        cells[FLAT_BASE] = base as u32;
+        cells[FLAT_BASE + 1] = (base >> 32) as u32;
+        cells[FLAT_BASE + 2] = rows.len() as u32;
+        let offset = self.alloc_block(BlockKind::Flat, &cells, rows.len())?;
+        self.rows.flats += 1;
         Ok(Entry::flat(0, offset as u32))
     }
 
-    /// A free block of `cells` cells for `rows` rows, from the free list of its kind; grows
-    /// the row array if needed.
-    fn alloc_block(&mut self, kind: BlockKind, cells: usize, rows: usize) -> Result<usize, Error> {
+    /// A block holding `block` (`rows` rows), from the free list of its kind; grows the row
+    /// array if needed. Returns its offset.
+    fn alloc_block(&mut self, kind: BlockKind, block: &[u32], rows: usize) -> Result<usize, Error> {
+        let cells = block.len();
         let r = &mut self.rows;
         if r.rows + rows > r.limit {
             return Err(Error::CapacityExhausted {
@@ -222,6 +234,15 @@ impl Arena {
         r.rows += rows;
         r.cells += cells;
         grow(&mut self.arrays.rows, offset + cells);
+        for (i, &c) in block.iter().enumerate() {
+            // SAFETY: a block just taken from the free list (freed by reclamation) or fresh:
+            // no generation anyone can read reaches it (I3, I4); and only the writer writes,
+            // through `&mut self` (I6), so nobody reads or writes the cell meanwhile.
+            self.arrays
+                .rows
+                .cell(offset + i)
+                .with_mut(|p| unsafe { *p = c });
+        }
         Ok(offset)
     }
 
@@ -237,13 +258,8 @@ impl Arena {
             return Ok(None);
         };
         self.piece_room()?;
-        let offset = self.alloc_block(BlockKind::Record, RECORD_CELLS, 0)?;
+        let offset = self.alloc_block(BlockKind::Record, &cells, 0)?;
         self.rows.records += 1;
-        for (i, c) in cells.into_iter().enumerate() {
-            // SAFETY: a block no generation anyone can read reaches (fresh, or freed by
-            // reclamation), and we are the writer (I3, I4, I6).
-            unsafe { self.write_row_cell(offset + i, c) };
-        }
         Ok(Some(RECORD | offset as u32))
     }
 
@@ -265,49 +281,39 @@ impl Arena {
             limit: table_cap(TABLE_CLASSES - 1),
         })?;
         let cap = table_cap(class);
-        let offset = self.alloc_block(
-            BlockKind::Table(class as usize),
-            block_cells(cap),
-            rows.len(),
-        )?;
-        self.rows.tables += 1;
+        let mut cells = vec![0; block_cells(cap)];
         let last = rows[rows.len() - 1].1;
         for k in 0..cap {
             let (start, piece) = rows.get(k).copied().unwrap_or((u32::MAX, last));
-            // SAFETY: a block no table of any published generation uses (fresh, or freed by
-            // reclamation), and we are the writer (I3, I4, I6).
-            unsafe {
-                self.write_row_cell(offset + k, start ^ KEY_BIAS);
-                self.write_row_cell(offset + cap + k, piece);
-            }
+            cells[k] = start ^ KEY_BIAS;
+            cells[cap + k] = piece;
         }
-        // SAFETY: the same block, fresh or reclaimed, which no table of a generation anyone
-        // can read uses, and we are the writer (I3, I4, I6).
-        unsafe {
-            self.write_row_cell(offset + 2 * cap, page as u32);
-            self.write_row_cell(offset + 2 * cap + 1, (page >> 32) as u32);
-        }
+        cells[2 * cap] = page as u32;
+        cells[2 * cap + 1] = (page >> 32) as u32;
+        let offset = self.alloc_block(BlockKind::Table(class as usize), &cells, rows.len())?;
+        self.rows.tables += 1;
         Ok(Entry::subpage(class, offset as u32))
     }
 
     /// Frees the table or flat node of entry `e`.
     pub(crate) fn free_table(&mut self, e: Entry) {
         let (class, offset) = e.table_parts();
-        let bases = self.arrays.bases();
-        let r = &mut self.rows;
+        let offset_cells = offset as usize;
         if e.is_flat() {
-            // SAFETY: the writer reads its own block (I6): it is allocated and nothing writes
-            // it meanwhile.
-            let rows = unsafe { bases.flat_rows(offset) }.0.len();
+            let rows = self.row(offset_cells + FLAT_BASE + 2) as usize;
+            let r = &mut self.rows;
             r.flat_free.push(offset);
             r.flats -= 1;
             r.rows -= rows;
             r.cells -= FLAT_CELLS;
             return;
         }
-        // SAFETY: the writer reads its own table block (I6): it is allocated, inside the
-        // current array, and nothing writes it meanwhile.
-        let rows = unsafe { bases.table_rows(offset, table_cap(class)) }.len();
+        // The real rows: the padding repeats the last piece (two rows of one table never
+        // share a piece).
+        let cap = table_cap(class);
+        let piece = |k: usize| self.row(offset_cells + cap + k);
+        let rows = 1 + (1..cap).take_while(|&k| piece(k) != piece(k - 1)).count();
+        let r = &mut self.rows;
         r.free[class as usize].push(offset);
         r.tables -= 1;
         r.rows -= rows;
@@ -343,40 +349,12 @@ impl Arena {
         self.arrays.nodes.len() * std::mem::size_of::<u32>()
     }
 
-    // ----- Writing, into slots no generation anyone can still read reaches (fresh, or
-    // reclaimed: I3, I4), by the writer (I6). Each has that contract:
-    //
-    // # Safety
-    // The slot is allocated to the writer and unreachable from every generation anyone can
-    // still read.
-
-    /// Writes the entries of the node at unit offset `unit`.
-    pub(crate) unsafe fn write_node(&self, unit: u32, kids: &[Entry]) {
-        let nodes = &self.arrays.nodes;
-        let first = unit as usize * NODE_UNIT;
-        assert!(first + kids.len() <= nodes.len());
-        for (i, &k) in as_words(kids).iter().enumerate() {
-            // SAFETY: inside the array (checked above, blocks are flat); the node is the
-            // writer's and no generation anyone can read reaches it (the contract above:
-            // I3, I4, I6), so nobody reads the cells while we write them.
-            unsafe { (*nodes.base().add(first + i)).with_mut(|p| *p = k) };
-        }
-    }
-
-    /// Writes piece `slot`.
-    pub(crate) unsafe fn write_piece(&self, slot: u32, piece: Piece) {
-        let cell = self.arrays.pieces.cell(slot as usize);
-        // SAFETY: the slot is the writer's and no generation anyone can read reaches it
-        // (the contract above: I3, I4, I6), so nobody reads the cell while we write it.
-        cell.with_mut(|p| unsafe { *p = piece });
-    }
-
-    unsafe fn write_row_cell(&self, i: usize, v: u32) {
-        let cell = self.arrays.rows.cell(i);
-        // SAFETY: the cell's block is the writer's and no generation anyone can read
-        // reaches it (the contract above: I3, I4, I6), so nobody reads the cell while we
-        // write it.
-        cell.with_mut(|p| unsafe { *p = v });
+    /// Cell `i` of the row array, read by the writer.
+    fn row(&self, i: usize) -> u32 {
+        // SAFETY: the arena writes its arrays only through `&mut self` (I6), and readers
+        // never write, so nothing writes the cell while `&self` lives; `cell` checks the
+        // bounds.
+        self.arrays.rows.cell(i).with(|p| unsafe { *p })
     }
 }
 

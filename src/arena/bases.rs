@@ -37,12 +37,11 @@ impl Bases {
     /// Entry `i` of the node at unit offset `unit`.
     #[inline(always)]
     pub(crate) unsafe fn entry(&self, unit: u32, i: usize) -> Entry {
+        let cell = self.nodes.wrapping_add(unit as usize * NODE_UNIT + i);
         // SAFETY: see the contract above: the node is reachable from a generation the
-        // caller holds, so its cells are inside the array that generation holds (I1).
-        let cell = unsafe { &*self.nodes.add(unit as usize * NODE_UNIT + i) };
-        // SAFETY: the cell was written before its generation was published (I2) and is not
-        // written while it is reachable (I3, I4).
-        Entry::from_bits(cell.with(|p| unsafe { *p }))
+        // caller holds, so its cells are inside the array that generation holds (I1),
+        // written before its publication (I2) and not written while reachable (I3, I4).
+        Entry::from_bits(unsafe { (*cell).with(|p| *p) })
     }
 
     /// The first `out.len()` entries of the node at unit offset `unit`.
@@ -58,23 +57,32 @@ impl Bases {
     /// Piece `slot`.
     #[inline(always)]
     pub(crate) unsafe fn piece<'a>(&self, slot: u32) -> &'a Piece {
+        let cell = self.pieces.wrapping_add(slot as usize);
         // SAFETY: see the contract above: the piece is reachable from a generation the
-        // caller holds, so its cell is inside the array that generation holds (I1).
-        let cell = unsafe { &*self.pieces.add(slot as usize) };
-        // SAFETY: the piece was written before its generation was published (I2) and is not
-        // written while it is reachable (I3, I4), so the borrow may live for 'a.
-        cell.with(|p| unsafe { &*p })
+        // caller holds for 'a, so its cell is inside the array that generation holds (I1),
+        // written before its publication (I2) and not written while reachable (I3, I4): the
+        // borrow may live for 'a.
+        unsafe { (*cell).with(|p| &*p) }
+    }
+
+    /// Cell `i` of the row array.
+    ///
+    /// # Safety
+    /// As above: the cell is in a block reachable from a generation the caller holds.
+    #[inline(always)]
+    unsafe fn row(&self, i: usize) -> u32 {
+        // SAFETY: forwarded contract: the block is reachable from a generation the caller
+        // holds, so the cell is inside the row array that generation holds (I1), written
+        // before its publication (I2) and not written while reachable (I3, I4).
+        unsafe { (*self.rows.wrapping_add(i)).with(|p| *p) }
     }
 
     /// The page record at row-block offset `offset`: `(page, section cell)`.
     #[inline(always)]
     pub(crate) unsafe fn record(&self, offset: u32) -> (u64, *const ()) {
-        // SAFETY: see the contract above: the record is reachable from a generation the
-        // caller holds, so its block is inside the row array that generation holds (I1).
-        let first = unsafe { self.rows.add(offset as usize) };
-        // SAFETY: `i < RECORD_CELLS`: a cell of that block (I1), written before publication
-        // (I2) and not written while reachable (I3, I4).
-        let cell = |i: usize| unsafe { (*first.add(i)).with(|p| *p) };
+        // SAFETY: see the contract above: `i < RECORD_CELLS`, a cell of a record reachable
+        // from a generation the caller holds.
+        let cell = |i: usize| unsafe { self.row(offset as usize + i) };
         PageRecord::unpack([cell(0), cell(1), cell(2)])
     }
 
@@ -86,22 +94,19 @@ impl Bases {
     /// for `off == u32::MAX` still gives the right piece), then the page number in two cells.
     #[inline(always)]
     pub(crate) unsafe fn table_piece(&self, offset: u32, class: u32, off: u32) -> Option<u32> {
-        // SAFETY: see the contract above: the table is reachable from a generation the
-        // caller holds, so its block is inside the row array that generation holds (I1).
-        let first = unsafe { self.rows.add(offset as usize) };
-        // SAFETY: `i < 2 * rows`: a start or piece of that block (I1), written before
-        // publication (I2) and not written while reachable (I3, I4).
-        let cell = |i: usize| unsafe { (*first.add(i)).with(|p| *p) };
+        // SAFETY: see the contract above: `i < 2 * rows`, a start or piece of a table
+        // reachable from a generation the caller holds.
+        let cell = |i: usize| unsafe { self.row(offset as usize + i) };
         // The starts are stored biased ([`KEY_BIAS`]): a start `<= off` is a signed `<=`.
         let key = (off ^ KEY_BIAS) as i32;
         let at_most = |i: usize| cell(i) as i32 <= key;
         let (rows, n) = if class == 0 {
             // The common table: one line, counted without a branch.
-            // SAFETY: `above` reads the `MIN_TABLE_ROWS` starts of this class-0 table,
-            // inside its reachable block (I1) and not written meanwhile (I3, I4).
+            // SAFETY: `above` reads the `MIN_TABLE_ROWS` starts of this class-0 table, a
+            // table reachable from a generation the caller holds (the contract above).
             (
                 MIN_TABLE_ROWS,
-                MIN_TABLE_ROWS - unsafe { Self::above(first, key) },
+                MIN_TABLE_ROWS - unsafe { self.above(offset as usize, key) },
             )
         } else {
             // Binary search: the number of starts `<= off`.
@@ -119,19 +124,19 @@ impl Bases {
         Some(cell(rows + n.checked_sub(1)?))
     }
 
-    /// How many of the [`MIN_TABLE_ROWS`] biased starts from `first` (a sub-page table's, see
-    /// [`Bases::table_piece`]) are above `key`.
+    /// How many of the [`MIN_TABLE_ROWS`] biased starts from row cell `first` (a sub-page
+    /// table's, see [`Bases::table_piece`]) are above `key`.
     ///
     /// # Safety
     /// As [`Bases::table_piece`]: `first` is the first cell of a reachable table block.
     #[inline(always)]
-    unsafe fn above(first: *const UnsafeCell<u32>, key: i32) -> usize {
+    unsafe fn above(&self, first: usize, key: i32) -> usize {
         #[cfg(all(target_arch = "x86_64", not(loom), not(miri)))]
         {
             use std::arch::x86_64::*;
             const _: () = assert!(MIN_TABLE_ROWS == 8, "two SSE2 vectors of starts");
             // The cells are `repr(transparent)` `u32`s, contiguous in the array (`Cells`).
-            let starts = first as *const __m128i;
+            let starts = self.rows.wrapping_add(first) as *const __m128i;
             // SAFETY: SSE2 is part of the x86_64 baseline, so these intrinsics are always
             // available; the loads read the table's first `MIN_TABLE_ROWS` cells, inside
             // its reachable block (the contract above, I1), written before publication (I2)
@@ -141,7 +146,7 @@ impl Bases {
                 // -1 in each lane whose start is above `key`; summed across the lanes, minus
                 // the count. No constant to load (an unsigned compare would need one).
                 let a = _mm_cmpgt_epi32(_mm_loadu_si128(starts), k);
-                let b = _mm_cmpgt_epi32(_mm_loadu_si128(starts.add(1)), k);
+                let b = _mm_cmpgt_epi32(_mm_loadu_si128(starts.wrapping_add(1)), k);
                 let v = _mm_add_epi32(a, b);
                 let v = _mm_add_epi32(v, _mm_shuffle_epi32::<0b01_00_11_10>(v));
                 let v = _mm_add_epi32(v, _mm_shuffle_epi32::<0b10_11_00_01>(v));
@@ -151,8 +156,8 @@ impl Bases {
         #[cfg(not(all(target_arch = "x86_64", not(loom), not(miri))))]
         {
             // SAFETY: `i < MIN_TABLE_ROWS`: a start of the reachable table block (the
-            // contract above, I1), not written meanwhile (I3, I4).
-            let cell = |i: usize| unsafe { (*first.add(i)).with(|p| *p) } as i32;
+            // forwarded contract).
+            let cell = |i: usize| unsafe { self.row(first + i) } as i32;
             (0..MIN_TABLE_ROWS).filter(|&i| cell(i) > key).count()
         }
     }
@@ -166,28 +171,27 @@ impl Bases {
     /// matches and OR-ed together.
     #[inline(always)]
     pub(crate) unsafe fn flat_entry(&self, offset: u32, key: u32) -> Entry {
-        // SAFETY: see the contract above: the flat node is reachable from a generation the
-        // caller holds, so its block is inside the row array that generation holds (I1).
-        let first = unsafe { self.rows.add(offset as usize) };
         let key = (key ^ KEY_BIAS) as i32;
         #[cfg(all(target_arch = "x86_64", not(loom), not(miri)))]
         {
             use std::arch::x86_64::*;
             // The cells are `repr(transparent)` `u32`s, contiguous in the array (`Cells`).
+            let first = self.rows.wrapping_add(offset as usize);
             let rows = first as *const __m128i;
             // Each run ends before the next run's first key.
             let next = first.wrapping_add(1) as *const __m128i;
             let entries = first.wrapping_add(FLAT_ENTRIES) as *const __m128i;
             // SAFETY: SSE2 is part of the x86_64 baseline, so these intrinsics are always
-            // available; the loads read cells `0 .. FLAT_ENTRIES + FLAT_ROWS` of the
-            // reachable block, inside it (I1), written before publication (I2) and not
+            // available; the loads read cells `0 .. FLAT_ENTRIES + FLAT_ROWS` of the block,
+            // which is reachable from a generation the caller holds (the contract above):
+            // inside the row array it holds (I1), written before publication (I2) and not
             // written meanwhile (I3, I4).
             let bits = unsafe {
                 let k = _mm_set1_epi32(key);
                 let lane = |j: usize| {
-                    let first = _mm_loadu_si128(rows.add(j));
-                    let next = _mm_loadu_si128(next.add(j));
-                    let entry = _mm_loadu_si128(entries.add(j));
+                    let first = _mm_loadu_si128(rows.wrapping_add(j));
+                    let next = _mm_loadu_si128(next.wrapping_add(j));
+                    let entry = _mm_loadu_si128(entries.wrapping_add(j));
                     // first <= key < next
                     let hit = _mm_andnot_si128(_mm_cmpgt_epi32(first, k), _mm_cmpgt_epi32(next, k));
                     _mm_and_si128(hit, entry)
@@ -213,9 +217,9 @@ impl Bases {
         }
         #[cfg(not(all(target_arch = "x86_64", not(loom), not(miri))))]
         {
-            // SAFETY: `i < FLAT_ENTRIES + FLAT_ROWS`: a cell of the reachable block (I1),
-            // written before publication (I2) and not written meanwhile (I3, I4).
-            let cell = |i: usize| unsafe { (*first.add(i)).with(|p| *p) };
+            // SAFETY: see the contract above: `i < FLAT_ENTRIES + FLAT_ROWS`, a cell of a
+            // flat node reachable from a generation the caller holds.
+            let cell = |i: usize| unsafe { self.row(offset as usize + i) };
             let mut bits = 0;
             for i in 0..FLAT_ROWS {
                 let (lo, next) = (cell(i) as i32, cell(i + 1) as i32);
@@ -229,12 +233,9 @@ impl Bases {
     /// The runs of a flat node (see [`Bases::flat_entry`]) as (low 32 bits of the first page,
     /// entry bits), and the first page of its span.
     pub(crate) unsafe fn flat_rows(&self, offset: u32) -> (Vec<(u32, u32)>, u64) {
-        // SAFETY: see the contract above: the flat node is reachable from a generation the
-        // caller holds, so its block is inside the row array that generation holds (I1).
-        let first = unsafe { self.rows.add(offset as usize) };
-        // SAFETY: `i < FLAT_CELLS`: a cell of that block (I1), written before publication
-        // (I2) and not written while reachable (I3, I4).
-        let cell = |i: usize| unsafe { (*first.add(i)).with(|p| *p) };
+        // SAFETY: see the contract above: `i < FLAT_CELLS`, a cell of a flat node reachable
+        // from a generation the caller holds.
+        let cell = |i: usize| unsafe { self.row(offset as usize + i) };
         let n = cell(FLAT_BASE + 2) as usize;
         let rows = (0..n)
             .map(|i| (cell(i) ^ KEY_BIAS, cell(FLAT_ENTRIES + i)))
@@ -247,24 +248,18 @@ impl Bases {
     /// after its rows.
     pub(crate) unsafe fn table_page(&self, offset: u32, rows: usize) -> u64 {
         // SAFETY: see the contract above: the table is reachable from a generation the
-        // caller holds, and its page is in the two cells after its `2 * rows` rows, inside
-        // its block (I1).
-        let first = unsafe { self.rows.add(offset as usize + 2 * rows) };
-        // SAFETY: cells 0 and 1 from there, the block's last two (I1), written before
-        // publication (I2) and not written while reachable (I3, I4).
-        let cell = |i: usize| unsafe { (*first.add(i)).with(|p| *p) } as u64;
+        // caller holds, and its page is in the two cells after its `2 * rows` rows, the
+        // block's last two.
+        let cell = |i: usize| unsafe { self.row(offset as usize + 2 * rows + i) } as u64;
         cell(0) | cell(1) << 32
     }
 
     /// The real rows of a sub-page table (see [`Bases::table_piece`]), as (page offset,
     /// piece): the rows before the padding, which repeats the last piece.
     pub(crate) unsafe fn table_rows(&self, offset: u32, rows: usize) -> Vec<(u32, u32)> {
-        // SAFETY: see the contract above: the table is reachable from a generation the
-        // caller holds, so its block is inside the row array that generation holds (I1).
-        let first = unsafe { self.rows.add(offset as usize) };
-        // SAFETY: `i < 2 * rows`: a start or piece of that block (I1), written before
-        // publication (I2) and not written while reachable (I3, I4).
-        let cell = |i: usize| unsafe { (*first.add(i)).with(|p| *p) };
+        // SAFETY: see the contract above: `i < 2 * rows`, a start or piece of a table
+        // reachable from a generation the caller holds.
+        let cell = |i: usize| unsafe { self.row(offset as usize + i) };
         let mut out: Vec<(u32, u32)> = Vec::with_capacity(rows);
         for i in 0..rows {
             let piece = cell(rows + i);

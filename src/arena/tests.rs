@@ -40,10 +40,8 @@ fn grown_arrays_keep_their_cells_and_old_ones_stay_valid() {
     let mut arena = Arena::new(4, 1000, 1000);
     let mut nodes = Vec::new();
     for n in 0..100u32 {
-        let unit = arena.alloc_node().unwrap();
         let kids: Vec<Entry> = (0..4).map(|i| Entry::leaf(n * 10 + i)).collect();
-        // SAFETY: fresh node, single-threaded.
-        unsafe { arena.write_node(unit, &kids) };
+        let unit = arena.new_node(&kids).unwrap();
         nodes.push((unit, arena.arrays(), kids));
     }
     let now = arena.arrays().bases();

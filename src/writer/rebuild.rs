@@ -57,12 +57,9 @@ struct Arena<'a, V> {
 
 impl<V> Sink for Arena<'_, V> {
     fn node(&mut self, h: u32, base: u64, kids: &[Entry]) -> Result<Entry, Error> {
-        let unit = self.slots.alloc_node()?;
+        let unit = self.slots.new_node(kids)?;
         // SAFETY: freshly allocated: unreachable from every generation (I3, I6).
-        unsafe {
-            self.slots.write_node(unit, kids);
-            self.storage.write_node_base(unit, self.geo.fanout, base);
-        }
+        unsafe { self.storage.write_node_base(unit, self.geo.fanout, base) };
         self.births.node(self.slots, unit, self.cx.generation);
         self.cx.fresh_nodes.push(unit);
         Ok(Entry::node(self.geo.shift(h), unit))
@@ -407,12 +404,7 @@ impl<V> Writer<V> {
         };
         let id = match record {
             Some(id) => id,
-            None => {
-                let slot = self.arena.alloc_piece()?;
-                // SAFETY: freshly allocated: unreachable from every generation (I3, I6).
-                unsafe { self.arena.write_piece(slot, piece) };
-                slot
-            }
+            None => self.arena.new_piece(piece)?,
         };
         info.id = id;
         info.born = cx.generation;
