@@ -2,22 +2,33 @@
 //! ([`SlabAlloc`]).
 
 use super::layout::*;
-use crate::sync::{AtomicPtr, Ordering, UnsafeCell};
+use crate::sync::UnsafeCell;
 use crate::{Capacity, Error};
 use std::alloc::{self, Layout};
 use std::ptr;
+use std::sync::OnceLock;
 
 /// Fixed-address chunked storage, one cell per slot (chunk `k` holds `first << k` slots).
+/// A chunk, once made, stays where it is until the slab is dropped (I1), so a cell's address
+/// may be kept (pieces keep their section's). The cells hold plain data (`T` has no drop
+/// glue: the section values are `MaybeUninit`, dropped by `Storage`), so freeing a chunk runs
+/// no user code.
 pub(crate) struct Slab<T: Default> {
-    chunks: [AtomicPtr<UnsafeCell<T>>; MAX_CHUNKS],
+    chunks: [OnceLock<Chunk<T>>; MAX_CHUNKS],
     /// log2 of the number of slots in chunk 0.
     first_shift: u32,
 }
 
 impl<T: Default> Slab<T> {
     pub(crate) fn new(first_shift: u32) -> Self {
+        const {
+            assert!(
+                !std::mem::needs_drop::<T>(),
+                "a slab's cells are plain data"
+            )
+        };
         Slab {
-            chunks: std::array::from_fn(|_| AtomicPtr::new(ptr::null_mut())),
+            chunks: std::array::from_fn(|_| OnceLock::new()),
             first_shift,
         }
     }
@@ -37,55 +48,23 @@ impl<T: Default> Slab<T> {
         1usize << (self.first_shift as usize + chunk)
     }
 
-    /// Cell of `slot`.
-    ///
-    /// # Safety
-    /// `slot` was made available with [`Slab::ensure`] and that happens-before this call
-    /// (I2: true for any slot reachable from a generation the caller holds, and for the
-    /// writer).
+    /// Cell of `slot`, which [`Slab::ensure`] made available (panics otherwise). Any slot
+    /// reachable from a generation was (I2: its chunk was made before the generation was
+    /// published; `OnceLock` orders the chunk's initialisation before any thread that sees
+    /// it).
     #[inline]
-    pub(super) unsafe fn cell(&self, slot: u32) -> &UnsafeCell<T> {
+    pub(super) fn cell(&self, slot: u32) -> &UnsafeCell<T> {
         let (chunk, offset) = self.locate(slot);
-        // Relaxed: the chunk pointer was stored (Release) before the generation that made
-        // `slot` reachable was published, and the caller acquired that generation (I2), so by
-        // coherence this load sees the pointer, which never changes again while the slab lives.
-        let base = self.chunks[chunk].load(Ordering::Relaxed);
-        debug_assert!(!base.is_null());
-        // SAFETY: `base` points to a live chunk of `chunk_len(chunk)` cells (allocated in
-        // `ensure`, freed only in `Drop`, I1), and `offset` is inside it by `locate`.
-        unsafe { &*base.add(offset) }
+        let chunk = self.chunks[chunk]
+            .get()
+            .expect("a slot of a chunk made by `ensure`");
+        &chunk.cells()[offset]
     }
 
-    /// Makes sure the chunk holding `slot` exists. Writer only (I6).
+    /// Makes sure the chunk holding `slot` exists.
     pub(super) fn ensure(&self, slot: u32) {
         let (chunk, _) = self.locate(slot);
-        if self.chunks[chunk].load(Ordering::Relaxed).is_null() {
-            let cells = Chunk::<T>::new(self.chunk_len(chunk));
-            // Release: the initialised cells happen-before any thread that acquires the
-            // pointer (readers get it through a generation published later anyway, I2).
-            self.chunks[chunk].store(cells.into_raw(), Ordering::Release);
-        }
-    }
-}
-
-impl<T: Default> Drop for Slab<T> {
-    fn drop(&mut self) {
-        let mut chunks = Vec::new();
-        for (c, chunk) in self.chunks.iter_mut().enumerate() {
-            let p = chunk.with_mut_ptr();
-            if !p.is_null() {
-                let len = 1usize << (self.first_shift as usize + c);
-                // SAFETY: `p` came from `Chunk::into_raw` of a chunk of exactly `len` cells in
-                // `ensure`; we have `&mut self`, so no reader can hold a reference into it (I1).
-                chunks.push(unsafe { Chunk::from_raw(p, len) });
-            }
-        }
-        // Values may run user code that panics (section values): take each out and drop it
-        // on its own, so one panic neither stops the others nor leaks a chunk (each frees
-        // its memory when dropped, unwinding included).
-        let cells = chunks.iter().flat_map(|c| c.cells());
-        // SAFETY: we own every cell (`&mut self`, no generation can be read any more, I1).
-        crate::drops::drop_all(cells.map(|c| c.with_mut(|p| unsafe { std::mem::take(&mut *p) })));
+        self.chunks[chunk].get_or_init(|| Chunk::new(self.chunk_len(chunk)));
     }
 }
 
@@ -98,12 +77,24 @@ struct Chunk<T> {
     len: usize,
 }
 
+// SAFETY: a chunk owns its cells as a `Box<[UnsafeCell<T>]>` would; what may be read or
+// written in them, and from which thread, is the slab's users' business (I3, I4, I6), as for
+// the `UnsafeCell`s of `Cells`.
+unsafe impl<T: Send + Sync> Send for Chunk<T> {}
+// SAFETY: as above: shared, it hands out `&UnsafeCell<T>` only (`cells`).
+unsafe impl<T: Send + Sync> Sync for Chunk<T> {}
+
 impl<T> Chunk<T> {
     /// `len` cells from a 64-byte boundary.
     fn layout(len: usize) -> Layout {
         Layout::array::<UnsafeCell<T>>(len)
             .and_then(|l| l.align_to(64))
             .expect("a chunk's size overflows")
+    }
+
+    fn cells(&self) -> &[UnsafeCell<T>] {
+        // SAFETY: `len` initialised cells (`new`), owned by `self`, which outlives the borrow.
+        unsafe { std::slice::from_raw_parts(self.cells.as_ptr(), self.len) }
     }
 }
 
@@ -129,54 +120,20 @@ impl<T: Default> Chunk<T> {
         }
         Chunk { cells, len }
     }
-
-    fn into_raw(self) -> *mut UnsafeCell<T> {
-        std::mem::ManuallyDrop::new(self).cells.as_ptr()
-    }
-
-    /// # Safety
-    /// `p` and `len` are those of a chunk that `into_raw` gave up, and no one else uses it.
-    unsafe fn from_raw(p: *mut UnsafeCell<T>, len: usize) -> Self {
-        Chunk {
-            // SAFETY: `into_raw` returned a non-null pointer.
-            cells: unsafe { ptr::NonNull::new_unchecked(p) },
-            len,
-        }
-    }
-
-    fn cells(&self) -> &[UnsafeCell<T>] {
-        // SAFETY: `len` initialised cells (`new`), owned by `self`.
-        unsafe { std::slice::from_raw_parts(self.cells.as_ptr(), self.len) }
-    }
 }
 
 impl<T> Drop for Chunk<T> {
     fn drop(&mut self) {
         let layout = Self::layout(self.len);
         let cells = ptr::slice_from_raw_parts_mut(self.cells.as_ptr(), self.len);
-        // SAFETY: `len` initialised cells that we own (`new`, `from_raw`), dropped once.
-        unsafe { ptr::drop_in_place(cells) };
-        if layout.size() != 0 {
-            // SAFETY: allocated in `new` with this layout.
-            unsafe { alloc::dealloc(self.cells.as_ptr().cast(), layout) };
-        }
-    }
-}
-
-/// `AtomicPtr::get_mut` for std and loom alike.
-trait GetMutPtr<T> {
-    fn with_mut_ptr(&mut self) -> *mut T;
-}
-
-impl<T> GetMutPtr<T> for AtomicPtr<T> {
-    fn with_mut_ptr(&mut self) -> *mut T {
-        #[cfg(not(loom))]
-        {
-            *self.get_mut()
-        }
-        #[cfg(loom)]
-        {
-            self.with_mut(|p| *p)
+        // SAFETY: `len` initialised cells that we own (`new`), dropped once, then their
+        // memory, allocated in `new` with this layout, freed once. (The values have no drop
+        // glue, `Slab::new`; loom's cells have, for its bookkeeping.)
+        unsafe {
+            ptr::drop_in_place(cells);
+            if layout.size() != 0 {
+                alloc::dealloc(self.cells.as_ptr().cast(), layout);
+            }
         }
     }
 }

@@ -3,6 +3,7 @@
 
 use super::{layout::*, slab::*};
 use crate::sync::{Arc, UnsafeCell};
+use parking_lot::Mutex;
 use std::mem::MaybeUninit;
 use std::ptr;
 
@@ -15,10 +16,11 @@ pub(crate) struct Storage<V> {
     /// First page covered by each node (for range walks, diff and the writer), by node slot.
     node_base: Slab<u64>,
     sections: Slab<SectionCell<V>>,
-    /// Which section slots hold a value, a bit each: the writer's alone (I6), written by
-    /// `write_section` and `take_section`, read by `Drop` (which owns the storage). Readers
+    /// Which section slots hold a value, a bit each: written by `write_section` and
+    /// `take_section` (the writer's, I6), read by `Drop` (which owns the storage); never
+    /// contended (the lock makes the bits safe to reach from the shared storage). Readers
     /// never look: a slot a generation reaches holds a value (I5).
-    live: UnsafeCell<Vec<u64>>,
+    live: Mutex<Vec<u64>>,
 }
 
 /// A section's cell: its value while the slot is live, uninitialised otherwise (which slots
@@ -52,22 +54,14 @@ pub(crate) struct StorageWriter<V> {
 
 impl<V> Storage<V> {
     /// Sets whether section `slot` holds a value; returns whether it did.
-    ///
-    /// # Safety
-    /// The caller is the writer (I6), or owns the storage.
-    unsafe fn set_live(&self, slot: u32, on: bool) -> bool {
+    fn set_live(live: &mut Vec<u64>, slot: u32, on: bool) -> bool {
         let (word, bit) = (slot as usize / 64, 1u64 << (slot % 64));
-        self.live.with_mut(|p| {
-            // SAFETY: forwarded contract: the caller is the writer (I6) or owns the
-            // storage, so nobody else touches the bits meanwhile.
-            let live = unsafe { &mut *p };
-            if live.len() <= word {
-                live.resize(word + 1, 0);
-            }
-            let was = live[word] & bit != 0;
-            live[word] = live[word] & !bit | if on { bit } else { 0 };
-            was
-        })
+        if live.len() <= word {
+            live.resize(word + 1, 0);
+        }
+        let was = live[word] & bit != 0;
+        live[word] = live[word] & !bit | if on { bit } else { 0 };
+        was
     }
 
     /// First page of the node at unit offset `unit` (of fan-out `fanout`).
@@ -77,9 +71,9 @@ impl<V> Storage<V> {
     /// and the node is allocated (I2, I3).
     pub(crate) unsafe fn node_base(&self, unit: u32, fanout: usize) -> u64 {
         let slot = unit / (fanout.max(NODE_UNIT) / NODE_UNIT) as u32;
-        // SAFETY: forwarded contract: the node's slot was made available before this call
-        // (I2, or by the writer itself), and nothing writes its cell meanwhile (I3; only
-        // the writer writes, I6).
+        // SAFETY: forwarded contract: the node is reachable from a generation the caller
+        // holds, or the writer's: nothing writes its cell meanwhile (I3; only the writer
+        // writes, I6).
         unsafe { self.node_base.cell(slot).with(|p| *p) }
     }
 
@@ -96,21 +90,19 @@ impl<V> Storage<V> {
     pub(crate) unsafe fn value<'a>(piece: &Piece) -> &'a V {
         let cell = piece.section as *const UnsafeCell<SectionCell<V>>;
         // SAFETY: forwarded contract: `piece.section` is the cell of a section of this
-        // storage that a held generation reaches; the cell never moves and lives as long as
-        // the storage (I1), and holds a value written before publication (I2, I5).
-        unsafe { cell_value(&*cell) }
+        // storage that a generation held for 'a reaches; the cell never moves and lives as
+        // long as the storage (I1), holds a value written before publication (I2, I5), and
+        // is not written while the borrow lives (I3, I4).
+        unsafe { (*cell).with(|p| (*p).0.assume_init_ref()) }
     }
 
-    /// The address pieces and page records hold for section `slot`: its cell's, or, when
-    /// cells are zero-sized (`PhysMap<()>`: every cell has the same address), a distinct
-    /// non-null address aligned for the cell, `align * (slot + 1)`, so that a section is
-    /// still told apart by its address (`Stats::sections`, `diff`). Reading a zero-sized
-    /// value reads no memory, so any such address is a valid place to read it from.
-    ///
-    /// # Safety
-    /// `slot` was made available with [`StorageWriter::ensure_section`] and that
-    /// happens-before this call (I2).
-    unsafe fn section_addr(&self, slot: u32) -> *const () {
+    /// The address pieces and page records hold for section `slot` (made available with
+    /// [`StorageWriter::ensure_section`]): its cell's, or, when cells are zero-sized
+    /// (`PhysMap<()>`: every cell has the same address), a distinct non-null address aligned
+    /// for the cell, `align * (slot + 1)`, so that a section is still told apart by its
+    /// address (`Stats::sections`, `diff`). Reading a zero-sized value reads no memory, so
+    /// any such address is a valid place to read it from.
+    fn section_addr(&self, slot: u32) -> *const () {
         type Cell<V> = UnsafeCell<SectionCell<V>>;
         if std::mem::size_of::<Cell<V>>() == 0 {
             let align = std::mem::align_of::<Cell<V>>();
@@ -118,31 +110,27 @@ impl<V> Storage<V> {
                 .wrapping_add(align * (slot as usize + 1))
                 .cast();
         }
-        // SAFETY: forwarded contract: `slot` was made available with `ensure_section`
-        // before this call (I2), so its chunk exists; taking the address reads nothing.
-        unsafe { self.sections.cell(slot) as *const _ as *const () }
+        self.sections.cell(slot) as *const _ as *const ()
     }
 
-    /// Empties section `slot`, returning its value.
+    /// Empties section `slot` (whose bit `live` holds), returning its value.
     ///
     /// # Safety
     /// The caller is the writer (I6), or owns the storage; no generation anyone can still
     /// read reaches the slot (I3, I4).
-    unsafe fn take(&self, slot: u32) -> Option<V> {
-        // SAFETY: forwarded contract: the caller is the writer (I6) or owns the storage, as
-        // `set_live` requires.
-        if !unsafe { self.set_live(slot, false) } {
+    unsafe fn take(&self, live: &mut Vec<u64>, slot: u32) -> Option<V> {
+        if !Self::set_live(live, slot, false) {
             return None;
         }
         // SAFETY: the slot was live, so its chunk exists and its cell holds a value, which
         // is moved out once (its bit is clear now); no generation anyone can read reaches
         // the slot (I3, I4) and the caller is the writer (I6) or owns the storage
         // (forwarded contract): nobody else reads or writes the cell.
-        Some(unsafe {
+        Some(
             self.sections
                 .cell(slot)
-                .with_mut(|p| (*p).0.assume_init_read())
-        })
+                .with_mut(|p| unsafe { (*p).0.assume_init_read() }),
+        )
     }
 }
 
@@ -153,7 +141,7 @@ impl<V> StorageWriter<V> {
             storage: Arc::new(Storage {
                 node_base: Slab::new(SMALL_FIRST),
                 sections: Slab::new(LARGE_FIRST),
-                live: UnsafeCell::new(Vec::new()),
+                live: Mutex::new(Vec::new()),
             }),
         }
     }
@@ -190,11 +178,8 @@ impl<V> StorageWriter<V> {
     /// See above; `slot` was made available with [`StorageWriter::ensure_section`].
     pub(crate) unsafe fn write_section(&mut self, slot: u32, value: V) -> *const () {
         let s = &*self.storage;
-        // SAFETY: `slot` was made available with `ensure_section` (the contract above),
-        // earlier in the writer (I6), so its chunk exists.
-        let cell = unsafe { s.sections.cell(slot) };
-        // SAFETY: we are the writer (this handle, I6).
-        let was = unsafe { s.set_live(slot, true) };
+        let cell = s.sections.cell(slot);
+        let was = Storage::<V>::set_live(&mut s.live.lock(), slot, true);
         debug_assert!(!was, "section slot {slot} written while live");
         cell.with_mut(|p| {
             // SAFETY: no generation anyone can read reaches the slot (the contract above:
@@ -203,17 +188,13 @@ impl<V> StorageWriter<V> {
             // `take_section`).
             unsafe { (*p).0.write(value) };
         });
-        // SAFETY: `slot` was made available with `ensure_section` (the contract above),
-        // earlier in the writer (I6).
-        unsafe { s.section_addr(slot) }
+        s.section_addr(slot)
     }
 
     /// The address pieces hold for section `slot` (`Storage::section_addr`); the slot is
     /// live.
     pub(crate) fn section_cell(&self, slot: u32) -> *const () {
-        // SAFETY: a live section slot was made available by this writer (I2); taking the
-        // address reads nothing.
-        unsafe { self.storage.section_addr(slot) }
+        self.storage.section_addr(slot)
     }
 
     /// Empties section `slot`, returning its value (for the caller to drop, `drops.rs`).
@@ -221,33 +202,22 @@ impl<V> StorageWriter<V> {
     /// # Safety
     /// See above.
     pub(crate) unsafe fn take_section(&mut self, slot: u32) -> Option<V> {
+        let s = &*self.storage;
         // SAFETY: forwarded contract: no generation anyone can read reaches the slot
         // (I3, I4); we are the writer (this handle, I6).
-        unsafe { self.storage.take(slot) }
+        unsafe { s.take(&mut s.live.lock(), slot) }
     }
 }
 
 impl<V> Drop for Storage<V> {
     fn drop(&mut self) {
-        // SAFETY: we own the storage (`&mut self`), so nothing else touches the live bits.
-        let slots = self.live.with_mut(|p| unsafe { (*p).len() } * 64) as u32;
+        let mut live = std::mem::take(self.live.get_mut());
+        let slots = live.len() as u32 * 64;
         // Values may run user code that panics: each live one is taken out (its bit cleared,
         // so once) and dropped on its own (`drops.rs`); the slab frees the chunks afterwards.
         // SAFETY: we own the storage (`&mut self`), which `take` accepts in place of the
         // writer (I6); every version holds an `Arc` of it, so none is left to reach a slot.
-        crate::drops::drop_all((0..slots).filter_map(|slot| unsafe { self.take(slot) }));
+        let taken = (0..slots).filter_map(|slot| unsafe { self.take(&mut live, slot) });
+        crate::drops::drop_all(taken);
     }
-}
-
-/// The value in a section cell that a reachable generation refers to.
-///
-/// # Safety
-/// The caller holds, for as long as the borrow lives, a generation that reaches the cell.
-#[inline(always)]
-unsafe fn cell_value<V>(cell: &UnsafeCell<SectionCell<V>>) -> &V {
-    cell.with(|p| {
-        // SAFETY: forwarded contract: the cell holds a value (I5) and no write to it happens
-        // while the borrow lives (I3, I4).
-        unsafe { (*p).0.assume_init_ref() }
-    })
 }
