@@ -12,7 +12,7 @@ use crate::shared::Shared;
 use crate::snapshot::{Hit, Snapshot};
 use crate::sync::{Arc, Barrier, Latest};
 use crate::version::{Hot, Version};
-use crate::view::{find_in, Found};
+use crate::view::{Found, Held};
 use std::cell::Cell;
 use std::sync::atomic::AtomicUsize;
 #[cfg(feature = "bus")]
@@ -298,7 +298,7 @@ impl<V> Reader<V> {
         // SAFETY: `hot` is the header of the generation the reader announced (`enter`
         // copied it), which is held while the answer borrows `_part`, a part of the reader,
         // since going offline or entering another generation takes the whole reader (I8).
-        unsafe { find_in::<V, LOW>(hot, addr) }
+        unsafe { Held::new(hot) }.find::<LOW>(addr)
     }
 
     /// Looks `addr` up in the newest published generation.

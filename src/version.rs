@@ -42,6 +42,12 @@ impl Hot {
         bases: Bases::NULL,
     };
 
+    /// A header with these bases and nothing else (for the raw reads' unit tests).
+    #[cfg(test)]
+    pub(crate) fn with_bases(bases: Bases) -> Hot {
+        Hot { bases, ..Hot::NONE }
+    }
+
     /// `fanout - 1`.
     #[inline(always)]
     pub(crate) fn mask(&self) -> u64 {

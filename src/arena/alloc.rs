@@ -274,7 +274,7 @@ impl Arena {
         Ok(())
     }
 
-    /// The table block (the layout of [`Bases::table_piece`](super::bases::Bases::table_piece)).
+    /// The table block (the layout `Held::table_piece` reads).
     fn alloc_rows(&mut self, page: u64, rows: &[(u32, u32)]) -> Result<Entry, Error> {
         let class = table_class(rows.len()).ok_or(Error::CapacityExhausted {
             kind: Capacity::RowsInOnePage,

@@ -1,7 +1,7 @@
 //! Contiguous arrays of cells that grow by copying ([`Cells`]), and the arrays a generation
 //! holds ([`Arrays`]).
 
-use super::{bases::*, layout::*};
+use super::layout::*;
 use crate::sync::{Arc, UnsafeCell};
 
 /// A contiguous array of cells, in 64-byte-aligned blocks of `N` cells (so that a node, a
@@ -88,4 +88,29 @@ impl Arrays {
             rows: self.rows.base(),
         }
     }
+}
+
+/// The base addresses of a generation's arrays, copied into its header
+/// ([`Hot`](crate::version::Hot)): what every read of the read side starts from
+/// ([`Held`](crate::view::Held), which owns those reads).
+pub(crate) struct Bases {
+    pub(crate) nodes: *const UnsafeCell<u32>,
+    pub(crate) pieces: *const UnsafeCell<Piece>,
+    pub(crate) rows: *const UnsafeCell<u32>,
+}
+
+impl Clone for Bases {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl Copy for Bases {}
+
+impl Bases {
+    /// No arrays: the bases of [`Hot::NONE`](crate::version::Hot::NONE), never read through.
+    pub(crate) const NULL: Bases = Bases {
+        nodes: std::ptr::null(),
+        pieces: std::ptr::null(),
+        rows: std::ptr::null(),
+    };
 }

@@ -48,18 +48,18 @@ pub(crate) const FLAT_ROWS: usize = 16;
 /// which rule 3 keeps below 2^32), then the runs' entries ([`FLAT_ROWS`] cells; padding rows have empty entries,
 /// so whatever they match adds nothing), then the first page of the node's span in two cells,
 /// then the number of runs.
-pub(super) const FLAT_CELLS: usize = (FLAT_ROWS + 1) + FLAT_ROWS + 3;
+pub(crate) const FLAT_CELLS: usize = (FLAT_ROWS + 1) + FLAT_ROWS + 3;
 /// Where a flat node's entries start in its block.
-pub(super) const FLAT_ENTRIES: usize = FLAT_ROWS + 1;
+pub(crate) const FLAT_ENTRIES: usize = FLAT_ROWS + 1;
 /// Where a flat node's span's first page starts in its block (then the number of runs).
-pub(super) const FLAT_BASE: usize = 2 * FLAT_ROWS + 1;
+pub(crate) const FLAT_BASE: usize = 2 * FLAT_ROWS + 1;
 /// Bytes of a flat node's block.
 pub(crate) const FLAT_BYTES: usize = FLAT_CELLS * std::mem::size_of::<u32>();
 /// Flat nodes' keys and sub-page tables' starts are stored and compared as
 /// `key ^ KEY_BIAS`, as `i32`: that turns their unsigned order into the signed one SSE2
 /// compares without a constant to load (an unsigned vector compare needs one, from a line
 /// of its own).
-pub(super) const KEY_BIAS: u32 = 0x8000_0000;
+pub(crate) const KEY_BIAS: u32 = 0x8000_0000;
 
 /// One mapped, contiguous piece of a section: 32 bytes, so that in the piece array (64-byte
 /// aligned blocks, [`Cells`](super::cells::Cells)) a piece never straddles two cache lines. (Not `align(32)`: a

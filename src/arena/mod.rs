@@ -10,21 +10,21 @@
 //!   by all generations (`Storage`), because pieces point straight at their section's cell.
 //!
 //! Which slots are in use is the writer's bookkeeping ([`Arena`], [`SlabAlloc`]); when a slot
-//! may be written is the reclamation protocol's (I3, I4). This module owns every raw cell
-//! access of the crate: the readers' ([`Bases`], `Storage::value`) and the writer's
-//! (`Arena::write_*`, `StorageWriter::write_section`, `take_section`: the writer's handle), each `unsafe` with the
-//! invariant it needs spelled out here, once.
-//!
+//! may be written is the reclamation protocol's (I3, I4). This module owns the memory and
+//! every write to it: the arrays' cells are written only by [`Arena`] through `&mut self`,
+//! where it allocates them (`new_node`, `new_piece`, the row blocks), and section values and
+//! node base pages only through the writer's handle, [`StorageWriter`] (I6). The read side's
+//! raw reads of the arrays are `view::Held`'s (from the [`Bases`] in a version's header), and
+//! of a section's value `Storage::value`'s.
 //!
 //! One file per concern: `layout` (size classes, encodings, pieces, page records, byte
-//! counts), `cells` (the arrays), `bases` (every read of the read side, the SSE2 searches
-//! included), `alloc` (the writer's arena and every write to the arrays), `slab` (stable
-//! chunks and their allocator), `storage` (node base pages and section values).
+//! counts), `cells` (the arrays and their base addresses), `alloc` (the writer's arena and
+//! every write to the arrays), `slab` (stable chunks and their allocator), `storage` (node
+//! base pages and section values).
 //!
 //! [`Version`]: crate::version::Version
 
 mod alloc;
-mod bases;
 mod cells;
 mod layout;
 mod slab;
@@ -33,7 +33,6 @@ mod storage;
 mod tests;
 
 pub(crate) use alloc::*;
-pub(crate) use bases::*;
 pub(crate) use cells::*;
 pub(crate) use layout::*;
 pub(crate) use slab::*;

@@ -159,7 +159,8 @@ impl<V> StorageWriter<V> {
     /// Records the first page of a node the writer is building.
     ///
     /// # Safety
-    /// As [`Arena::write_node`](super::alloc::Arena::write_node): the node is the writer's and unreachable.
+    /// The node was just made ([`Arena::new_node`](super::alloc::Arena::new_node)): the writer's,
+    /// and unreachable from every generation (I3, I6).
     pub(crate) unsafe fn write_node_base(&mut self, unit: u32, fanout: usize, base: u64) {
         let slot = unit / (fanout.max(NODE_UNIT) / NODE_UNIT) as u32;
         self.storage.node_base.ensure(slot);

@@ -1,9 +1,10 @@
-//! The lookup: [`find_in`] from a generation's header, [`TreeRef::find`], and what it
+//! The lookup: [`Held::find`] from a generation's header, [`TreeRef::find`], and what it
 //! returns ([`Found`]).
 
-use super::{entries::*, tree::*};
+use super::{entries::*, held::Held, tree::*};
 use crate::arena::{Piece, Storage};
 use crate::entry::Entry;
+#[cfg(doc)]
 use crate::version::Hot;
 use std::marker::PhantomData;
 
@@ -21,7 +22,7 @@ pub(crate) static NO_PIECE: Piece = Piece {
 /// reference to a piece the lookup wrote: a store into the caller's frame in the lookup made
 /// the compiler reload the version's header on every lookup of a caller's loop. Only this
 /// module makes them, from a tree of `V`s borrowed for `'g` (or the header of one:
-/// [`find_in`]), so the piece's section holds a `V` for `'g` ([`Found::value`]).
+/// [`Held::find`]), so the piece's section holds a `V` for `'g` ([`Found::value`]).
 pub(crate) struct Found<'g, V> {
     piece: Piece,
     cell: *const Piece,
@@ -75,93 +76,83 @@ impl<'g, V> Found<'g, V> {
     }
 }
 
-/// The piece holding `addr` in the tree whose version's header is `hot`: one load per
-/// level, then the final range check. A [`Reader`](crate::Reader) keeps a copy of the header
-/// beside its announcement and walks from it, so that the walk neither waits for a load of
-/// the version's address and then of its header, nor touches the version at all.
-///
-/// With `LOW`, an address below 4 GiB starts at [`Hot::low`], past the levels in which every
-/// such address takes child 0: one line fewer from cold caches where the map has anything
-/// mapped outside the root's child 0 (a bus dispatch); on a warm loop, a select that every
-/// walk waits for (1.06-1.20x on the warm lookup benches when it was tried there), hence not
-/// for the other lookups.
-///
-/// # Safety
-/// `hot` is a copy of the header of a version of `V`s whose tree is readable for `'g` (the
-/// version invariant: a counted reference to it, or an announcement of its generation,
-/// lives for `'g`).
-#[inline(always)]
-pub(crate) unsafe fn find_in<'g, V, const LOW: bool>(hot: Hot, addr: u64) -> Option<Found<'g, V>> {
-    // The header in locals (a parameter), so that the loop keeps it in registers. `hot.low`
-    // is the entry the walk of an address below 4 GiB reaches from the root after the levels
-    // it skips (`TreeRef::low_start`).
-    let mut e = if LOW && addr >> LOW_BITS == 0 {
-        hot.low
-    } else {
-        hot.root
-    };
-    while e.is_node() {
-        let (shift, node) = e.node_parts();
-        let i = (addr >> shift) & hot.mask();
-        // SAFETY: `node` comes from an entry of this tree (I1-I4); `i` < fan-out.
-        e = unsafe { hot.bases.entry(node, i as usize) };
-    }
-    // Compares, not `kind()`'s match: a jump table here is an indirect branch that
-    // mispredicts whenever leaves and tables alternate. Empty first: unmapped addresses
-    // end here. (No closure over `hot`: it would put the header in memory, and the
-    // caller's loop could no longer keep it in registers across lookups.)
-    if e.is_empty() {
-        return None;
-    }
-    // Leaves, then tables, then (only in the flat layout, so last) flat nodes, whose runs
-    // are leaves, tables or empty: at most two rounds.
-    let slot = loop {
-        if let Some(p) = e.leaf_slot() {
-            break p;
+impl<'g, V> Held<'g, V> {
+    /// The piece holding `addr`: one load per level, then the final range check. A
+    /// [`Reader`](crate::Reader) keeps a copy of the header beside its announcement and walks
+    /// from it, so that the walk neither waits for a load of the version's address and then
+    /// of its header, nor touches the version at all.
+    ///
+    /// With `LOW`, an address below 4 GiB starts at [`Hot::low`], past the levels in which
+    /// every such address takes child 0: one line fewer from cold caches where the map has
+    /// anything mapped outside the root's child 0 (a bus dispatch); on a warm loop, a select
+    /// that every walk waits for (1.06-1.20x on the warm lookup benches when it was tried
+    /// there), hence not for the other lookups.
+    #[inline(always)]
+    pub(crate) fn find<const LOW: bool>(self, addr: u64) -> Option<Found<'g, V>> {
+        // The header in locals (a copy), so that the loop keeps it in registers. `hot.low`
+        // is the entry the walk of an address below 4 GiB reaches from the root after the
+        // levels it skips (`TreeRef::low_start`).
+        let hot = *self.hot();
+        let mut e = if LOW && addr >> LOW_BITS == 0 {
+            hot.low
+        } else {
+            hot.root
+        };
+        while e.is_node() {
+            let (shift, node) = e.node_parts();
+            let i = (addr >> shift) & hot.mask();
+            // `node` comes from an entry of this tree; `i` < fan-out.
+            e = self.entry(node, i as usize);
         }
-        if e.is_table() {
-            let (class, offset) = e.table_parts();
-            let off = (addr & hot.page_mask()) as u32;
-            // SAFETY: a table of this tree (I1-I4).
-            break unsafe { hot.bases.table_piece(offset, class, off) }?;
-        }
-        if !e.is_flat() {
+        // Compares, not `kind()`'s match: a jump table here is an indirect branch that
+        // mispredicts whenever leaves and tables alternate. Empty first: unmapped addresses
+        // end here. (No closure over `hot`: it would put the header in memory, and the
+        // caller's loop could no longer keep it in registers across lookups.)
+        if e.is_empty() {
             return None;
         }
-        let (class, offset) = e.table_parts();
-        if Entry::is_record_class(class) {
-            // A page record (a leaf, here after the others: the default layout's common
-            // ends keep their compares). It holds its page: the final check is on it.
-            // SAFETY: a record of this tree (I1-I4).
-            let (page, section) = unsafe { hot.bases.record(offset) };
-            let start = addr & !hot.page_mask();
-            if page != start >> hot.page_mask().trailing_ones() {
+        // Leaves, then tables, then (only in the flat layout, so last) flat nodes, whose runs
+        // are leaves, tables or empty: at most two rounds.
+        let slot = loop {
+            if let Some(p) = e.leaf_slot() {
+                break p;
+            }
+            if e.is_table() {
+                let (class, offset) = e.table_parts();
+                let off = (addr & hot.page_mask()) as u32;
+                break self.table_piece(offset, class, off)?;
+            }
+            if !e.is_flat() {
                 return None;
             }
-            return Some(Found {
-                piece: record_piece(start, hot.page_mask(), section),
-                cell: std::ptr::null(),
-                _g: PhantomData,
-            });
-        }
-        // A flat node ends the walk: its runs are keyed by the low 32 bits of their first
-        // page. An address outside its span (reached through a compressed path) finds no
-        // run, or one whose piece fails the final check: nothing there is mapped (rule 2
-        // of `canon.rs`).
-        // SAFETY: a flat node of this tree (I1-I4).
-        e = unsafe {
-            hot.bases
-                .flat_entry(offset, (addr >> hot.page_mask().trailing_ones()) as u32)
+            let (class, offset) = e.table_parts();
+            if Entry::is_record_class(class) {
+                // A page record (a leaf, here after the others: the default layout's common
+                // ends keep their compares). It holds its page: the final check is on it.
+                let (page, section) = self.record(offset);
+                let start = addr & !hot.page_mask();
+                if page != start >> hot.page_mask().trailing_ones() {
+                    return None;
+                }
+                return Some(Found {
+                    piece: record_piece(start, hot.page_mask(), section),
+                    cell: std::ptr::null(),
+                    _g: PhantomData,
+                });
+            }
+            // A flat node ends the walk: its runs are keyed by the low 32 bits of their first
+            // page. An address outside its span (reached through a compressed path) finds no
+            // run, or one whose piece fails the final check: nothing there is mapped (rule 2
+            // of `canon.rs`).
+            e = self.flat_entry(offset, (addr >> hot.page_mask().trailing_ones()) as u32);
         };
-    };
-    // SAFETY: `hot.bases` are this tree's (forwarded contract) and the slot is reachable
-    // from its root (I1-I4).
-    let piece: &'g Piece = unsafe { hot.bases.piece(slot) };
-    (piece.start <= addr && addr <= piece.end).then_some(Found {
-        piece: *piece,
-        cell: piece,
-        _g: PhantomData,
-    })
+        let piece: &'g Piece = self.piece(slot);
+        (piece.start <= addr && addr <= piece.end).then_some(Found {
+            piece: *piece,
+            cell: piece,
+            _g: PhantomData,
+        })
+    }
 }
 
 /// Addresses below `2^LOW_BITS` (4 GiB) start their walk at [`Hot::low`].
@@ -191,9 +182,7 @@ impl<'g, V> TreeRef<'g, V> {
     /// The piece holding `addr`, if any: one load per level, then the final range check.
     #[inline(always)]
     pub(crate) fn find(self, addr: u64) -> Option<Found<'g, V>> {
-        // SAFETY: the header is this version's own, borrowed for 'g: its tree is readable
-        // for 'g (the version invariant, I4).
-        unsafe { find_in::<V, false>(self.version.hot, addr) }
+        Held::of(self.version).find::<false>(addr)
     }
 }
 

@@ -18,6 +18,7 @@
 
 mod entries;
 mod find;
+mod held;
 mod inspect;
 mod structure;
 mod tree;
@@ -25,5 +26,6 @@ mod walk;
 
 pub(crate) use entries::*;
 pub(crate) use find::*;
+pub(crate) use held::Held;
 pub(crate) use tree::*;
 pub(crate) use walk::*;

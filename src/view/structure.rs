@@ -61,11 +61,8 @@ impl<'g, V> TreeRef<'g, V> {
                 }
                 Kind::Subpage(class, offset) => {
                     let rows = table_cap(class);
-                    // SAFETY: `offset` comes from a table entry of this tree, held for 'g
-                    // (I4), and `rows` is its class's: the block is inside the row array
-                    // the version holds (I1), written before publication (I2) and not
-                    // written meanwhile (I3).
-                    let page = unsafe { self.version.hot.bases.table_page(offset, rows) };
+                    // `offset` comes from a table entry of this tree, `rows` is its class's.
+                    let page = self.held().table_page(offset, rows);
                     return (page == addr >> geo.page_bits).then_some(TreeEntry::new(e));
                 }
                 Kind::Empty | Kind::Leaf(_) => return None,
@@ -130,8 +127,8 @@ impl<'g, V> TreeRef<'g, V> {
             Kind::Node { shift, index } if self.height(shift) == h => {
                 let mut kids = vec![Entry::EMPTY; geo.fanout];
                 let n = geo.children_in_space(h, base);
-                // SAFETY: a node of this tree (I1-I4); `n` <= fan-out.
-                unsafe { self.version.hot.bases.node_entries(index, &mut kids[..n]) };
+                // A node of this tree; `n` <= fan-out.
+                self.held().node_entries(index, &mut kids[..n]);
                 Kids {
                     repr: Repr::Dense(kids),
                     fanout: geo.fanout,

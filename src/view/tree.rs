@@ -1,7 +1,8 @@
-//! The view of one generation's tree ([`TreeRef`]) and its raw accessors: the read side's
-//! only `unsafe`.
+//! The view of one generation's tree ([`TreeRef`]) and its accessors, on the raw reads of
+//! [`Held`].
 
 use super::entries::*;
+use super::held::Held;
 use crate::arena::{table_cap, Storage};
 use crate::config::Geometry;
 use crate::entry::Entry;
@@ -36,19 +37,21 @@ impl<'g, V> TreeRef<'g, V> {
         &self.version.geo
     }
 
-    // ----- The raw accessors, private to this module: the only `unsafe` of the read side.
-    // Every index they are given comes from an entry of a tree borrowed for 'g (a
-    // `TreeEntry<'g>`, or a table row of one), so the slot is reachable from a generation
-    // held for 'g (the version invariant): exactly the contract of the `Storage` readers.
+    /// The raw reads of this tree ([`Held`]).
+    #[inline(always)]
+    pub(super) fn held(self) -> Held<'g, V> {
+        Held::of(self.version)
+    }
+
+    // ----- The accessors. Every index they are given comes from an entry of a tree borrowed
+    // for 'g (a `TreeEntry<'g>`, or a table row of one), so the slot is reachable from a
+    // generation held for 'g (the version invariant): the rule of `held.rs`.
 
     /// Entry `i` of the node at unit offset `node` (`i` < fan-out).
     #[inline(always)]
     pub(super) fn entry(self, node: u32, i: usize) -> Entry {
         debug_assert!(i < self.version.geo.fanout);
-        // SAFETY: `node` comes from an entry of this tree, held for 'g (the version
-        // invariant, I4): its cells are inside the array the version holds (I1), written
-        // before publication (I2) and not written meanwhile (I3).
-        unsafe { self.version.hot.bases.entry(node, i) }
+        self.held().entry(node, i)
     }
 
     /// First page of the node at unit offset `node`.
@@ -62,19 +65,13 @@ impl<'g, V> TreeRef<'g, V> {
 
     /// The piece of piece id `id`: a piece slot, or a page record's ([`RECORD`]).
     pub(super) fn piece_at(self, id: u32) -> PieceRef<'g> {
-        let (bases, page_mask) = (self.version.hot.bases, self.version.hot.page_mask());
+        let (held, page_mask) = (self.held(), self.version.hot.page_mask());
         let (piece, record) = if id & RECORD != 0 {
-            // SAFETY: `id` comes from an entry of this tree, held for 'g (I4): the record
-            // is inside the row array the version holds (I1), written before publication
-            // (I2), not written meanwhile (I3).
-            let (page, section) = unsafe { bases.record(id & !RECORD) };
+            let (page, section) = held.record(id & !RECORD);
             let start = page << self.version.geo.page_bits;
             (record_piece(start, page_mask, section), true)
         } else {
-            // SAFETY: `id` comes from an entry of this tree, held for 'g (I4): the piece is
-            // inside the array the version holds (I1), written before publication (I2) and
-            // not written meanwhile (I3).
-            (*unsafe { bases.piece(id) }, false)
+            (*held.piece(id), false)
         };
         PieceRef {
             piece,
@@ -86,16 +83,8 @@ impl<'g, V> TreeRef<'g, V> {
     /// The rows of the sub-page table of class `class` at `offset`, as (first byte, piece
     /// slot).
     pub(super) fn table_at(self, class: u32, offset: u32) -> Vec<(u64, u32)> {
-        let (bases, rows) = (self.version.hot.bases, table_cap(class));
-        // SAFETY: `offset` comes from a table entry of this tree, held for 'g (I4), and
-        // `rows` is its class's: the block is inside the row array the version holds (I1),
-        // written before publication (I2) and not written meanwhile (I3).
-        let (page, raw) = unsafe {
-            (
-                bases.table_page(offset, rows),
-                bases.table_rows(offset, rows),
-            )
-        };
+        let (held, rows) = (self.held(), table_cap(class));
+        let (page, raw) = (held.table_page(offset, rows), held.table_rows(offset, rows));
         let first = page << self.version.geo.page_bits;
         raw.into_iter()
             .map(|(off, p)| (first + off as u64, p))
@@ -104,10 +93,7 @@ impl<'g, V> TreeRef<'g, V> {
 
     /// The runs of the flat node at `offset`, as (first page, entry).
     pub(super) fn flat_at(self, _class: u32, offset: u32) -> Vec<(u64, Entry)> {
-        // SAFETY: `offset` comes from a flat entry of this tree, held for 'g (I4): the
-        // block is inside the row array the version holds (I1), written before publication
-        // (I2), not written meanwhile (I3).
-        let (rows, base) = unsafe { self.version.hot.bases.flat_rows(offset) };
+        let (rows, base) = self.held().flat_rows(offset);
         // Rows keep the low 32 bits of the page: the span never crosses a multiple of 2^32
         // pages (rule 3 of `canon.rs`).
         rows.into_iter()
@@ -117,10 +103,7 @@ impl<'g, V> TreeRef<'g, V> {
 
     /// The first page of the span of the flat node at `offset`.
     pub(super) fn flat_base(self, _class: u32, offset: u32) -> u64 {
-        // SAFETY: `offset` comes from a flat entry of this tree, held for 'g (I4): the
-        // block is inside the row array the version holds (I1), written before publication
-        // (I2), not written meanwhile (I3).
-        unsafe { self.version.hot.bases.flat_rows(offset) }.1
+        self.held().flat_rows(offset).1
     }
 
     /// The value of a piece of a tree borrowed for 'g.

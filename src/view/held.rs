@@ -1,88 +1,111 @@
-//! The read side: every raw read of a generation's arrays ([`Bases`]), the SSE2 searches
-//! included.
+//! Every raw read of a generation's arrays ([`Held`]), the SSE2 searches included: the read
+//! side's `unsafe`, in one place.
+//!
+//! A [`Held<'g, V>`] is a copy of the header of a version of `V`s whose tree is readable for
+//! `'g`: made from a `&'g Version<V>` ([`Held::of`]), or, by a [`Reader`](crate::Reader),
+//! from the header copy of the generation it announced ([`Held::new`], `unsafe`: the
+//! announcement is the reader's to keep). Its reads take the offsets and slots that entries
+//! of its tree carry; **the rule of this module and of `view`** (the only users of these
+//! `pub(super)` reads) is that every offset or slot given to them was read from the same tree
+//! (its root, an entry, a table row), or from a tree of the same map held as long: then the
+//! cell is inside the array the tree holds (I1), written before its publication (I2), and
+//! not written while the tree is held (I3, I4).
 
-use super::layout::*;
+use crate::arena::*;
 use crate::entry::Entry;
-use crate::sync::UnsafeCell;
+use crate::version::{Hot, Version};
+use std::marker::PhantomData;
 
-/// The base addresses of a generation's arrays, copied into its header: every read of the
-/// read side goes through here.
-pub(crate) struct Bases {
-    pub(super) nodes: *const UnsafeCell<u32>,
-    pub(super) pieces: *const UnsafeCell<Piece>,
-    pub(super) rows: *const UnsafeCell<u32>,
+/// The header of a version of `V`s, with its tree readable for `'g` (see the module docs).
+pub(crate) struct Held<'g, V> {
+    hot: Hot,
+    _g: PhantomData<&'g V>,
 }
 
-impl Clone for Bases {
+impl<V> Clone for Held<'_, V> {
     fn clone(&self) -> Self {
         *self
     }
 }
-impl Copy for Bases {}
+impl<V> Copy for Held<'_, V> {}
 
-// Every reader below has the same contract:
-//
-// # Safety
-// The bases are those of a generation the caller holds for the returned lifetime, and the
-// slot is reachable from that generation's root: then the cell is inside the array (I1) and
-// nothing writes it meanwhile (I3, I4).
-impl Bases {
-    /// No arrays: the bases of [`Hot::NONE`](crate::version::Hot::NONE), never read through.
-    pub(crate) const NULL: Bases = Bases {
-        nodes: std::ptr::null(),
-        pieces: std::ptr::null(),
-        rows: std::ptr::null(),
-    };
+impl<'g, V> Held<'g, V> {
+    /// The tree of `version`, for as long as it is borrowed (the version invariant, I4).
+    #[inline(always)]
+    pub(crate) fn of(version: &'g Version<V>) -> Self {
+        Held {
+            hot: version.hot,
+            _g: PhantomData,
+        }
+    }
+
+    /// The tree whose header is `hot`.
+    ///
+    /// # Safety
+    /// `hot` is a copy of the header of a version of `V`s whose tree stays readable for `'g`:
+    /// a counted reference to the version, or an announcement of its generation, lives for
+    /// `'g` (I4, I8).
+    #[inline(always)]
+    pub(crate) unsafe fn new(hot: Hot) -> Self {
+        Held {
+            hot,
+            _g: PhantomData,
+        }
+    }
+
+    /// The header.
+    #[inline(always)]
+    pub(crate) fn hot(&self) -> &Hot {
+        &self.hot
+    }
 
     /// Entry `i` of the node at unit offset `unit`.
     #[inline(always)]
-    pub(crate) unsafe fn entry(&self, unit: u32, i: usize) -> Entry {
-        let cell = self.nodes.wrapping_add(unit as usize * NODE_UNIT + i);
-        // SAFETY: see the contract above: the node is reachable from a generation the
-        // caller holds, so its cells are inside the array that generation holds (I1),
+    pub(super) fn entry(self, unit: u32, i: usize) -> Entry {
+        let cell = self
+            .hot
+            .bases
+            .nodes
+            .wrapping_add(unit as usize * NODE_UNIT + i);
+        // SAFETY: the node is reachable from this tree (the rule above), which is held for
+        // 'g, and `i` < its fan-out: the cell is inside the array the tree holds (I1),
         // written before its publication (I2) and not written while reachable (I3, I4).
         Entry::from_bits(unsafe { (*cell).with(|p| *p) })
     }
 
     /// The first `out.len()` entries of the node at unit offset `unit`.
-    pub(crate) unsafe fn node_entries(&self, unit: u32, out: &mut [Entry]) {
+    pub(super) fn node_entries(self, unit: u32, out: &mut [Entry]) {
         for (i, o) in out.iter_mut().enumerate() {
-            // SAFETY: forwarded contract: the node is reachable from a generation the
-            // caller holds (inside its array, I1; not written meanwhile, I3, I4), and `out`
-            // is no longer than its fan-out.
-            *o = unsafe { self.entry(unit, i) };
+            *o = self.entry(unit, i);
         }
     }
 
     /// Piece `slot`.
     #[inline(always)]
-    pub(crate) unsafe fn piece<'a>(&self, slot: u32) -> &'a Piece {
-        let cell = self.pieces.wrapping_add(slot as usize);
-        // SAFETY: see the contract above: the piece is reachable from a generation the
-        // caller holds for 'a, so its cell is inside the array that generation holds (I1),
-        // written before its publication (I2) and not written while reachable (I3, I4): the
-        // borrow may live for 'a.
+    pub(super) fn piece(self, slot: u32) -> &'g Piece {
+        let cell = self.hot.bases.pieces.wrapping_add(slot as usize);
+        // SAFETY: the piece is reachable from this tree (the rule above), which is held for
+        // 'g: its cell is inside the array the tree holds (I1), written before its
+        // publication (I2) and not written while reachable (I3, I4): the borrow may live
+        // for 'g.
         unsafe { (*cell).with(|p| &*p) }
     }
 
     /// Cell `i` of the row array.
     ///
-    /// # Safety
-    /// As above: the cell is in a block reachable from a generation the caller holds.
+    /// (The rule above: a cell of a block reachable from the tree.)
     #[inline(always)]
-    unsafe fn row(&self, i: usize) -> u32 {
-        // SAFETY: forwarded contract: the block is reachable from a generation the caller
-        // holds, so the cell is inside the row array that generation holds (I1), written
-        // before its publication (I2) and not written while reachable (I3, I4).
-        unsafe { (*self.rows.wrapping_add(i)).with(|p| *p) }
+    fn row(self, i: usize) -> u32 {
+        // SAFETY: the cell is in a block reachable from this tree (the rule above), which is
+        // held for 'g: inside the row array it holds (I1), written before its publication
+        // (I2) and not written while reachable (I3, I4).
+        unsafe { (*self.hot.bases.rows.wrapping_add(i)).with(|p| *p) }
     }
 
     /// The page record at row-block offset `offset`: `(page, section cell)`.
     #[inline(always)]
-    pub(crate) unsafe fn record(&self, offset: u32) -> (u64, *const ()) {
-        // SAFETY: see the contract above: `i < RECORD_CELLS`, a cell of a record reachable
-        // from a generation the caller holds.
-        let cell = |i: usize| unsafe { self.row(offset as usize + i) };
+    pub(super) fn record(self, offset: u32) -> (u64, *const ()) {
+        let cell = |i: usize| self.row(offset as usize + i);
         PageRecord::unpack([cell(0), cell(1), cell(2)])
     }
 
@@ -93,20 +116,16 @@ impl Bases {
     /// `u32::MAX`; stored biased, [`KEY_BIAS`]), then `rows` pieces (padded with the last one, so that a padding row found
     /// for `off == u32::MAX` still gives the right piece), then the page number in two cells.
     #[inline(always)]
-    pub(crate) unsafe fn table_piece(&self, offset: u32, class: u32, off: u32) -> Option<u32> {
-        // SAFETY: see the contract above: `i < 2 * rows`, a start or piece of a table
-        // reachable from a generation the caller holds.
-        let cell = |i: usize| unsafe { self.row(offset as usize + i) };
+    pub(super) fn table_piece(self, offset: u32, class: u32, off: u32) -> Option<u32> {
+        let cell = |i: usize| self.row(offset as usize + i);
         // The starts are stored biased ([`KEY_BIAS`]): a start `<= off` is a signed `<=`.
         let key = (off ^ KEY_BIAS) as i32;
         let at_most = |i: usize| cell(i) as i32 <= key;
         let (rows, n) = if class == 0 {
             // The common table: one line, counted without a branch.
-            // SAFETY: `above` reads the `MIN_TABLE_ROWS` starts of this class-0 table, a
-            // table reachable from a generation the caller holds (the contract above).
             (
                 MIN_TABLE_ROWS,
-                MIN_TABLE_ROWS - unsafe { self.above(offset as usize, key) },
+                MIN_TABLE_ROWS - self.above(offset as usize, key),
             )
         } else {
             // Binary search: the number of starts `<= off`.
@@ -125,22 +144,20 @@ impl Bases {
     }
 
     /// How many of the [`MIN_TABLE_ROWS`] biased starts from row cell `first` (a sub-page
-    /// table's, see [`Bases::table_piece`]) are above `key`.
-    ///
-    /// # Safety
-    /// As [`Bases::table_piece`]: `first` is the first cell of a reachable table block.
+    /// table's, see [`Held::table_piece`]) are above `key`.
+    /// (The rule above: `first` is the first cell of a table of the tree.)
     #[inline(always)]
-    unsafe fn above(&self, first: usize, key: i32) -> usize {
+    fn above(self, first: usize, key: i32) -> usize {
         #[cfg(all(target_arch = "x86_64", not(loom), not(miri)))]
         {
             use std::arch::x86_64::*;
             const _: () = assert!(MIN_TABLE_ROWS == 8, "two SSE2 vectors of starts");
             // The cells are `repr(transparent)` `u32`s, contiguous in the array (`Cells`).
-            let starts = self.rows.wrapping_add(first) as *const __m128i;
+            let starts = self.hot.bases.rows.wrapping_add(first) as *const __m128i;
             // SAFETY: SSE2 is part of the x86_64 baseline, so these intrinsics are always
             // available; the loads read the table's first `MIN_TABLE_ROWS` cells, inside
-            // its reachable block (the contract above, I1), written before publication (I2)
-            // and not written meanwhile (I3, I4).
+            // a table of this tree, held for 'g (the rule above): inside the row array it
+            // holds (I1), written before publication (I2) and not written meanwhile (I3, I4).
             unsafe {
                 let k = _mm_set1_epi32(key);
                 // -1 in each lane whose start is above `key`; summed across the lanes, minus
@@ -155,9 +172,7 @@ impl Bases {
         }
         #[cfg(not(all(target_arch = "x86_64", not(loom), not(miri))))]
         {
-            // SAFETY: `i < MIN_TABLE_ROWS`: a start of the reachable table block (the
-            // forwarded contract).
-            let cell = |i: usize| unsafe { self.row(first + i) } as i32;
+            let cell = |i: usize| self.row(first + i) as i32;
             (0..MIN_TABLE_ROWS).filter(|&i| cell(i) > key).count()
         }
     }
@@ -170,22 +185,22 @@ impl Bases {
     /// and last key with `key`, at most one matches, and the entries are masked with the
     /// matches and OR-ed together.
     #[inline(always)]
-    pub(crate) unsafe fn flat_entry(&self, offset: u32, key: u32) -> Entry {
+    pub(super) fn flat_entry(self, offset: u32, key: u32) -> Entry {
         let key = (key ^ KEY_BIAS) as i32;
         #[cfg(all(target_arch = "x86_64", not(loom), not(miri)))]
         {
             use std::arch::x86_64::*;
             // The cells are `repr(transparent)` `u32`s, contiguous in the array (`Cells`).
-            let first = self.rows.wrapping_add(offset as usize);
+            let first = self.hot.bases.rows.wrapping_add(offset as usize);
             let rows = first as *const __m128i;
             // Each run ends before the next run's first key.
             let next = first.wrapping_add(1) as *const __m128i;
             let entries = first.wrapping_add(FLAT_ENTRIES) as *const __m128i;
             // SAFETY: SSE2 is part of the x86_64 baseline, so these intrinsics are always
             // available; the loads read cells `0 .. FLAT_ENTRIES + FLAT_ROWS` of the block,
-            // which is reachable from a generation the caller holds (the contract above):
-            // inside the row array it holds (I1), written before publication (I2) and not
-            // written meanwhile (I3, I4).
+            // which is reachable from this tree, held for 'g (the rule above): inside the row
+            // array it holds (I1), written before publication (I2) and not written meanwhile
+            // (I3, I4).
             let bits = unsafe {
                 let k = _mm_set1_epi32(key);
                 let lane = |j: usize| {
@@ -217,9 +232,7 @@ impl Bases {
         }
         #[cfg(not(all(target_arch = "x86_64", not(loom), not(miri))))]
         {
-            // SAFETY: see the contract above: `i < FLAT_ENTRIES + FLAT_ROWS`, a cell of a
-            // flat node reachable from a generation the caller holds.
-            let cell = |i: usize| unsafe { self.row(offset as usize + i) };
+            let cell = |i: usize| self.row(offset as usize + i);
             let mut bits = 0;
             for i in 0..FLAT_ROWS {
                 let (lo, next) = (cell(i) as i32, cell(i + 1) as i32);
@@ -230,12 +243,10 @@ impl Bases {
         }
     }
 
-    /// The runs of a flat node (see [`Bases::flat_entry`]) as (low 32 bits of the first page,
+    /// The runs of a flat node (see [`Held::flat_entry`]) as (low 32 bits of the first page,
     /// entry bits), and the first page of its span.
-    pub(crate) unsafe fn flat_rows(&self, offset: u32) -> (Vec<(u32, u32)>, u64) {
-        // SAFETY: see the contract above: `i < FLAT_CELLS`, a cell of a flat node reachable
-        // from a generation the caller holds.
-        let cell = |i: usize| unsafe { self.row(offset as usize + i) };
+    pub(super) fn flat_rows(self, offset: u32) -> (Vec<(u32, u32)>, u64) {
+        let cell = |i: usize| self.row(offset as usize + i);
         let n = cell(FLAT_BASE + 2) as usize;
         let rows = (0..n)
             .map(|i| (cell(i) ^ KEY_BIAS, cell(FLAT_ENTRIES + i)))
@@ -244,22 +255,17 @@ impl Bases {
         (rows, base)
     }
 
-    /// The page (number) a sub-page table (see [`Bases::table_piece`]) is for: the two cells
+    /// The page (number) a sub-page table (see [`Held::table_piece`]) is for: the two cells
     /// after its rows.
-    pub(crate) unsafe fn table_page(&self, offset: u32, rows: usize) -> u64 {
-        // SAFETY: see the contract above: the table is reachable from a generation the
-        // caller holds, and its page is in the two cells after its `2 * rows` rows, the
-        // block's last two.
-        let cell = |i: usize| unsafe { self.row(offset as usize + 2 * rows + i) } as u64;
+    pub(super) fn table_page(self, offset: u32, rows: usize) -> u64 {
+        let cell = |i: usize| self.row(offset as usize + 2 * rows + i) as u64;
         cell(0) | cell(1) << 32
     }
 
-    /// The real rows of a sub-page table (see [`Bases::table_piece`]), as (page offset,
+    /// The real rows of a sub-page table (see [`Held::table_piece`]), as (page offset,
     /// piece): the rows before the padding, which repeats the last piece.
-    pub(crate) unsafe fn table_rows(&self, offset: u32, rows: usize) -> Vec<(u32, u32)> {
-        // SAFETY: see the contract above: `i < 2 * rows`, a start or piece of a table
-        // reachable from a generation the caller holds.
-        let cell = |i: usize| unsafe { self.row(offset as usize + i) };
+    pub(super) fn table_rows(self, offset: u32, rows: usize) -> Vec<(u32, u32)> {
+        let cell = |i: usize| self.row(offset as usize + i);
         let mut out: Vec<(u32, u32)> = Vec::with_capacity(rows);
         for i in 0..rows {
             let piece = cell(rows + i);
@@ -271,3 +277,6 @@ impl Bases {
         out
     }
 }
+
+#[cfg(all(test, not(loom)))]
+mod tests;
