@@ -13,6 +13,7 @@
 
 use crate::arena::*;
 use crate::entry::Entry;
+use crate::sync::UnsafeCell;
 use crate::version::{Hot, Version};
 use std::marker::PhantomData;
 
@@ -62,15 +63,11 @@ impl<'g, V> Held<'g, V> {
     /// Entry `i` of the node at unit offset `unit`.
     #[inline(always)]
     pub(super) fn entry(self, unit: u32, i: usize) -> Entry {
-        let cell = self
-            .hot
-            .bases
-            .nodes
-            .wrapping_add(unit as usize * NODE_UNIT + i);
+        let k = unit as usize * NODE_UNIT + i;
         // SAFETY: the node is reachable from this tree (the rule above), which is held for
         // 'g, and `i` < its fan-out: the cell is inside the array the tree holds (I1),
         // written before its publication (I2) and not written while reachable (I3, I4).
-        Entry::from_bits(unsafe { (*cell).with(|p| *p) })
+        Entry::from_bits(unsafe { (*self.hot.bases.nodes.add(k)).with(|p| *p) })
     }
 
     /// The first `out.len()` entries of the node at unit offset `unit`.
@@ -83,29 +80,28 @@ impl<'g, V> Held<'g, V> {
     /// Piece `slot`.
     #[inline(always)]
     pub(super) fn piece(self, slot: u32) -> &'g Piece {
-        let cell = self.hot.bases.pieces.wrapping_add(slot as usize);
         // SAFETY: the piece is reachable from this tree (the rule above), which is held for
         // 'g: its cell is inside the array the tree holds (I1), written before its
         // publication (I2) and not written while reachable (I3, I4): the borrow may live
         // for 'g.
-        unsafe { (*cell).with(|p| &*p) }
+        unsafe { (*self.hot.bases.pieces.add(slot as usize)).with(|p| &*p) }
     }
 
-    /// Cell `i` of the row array.
-    ///
-    /// (The rule above: a cell of a block reachable from the tree.)
+    /// The block of the row array at offset `offset` (the rule above: a record's, a table's
+    /// or a flat node's of the tree).
     #[inline(always)]
-    fn row(self, i: usize) -> u32 {
-        // SAFETY: the cell is in a block reachable from this tree (the rule above), which is
-        // held for 'g: inside the row array it holds (I1), written before its publication
-        // (I2) and not written while reachable (I3, I4).
-        unsafe { (*self.hot.bases.rows.wrapping_add(i)).with(|p| *p) }
+    fn block(self, offset: usize) -> Block<'g> {
+        Block {
+            first: self.hot.bases.rows.wrapping_add(offset),
+            _g: PhantomData,
+        }
     }
 
     /// The page record at row-block offset `offset`: `(page, section cell)`.
     #[inline(always)]
     pub(super) fn record(self, offset: u32) -> (u64, *const ()) {
-        let cell = |i: usize| self.row(offset as usize + i);
+        let block = self.block(offset as usize);
+        let cell = |i: usize| block.get(i);
         PageRecord::unpack([cell(0), cell(1), cell(2)])
     }
 
@@ -117,7 +113,8 @@ impl<'g, V> Held<'g, V> {
     /// for `off == u32::MAX` still gives the right piece), then the page number in two cells.
     #[inline(always)]
     pub(super) fn table_piece(self, offset: u32, class: u32, off: u32) -> Option<u32> {
-        let cell = |i: usize| self.row(offset as usize + i);
+        let block = self.block(offset as usize);
+        let cell = |i: usize| block.get(i);
         // The starts are stored biased ([`KEY_BIAS`]): a start `<= off` is a signed `<=`.
         let key = (off ^ KEY_BIAS) as i32;
         let at_most = |i: usize| cell(i) as i32 <= key;
@@ -172,7 +169,8 @@ impl<'g, V> Held<'g, V> {
         }
         #[cfg(not(all(target_arch = "x86_64", not(loom), not(miri))))]
         {
-            let cell = |i: usize| self.row(first + i) as i32;
+            let block = self.block(first);
+            let cell = |i: usize| block.get(i) as i32;
             (0..MIN_TABLE_ROWS).filter(|&i| cell(i) > key).count()
         }
     }
@@ -232,7 +230,8 @@ impl<'g, V> Held<'g, V> {
         }
         #[cfg(not(all(target_arch = "x86_64", not(loom), not(miri))))]
         {
-            let cell = |i: usize| self.row(offset as usize + i);
+            let block = self.block(offset as usize);
+            let cell = |i: usize| block.get(i);
             let mut bits = 0;
             for i in 0..FLAT_ROWS {
                 let (lo, next) = (cell(i) as i32, cell(i + 1) as i32);
@@ -246,7 +245,8 @@ impl<'g, V> Held<'g, V> {
     /// The runs of a flat node (see [`Held::flat_entry`]) as (low 32 bits of the first page,
     /// entry bits), and the first page of its span.
     pub(super) fn flat_rows(self, offset: u32) -> (Vec<(u32, u32)>, u64) {
-        let cell = |i: usize| self.row(offset as usize + i);
+        let block = self.block(offset as usize);
+        let cell = |i: usize| block.get(i);
         let n = cell(FLAT_BASE + 2) as usize;
         let rows = (0..n)
             .map(|i| (cell(i) ^ KEY_BIAS, cell(FLAT_ENTRIES + i)))
@@ -258,14 +258,16 @@ impl<'g, V> Held<'g, V> {
     /// The page (number) a sub-page table (see [`Held::table_piece`]) is for: the two cells
     /// after its rows.
     pub(super) fn table_page(self, offset: u32, rows: usize) -> u64 {
-        let cell = |i: usize| self.row(offset as usize + 2 * rows + i) as u64;
+        let block = self.block(offset as usize + 2 * rows);
+        let cell = |i: usize| block.get(i) as u64;
         cell(0) | cell(1) << 32
     }
 
     /// The real rows of a sub-page table (see [`Held::table_piece`]), as (page offset,
     /// piece): the rows before the padding, which repeats the last piece.
     pub(super) fn table_rows(self, offset: u32, rows: usize) -> Vec<(u32, u32)> {
-        let cell = |i: usize| self.row(offset as usize + i);
+        let block = self.block(offset as usize);
+        let cell = |i: usize| block.get(i);
         let mut out: Vec<(u32, u32)> = Vec::with_capacity(rows);
         for i in 0..rows {
             let piece = cell(rows + i);
@@ -275,6 +277,25 @@ impl<'g, V> Held<'g, V> {
             out.push((cell(i) ^ KEY_BIAS, piece));
         }
         out
+    }
+}
+
+/// A block of a tree's row array (a record, a table, a flat node), readable for `'g`: made
+/// only by [`Held::block`] from an offset of the tree (the rule above).
+#[derive(Clone, Copy)]
+struct Block<'g> {
+    first: *const UnsafeCell<u32>,
+    _g: PhantomData<&'g ()>,
+}
+
+impl Block<'_> {
+    /// Cell `i` of the block (`i` inside the block's layout, `layout.rs`).
+    #[inline(always)]
+    fn get(self, i: usize) -> u32 {
+        // SAFETY: the block is reachable from a tree held for 'g (the rule above) and `i` is
+        // inside it: the cell is inside the row array the tree holds (I1), written before its
+        // publication (I2) and not written while reachable (I3, I4).
+        unsafe { (*self.first.add(i)).with(|p| *p) }
     }
 }
 
