@@ -179,15 +179,20 @@ impl Arena {
         cells[FLAT_BASE] = base as u32;
         cells[FLAT_BASE + 1] = (base >> 32) as u32;
         cells[FLAT_BASE + 2] = rows.len() as u32;
-        let offset = self.alloc_block(BlockKind::Flat, &cells, rows.len())?;
+        let offset = self.alloc_block(BlockKind::Flat, FLAT_CELLS, rows.len(), |i| cells[i])?;
         self.rows.flats += 1;
         Ok(Entry::flat(0, offset as u32))
     }
 
-    /// A block holding `block` (`rows` rows), from the free list of its kind; grows the row
-    /// array if needed. Returns its offset.
-    fn alloc_block(&mut self, kind: BlockKind, block: &[u32], rows: usize) -> Result<usize, Error> {
-        let cells = block.len();
+    /// A block of `cells` cells holding `cell(i)` (`rows` rows), from the free list of its
+    /// kind; grows the row array if needed. Returns its offset.
+    fn alloc_block(
+        &mut self,
+        kind: BlockKind,
+        cells: usize,
+        rows: usize,
+        cell: impl Fn(usize) -> u32,
+    ) -> Result<usize, Error> {
         let r = &mut self.rows;
         if r.rows + rows > r.limit {
             return Err(Error::CapacityExhausted {
@@ -234,7 +239,8 @@ impl Arena {
         r.rows += rows;
         r.cells += cells;
         grow(&mut self.arrays.rows, offset + cells);
-        for (i, &c) in block.iter().enumerate() {
+        for i in 0..cells {
+            let c = cell(i);
             // SAFETY: a block just taken from the free list (freed by reclamation) or fresh:
             // no generation anyone can read reaches it (I3, I4); and only the writer writes,
             // through `&mut self` (I6), so nobody reads or writes the cell meanwhile.
@@ -258,7 +264,7 @@ impl Arena {
             return Ok(None);
         };
         self.piece_room()?;
-        let offset = self.alloc_block(BlockKind::Record, &cells, 0)?;
+        let offset = self.alloc_block(BlockKind::Record, RECORD_CELLS, 0, |i| cells[i])?;
         self.rows.records += 1;
         Ok(Some(RECORD | offset as u32))
     }
@@ -281,16 +287,17 @@ impl Arena {
             limit: table_cap(TABLE_CLASSES - 1),
         })?;
         let cap = table_cap(class);
-        let mut cells = vec![0; block_cells(cap)];
         let last = rows[rows.len() - 1].1;
-        for k in 0..cap {
-            let (start, piece) = rows.get(k).copied().unwrap_or((u32::MAX, last));
-            cells[k] = start ^ KEY_BIAS;
-            cells[cap + k] = piece;
-        }
-        cells[2 * cap] = page as u32;
-        cells[2 * cap + 1] = (page >> 32) as u32;
-        let offset = self.alloc_block(BlockKind::Table(class as usize), &cells, rows.len())?;
+        // The starts, padded with `u32::MAX`, the pieces, padded with the last one, the page.
+        let row = |k: usize| rows.get(k).copied().unwrap_or((u32::MAX, last));
+        let cell = |i: usize| match i {
+            i if i < cap => row(i).0 ^ KEY_BIAS,
+            i if i < 2 * cap => row(i - cap).1,
+            i if i == 2 * cap => page as u32,
+            _ => (page >> 32) as u32,
+        };
+        let kind = BlockKind::Table(class as usize);
+        let offset = self.alloc_block(kind, block_cells(cap), rows.len(), cell)?;
         self.rows.tables += 1;
         Ok(Entry::subpage(class, offset as u32))
     }
