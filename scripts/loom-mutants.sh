@@ -23,11 +23,12 @@ open(path, "w").write(out)
 PY
 }
 
-run() { # name, file, pattern, replacement; BARRIER=fence|membarrier (default membarrier)
+run() { # name, file, pattern, replacement [, file, pattern, replacement]; BARRIER=fence|membarrier (default membarrier)
   local name="$1 [${BARRIER:-membarrier}]"
   # ONLY=<text>: run only the mutations whose name contains it.
   if [ -n "${ONLY:-}" ] && [[ "$name" != *"$ONLY"* ]]; then return; fi
   if ! mutate "$2" "$3" "$4"; then echo "SETUP FAILED: $name"; git checkout -q -- src; return; fi
+  if [ $# -ge 7 ] && ! mutate "$5" "$6" "$7"; then echo "SETUP FAILED: $name"; git checkout -q -- src; return; fi
   # The smallest preemption bound at which some model fails: a bug found only with
   # preemptions shows the models explore interleavings, not just one order of events.
   local bound verdict="MISSED  $name  (bounds 0..=$MAX_BOUND)"
@@ -53,9 +54,12 @@ run() { # name, file, pattern, replacement; BARRIER=fence|membarrier (default me
 
 MAX_BOUND=${MAX_BOUND:-3}
 
+# (The arena offers no way to write a node it did not just allocate: the mutant adds one.)
 run "update a published node in place instead of copying it (no copy-on-write)" \
   src/writer/rebuild.rs 'Err\(kids\) => self\.arena\(cx\)\.node\(h, base, &kids\)\?,' \
-  'Err(kids) if expanded => { if let Kind::Node { index, .. } = old.kind() { unsafe { self.arena.write_node(index, &kids) } } old.get() } Err(kids) => self.arena(cx).node(h, base, &kids)?,'
+  'Err(kids) if expanded => { if let Kind::Node { index, .. } = old.kind() { self.arena.rewrite_node(index, &kids) } old.get() } Err(kids) => self.arena(cx).node(h, base, &kids)?,' \
+  src/arena/alloc.rs '(    /// A new piece slot holding `piece`)' \
+  '    pub(crate) fn rewrite_node(&mut self, unit: u32, kids: &[Entry]) { for (i, &k) in as_words(kids).iter().enumerate() { self.arrays.nodes.cell(unit as usize * NODE_UNIT + i).with_mut(|p| unsafe { *p = k }); } }\n\n\1'
 # Interval-based reclamation (reclaim.rs).
 run "free a retired slot although a snapshot holds a generation in its interval" \
   src/reclaim.rs 'Err\(held\) => \{\n                    pins\.push\(g\);' 'Err(held) => {'
@@ -75,7 +79,7 @@ run "a published section freed at commit with the never-published ones" \
   src/writer/mod.rs 'if self\.sections\.published\[i\] \{' 'if false {'
 # Readers (reader.rs, qsbr.rs) and the publication point (sync.rs).
 run "reader keeps its remembered piece across a refresh" \
-  src/reader.rs 'self\.hot = \*hot;\n        self\.mru = 0;' 'self.hot = *hot;'
+  src/reader.rs 'self\.hot = hot;\n        self\.mru = Mru::NONE;' 'self.hot = hot;'
 run "reader never catches up with the publisher" \
   src/reader.rs 'if newest != self\.held \{' 'let _ = newest;\n        if self.held & OFFLINE != 0 {'
 run "a reader going offline does not clear its announcement" \
@@ -95,7 +99,7 @@ run "the writer reads the announcements without its membarrier (the stand-in)" \
 # (The stand-in lets the writer's barrier in only at the reader's interruption points, which
 # the code places between any two of its shared accesses: the mutant keeps that rule.)
 run "a reader's announcement the writer's membarrier does not cover (checked before it is made)" \
-  src/qsbr.rs '(            self\.state\.store\(g, Ordering::Release\);\n)(.*?)(            if latest\.generation_relaxed\(\) == g \{\n                return \(g, version\);\n            \})' '\2            if latest.generation_relaxed() != g { continue; }\n            cpu.interruptible();\n\1            return (g, version);'
+  src/qsbr.rs '(            self\.state\.store\(g, Ordering::Release\);\n)(.*?)(            if latest\.generation_relaxed\(\) == g \{\n.*?return \(g, Some\(read\(unsafe \{ &\*version \}\)\)\);\n            \})' '\2            if latest.generation_relaxed() != g { continue; }\n            cpu.interruptible();\n\1            return (g, (g != before).then(|| read(unsafe { &*version })));'
 run "reclamation judges what commits retired after its last covering reading" \
   src/reclaim.rs 'let judge = w\.retired <= covered;' 'let judge = true;'
 run "synchronize confirms offline readers without a barrier" \

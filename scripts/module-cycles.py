@@ -2,7 +2,7 @@
 """Import cycles between the crate's modules: prints the graph's cycles (strongly connected
 components of more than one module) and exits 1 if there is any.
 
-A module is a file under src/ (`src/arena/bases.rs` is `arena::bases`, a `mod.rs` its
+A module is a file under src/ (`src/arena/cells.rs` is `arena::cells`, a `mod.rs` its
 directory's module). An edge A -> B is a path in A naming an item of B: `crate::b::...`,
 `super::...`, or a name the crate root re-exports (`crate::Error` is `error`'s). A child's
 `use super::*` counts as an edge to its parent, and a parent's `pub(crate) use child::*`

@@ -81,7 +81,8 @@ struct Chunk<T> {
 // written in them, and from which thread, is the slab's users' business (I3, I4, I6), as for
 // the `UnsafeCell`s of `Cells`.
 unsafe impl<T: Send + Sync> Send for Chunk<T> {}
-// SAFETY: as above: shared, it hands out `&UnsafeCell<T>` only (`cells`).
+// SAFETY: as above: shared, it hands out `&UnsafeCell<T>` only (`cells`), whose contents
+// its users read and write under I3, I4 and I6.
 unsafe impl<T: Send + Sync> Sync for Chunk<T> {}
 
 impl<T> Chunk<T> {
@@ -93,7 +94,8 @@ impl<T> Chunk<T> {
     }
 
     fn cells(&self) -> &[UnsafeCell<T>] {
-        // SAFETY: `len` initialised cells (`new`), owned by `self`, which outlives the borrow.
+        // SAFETY: `len` initialised cells (`new`), owned by `self`, which outlives the borrow (and
+        // frees them only when dropped, I1).
         unsafe { std::slice::from_raw_parts(self.cells.as_ptr(), self.len) }
     }
 }

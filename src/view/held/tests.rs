@@ -25,7 +25,8 @@ fn grown_arrays_keep_their_cells_and_old_ones_stay_valid() {
         nodes.push((unit, arena.arrays(), kids));
     }
     let arrays = arena.arrays();
-    // SAFETY: nothing writes the arena any more, and the nodes read are those written above.
+    // SAFETY: nothing writes the arena any more, and the nodes read are those written above
+    // (single-threaded: I2-I4 hold without a protocol).
     let now = unsafe { held(&arrays) };
     for (unit, then, kids) in &nodes {
         // SAFETY: an array that held the node, still alive (`nodes` keeps it); a grown array
@@ -45,7 +46,7 @@ fn flat_nodes_find_each_key_in_its_run_and_nothing_outside() {
     let check = |arena: &Arena, e: Entry, runs: &[(u32, u32)], last: u32| {
         let offset = e.table_parts().1;
         let arrays = arena.arrays();
-        // SAFETY: the block `alloc_flat` wrote above; single-threaded, so nothing writes it
+        // SAFETY: the block `alloc_flat` wrote above (I2); single-threaded, so nothing writes it
         // while `check` reads.
         let held = unsafe { held(&arrays) };
         let mut keys: Vec<u32> = runs
@@ -87,7 +88,7 @@ fn tables_pad_to_a_line_and_find_their_rows() {
     let (class, offset) = e.table_parts();
     assert_eq!(table_cap(class), 8);
     let arrays = arena.arrays();
-    // SAFETY: the table `alloc_table` wrote above; single-threaded, and the arena is not
+    // SAFETY: the table `alloc_table` wrote above (I2); single-threaded, and the arena is not
     // written until the next `held`.
     let t = unsafe { held(&arrays) };
     let find = |off| t.table_piece(offset, class, off);
@@ -108,7 +109,7 @@ fn tables_pad_to_a_line_and_find_their_rows() {
     let cap = table_cap(class);
     assert_eq!(cap, 24);
     let arrays = arena.arrays();
-    // SAFETY: the second table, written above by `alloc_table`; single-threaded, and the
+    // SAFETY: the second table, written above by `alloc_table` (I2); single-threaded, and the
     // arena is not written again.
     let t = unsafe { held(&arrays) };
     for off in 0..0x200u32 {
