@@ -88,15 +88,15 @@ impl Arena {
         grow(&mut self.arrays.nodes, need);
         let unit = (slot as usize * self.units()) as u32;
         assert!(kids.len() <= self.node_cells);
-        let first = unit as usize * NODE_UNIT;
-        for (i, &k) in as_words(kids).iter().enumerate() {
+        let cells = self
+            .arrays
+            .nodes
+            .range(unit as usize * NODE_UNIT, kids.len());
+        for (cell, &k) in cells.iter().zip(as_words(kids)) {
             // SAFETY: a node slot just allocated, fresh or freed by reclamation: no
             // generation anyone can read reaches it (I3, I4); and only the writer writes,
             // through `&mut self` (I6), so nobody reads or writes the cell meanwhile.
-            self.arrays
-                .nodes
-                .cell(first + i)
-                .with_mut(|p| unsafe { *p = k });
+            cell.with_mut(|p| unsafe { *p = k });
         }
         Ok(unit)
     }
@@ -239,15 +239,12 @@ impl Arena {
         r.rows += rows;
         r.cells += cells;
         grow(&mut self.arrays.rows, offset + cells);
-        for i in 0..cells {
-            let c = cell(i);
+        for (i, c) in self.arrays.rows.range(offset, cells).iter().enumerate() {
+            let v = cell(i);
             // SAFETY: a block just taken from the free list (freed by reclamation) or fresh:
             // no generation anyone can read reaches it (I3, I4); and only the writer writes,
             // through `&mut self` (I6), so nobody reads or writes the cell meanwhile.
-            self.arrays
-                .rows
-                .cell(offset + i)
-                .with_mut(|p| unsafe { *p = c });
+            c.with_mut(|p| unsafe { *p = v });
         }
         Ok(offset)
     }

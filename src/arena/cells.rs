@@ -68,6 +68,18 @@ impl<T: Copy + Default, const N: usize> Cells<T, N> {
     pub(super) fn cell(&self, i: usize) -> &UnsafeCell<T> {
         &self.blocks[i / N].0[i % N]
     }
+
+    /// Cells `start .. start + len`, for the writer (I6) filling a node or a block.
+    pub(super) fn range(&self, start: usize, len: usize) -> &[UnsafeCell<T>] {
+        assert!(
+            start <= self.len() && len <= self.len() - start,
+            "cells out of the array"
+        );
+        // SAFETY: the blocks are one allocation of `len()` cells with no padding between
+        // them (`FLAT`), so cells `start .. start + len` (checked above) are contiguous and
+        // initialised, and borrowed no longer than `self`, which owns them (I1).
+        unsafe { std::slice::from_raw_parts(self.base().add(start), len) }
+    }
 }
 
 /// The arrays a generation's tree lives in; a [`Version`](crate::version::Version) holds
