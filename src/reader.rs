@@ -140,9 +140,11 @@ const IN_LAST: usize = 8;
 /// ```
 ///
 /// Pieces are 32-byte aligned in their array and `IN_LAST` is a multiple of 8, so the
-/// address leaves the two low bits free.
+/// address leaves the two low bits free. A pointer, not an integer, so that the piece it is
+/// read back from keeps the provenance of the one the walk found (the count is added and
+/// taken off with `wrapping_byte_add`/`_sub`, as an offset within the piece).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Mru(usize);
+struct Mru(*const Piece);
 
 // The count fits its bits, and `IN_LAST` leaves them free.
 const _: () = assert!(REPEATS <= Mru::COUNT && IN_LAST & Mru::COUNT == 0);
@@ -150,27 +152,34 @@ const _: () = assert!(REPEATS <= Mru::COUNT && IN_LAST & Mru::COUNT == 0);
 impl Mru {
     /// The bits that hold the count.
     const COUNT: usize = 3;
-    const NONE: Mru = Mru(0);
+    const NONE: Mru = Mru(std::ptr::null());
 
     /// The remembered piece's address (0 for none, [`IN_LAST`] for `Reader::last`).
     #[inline(always)]
     fn piece(self) -> usize {
-        self.0 & !Self::COUNT
+        self.0 as usize & !Self::COUNT
+    }
+
+    /// The remembered piece, as the pointer the walk found it at.
+    #[inline(always)]
+    fn ptr(self) -> *const Piece {
+        self.0.wrapping_byte_sub(self.count())
     }
 
     /// How many walks in a row found the piece.
     #[inline(always)]
     fn count(self) -> usize {
-        self.0 & Self::COUNT
+        self.0 as usize & Self::COUNT
     }
 
     /// After a walk that found the piece at `piece`: that piece, its count one more (up to
     /// [`REPEATS`]) if it is the one remembered, else 0.
     #[inline(always)]
-    fn after_walk(self, piece: usize) -> Mru {
-        debug_assert_eq!(piece & Self::COUNT, 0, "pieces are aligned");
-        let count = (self.count() + 1).min(REPEATS) * (piece == self.piece()) as usize;
-        Mru(piece | count)
+    fn after_walk(self, piece: *const Piece) -> Mru {
+        debug_assert_eq!(piece as usize & Self::COUNT, 0, "pieces are aligned");
+        let same = piece as usize == self.piece();
+        let count = (self.count() + 1).min(REPEATS) * same as usize;
+        Mru(piece.wrapping_byte_add(count))
     }
 }
 
@@ -268,7 +277,7 @@ impl<V> Reader<V> {
             let at = if mru.piece() == IN_LAST {
                 &self.last as *const Piece
             } else {
-                mru.piece() as *const Piece
+                mru.ptr()
             };
             // SAFETY: `at` is a piece of the held generation or `last`, a record's piece of
             // it (the count is reset with the generation; no found piece is at address 0),
@@ -283,9 +292,9 @@ impl<V> Reader<V> {
         // A page record's piece has no cell: copied to `last`.
         let p = if found.cell().is_null() {
             self.last = *found.piece();
-            IN_LAST
+            std::ptr::null::<Piece>().wrapping_byte_add(IN_LAST)
         } else {
-            found.cell() as usize
+            found.cell()
         };
         self.mru = mru.after_walk(p);
         Some(found)
@@ -455,21 +464,24 @@ mod tests {
     /// The remembered word's two fields round-trip, and its count follows the walks.
     #[test]
     fn the_remembered_word_packs_a_piece_and_a_count() {
-        let (a, b) = (0x7f00_1000usize, 0x7f00_1020usize);
+        let pieces = [Piece::default(), Piece::default()];
+        let (a, b) = (&pieces[0] as *const Piece, &pieces[1] as *const Piece);
+        let in_last = std::ptr::null::<Piece>().wrapping_byte_add(IN_LAST);
         assert_eq!((Mru::NONE.piece(), Mru::NONE.count()), (0, 0));
         let m = Mru::NONE.after_walk(a);
-        assert_eq!((m.piece(), m.count()), (a, 0), "a new piece starts at 0");
+        assert_eq!((m.ptr(), m.count()), (a, 0), "a new piece starts at 0");
         let m = m.after_walk(a);
-        assert_eq!((m.piece(), m.count()), (a, 1));
+        assert_eq!((m.ptr(), m.count()), (a, 1));
         let m = m.after_walk(a).after_walk(a).after_walk(a);
         assert_eq!(
-            (m.piece(), m.count()),
+            (m.ptr(), m.count()),
             (a, REPEATS),
             "the count stops at REPEATS"
         );
+        assert_eq!(m.piece(), a as usize);
         let m = m.after_walk(b);
-        assert_eq!((m.piece(), m.count()), (b, 0), "another piece starts over");
-        let m = m.after_walk(IN_LAST).after_walk(IN_LAST);
+        assert_eq!((m.ptr(), m.count()), (b, 0), "another piece starts over");
+        let m = m.after_walk(in_last).after_walk(in_last);
         assert_eq!((m.piece(), m.count()), (IN_LAST, 1));
     }
 }
