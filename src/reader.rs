@@ -160,6 +160,12 @@ impl Mru {
         self.0 as usize & !Self::COUNT
     }
 
+    /// [`IN_LAST`] as a piece pointer (no piece's: never read through).
+    #[inline(always)]
+    fn in_last() -> *const Piece {
+        std::ptr::null::<Piece>().wrapping_byte_add(IN_LAST)
+    }
+
     /// The remembered piece, as the pointer the walk found it at.
     #[inline(always)]
     fn ptr(self) -> *const Piece {
@@ -292,7 +298,7 @@ impl<V> Reader<V> {
         // A page record's piece has no cell: copied to `last`.
         let p = if found.cell().is_null() {
             self.last = *found.piece();
-            std::ptr::null::<Piece>().wrapping_byte_add(IN_LAST)
+            Mru::in_last()
         } else {
             found.cell()
         };
@@ -466,7 +472,7 @@ mod tests {
     fn the_remembered_word_packs_a_piece_and_a_count() {
         let pieces = [Piece::default(), Piece::default()];
         let (a, b) = (&pieces[0] as *const Piece, &pieces[1] as *const Piece);
-        let in_last = std::ptr::null::<Piece>().wrapping_byte_add(IN_LAST);
+        let in_last = Mru::in_last();
         assert_eq!((Mru::NONE.piece(), Mru::NONE.count()), (0, 0));
         let m = Mru::NONE.after_walk(a);
         assert_eq!((m.ptr(), m.count()), (a, 0), "a new piece starts at 0");

@@ -178,7 +178,7 @@ impl Arena {
         }
         cells[FLAT_BASE] = base as u32;
         cells[FLAT_BASE + 1] = (base >> 32) as u32;
-        cells[FLAT_BASE + 2] = rows.len() as u32;
+        cells[FLAT_RUNS] = rows.len() as u32;
         let offset = self.alloc_block(BlockKind::Flat, FLAT_CELLS, rows.len(), |i| cells[i])?;
         self.rows.flats += 1;
         Ok(Entry::flat(0, offset as u32))
@@ -304,7 +304,7 @@ impl Arena {
         let (class, offset) = e.table_parts();
         let offset_cells = offset as usize;
         if e.is_flat() {
-            let rows = self.row(offset_cells + FLAT_BASE + 2) as usize;
+            let rows = self.row(offset_cells + FLAT_RUNS) as usize;
             let r = &mut self.rows;
             r.flat_free.push(offset);
             r.flats -= 1;
@@ -312,11 +312,8 @@ impl Arena {
             r.cells -= FLAT_CELLS;
             return;
         }
-        // The real rows: the padding repeats the last piece (two rows of one table never
-        // share a piece).
         let cap = table_cap(class);
-        let piece = |k: usize| self.row(offset_cells + cap + k);
-        let rows = 1 + (1..cap).take_while(|&k| piece(k) != piece(k - 1)).count();
+        let rows = table_real_rows(cap, |k| self.row(offset_cells + cap + k));
         let r = &mut self.rows;
         r.free[class as usize].push(offset);
         r.tables -= 1;

@@ -53,6 +53,8 @@ pub(crate) const FLAT_CELLS: usize = (FLAT_ROWS + 1) + FLAT_ROWS + 3;
 pub(crate) const FLAT_ENTRIES: usize = FLAT_ROWS + 1;
 /// Where a flat node's span's first page starts in its block (then the number of runs).
 pub(crate) const FLAT_BASE: usize = 2 * FLAT_ROWS + 1;
+/// Where a flat node's number of runs is in its block (after its span's first page).
+pub(crate) const FLAT_RUNS: usize = FLAT_BASE + 2;
 /// Bytes of a flat node's block.
 pub(crate) const FLAT_BYTES: usize = FLAT_CELLS * std::mem::size_of::<u32>();
 /// Flat nodes' keys and sub-page tables' starts are stored and compared as
@@ -162,6 +164,12 @@ pub(crate) struct SubEntry {
 /// Cells of a table block of `rows` rows: starts, pieces, and the page in two cells.
 pub(super) const fn block_cells(rows: usize) -> usize {
     2 * rows + 2
+}
+
+/// How many of the `cap` rows of a table block are real, given its row `k`'s piece: the
+/// padding repeats the last real piece, and two real rows of one table never share one.
+pub(crate) fn table_real_rows(cap: usize, piece: impl Fn(usize) -> u32) -> usize {
+    1 + (1..cap).take_while(|&k| piece(k) != piece(k - 1)).count()
 }
 
 /// Bytes a node takes.

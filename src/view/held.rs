@@ -247,7 +247,7 @@ impl<'g, V> Held<'g, V> {
     pub(super) fn flat_rows(self, offset: u32) -> (Vec<(u32, u32)>, u64) {
         let block = self.block(offset as usize);
         let cell = |i: usize| block.get(i);
-        let n = cell(FLAT_BASE + 2) as usize;
+        let n = cell(FLAT_RUNS) as usize;
         let rows = (0..n)
             .map(|i| (cell(i) ^ KEY_BIAS, cell(FLAT_ENTRIES + i)))
             .collect();
@@ -268,15 +268,10 @@ impl<'g, V> Held<'g, V> {
     pub(super) fn table_rows(self, offset: u32, rows: usize) -> Vec<(u32, u32)> {
         let block = self.block(offset as usize);
         let cell = |i: usize| block.get(i);
-        let mut out: Vec<(u32, u32)> = Vec::with_capacity(rows);
-        for i in 0..rows {
-            let piece = cell(rows + i);
-            if out.last().is_some_and(|&(_, last)| last == piece) {
-                break; // padding: two rows of one table never share a piece
-            }
-            out.push((cell(i) ^ KEY_BIAS, piece));
-        }
-        out
+        let n = table_real_rows(rows, |k| cell(rows + k));
+        (0..n)
+            .map(|i| (cell(i) ^ KEY_BIAS, cell(rows + i)))
+            .collect()
     }
 }
 
