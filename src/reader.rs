@@ -7,12 +7,13 @@
 //! mark, the same header copy), then the publication cell's and the tree's.
 
 use crate::arena::Piece;
+use crate::entry::Entry;
 use crate::qsbr::{Announcer, Slot, OFFLINE};
 use crate::shared::Shared;
 use crate::snapshot::{Hit, Snapshot};
 use crate::sync::{Arc, Barrier, Latest};
 use crate::version::{Hot, Version};
-use crate::view::{Found, Held};
+use crate::view::{Found, Held, Near};
 use std::cell::Cell;
 use std::sync::atomic::AtomicUsize;
 #[cfg(feature = "bus")]
@@ -99,11 +100,33 @@ pub(crate) struct State {
 struct Own {
     /// The held generation's header, for the bus's dispatches (as `Reader::hot`).
     hot: Cell<Hot>,
+    /// The region the bus's walks remember ([`Near`]: an entry of the held generation's
+    /// tree, I9), in two cells so that the state stays one line.
+    near: Cell<Entry>,
+    near_key: Cell<u16>,
     /// The owning bus's score of its recent placements (`bus.rs`): on this line, which a
     /// dispatch reads anyway.
     bus_score: Cell<u8>,
     /// The map's barrier (`sync.rs`).
     barrier: Barrier,
+}
+
+impl Own {
+    /// The region the bus's walks remember.
+    #[cfg(feature = "bus")]
+    #[inline(always)]
+    fn near(&self) -> Near {
+        Near {
+            key: self.near_key.get(),
+            entry: self.near.get(),
+        }
+    }
+
+    #[inline(always)]
+    fn set_near(&self, near: Near) {
+        self.near_key.set(near.key);
+        self.near.set(near.entry);
+    }
 }
 
 // A bus dispatch reads the state's one line (loom's types are larger: not there).
@@ -208,6 +231,8 @@ impl<V> Reader<V> {
             dispatching: AtomicUsize::new(0),
             own: Own {
                 hot: Cell::new(Hot::NONE),
+                near: Cell::new(Near::NONE.entry),
+                near_key: Cell::new(Near::NONE.key),
                 bus_score: Cell::new(0),
                 barrier: shared.registry.barrier(),
             },
@@ -271,6 +296,7 @@ impl<V> Reader<V> {
     #[inline(never)]
     fn adopt(&mut self, hot: Hot) {
         self.state.own.hot.set(hot);
+        self.state.own.set_near(Near::NONE);
         self.hot = hot;
         self.mru = Mru::NONE;
     }
@@ -294,7 +320,7 @@ impl<V> Reader<V> {
                 return Some(found);
             }
         }
-        let found = Self::walk::<false, _>(self.hot, addr, &self.hot)?;
+        let found = Self::held(self.hot, Near::NONE, &self.hot).find(addr)?;
         // A page record's piece has no cell: copied to `last`.
         let p = if found.cell().is_null() {
             self.last = *found.piece();
@@ -306,14 +332,16 @@ impl<V> Reader<V> {
         Some(found)
     }
 
-    /// The walk from the root of the held generation, given the reader's `hot` (the reader
-    /// must be online).
+    /// The held generation's tree, given the reader's `hot` and `near` (the reader must be
+    /// online).
     #[inline(always)]
-    fn walk<'r, const LOW: bool, A>(hot: Hot, addr: u64, _part: &'r A) -> Option<Found<'r, V>> {
+    fn held<'r, A>(hot: Hot, near: Near, _part: &'r A) -> Held<'r, V> {
         // SAFETY: `hot` is the header of the generation the reader announced (`enter`
         // copied it), which is held while the answer borrows `_part`, a part of the reader,
-        // since going offline or entering another generation takes the whole reader (I8).
-        unsafe { Held::new(hot) }.find::<LOW>(addr)
+        // since going offline or entering another generation takes the whole reader (I8);
+        // `near` is none, or what a walk of that generation's tree returned (`adopt` forgets
+        // it with the generation: I9).
+        unsafe { Held::new(hot, near) }
     }
 
     /// Looks `addr` up in the newest published generation.
@@ -344,12 +372,44 @@ impl<V> Reader<V> {
         self.held
     }
 
+    /// Goes online for a bus dispatch in the generation it held last, the common case: inline
+    /// and with no call (a bus's reader is offline between dispatches). False if the reader
+    /// was online, or if a newer generation is published: then the reader is offline again
+    /// (having announced the newer one in passing: announcements only move forward, I8) and
+    /// the caller goes online with [`dispatch_online`](Reader::dispatch_online), which copies
+    /// the new header out of line, so that neither that copy nor the call making it enlarges
+    /// the frame of every dispatch.
+    #[cfg(feature = "bus")]
+    #[inline(always)]
+    pub(crate) fn dispatch_enter_held(&mut self) -> bool {
+        if self.is_online() {
+            return false;
+        }
+        let before = self.held & !OFFLINE;
+        let barrier = self.state.own.barrier;
+        let (generation, newer) =
+            self.state
+                .slot
+                .enter(self.latest(), barrier, before, |_: &Version<V>| ());
+        if newer.is_none() {
+            self.held = generation;
+            return true;
+        }
+        // Offline again; the handle still holds `before`'s header, which `enter` compares
+        // with.
+        self.state.slot.leave(barrier);
+        false
+    }
+
     /// The lookup of a bus dispatch, after [`dispatch_online`](Reader::dispatch_online): the
     /// walk alone (the bus remembers placements itself, on a line of its own).
     #[cfg(feature = "bus")]
     #[inline(always)]
     pub(crate) fn dispatch_lookup(&self, addr: u64) -> Option<Hit<'_, V>> {
-        let found = Self::walk::<true, _>(self.state.own.hot.get(), addr, &self.state)?;
+        let own = &self.state.own;
+        let (found, near) = Self::held(own.hot.get(), own.near(), &self.state).find_near(addr);
+        own.set_near(near);
+        let found = found?;
         Some(Hit::new(found.value(), found.piece(), addr))
     }
 

@@ -20,10 +20,11 @@ pub(crate) struct Hot {
     /// (not a field of its own: the default layout's walk, which never needs it, then keeps
     /// one register more).
     page_mask: u32,
-    /// Where the walk of every address below 4 GiB goes on from after the levels in which
-    /// all such addresses take child 0 ([`TreeRef::low_start`](crate::view::TreeRef::low_start)):
-    /// the walks that matter most (legacy MMIO, port I/O, low RAM) skip the root and the
-    /// levels above the one that splits the low 4 GiB. (In what would be padding.)
+    /// Where the bus's walk of every address below `2^NEAR_BITS` (1 GiB) goes on from after
+    /// the nodes whose children span that much or more
+    /// ([`TreeRef::low_start`](crate::view::TreeRef::low_start)): the walks of legacy
+    /// MMIO, port I/O and an Arm machine's devices skip the root and the levels above the one
+    /// that splits the low GiB. (In what would be padding.)
     pub low: Entry,
     pub bases: Bases,
 }

@@ -387,8 +387,40 @@ impl<D: ?Sized + Send + Sync> BusVcpu<D> {
     /// The placement is held (a `remove` or `update_range` on another thread waits) until `f`
     /// returns or unwinds; between dispatches the vCPU holds nothing, even after a panicking
     /// device handler (a VMM that catches the panic and lets the vCPU idle delays no one).
-    #[inline]
+    #[inline(always)]
     pub fn dispatch<T>(
+        &mut self,
+        addr: u64,
+        len: usize,
+        f: impl FnOnce(&D, u64, u64) -> T,
+    ) -> Result<T, BusError> {
+        // This dispatch is in progress on this thread (for `Bus::synchronize`): an address in
+        // its frame, written before going online.
+        let frame = 0u8;
+        self.reader.mark_dispatch(&frame as *const u8 as usize);
+        if !self.reader.dispatch_enter_held() {
+            return self.dispatch_entering(addr, len, f);
+        }
+        self.dispatch_online(addr, len, f)
+    }
+
+    /// A dispatch that first enters a newer generation (once per commit and vCPU): out of
+    /// line, so that copying the new header enlarges no frame but this one.
+    #[cold]
+    #[inline(never)]
+    fn dispatch_entering<T>(
+        &mut self,
+        addr: u64,
+        len: usize,
+        f: impl FnOnce(&D, u64, u64) -> T,
+    ) -> Result<T, BusError> {
+        self.reader.dispatch_online();
+        self.dispatch_online(addr, len, f)
+    }
+
+    /// The rest of a dispatch, the vCPU online.
+    #[inline(always)]
+    fn dispatch_online<T>(
         &mut self,
         addr: u64,
         len: usize,
@@ -398,10 +430,7 @@ impl<D: ?Sized + Send + Sync> BusVcpu<D> {
         // handler moves a BAR on another bus, or one whose handler panicked, never holds a
         // `synchronize` back.
         let vcpu = Offline(&mut self.reader);
-        // This dispatch is in progress on this thread (for `Bus::synchronize`).
-        vcpu.0
-            .mark_dispatch(&vcpu as *const Offline<'_, _> as usize);
-        let generation = vcpu.0.dispatch_online();
+        let generation = vcpu.0.last_generation();
         let score = vcpu.0.bus_score();
         let recent = &mut *self.recent;
         if score >= Recent::<D>::ON {
@@ -456,7 +485,7 @@ impl<D: ?Sized + Send + Sync> BusVcpu<D> {
 
 impl BusVcpu<dyn DeviceMmio + Send + Sync> {
     /// An MMIO read of `data.len()` bytes at `addr`.
-    #[inline]
+    #[inline(always)]
     pub fn mmio_read(&mut self, addr: u64, data: &mut [u8]) -> Result<(), BusError> {
         self.dispatch(addr, data.len(), |d, base, offset| {
             d.mmio_read(MmioAddress(base), offset, data)
@@ -464,7 +493,7 @@ impl BusVcpu<dyn DeviceMmio + Send + Sync> {
     }
 
     /// An MMIO write of `data` at `addr`.
-    #[inline]
+    #[inline(always)]
     pub fn mmio_write(&mut self, addr: u64, data: &[u8]) -> Result<(), BusError> {
         self.dispatch(addr, data.len(), |d, base, offset| {
             d.mmio_write(MmioAddress(base), offset, data)
@@ -474,7 +503,7 @@ impl BusVcpu<dyn DeviceMmio + Send + Sync> {
 
 impl BusVcpu<dyn DevicePio + Send + Sync> {
     /// A port read of `data.len()` bytes at `port`.
-    #[inline]
+    #[inline(always)]
     pub fn pio_read(&mut self, port: u16, data: &mut [u8]) -> Result<(), BusError> {
         self.dispatch(port.into(), data.len(), |d, base, offset| {
             // A port bus has 16 address bits: base and offset fit in 16 bits.
@@ -483,7 +512,7 @@ impl BusVcpu<dyn DevicePio + Send + Sync> {
     }
 
     /// A port write of `data` at `port`.
-    #[inline]
+    #[inline(always)]
     pub fn pio_write(&mut self, port: u16, data: &[u8]) -> Result<(), BusError> {
         self.dispatch(port.into(), data.len(), |d, base, offset| {
             d.pio_write(PioAddress(base as u16), offset as u16, data)

@@ -1,6 +1,8 @@
 //! The lookup: [`Held::find`] from a generation's header, [`TreeRef::find`], and what it
 //! returns ([`Found`]).
 
+#[cfg(feature = "bus")]
+use super::held::Near;
 use super::{entries::*, held::Held, tree::*};
 use crate::arena::{Piece, Storage};
 use crate::entry::Entry;
@@ -81,23 +83,68 @@ impl<'g, V> Held<'g, V> {
     /// [`Reader`](crate::Reader) keeps a copy of the header beside its announcement and walks
     /// from it, so that the walk neither waits for a load of the version's address and then
     /// of its header, nor touches the version at all.
-    ///
-    /// With `LOW`, an address below 4 GiB starts at [`Hot::low`], past the levels in which
-    /// every such address takes child 0: one line fewer from cold caches where the map has
-    /// anything mapped outside the root's child 0 (a bus dispatch); on a warm loop, a select
-    /// that every walk waits for (1.06-1.20x on the warm lookup benches when it was tried
-    /// there), hence not for the other lookups.
     #[inline(always)]
-    pub(crate) fn find<const LOW: bool>(self, addr: u64) -> Option<Found<'g, V>> {
-        // The header in locals (a copy), so that the loop keeps it in registers. `hot.low`
-        // is the entry the walk of an address below 4 GiB reaches from the root after the
-        // levels it skips (`TreeRef::low_start`).
-        let hot = *self.hot();
-        let mut e = if LOW && addr >> LOW_BITS == 0 {
-            hot.low
+    pub(crate) fn find(self, addr: u64) -> Option<Found<'g, V>> {
+        self.find_from(self.hot().root, addr)
+    }
+
+    /// The bus's walk of `addr`: the same piece as [`Held::find`], with fewer cache lines
+    /// from cold. The walk starts past the nodes whose children span a region of
+    /// `2^NEAR_BITS` bytes or more (the root's line, and on a map with anything above
+    /// 512 GiB the next node's): at [`Hot::low`] for region 0, at the remembered [`Near`]
+    /// entry for its region, else from the root (then remembering this region's entry).
+    /// Exits cluster in a region or two (a PC's PCI hole and legacy devices, an Arm
+    /// machine's low MMIO), so a vCPU's walks mostly skip those lines, as a CPU's
+    /// paging-structure caches skip the upper levels of a page walk. Returns the region
+    /// to remember next. On a warm loop the select before the walk is a cost every walk
+    /// waits for (1.06-1.20x on the warm lookup benches when a fixed low start was tried
+    /// there), hence not for the other lookups.
+    #[cfg(feature = "bus")]
+    #[inline(always)]
+    pub(crate) fn find_near(self, addr: u64) -> (Option<Found<'g, V>>, Near) {
+        let key = addr >> NEAR_BITS;
+        let near = self.near();
+        let (start, near) = if key == 0 {
+            (self.hot().low, near)
+        } else if key == near.key as u64 {
+            (near.entry, near)
         } else {
-            hot.root
+            let e = self.near_start(addr);
+            match u16::try_from(key) {
+                Ok(key) => (e, Near { key, entry: e }),
+                // Beyond 64 TiB: walked from the root each time.
+                Err(_) => (e, near),
+            }
         };
+        (self.find_from(start, addr), near)
+    }
+
+    /// The entry where the walk of `addr` goes on from after the nodes whose children span
+    /// at least `2^NEAR_BITS` bytes: from the root, down every node whose `shift` is at least
+    /// `NEAR_BITS`, to the first entry that is not such a node. Those nodes index with the
+    /// address's bits from `NEAR_BITS` up only, so every address of the region
+    /// (`addr >> NEAR_BITS`) reads the same entries down to the same one; and a walk of such
+    /// an address from the root reads exactly these entries first (each node entry carries
+    /// its node's shift, so compressed paths are no exception): starting there finds the
+    /// same piece.
+    pub(crate) fn near_start(self, addr: u64) -> Entry {
+        let mut e = self.hot().root;
+        while e.is_node() {
+            let (shift, node) = e.node_parts();
+            if shift < NEAR_BITS {
+                break;
+            }
+            e = self.entry(node, ((addr >> shift) & self.hot().mask()) as usize);
+        }
+        e
+    }
+
+    /// The walk of `addr` from `e`, an entry of this tree that the walk of `addr` from the
+    /// root reaches (the root itself, or [`Held::near_start`]'s).
+    #[inline(always)]
+    fn find_from(self, mut e: Entry, addr: u64) -> Option<Found<'g, V>> {
+        // The header in locals (a copy), so that the loop keeps it in registers.
+        let hot = *self.hot();
         while e.is_node() {
             let (shift, node) = e.node_parts();
             let i = (addr >> shift) & hot.mask();
@@ -155,34 +202,21 @@ impl<'g, V> Held<'g, V> {
     }
 }
 
-/// Addresses below `2^LOW_BITS` (4 GiB) start their walk at [`Hot::low`].
-const LOW_BITS: u32 = 32;
+/// The walks of a bus start past the nodes whose children span `2^NEAR_BITS` bytes (1 GiB)
+/// or more ([`Held::find_near`]).
+pub(crate) const NEAR_BITS: u32 = 30;
 
 impl<'g, V> TreeRef<'g, V> {
-    /// The entry where the walk of every address below 4 GiB goes on from after the levels
-    /// in which it takes child 0 ([`Hot::low`]): from the root, down child 0 of every node
-    /// whose children span at least 4 GiB (`shift >= 32`: `(addr >> shift) & mask` is 0 for
-    /// each such address), to the first entry that is not such a node. A walk of such an
-    /// address from the root reads exactly these entries first (each node entry carries its
-    /// node's shift, so compressed paths are no exception), so starting there finds the same
-    /// piece with fewer loads: on the PC and Arm machine maps with anything mapped above
-    /// 512 GiB, the root's line.
+    /// Where the bus's walk of every address of region 0 (below `2^NEAR_BITS`) goes on from
+    /// ([`Hot::low`]; [`Held::near_start`]).
     pub(crate) fn low_start(self) -> Entry {
-        let mut e = self.root().get();
-        while e.is_node() {
-            let (shift, node) = e.node_parts();
-            if shift < LOW_BITS {
-                break;
-            }
-            e = self.entry(node, 0);
-        }
-        e
+        Held::of(self.version).near_start(0)
     }
 
     /// The piece holding `addr`, if any: one load per level, then the final range check.
     #[inline(always)]
     pub(crate) fn find(self, addr: u64) -> Option<Found<'g, V>> {
-        Held::of(self.version).find::<false>(addr)
+        Held::of(self.version).find(addr)
     }
 }
 
@@ -190,44 +224,59 @@ impl<'g, V> TreeRef<'g, V> {
 mod tests {
     use crate::PhysMap;
 
-    /// With something mapped far above 4 GiB the walk of a low address skips the root, and
-    /// finds what the walk from the root finds, at every level's boundaries.
+    /// The bus's walk (from `low` for the first GiB, from the remembered region's entry, or
+    /// from the root) finds what the walk from the root finds, at every level's boundaries,
+    /// in every region, and across commits (the remembered entry is the held generation's).
     #[test]
-    fn the_low_start_skips_levels_and_finds_the_same_pieces() {
+    fn the_bus_walk_skips_levels_and_finds_the_same_pieces() {
         let map = PhysMap::new();
         let mut t = map.transaction();
         t.insert(0..=0x7fff_ffff, "ram").unwrap();
         t.insert(0xfe00_0000..=0xfe00_0fff, "dev").unwrap();
         t.insert(0xfee0_0000..=0xfee0_00ff, "apic").unwrap();
         t.insert(0x80_0000_0000..=0x80_0fff_ffff, "bar64").unwrap();
+        t.insert(0x4000_0000_0000..=0x4000_0000_0fff, "past-64t")
+            .unwrap();
         t.insert(0xffff_0000_0000_0000..=0xffff_0000_0000_0fff, "top")
             .unwrap();
         t.commit().unwrap();
-        let snap = map.snapshot();
         let mut reader = map.reader();
-        reader.dispatch_online();
-        let hot = snap.version.hot;
-        assert_ne!(
-            hot.low, hot.root,
-            "the low 4 GiB lie under the root's child 0"
-        );
-        let (shift, _) = hot.low.node_parts();
-        assert!(hot.low.is_node() && shift < super::LOW_BITS);
-        let pieces: Vec<_> = snap.iter().collect();
         let mut addrs = vec![0, 0x7fff_ffff, 0x8000_0000, 0xfe00_0000, 0xfe00_0fff];
         addrs.extend([0xfe00_1000, 0xfee0_00ff, 0xfee0_0100, 0xffff_ffff, 1 << 32]);
-        addrs.extend([0x80_0000_0000, 0xffff_0000_0000_0fff, u64::MAX]);
+        addrs.extend([0x3fff_ffff, 0x4000_0000, 0xbfff_ffff, 0xc000_0000]);
+        addrs.extend([0x80_0000_0000, 0x80_0fff_ffff, 0x80_1000_0000]);
+        addrs.extend([0x4000_0000_0fff, 0x3fff_ffff_ffff, 0x4000_0000_1000]);
+        addrs.extend([0xffff_0000_0000_0fff, u64::MAX]);
         addrs.extend((0..4096u64).map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32));
-        for a in addrs {
-            // The pieces in order, searched one by one, against the bus's walk (which starts
-            // at `low`).
-            let expected = pieces.iter().find(|(r, _)| r.contains(&a));
-            let got = reader.dispatch_lookup(a);
-            assert_eq!(
-                got.map(|h| (h.range, *h.value)),
-                expected.map(|(r, v)| (r.clone(), **v)),
-                "{a:#x}"
-            );
+        addrs.extend((0..4096u64).map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 24));
+        for round in 0..3 {
+            let snap = map.snapshot();
+            let hot = snap.version.hot;
+            // The first GiB is RAM: a leaf past the root.
+            assert!(hot.low.leaf_slot().is_some(), "{:?}", hot.low);
+            reader.dispatch_online();
+            let pieces: Vec<_> = snap.iter().collect();
+            for &a in &addrs {
+                // The pieces in order, searched one by one, against the bus's walk.
+                let expected = pieces.iter().find(|(r, _)| r.contains(&a));
+                let got = reader.dispatch_lookup(a);
+                assert_eq!(
+                    got.map(|h| (h.range, *h.value)),
+                    expected.map(|(r, v)| (r.clone(), **v)),
+                    "round {round}: {a:#x}"
+                );
+            }
+            // Remember the PCI hole's region, then a commit that changes it: the first walks
+            // of the next round (the new device's) must not start at this generation's entry.
+            reader.dispatch_lookup(0xfe00_0000);
+            reader.offline();
+            let mut t = map.transaction();
+            let base = 0xfe10_0000 + round * 0x1000;
+            t.insert(base..=base + 0xfff, "moved").unwrap();
+            t.insert(0x80_2000_0000 + round..=0x80_2000_0000 + round, "b")
+                .unwrap();
+            t.commit().unwrap();
+            addrs.splice(0..0, [base, base + 0xfff, 0x80_2000_0000 + round]);
         }
     }
 }

@@ -20,7 +20,31 @@ use std::marker::PhantomData;
 /// The header of a version of `V`s, with its tree readable for `'g` (see the module docs).
 pub(crate) struct Held<'g, V> {
     hot: Hot,
+    /// Where the bus's walks of one region start (`Held::find_near`).
+    #[cfg_attr(not(feature = "bus"), allow(dead_code))]
+    near: Near,
     _g: PhantomData<&'g V>,
+}
+
+/// Where the walk of every address of one region of `2^NEAR_BITS` bytes (`addr >> NEAR_BITS
+/// == key`) goes on from, past the nodes whose children span a region or more
+/// ([`Held::near_start`]): an entry of the tree it was found in, remembered by a bus's
+/// reader between dispatches as a CPU's paging-structure caches remember upper-level entries.
+/// `key` 0 is none (region 0 starts at [`Hot::low`], kept with the version).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Near {
+    /// The region (`addr >> NEAR_BITS`), 1 to `u16::MAX`; 0 for none.
+    pub(crate) key: u16,
+    /// The entry its walks go on from.
+    pub(crate) entry: Entry,
+}
+
+impl Near {
+    /// No region remembered.
+    pub(crate) const NONE: Near = Near {
+        key: 0,
+        entry: Entry::EMPTY,
+    };
 }
 
 impl<V> Clone for Held<'_, V> {
@@ -36,22 +60,32 @@ impl<'g, V> Held<'g, V> {
     pub(crate) fn of(version: &'g Version<V>) -> Self {
         Held {
             hot: version.hot,
+            near: Near::NONE,
             _g: PhantomData,
         }
     }
 
-    /// The tree whose header is `hot`.
+    /// The tree whose header is `hot`, with the region its walks remember.
     ///
     /// # Safety
     /// `hot` is a copy of the header of a version of `V`s whose tree stays readable for `'g`:
     /// a counted reference to the version, or an announcement of its generation, lives for
-    /// `'g` (I4, I8).
+    /// `'g` (I4, I8); `near` is [`Near::NONE`] or was returned by [`Held::find_near`] on a
+    /// `Held` of the same version (its entry is one of this tree's: I9).
     #[inline(always)]
-    pub(crate) unsafe fn new(hot: Hot) -> Self {
+    pub(crate) unsafe fn new(hot: Hot, near: Near) -> Self {
         Held {
             hot,
+            near,
             _g: PhantomData,
         }
+    }
+
+    /// The region remembered ([`Near`]).
+    #[cfg(feature = "bus")]
+    #[inline(always)]
+    pub(crate) fn near(&self) -> Near {
+        self.near
     }
 
     /// The header.

@@ -26,6 +26,6 @@ mod walk;
 
 pub(crate) use entries::*;
 pub(crate) use find::*;
-pub(crate) use held::Held;
+pub(crate) use held::{Held, Near};
 pub(crate) use tree::*;
 pub(crate) use walk::*;

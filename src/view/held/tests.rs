@@ -11,7 +11,7 @@ use crate::entry::as_words;
 unsafe fn held(arrays: &Arrays) -> Held<'_, ()> {
     // SAFETY: forwarded contract: `arrays` outlives the borrow, and the cells read are
     // written and not written meanwhile, as a held generation's are (I1-I4).
-    unsafe { Held::new(Hot::with_bases(arrays.bases())) }
+    unsafe { Held::new(Hot::with_bases(arrays.bases()), Near::NONE) }
 }
 
 #[test]
