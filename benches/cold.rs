@@ -64,8 +64,16 @@ struct RwLockBus {
 }
 
 impl RwLockBus {
+    /// A call, as a VMM calls its bus crate's `read` (Cloud Hypervisor's `vm_device::Bus::read`).
     #[inline(never)]
     fn read(&self, addr: u64, data: &mut [u8]) -> bool {
+        self.read_inlined(addr, data)
+    }
+
+    /// The same, compiled into its caller as physmap's `BusVcpu::mmio_read` is (for the
+    /// comparison with the call structure set aside: `rwlock-bus-inlined`).
+    #[inline(always)]
+    fn read_inlined(&self, addr: u64, data: &mut [u8]) -> bool {
         let resolved = {
             let devices = self.devices.read().unwrap();
             let found = devices.range(..=(addr, u64::MAX)).next_back();
@@ -159,6 +167,7 @@ fn setup(m: &Map) -> Setup {
 enum Structure {
     PhysmapBus,
     RwLockBus,
+    RwLockBusInlined,
     PhysmapReader,
     QemuWalk,
     /// The eviction walk and the timer alone.
@@ -166,9 +175,10 @@ enum Structure {
 }
 
 impl Structure {
-    const ALL: [Structure; 5] = [
+    const ALL: [Structure; 6] = [
         Structure::PhysmapBus,
         Structure::RwLockBus,
+        Structure::RwLockBusInlined,
         Structure::PhysmapReader,
         Structure::QemuWalk,
         Structure::None,
@@ -177,6 +187,7 @@ impl Structure {
         match self {
             Structure::PhysmapBus => "physmap-bus",
             Structure::RwLockBus => "rwlock-bus",
+            Structure::RwLockBusInlined => "rwlock-bus-inlined",
             Structure::PhysmapReader => "physmap-reader",
             Structure::QemuWalk => "qemu-walk",
             Structure::None => "none",
@@ -196,6 +207,10 @@ impl Setup {
             }
             Structure::RwLockBus => {
                 let ok = self.rwlock.read(addr, &mut data);
+                u32::from_le_bytes(data) as u64 ^ ok as u64
+            }
+            Structure::RwLockBusInlined => {
+                let ok = self.rwlock.read_inlined(addr, &mut data);
                 u32::from_le_bytes(data) as u64 ^ ok as u64
             }
             Structure::PhysmapReader => self.reader.lookup(addr).map_or(0, |h| *h.value ^ h.offset),

@@ -18,7 +18,7 @@ for l in sys.stdin:
         print(m["executable"])')
 maps=("$@")
 [ ${#maps[@]} -gt 0 ] || maps=(q35-booted q35-24-virtio-net pc-i440fx pc-dimms virt-arm)
-structures=(physmap-bus rwlock-bus physmap-reader qemu-walk)
+structures=(physmap-bus rwlock-bus rwlock-bus-inlined physmap-reader qemu-walk)
 suffix=""; [ "${MIX:-spread}" = few ] && suffix=/few
 out=target/physmap-bench/cold-lines${suffix:+-few}.json
 mkdir -p target/physmap-bench
