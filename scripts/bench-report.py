@@ -197,7 +197,7 @@ def exit_path_section(w):
         m = k.split("/")[1]
         if m not in maps:
             maps.append(m)
-    S = ["physmap-bus", "rwlock-bus", "physmap-reader", "qemu-walk"]
+    S = ["physmap-bus", "rwlock-bus", "rwlock-bus-inlined", "physmap-reader", "qemu-walk"]
     w("## The exit path: a dispatch from cold caches")
     w("")
     w("Between two exits the guest ran and evicted what the VMM touched: what a dispatch costs at a "
@@ -205,8 +205,9 @@ def exit_path_section(w):
       "4-byte MMIO reads spread uniformly over every MMIO range of each map (each range a device) "
       "after a walk that evicts the caches: `physmap-bus` is physmap's `MmioBus` with one `BusVcpu` "
       "(online, lookup, access check, device call, offline), `rwlock-bus` Cloud Hypervisor's "
-      "`RwLock<BTreeMap>` bus (read lock, range search, `Weak::upgrade`, device call), "
-      "`physmap-reader` a `Reader::lookup` alone and `qemu-walk` QEMU's dispatch walk alone.")
+      "`RwLock<BTreeMap>` bus (read lock, range search, `Weak::upgrade`, device call) called as "
+      "VMMs call their bus crate's `read`, `rwlock-bus-inlined` the same compiled into its caller "
+      "as physmap's dispatch is, `physmap-reader` a `Reader::lookup` alone and `qemu-walk` QEMU's dispatch walk alone.")
     w("")
     if lines:
         w("Data cache lines fetched per cold dispatch, `scripts/cold-lines.sh` (cachegrind: D1 32 KiB, "

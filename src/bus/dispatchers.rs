@@ -5,7 +5,7 @@
 //! own state (`Reader::mark_dispatch`), which it writes anyway; `synchronize` looks for an online
 //! dispatcher whose mark lies in the calling thread's stack.
 
-use crate::reader::DispatchMark;
+use crate::reader::dispatch::DispatchMark;
 use std::sync::{Mutex, Weak};
 
 /// Every `BusVcpu`'s mark, of every bus.

@@ -72,7 +72,6 @@
 use crate::{Config, PhysMap, Reader};
 use std::fmt;
 use std::ops::RangeInclusive;
-use std::ptr::NonNull;
 use std::sync::Arc;
 use vm_device::bus::{MmioAddress, PioAddress};
 use vm_device::{DeviceMmio, DevicePio};
@@ -291,6 +290,9 @@ impl<D: ?Sized + Send + Sync> Bus<D> {
 }
 
 mod dispatchers;
+mod recent;
+
+use recent::Recent;
 
 /// Takes its reader offline when dropped, unwinding included.
 struct Offline<'r, V>(&'r mut Reader<V>);
@@ -317,82 +319,6 @@ pub struct BusVcpu<D: ?Sized> {
 // (I8), whatever the thread; the devices are `Sync` (shared with every vCPU) and the reader
 // is `Send` for `Placement<D>: Send + Sync`.
 unsafe impl<D: ?Sized + Send + Sync> Send for BusVcpu<D> {}
-
-/// How many placements a vCPU remembers.
-const RECENT: usize = 3;
-
-/// The placements a vCPU dispatched to last, in the generation it held then: exits cluster
-/// on a few devices (a driver's doorbell and status registers, the serial port, the
-/// interrupt controller), and a hit here costs one line where the walk costs the tree's
-/// nodes, the piece and the placement (QEMU's dispatch remembers one section,
-/// `AddressSpaceDispatch::mru_section`; this remembers three, with their devices inline).
-/// On traffic spread over many devices it would cost a line per dispatch for nothing: a
-/// score on the reader's first line, which a dispatch writes anyway, decides whether to
-/// look here ([`Recent::ON`]).
-#[repr(C, align(64))]
-struct Recent<D: ?Sized> {
-    /// The generation the placements are of ([`NONE`](Recent::NONE) for none).
-    generation: u64,
-    /// Entries in use (filled in order, then replaced round-robin from `next`).
-    len: u32,
-    /// The entry the next walk's placement replaces, once all are in use.
-    next: u32,
-    /// Each entry's first and last byte (an unused entry: 1 and 0, which no address is
-    /// between).
-    first: [u64; RECENT],
-    last: [u64; RECENT],
-    /// Each entry's device (`None` unused).
-    device: [Option<NonNull<D>>; RECENT],
-}
-
-impl<D: ?Sized> Recent<D> {
-    /// Tags no generation: generations start at 1 and count up.
-    const NONE: u64 = u64::MAX;
-    /// The score from which the vCPU looks here first, and the most it holds: a hit sets
-    /// it to `ON + 2 * MISS`, so that three misses in a row (with every entry in use) turn
-    /// the lookups here off; while off, every dispatch adds 1 to it from 0, so that after
-    /// `ON` dispatches the vCPU tries again (a line every `ON` dispatches on spread traffic).
-    const ON: u8 = 64;
-    const MISS: u8 = 4;
-
-    fn new() -> Self {
-        Recent {
-            generation: Self::NONE,
-            len: 0,
-            next: 0,
-            first: [1; RECENT],
-            last: [0; RECENT],
-            device: [None; RECENT],
-        }
-    }
-
-    /// The entry holding `addr`, if any.
-    #[inline(always)]
-    fn find(&self, addr: u64) -> Option<(u64, u64, NonNull<D>)> {
-        for i in 0..RECENT {
-            if self.first[i] <= addr && addr <= self.last[i] {
-                return Some((self.first[i], self.last[i], self.device[i]?));
-            }
-        }
-        None
-    }
-
-    /// Remembers a placement of the generation the entries are of.
-    #[inline(always)]
-    fn remember(&mut self, p: &Placement<D>) {
-        let i = if (self.len as usize) < RECENT {
-            self.len += 1;
-            self.len as usize - 1
-        } else {
-            let i = self.next as usize;
-            self.next = ((i + 1) % RECENT) as u32;
-            i
-        };
-        self.first[i] = p.base;
-        self.last[i] = p.base + (p.size - 1);
-        self.device[i] = Some(NonNull::from(&*p.device));
-    }
-}
 
 impl<D: ?Sized + Send + Sync> BusVcpu<D> {
     /// Finds the device holding `len` bytes from `addr` and calls `f(device, base, offset)`.
@@ -462,7 +388,7 @@ impl<D: ?Sized + Send + Sync> BusVcpu<D> {
                 // reader holds until `vcpu` takes it offline, after `f` (I8): the placement
                 // and its `Arc` are alive until then.
                 return Ok(f(unsafe { device.as_ref() }, first, offset));
-            } else if recent.len as usize == RECENT {
+            } else if recent.is_full() {
                 // Every entry in use, and none held the address.
                 let mut score = score - Recent::<D>::MISS;
                 if score < Recent::<D>::ON {
@@ -480,7 +406,7 @@ impl<D: ?Sized + Send + Sync> BusVcpu<D> {
         let hit = hit.ok_or(BusError::NoDevice { addr })?;
         let p = hit.value;
         if score >= Recent::<D>::ON {
-            recent.remember(p);
+            recent.remember(p.base, p.base + (p.size - 1), &p.device);
         }
         let offset = addr - p.base;
         if len == 0 || len as u64 > p.size - offset {
