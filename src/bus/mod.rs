@@ -537,9 +537,15 @@ mod tests {
         let mut data = [0u8; 1];
         vcpu.mmio_read(0x9000_0003, &mut data).unwrap();
         assert_eq!(data, [0x70 ^ 3]);
-        assert!(vcpu.mmio_read(0x9000_000f, &mut [0; 2]).is_err(), "past the end");
+        assert!(
+            vcpu.mmio_read(0x9000_000f, &mut [0; 2]).is_err(),
+            "past the end"
+        );
         assert_eq!(bus.devices().len(), 8);
-        assert_eq!(bus.device(0x9000_0000).unwrap().0, 0x9000_0000..=0x9000_000f);
+        assert_eq!(
+            bus.device(0x9000_0000).unwrap().0,
+            0x9000_0000..=0x9000_000f
+        );
     }
 
     /// Spread traffic turns the look at the recent placements off (no line for nothing);
