@@ -48,7 +48,7 @@ pub(super) struct RowAlloc {
 
 impl Arena {
     pub(crate) fn new(fanout: usize, max_nodes: usize, max_pieces: usize) -> Self {
-        let node_cells = fanout.max(NODE_UNIT);
+        let node_cells = node_cells(fanout);
         Arena {
             arrays: Arrays {
                 nodes: Arc::new(Cells::new(node_cells << SMALL_FIRST)),
@@ -68,7 +68,7 @@ impl Arena {
 
     /// Most nodes an entry can address at this fan-out.
     pub(crate) fn node_limit(fanout: usize) -> usize {
-        NODE_LIMIT / (fanout.max(NODE_UNIT) / NODE_UNIT)
+        NODE_LIMIT / (node_cells(fanout) / NODE_UNIT)
     }
 
     /// The current arrays (for a new version).
@@ -107,7 +107,7 @@ impl Arena {
 
     /// The node slot of the node at unit offset `unit` (0, 1, 2... in allocation space).
     pub(crate) fn node_slot(&self, unit: u32) -> usize {
-        unit as usize / self.units()
+        node_slot(unit, self.node_cells) as usize
     }
 
     /// A small number naming the block of a sub-page table or flat node entry `e`: its

@@ -172,9 +172,21 @@ pub(crate) fn table_real_rows(cap: usize, piece: impl Fn(usize) -> u32) -> usize
     1 + (1..cap).take_while(|&k| piece(k) != piece(k - 1)).count()
 }
 
+/// Cells a node takes in the node array: its fan-out, at least one unit.
+pub(crate) fn node_cells(fanout: usize) -> usize {
+    fanout.max(NODE_UNIT)
+}
+
+/// The slot (0, 1, 2... in allocation order) of the node at unit offset `unit`: a node
+/// entry carries the offset in units of [`NODE_UNIT`] cells, each node takes
+/// [`node_cells`] of them.
+pub(crate) fn node_slot(unit: u32, fanout: usize) -> u32 {
+    unit / (node_cells(fanout) / NODE_UNIT) as u32
+}
+
 /// Bytes a node takes.
 pub(crate) fn node_bytes(fanout: usize) -> usize {
-    fanout.max(NODE_UNIT) * std::mem::size_of::<u32>() + std::mem::size_of::<u64>()
+    node_cells(fanout) * std::mem::size_of::<u32>() + std::mem::size_of::<u64>()
 }
 
 /// Bytes of `n` section slots of values of type `V`: the value and its live bit.

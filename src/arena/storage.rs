@@ -70,7 +70,7 @@ impl<V> Storage<V> {
     /// The node is reachable from a generation the caller holds, or the caller is the writer
     /// and the node is allocated (I2, I3).
     pub(crate) unsafe fn node_base(&self, unit: u32, fanout: usize) -> u64 {
-        let slot = unit / (fanout.max(NODE_UNIT) / NODE_UNIT) as u32;
+        let slot = node_slot(unit, fanout);
         // SAFETY: forwarded contract: the node is reachable from a generation the caller
         // holds, or the writer's: nothing writes its cell meanwhile (I3; only the writer
         // writes, I6).
@@ -162,7 +162,7 @@ impl<V> StorageWriter<V> {
     /// The node was just made ([`Arena::new_node`](super::alloc::Arena::new_node)): the writer's,
     /// and unreachable from every generation (I3, I6).
     pub(crate) unsafe fn write_node_base(&mut self, unit: u32, fanout: usize, base: u64) {
-        let slot = unit / (fanout.max(NODE_UNIT) / NODE_UNIT) as u32;
+        let slot = node_slot(unit, fanout);
         self.storage.node_base.ensure(slot);
         // SAFETY: the chunk was made available just above; the node is the writer's and
         // unreachable (forwarded contract: I3, I4, I6), so nobody reads the cell while we

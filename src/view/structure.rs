@@ -2,7 +2,7 @@
 //! canonical children.
 
 use super::{entries::*, tree::*};
-use crate::arena::{table_cap, SubEntry, NODE_UNIT};
+use crate::arena::{node_slot, table_cap, SubEntry};
 use crate::entry::{Entry, Kind};
 use std::marker::PhantomData;
 
@@ -83,7 +83,7 @@ impl<'g, V> TreeRef<'g, V> {
 
     /// The number of the node at unit offset `index` (its slot), for listings.
     pub(super) fn node_number(self, index: u32) -> u32 {
-        index / (self.geo().fanout.max(NODE_UNIT) / NODE_UNIT) as u32
+        node_slot(index, self.geo().fanout)
     }
 
     /// The height of the node a node entry with `shift` points to.
