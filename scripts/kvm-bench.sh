@@ -7,7 +7,8 @@
 # SUMMARY {"1":{"physmap":NS,"rwlock":NS},"2":{"physmap":NS,"rwlock":NS}}: the median over
 # the rounds of dispatch ns per exit (each run's median, interpolated within the TSC's step:
 # examples/kvm/vmm.rs, median_ns), per vCPU count and bus; the line before it, MEANS, gives
-# the median over the rounds of each run's mean.
+# the median over the rounds of each run's mean, and TIMER before that what the two TSC
+# readings around a dispatch add to each figure (not subtracted).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_EACH=${SECONDS_EACH:-10}; ROUNDS=${ROUNDS:-3}; LONG=${LONG:-60}
@@ -44,6 +45,11 @@ for v in (1, 2):
     for bus, name in (("Physmap", "physmap"), ("RwLock", "rwlock")):
         ns = [r["dispatch_mean_ns"] for r in runs if r["round"] != "long" and r["vcpus"] == v and r["bus"] == bus]
         means[str(v)][name] = round(statistics.median(ns), 1) if ns else None
+# The timer's own part of every dispatch figure (two TSC readings back to back; not
+# subtracted), the median over all runs.
+timer = [r.get("timer_ns") for r in runs if r.get("timer_ns") is not None]
+if timer:
+    print("TIMER %.1f" % statistics.median(timer))
 # The same with each run's mean instead of its median (host interrupts inside a dispatch and
 # the first dispatches after each commit included), for comparison; SUMMARY is the last line.
 print("MEANS " + json.dumps(means, separators=(",", ":")))
