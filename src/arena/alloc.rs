@@ -68,7 +68,7 @@ impl Arena {
 
     /// Most nodes an entry can address at this fan-out.
     pub(crate) fn node_limit(fanout: usize) -> usize {
-        NODE_LIMIT / (node_cells(fanout) / NODE_UNIT)
+        NODE_LIMIT / node_units(fanout)
     }
 
     /// The current arrays (for a new version).
@@ -77,7 +77,7 @@ impl Arena {
     }
 
     fn units(&self) -> usize {
-        self.node_cells / NODE_UNIT
+        node_units(self.node_cells)
     }
 
     /// A new node holding `kids`, as the unit offset its entries carry; grows the node array

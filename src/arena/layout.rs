@@ -177,11 +177,14 @@ pub(crate) fn node_cells(fanout: usize) -> usize {
     fanout.max(NODE_UNIT)
 }
 
-/// The slot (0, 1, 2... in allocation order) of the node at unit offset `unit`: a node
-/// entry carries the offset in units of [`NODE_UNIT`] cells, each node takes
-/// [`node_cells`] of them.
+/// Units of [`NODE_UNIT`] cells a node takes (a node entry carries its offset in units).
+pub(crate) fn node_units(fanout: usize) -> usize {
+    node_cells(fanout) / NODE_UNIT
+}
+
+/// The slot (0, 1, 2... in allocation order) of the node at unit offset `unit`.
 pub(crate) fn node_slot(unit: u32, fanout: usize) -> u32 {
-    unit / (node_cells(fanout) / NODE_UNIT) as u32
+    unit / node_units(fanout) as u32
 }
 
 /// Bytes a node takes.

@@ -317,6 +317,16 @@ mod recent;
 
 use recent::Recent;
 
+/// The access check of a dispatch: `len` bytes from `addr`, in a device whose last byte is
+/// `last` (and whose range holds `addr`), are at least one and end in it.
+#[inline(always)]
+fn check_access(addr: u64, len: usize, last: u64) -> Result<(), BusError> {
+    if len == 0 || len as u64 - 1 > last - addr {
+        return Err(BusError::AccessOutOfRange { addr, len });
+    }
+    Ok(())
+}
+
 /// Takes its reader offline when dropped, unwinding included.
 struct Offline<'r, V>(&'r mut Reader<V>);
 
@@ -375,7 +385,7 @@ impl<D: ?Sized + Send + Sync> BusVcpu<D> {
         len: usize,
         f: impl FnOnce(&D, u64, u64) -> T,
     ) -> Result<T, BusError> {
-        self.reader.dispatch_online();
+        self.reader.online();
         self.dispatch_online(addr, len, f)
     }
 
@@ -402,15 +412,12 @@ impl<D: ?Sized + Send + Sync> BusVcpu<D> {
             } else if let Some((first, last, device)) = recent.find(addr) {
                 vcpu.0
                     .set_bus_score(Recent::<D>::ON + 2 * Recent::<D>::MISS);
-                let offset = addr - first;
-                if len == 0 || len as u64 - 1 > last - addr {
-                    return Err(BusError::AccessOutOfRange { addr, len });
-                }
+                check_access(addr, len, last)?;
                 // SAFETY: `device` is the device of a placement of generation `generation`
                 // (`remember`; entries are dropped with their generation above), which the
                 // reader holds until `vcpu` takes it offline, after `f` (I8): the placement
                 // and its `Arc` are alive until then.
-                return Ok(f(unsafe { device.as_ref() }, first, offset));
+                return Ok(f(unsafe { device.as_ref() }, first, addr - first));
             } else if recent.is_full() {
                 // Every entry in use, and none held the address.
                 let mut score = score - Recent::<D>::MISS;
@@ -433,9 +440,7 @@ impl<D: ?Sized + Send + Sync> BusVcpu<D> {
         if score >= Recent::<D>::ON {
             recent.remember(first, last, device);
         }
-        if len == 0 || len as u64 - 1 > last - addr {
-            return Err(BusError::AccessOutOfRange { addr, len });
-        }
+        check_access(addr, len, last)?;
         Ok(f(device, first, addr - first))
     }
 

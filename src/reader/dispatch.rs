@@ -5,25 +5,12 @@
 use super::*;
 
 impl<V> Reader<V> {
-    /// Goes online for a bus dispatch (whose reader is offline between dispatches: enters
-    /// the newest generation inline rather than out of line) and returns the generation it
-    /// holds.
-    #[inline(always)]
-    pub(crate) fn dispatch_online(&mut self) -> u64 {
-        if self.is_online() {
-            self.current();
-        } else {
-            self.enter();
-        }
-        self.held
-    }
-
     /// Goes online for a bus dispatch in the generation it held last, the common case: inline
     /// and with no call (a bus's reader is offline between dispatches). False if the reader
     /// was online, or if a newer generation is published: then the reader is offline again
     /// (having announced the newer one in passing: announcements only move forward, I8) and
-    /// the caller goes online with [`dispatch_online`](Reader::dispatch_online), which copies
-    /// the new header out of line, so that neither that copy nor the call making it enlarges
+    /// the caller goes online with [`online`](Reader::online), which copies the new header
+    /// out of line, so that neither that copy nor the call making it enlarges
     /// the frame of every dispatch.
     #[inline(always)]
     pub(crate) fn dispatch_enter_held(&mut self) -> bool {
@@ -46,8 +33,9 @@ impl<V> Reader<V> {
         false
     }
 
-    /// The lookup of a bus dispatch, after [`dispatch_online`](Reader::dispatch_online): the
-    /// walk alone (the bus remembers placements itself, on a line of its own).
+    /// The lookup of a bus dispatch, once online: the walk from the remembered region
+    /// ([`Held::find_near`]) alone (the bus remembers placements itself, on a line of its
+    /// own).
     #[inline(always)]
     pub(crate) fn dispatch_lookup(&self, addr: u64) -> Option<Hit<'_, V>> {
         let own = &self.state.own;

@@ -254,7 +254,7 @@ mod tests {
             let hot = snap.version.hot;
             // The first GiB is RAM: a leaf past the root.
             assert!(hot.low.leaf_slot().is_some(), "{:?}", hot.low);
-            reader.dispatch_online();
+            reader.online();
             let pieces: Vec<_> = snap.iter().collect();
             for &a in &addrs {
                 // The pieces in order, searched one by one, against the bus's walk.
