@@ -16,7 +16,8 @@
 //!   reached through a pointer as QEMU reaches it under RCU.
 //!
 //! Two ways to measure, both in this binary:
-//! - **criterion** (`cargo bench --bench cold`): ns per dispatch, timed alone after each
+//! - **criterion** (`cargo bench --bench cold`; `PHYSMAP_COLD_MIX=few` for accesses that go
+//!   round three devices, groups `cold-few/<map>`): ns per dispatch, timed alone after each
 //!   eviction (a walk over `PHYSMAP_COLD_EVICT` bytes, 8 MiB by default: more than L1 and L2
 //!   here; this machine's 480 MiB L3 cannot be walked at every exit, so the lines come from
 //!   L3, as after a short guest run). `empty` is the timer alone.
@@ -328,10 +329,17 @@ fn few_devices(m: &Map, addrs: &[u64], n: usize) -> Vec<u64> {
 
 fn cold(c: &mut Criterion) {
     let evict = Evict::new(8 << 20);
+    // `PHYSMAP_COLD_MIX=few`: the accesses go round three devices, as in the lines mode's
+    // `/few` (the groups are then `cold-few/<map>`); the default spreads them over all.
+    let few = std::env::var("PHYSMAP_COLD_MIX").is_ok_and(|m| m == "few");
     for m in real_maps() {
         let mut setup = setup(&m);
         setup.check();
-        let mut g = c.benchmark_group(format!("cold/{}", m.name));
+        if few {
+            setup.addrs = few_devices(&m, &setup.addrs, 3).into();
+        }
+        let prefix = if few { "cold-few" } else { "cold" };
+        let mut g = c.benchmark_group(format!("{prefix}/{}", m.name));
         g.sample_size(30).measurement_time(Duration::from_secs(3));
         for s in Structure::ALL {
             g.bench_function(BenchmarkId::from_parameter(s.name()), |b| {

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The KVM guest's figures for BENCHMARKS.md: the example with physmap's bus and with the
-# RwLock<BTreeMap> bus, 1 and 2 vCPUs, control plane on, SECONDS_EACH seconds each (default
+# The KVM guest's figures for BENCHMARKS.md: the example with physmap's bus, with the
+# RwLock<BTreeMap> bus and with the floor (`--bus table`: a fixed table of the devices scanned
+# with no synchronization, what any bus's dispatch costs at least here), 1 and 2 vCPUs, control plane on, SECONDS_EACH seconds each (default
 # 10), interleaved, ROUNDS rounds (default 3); then one run of LONG seconds (default 60; 0
 # skips it) with physmap and 2 vCPUs for the misroute count. Writes
 # target/physmap-bench/kvm.jsonl and ends with one line
@@ -8,7 +9,8 @@
 # the rounds of dispatch ns per exit (each run's median, interpolated within the TSC's step:
 # examples/kvm/vmm.rs, median_ns), per vCPU count and bus; the line before it, MEANS, gives
 # the median over the rounds of each run's mean, and TIMER before that what the two TSC
-# readings around a dispatch add to each figure (not subtracted).
+# readings around a dispatch add to each figure (not subtracted), and FLOOR before that the
+# floor's medians and each bus's own part (its median minus the floor's) with their ratio.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_EACH=${SECONDS_EACH:-10}; ROUNDS=${ROUNDS:-3}; LONG=${LONG:-60}
@@ -19,7 +21,7 @@ mkdir -p target/physmap-bench
 : > "$out"
 for r in $(seq 1 "$ROUNDS"); do
   for v in 1 2; do
-    for bus in physmap rwlock; do
+    for bus in physmap rwlock table; do
       echo "round $r: $v vCPUs, $bus" >&2
       "$bin" --json --seconds "$SECONDS_EACH" --vcpus "$v" --bus "$bus" | sed "s/^{/{\"round\":$r,/" >> "$out"
     done
@@ -45,6 +47,18 @@ for v in (1, 2):
     for bus, name in (("Physmap", "physmap"), ("RwLock", "rwlock")):
         ns = [r["dispatch_mean_ns"] for r in runs if r["round"] != "long" and r["vcpus"] == v and r["bus"] == bus]
         means[str(v)][name] = round(statistics.median(ns), 1) if ns else None
+# The floor, and what each bus adds to it (the part of a dispatch a bus can change).
+floor = {}
+for v in (1, 2):
+    ns = [r["dispatch_ns"] for r in runs if r["round"] != "long" and r["vcpus"] == v and r["bus"] == "Table"]
+    if ns:
+        f = statistics.median(ns)
+        p, l = summary[str(v)]["physmap"], summary[str(v)]["rwlock"]
+        own = {"physmap": round(p - f, 1), "rwlock": round(l - f, 1)}
+        ratio = round((p - f) / (l - f), 2) if l - f > 0 else None
+        floor[str(v)] = {"table": round(f, 1), "own": own, "own_ratio": ratio}
+if floor:
+    print("FLOOR " + json.dumps(floor, separators=(",", ":")))
 # The timer's own part of every dispatch figure (two TSC readings back to back; not
 # subtracted), the median over all runs.
 timer = [r.get("timer_ns") for r in runs if r.get("timer_ns") is not None]

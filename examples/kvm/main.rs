@@ -6,7 +6,7 @@
 //!
 //! ```sh
 //! cargo run --release --features kvm --example kvm -- [--seconds S] [--vcpus N]
-//!     [--bus physmap|rwlock] [--no-control-plane] [--json]
+//!     [--bus physmap|rwlock|table] [--no-control-plane] [--json]
 //! ```
 //! Exits non-zero on any misrouted access or guest-detected error, or if KVM is unusable.
 
@@ -56,14 +56,17 @@ fn main() {
                 opts.bus = match value(i).as_str() {
                     "physmap" => BusKind::Physmap,
                     "rwlock" => BusKind::RwLock,
-                    other => fail(format!("--bus takes physmap or rwlock, not {other:?}")),
+                    "table" => BusKind::Table,
+                    other => fail(format!(
+                        "--bus takes physmap, rwlock or table, not {other:?}"
+                    )),
                 };
                 i += 1;
             }
             "--no-control-plane" => opts.control_plane = false,
             "--json" => json = true,
             "-h" | "--help" => {
-                println!("usage: kvm [--seconds S] [--vcpus N] [--bus physmap|rwlock] [--no-control-plane] [--json]");
+                println!("usage: kvm [--seconds S] [--vcpus N] [--bus physmap|rwlock|table] [--no-control-plane] [--json]");
                 return;
             }
             other => fail(format!("unknown argument {other:?} (try --help)")),

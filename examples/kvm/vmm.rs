@@ -5,7 +5,8 @@
 //!   ([`Memslots::sync`]): the map is the one source of truth.
 //! - vCPU threads run `guest.S` (32-bit protected mode) and dispatch its `KVM_EXIT_MMIO` /
 //!   `KVM_EXIT_IO` exits through physmap's [`MmioBus`] / [`PioBus`] (or, for comparison, a
-//!   Cloud-Hypervisor-shaped `RwLock<BTreeMap>` bus). An MMIO exit that no device claims but
+//!   Cloud-Hypervisor-shaped `RwLock<BTreeMap>` bus; or, for the floor, a fixed table of the
+//!   devices scanned with no synchronization, `BusKind::Table`). An MMIO exit that no device claims but
 //!   guest memory does (a memslot being replaced) is served from guest memory, as QEMU does;
 //!   anything else reads all ones.
 //! - A control plane moves a BAR (bus `update_range`, which waits for in-flight dispatches,
@@ -53,6 +54,11 @@ pub enum BusKind {
     Physmap,
     /// `RwLock<BTreeMap<range, Weak<device>>>`, resolved under the read lock (Cloud Hypervisor).
     RwLock,
+    /// The floor, not a bus: each vCPU scans a table of its own listing every device (the
+    /// moving BAR's device at both its places), with no lock, no generation and no way to
+    /// change it. What an exit's dispatch costs here with no synchronization at all: the
+    /// timer, the device call, the code around them.
+    Table,
 }
 
 /// What to run.
@@ -406,6 +412,36 @@ impl<D: ?Sized> LockedBus<D> {
     }
 }
 
+/// The floor's table ([`BusKind::Table`]): `(base, size, device)`, scanned in order.
+struct Table<D: ?Sized>(Vec<(u64, u64, Arc<D>)>);
+
+impl<D: ?Sized> Table<D> {
+    /// The table of `bus`'s devices, plus `extra`.
+    fn of(bus: &physmap::bus::Bus<D>, extra: impl IntoIterator<Item = (u64, u64, Arc<D>)>) -> Self
+    where
+        D: Send + Sync,
+    {
+        let devices = bus.devices().into_iter();
+        let mut t: Vec<_> = devices
+            .map(|(r, d)| (*r.start(), r.end() - r.start() + 1, d))
+            .collect();
+        t.extend(extra);
+        Table(t)
+    }
+
+    /// The device holding `len` bytes from `addr`, with its base and the offset (the same
+    /// access check as the buses').
+    #[inline]
+    fn resolve(&self, addr: u64, len: usize) -> Option<(u64, u64, &D)> {
+        let (base, size, d) = self.0.iter().find(|e| e.0 <= addr && addr - e.0 < e.1)?;
+        let offset = addr - base;
+        if len == 0 || len as u64 > size - offset {
+            return None;
+        }
+        Some((*base, offset, &**d))
+    }
+}
+
 /// What a vCPU thread reports: exits dispatched, TSC cycles spent dispatching, and each
 /// exit's cycles ([`AFTER_COMMIT`] set on the first exit in a new generation).
 type VcpuRun = (u64, u64, Vec<u32>);
@@ -464,6 +500,7 @@ impl Buses {
 enum Dispatch<'a> {
     Physmap(physmap::bus::BusVcpu<Mmio>, physmap::bus::BusVcpu<Pio>),
     Locked(&'a Buses),
+    Table(Table<Mmio>, Table<Pio>),
 }
 
 impl Dispatch<'_> {
@@ -472,7 +509,7 @@ impl Dispatch<'_> {
     fn generation(&self) -> u64 {
         match self {
             Dispatch::Physmap(m, _) => m.last_generation(),
-            Dispatch::Locked(_) => 0,
+            Dispatch::Locked(_) | Dispatch::Table(..) => 0,
         }
     }
 
@@ -494,6 +531,22 @@ impl Dispatch<'_> {
                 .map(|(base, off, dev)| dev.pio_read(PioAddress(base as u16), off as u16, d))
                 .is_some(),
             (Dispatch::Locked(b), Exit::IoOut(a, d)) => locked(&b.locked_pio, (*a).into(), d.len())
+                .map(|(base, off, dev)| dev.pio_write(PioAddress(base as u16), off as u16, d))
+                .is_some(),
+            (Dispatch::Table(m, _), Exit::MmioRead(a, d)) => m
+                .resolve(*a, d.len())
+                .map(|(base, off, dev)| dev.mmio_read(MmioAddress(base), off, d))
+                .is_some(),
+            (Dispatch::Table(m, _), Exit::MmioWrite(a, d)) => m
+                .resolve(*a, d.len())
+                .map(|(base, off, dev)| dev.mmio_write(MmioAddress(base), off, d))
+                .is_some(),
+            (Dispatch::Table(_, p), Exit::IoIn(a, d)) => p
+                .resolve((*a).into(), d.len())
+                .map(|(base, off, dev)| dev.pio_read(PioAddress(base as u16), off as u16, d))
+                .is_some(),
+            (Dispatch::Table(_, p), Exit::IoOut(a, d)) => p
+                .resolve((*a).into(), d.len())
                 .map(|(base, off, dev)| dev.pio_write(PioAddress(base as u16), off as u16, d))
                 .is_some(),
         }
@@ -641,6 +694,14 @@ pub fn run(opts: &Options) -> Result<Report, String> {
                     let mut dispatch = match kind {
                         BusKind::Physmap => Dispatch::Physmap(buses.mmio.vcpu(), buses.pio.vcpu()),
                         BusKind::RwLock => Dispatch::Locked(buses),
+                        BusKind::Table => {
+                            // The BAR's device at its other place too: the table never changes.
+                            let bar = buses.mmio.device(BAR[0]).map(|(_, d)| (BAR[1], 0x1000, d));
+                            Dispatch::Table(
+                                Table::of(&buses.mmio, bar),
+                                Table::of(&buses.pio, None),
+                            )
+                        }
                     };
                     let (mut exits, mut cycles) = (0u64, 0u64);
                     // Each exit's dispatch time, for the median (at most 8M exits kept).
@@ -702,6 +763,8 @@ pub fn run(opts: &Options) -> Result<Report, String> {
                         .update_range(BAR[bar_at], BAR[to], 0x1000)
                         .map_err(|e| e.to_string())?,
                     BusKind::RwLock => buses.locked_mmio.move_device(BAR[bar_at], BAR[to]),
+                    // Listed at both places.
+                    BusKind::Table => {}
                 }
                 memory
                     .memory()
