@@ -67,7 +67,11 @@ fn the_benchmark_baselines_serve_the_same_guest() {
         let r = vmm::run(&opts).expect("the VM runs");
         assert_eq!(r.misroutes, 0, "{bus:?}: device-detected misroutes");
         assert_eq!(r.guest_error_count(), 0, "{bus:?}: {:?}", r.guest_errors);
-        assert!(r.total_exits() >= 1_000, "{bus:?}: exits {}", r.total_exits());
+        assert!(
+            r.total_exits() >= 1_000,
+            "{bus:?}: exits {}",
+            r.total_exits()
+        );
         assert!(r.bar_moves >= 10, "{bus:?}: BAR moves {}", r.bar_moves);
         // The guest reads all ones (and retries) only where no device answers at the BAR's
         // address: in the moment between a move and the mailbox's update, not half the time.
