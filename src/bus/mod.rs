@@ -34,9 +34,11 @@
 //! levels), the map's publication line, one or two tree lines, the piece (and a sub-page
 //! table's line for a device smaller than a page), the placement, the device's vtable and
 //! the device: about 10 lines, where a `RwLock<BTreeMap>` bus fetches 13 to 19 (BENCHMARKS.md,
-//! "The exit path"). The dispatch compiles into its caller, with no frame or call of its own
-//! (about 2 KiB of code per call site, plus as much out of line for the first dispatch in a
-//! new generation); no atomic read-modify-write, and with [`Config::membarrier`] no fence.
+//! "The exit path"). Code is fetched from cold too: what compiles into the caller is going
+//! online and offline, the vCPU's recent placements (which answer when exits go round a few
+//! devices, as a driver's do) and the device call, about 600 bytes per call site; the walk
+//! is a call (and the first dispatch in a new generation another). No atomic
+//! read-modify-write, and with [`Config::membarrier`] no fence.
 //!
 //! ```
 //! use std::sync::{Arc, atomic::{AtomicU64, Ordering}};
@@ -286,7 +288,7 @@ impl<D: ?Sized + Send + Sync> Bus<D> {
 
     /// A dispatcher for one vCPU thread.
     pub fn vcpu(&self) -> BusVcpu<D> {
-        let mut reader = self.map.reader();
+        let reader = self.map.reader();
         dispatchers::add(reader.dispatch_mark());
         reader.set_bus_score(Recent::<D>::ON);
         BusVcpu {
@@ -389,7 +391,9 @@ impl<D: ?Sized + Send + Sync> BusVcpu<D> {
         self.dispatch_online(addr, len, f)
     }
 
-    /// The rest of a dispatch, the vCPU online.
+    /// The rest of a dispatch, the vCPU online: the recent placements when they hold the
+    /// address (inline: the common case at a driver's exits, a few lines of code), else the
+    /// walk (out of line, [`walk`](BusVcpu::walk)), then the access check and the device call.
     #[inline(always)]
     fn dispatch_online<T>(
         &mut self,
@@ -404,20 +408,47 @@ impl<D: ?Sized + Send + Sync> BusVcpu<D> {
         let generation = vcpu.0.last_generation();
         let score = vcpu.0.bus_score();
         let recent = &mut *self.recent;
+        // Looked at only while the score says they hit (their line is not fetched
+        // otherwise), and used only if remembered in this generation.
+        let remembered = if score >= Recent::<D>::ON && recent.generation == generation {
+            recent.find(addr)
+        } else {
+            None
+        };
+        let hit = match remembered {
+            Some((first, last, device)) => {
+                vcpu.0
+                    .set_bus_score(Recent::<D>::ON + 2 * Recent::<D>::MISS);
+                // SAFETY: `device` is the device of a placement of generation `generation`
+                // (`remember`; entries are dropped with their generation in `walk`), which the
+                // reader holds until `vcpu` takes it offline, after `f` (I8): the placement
+                // and its `Arc` are alive until then.
+                Some((first, last, unsafe { device.as_ref() }))
+            }
+            _ => Self::walk(vcpu.0, recent, addr, score, generation),
+        };
+        let (first, last, device) = hit.ok_or(BusError::NoDevice { addr })?;
+        check_access(addr, len, last)?;
+        Ok(f(device, first, addr - first))
+    }
+
+    /// A dispatch's walk, when the recent placements did not answer: keeps their score and
+    /// entries, then finds the placement in the tree. Out of line, so that the inline part of
+    /// a dispatch (which every call site of `dispatch` holds) is the recent placements' few
+    /// lines of code; a walk costs a call.
+    #[inline(never)]
+    fn walk<'r>(
+        reader: &'r Reader<Placement<D>>,
+        recent: &mut Recent<D>,
+        addr: u64,
+        score: u8,
+        generation: u64,
+    ) -> Option<(u64, u64, &'r D)> {
         if score >= Recent::<D>::ON {
             if recent.generation != generation {
                 // Remembered in another generation: nothing of it may be used.
                 *recent = Recent::new();
                 recent.generation = generation;
-            } else if let Some((first, last, device)) = recent.find(addr) {
-                vcpu.0
-                    .set_bus_score(Recent::<D>::ON + 2 * Recent::<D>::MISS);
-                check_access(addr, len, last)?;
-                // SAFETY: `device` is the device of a placement of generation `generation`
-                // (`remember`; entries are dropped with their generation above), which the
-                // reader holds until `vcpu` takes it offline, after `f` (I8): the placement
-                // and its `Arc` are alive until then.
-                return Ok(f(unsafe { device.as_ref() }, first, addr - first));
             } else if recent.is_full() {
                 // Every entry in use, and none held the address.
                 let mut score = score - Recent::<D>::MISS;
@@ -427,21 +458,19 @@ impl<D: ?Sized + Send + Sync> BusVcpu<D> {
                     score = 0;
                     recent.generation = Recent::<D>::NONE;
                 }
-                vcpu.0.set_bus_score(score);
+                reader.set_bus_score(score);
             }
         } else {
-            vcpu.0.set_bus_score(score + 1);
+            reader.set_bus_score(score + 1);
         }
-        let hit = vcpu.0.dispatch_lookup(addr);
-        let hit = hit.ok_or(BusError::NoDevice { addr })?;
+        let hit = reader.dispatch_lookup(addr)?;
         // The placement's range is its piece's (never cut), its base the piece's start.
         let (first, last) = (*hit.range.start(), *hit.range.end());
         let device = hit.value.device();
         if score >= Recent::<D>::ON {
             recent.remember(first, last, device);
         }
-        check_access(addr, len, last)?;
-        Ok(f(device, first, addr - first))
+        Some((first, last, device))
     }
 
     /// The generation of the bus that answered the last access (0 before any).

@@ -48,13 +48,13 @@ impl<V> Reader<V> {
     /// The owning bus's score of its recent placements (`bus.rs`), on the reader's first
     /// line.
     #[inline(always)]
-    pub(crate) fn bus_score(&mut self) -> u8 {
+    pub(crate) fn bus_score(&self) -> u8 {
         self.state.own.bus_score.get()
     }
 
     /// Sets the bus's score (`bus.rs`).
     #[inline(always)]
-    pub(crate) fn set_bus_score(&mut self, score: u8) {
+    pub(crate) fn set_bus_score(&self, score: u8) {
         self.state.own.bus_score.set(score);
     }
 
