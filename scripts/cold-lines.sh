@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Data cache lines one cold dispatch fetches, per structure and real map: runs
 # benches/cold.rs in its cache-line mode under cachegrind (D1 32 KiB 8-way, LL 1 MiB 16-way,
-# 64-byte lines; a 2 MiB walk evicts both before each of 1,000 dispatches) and subtracts the
-# same run without the dispatches. Deterministic: the same figures on every run of the same
+# 64-byte lines; a 2 MiB walk evicts both before each of 1,000 dispatches, and 64 KiB of
+# no-ops the 32 KiB I1) and subtracts the same run without the dispatches: data cache lines
+# and code lines (I1 misses) per cold dispatch. Deterministic: the same figures on every run of the same
 # binary. Prints a Markdown table and writes target/physmap-bench/cold-lines.json.
 # Usage: [MIX=few] scripts/cold-lines.sh [MAP...]   (needs valgrind)
 # MIX=few: the accesses go round three devices (as a driver's exits do) instead of spreading
@@ -24,7 +25,7 @@ out=target/physmap-bench/cold-lines${suffix:+-few}.json
 mkdir -p target/physmap-bench
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-count() { # map/structure -> "Ir D1miss LLmiss"
+count() { # map/structure -> "Ir D1miss LLmiss I1miss"
   local f="$tmp/$(tr / _ <<<"$1").out"
   PHYSMAP_COLD_LINES=$1 setarch -R valgrind --tool=cachegrind --cache-sim=yes \
     --D1=32768,8,64 --LL=1048576,16,64 --I1=32768,8,64 --cachegrind-out-file="$f" \
@@ -36,22 +37,22 @@ for line in open(sys.argv[1]):
     if line.startswith("events:"): ev = line.split()[1:]
     if line.startswith("summary:"): summ = list(map(int, line.split()[1:]))
 d = dict(zip(ev, summ))
-print(d["Ir"], d["D1mr"] + d["D1mw"], d["DLmr"] + d["DLmw"])
+print(d["Ir"], d["D1mr"] + d["D1mw"], d["DLmr"] + d["DLmw"], d["I1mr"])
 PY
 }
-echo "| map | structure | instructions | D1 misses (lines) | LL misses |"
-echo "|---|---|---:|---:|---:|"
+echo "| map | structure | instructions | D1 misses (lines) | LL misses | code lines (I1 misses) |"
+echo "|---|---|---:|---:|---:|---:|"
 echo "[" > "$out"
 first=1
 for m in "${maps[@]}"; do
-  read -r ir0 d0 l0 < <(count "$m/none$suffix")
+  read -r ir0 d0 l0 c0 < <(count "$m/none$suffix")
   for s in "${structures[@]}"; do
-    read -r ir d l < <(count "$m/$s$suffix")
-    row=$(python3 -c "print('%.1f %.2f %.2f' % (($ir-$ir0)/1000, ($d-$d0)/1000, ($l-$l0)/1000))")
-    read -r i1 d1 l1 <<<"$row"
-    echo "| $m | $s | $i1 | $d1 | $l1 |"
+    read -r ir d l c < <(count "$m/$s$suffix")
+    row=$(python3 -c "print('%.1f %.2f %.2f %.2f' % (($ir-$ir0)/1000, ($d-$d0)/1000, ($l-$l0)/1000, ($c-$c0)/1000))")
+    read -r i1 d1 l1 c1 <<<"$row"
+    echo "| $m | $s | $i1 | $d1 | $l1 | $c1 |"
     [ $first = 1 ] || echo "," >> "$out"; first=0
-    echo "{\"map\":\"$m\",\"structure\":\"$s\",\"instructions\":$i1,\"d1_lines\":$d1,\"ll_lines\":$l1}" >> "$out"
+    echo "{\"map\":\"$m\",\"structure\":\"$s\",\"instructions\":$i1,\"d1_lines\":$d1,\"ll_lines\":$l1,\"code_lines\":$c1}" >> "$out"
   done
 done
 echo "]" >> "$out"

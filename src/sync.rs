@@ -222,7 +222,10 @@ impl Barrier {
             // SeqCst: Dekker's pattern with the writer's fence (I8).
             Barrier::Fence => reader_fence(slot),
             // The writer's membarrier orders the two accesses (I8); the compiler must not.
-            Barrier::Membarrier => std::sync::atomic::compiler_fence(Ordering::SeqCst),
+            Barrier::Membarrier => {
+                membarrier_side();
+                std::sync::atomic::compiler_fence(Ordering::SeqCst)
+            }
         }
     }
 
@@ -238,6 +241,14 @@ impl Barrier {
         }
     }
 }
+
+/// Marks the membarrier side of [`Barrier::reader`] as the less likely one (a call to a cold
+/// function, which does nothing): the default, the fence, then keeps the straight line of a
+/// bus dispatch's inlined code, and the other side's copy of the announcement's loop goes
+/// out of its way.
+#[cold]
+#[inline(never)]
+fn membarrier_side() {}
 
 /// The reader's `SeqCst` fence, issued right after its announcement to `slot`. On x86-64, a
 /// locked `or` of 0 to the slot itself rather than what LLVM emits for `fence(SeqCst)` (the
