@@ -22,8 +22,9 @@
 //!   here; this machine's 480 MiB L3 cannot be walked at every exit, so the lines come from
 //!   L3, as after a short guest run). `empty` is the timer alone.
 //! - **cache lines** (`scripts/cold-lines.sh`): with `PHYSMAP_COLD_LINES=<map>/<structure>`
-//!   the binary runs 1,000 cold dispatches and exits; run under cachegrind (D1 32 KiB, LL
-//!   1 MiB, a 2 MiB eviction walk) against `<map>/none` (the same walks, no dispatch), the
+//!   the binary runs 1,000 cold dispatches and exits; run under callgrind's cache simulation
+//!   (D1 32 KiB, LL 1 MiB, a 2 MiB eviction walk), counting inside [`dispatch_aligned`] only,
+//!   against `<map>/none` (the same walks, no dispatch), the
 //!   difference divided by 1,000 is the data cache lines one cold dispatch fetches, and the
 //!   I1 misses (32 KiB, after 64 KiB of no-ops run between dispatches evicted it: the code
 //!   is cold too) the code lines: deterministic, the same on every run.

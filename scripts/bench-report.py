@@ -211,17 +211,20 @@ def exit_path_section(w):
       "as physmap's dispatch is, `physmap-reader` a `Reader::lookup` alone and `qemu-walk` QEMU's dispatch walk alone.")
     w("")
     if lines:
-        w("Data cache lines fetched per cold dispatch, `scripts/cold-lines.sh` (cachegrind: D1 32 KiB, "
-          "LL 1 MiB, a 2 MiB walk before each of 1,000 dispatches, the walks alone subtracted; address "
-          "randomisation off, so the figures are exact and repeat run after run), and instructions:")
+        w("Data cache lines fetched per cold dispatch, `scripts/cold-lines.sh` (callgrind's cache "
+          "simulation, counted inside the dispatch: D1 32 KiB, LL 1 MiB, I1 32 KiB, a 2 MiB walk and "
+          "64 KiB of no-ops before each of 1,000 dispatches, the walks alone subtracted; address "
+          "randomisation off, so the figures are exact and repeat run after run), with the "
+          "instructions and the code lines (I1 misses):")
         w("")
-        w("| map | " + " | ".join(f"{s} lines (instr.)" for s in S) + " | bus: physmap / RwLock lines | walk: physmap / QEMU lines |")
+        w("| map | " + " | ".join(f"{s} lines (instr., code)" for s in S) + " | bus: physmap / RwLock lines | walk: physmap / QEMU lines |")
         w("|---|" + "---|" * (len(S) + 2))
         for m in maps:
             d = {x["structure"]: x for x in lines if x["map"] == m}
             if not d:
                 continue
-            cells = [f"{d[s]['d1_lines']:.1f} ({d[s]['instructions']:.0f})" if s in d else "" for s in S]
+            cells = [f"{d[s]['d1_lines']:.1f} ({d[s]['instructions']:.0f}, {d[s].get('code_lines', float('nan')):.1f})"
+                     if s in d else "" for s in S]
             r1 = d["physmap-bus"]["d1_lines"] / d["rwlock-bus"]["d1_lines"] if "physmap-bus" in d and "rwlock-bus" in d else None
             r2 = d["physmap-reader"]["d1_lines"] / d["qemu-walk"]["d1_lines"] if "physmap-reader" in d and "qemu-walk" in d else None
             f = lambda r: f"**{r:.2f}x**" if r is not None else ""

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Data cache lines one cold dispatch fetches, per structure and real map: runs
-# benches/cold.rs in its cache-line mode under cachegrind (D1 32 KiB 8-way, LL 1 MiB 16-way,
-# 64-byte lines; a 2 MiB walk evicts both before each of 1,000 dispatches, and 64 KiB of
-# no-ops the 32 KiB I1) and subtracts the same run without the dispatches: data cache lines
-# and code lines (I1 misses) per cold dispatch. Deterministic: the same figures on every run of the same
-# binary. Prints a Markdown table and writes target/physmap-bench/cold-lines.json.
+# Data and code cache lines one cold dispatch fetches, per structure and real map: runs
+# benches/cold.rs in its cache-line mode under callgrind's cache simulation (D1 32 KiB 8-way,
+# LL 1 MiB 16-way, I1 32 KiB 8-way, 64-byte lines; a 2 MiB walk evicts D1 and LL before each
+# of 1,000 dispatches, and 64 KiB of no-ops I1), counting only inside the dispatch, and
+# subtracts the same run without the dispatches. Deterministic: the same figures on every run
+# of the same binary. Prints a Markdown table and writes target/physmap-bench/cold-lines.json.
 # Usage: [MIX=few] scripts/cold-lines.sh [MAP...]   (needs valgrind)
 # MIX=few: the accesses go round three devices (as a driver's exits do) instead of spreading
 # over every MMIO range; writes cold-lines-few.json.
@@ -27,15 +27,18 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 count() { # map/structure -> "Ir D1miss LLmiss I1miss"
   local f="$tmp/$(tr / _ <<<"$1").out"
-  PHYSMAP_COLD_LINES=$1 setarch -R valgrind --tool=cachegrind --cache-sim=yes \
-    --D1=32768,8,64 --LL=1048576,16,64 --I1=32768,8,64 --cachegrind-out-file="$f" \
-    "$bin" >/dev/null 2>&1
+  # Counted only inside the harness's dispatch function (callgrind's --toggle-collect; the
+  # caches are simulated throughout): the map's setup and the process's teardown, whose heap
+  # work differs from run to run of different structures, stay out of the difference.
+  PHYSMAP_COLD_LINES=$1 setarch -R valgrind --tool=callgrind --cache-sim=yes \
+    --D1=32768,8,64 --LL=1048576,16,64 --I1=32768,8,64 --toggle-collect='*dispatch_aligned*' \
+    --callgrind-out-file="$f" "$bin" >/dev/null 2>&1 || { echo "the run of $1 failed" >&2; exit 1; }
   python3 - "$f" <<'PY'
 import sys
 ev = summ = None
 for line in open(sys.argv[1]):
     if line.startswith("events:"): ev = line.split()[1:]
-    if line.startswith("summary:"): summ = list(map(int, line.split()[1:]))
+    if line.startswith(("summary:", "totals:")): summ = list(map(int, line.split()[1:]))
 d = dict(zip(ev, summ))
 print(d["Ir"], d["D1mr"] + d["D1mw"], d["DLmr"] + d["DLmw"], d["I1mr"])
 PY
