@@ -399,10 +399,7 @@ impl<D: ?Sized> LockedBus<D> {
     fn resolve(&self, addr: u64, len: usize) -> Option<(u64, u64, Arc<D>)> {
         let devices = self.devices.read().unwrap();
         let (&base, (size, d)) = devices.range(..=addr).next_back()?;
-        let offset = addr - base;
-        if offset >= *size || len == 0 || len as u64 > size - offset {
-            return None;
-        }
+        let offset = access(base, *size, addr, len)?;
         Some((base, offset, d.upgrade()?))
     }
     fn move_device(&self, from: u64, to: u64) {
@@ -410,6 +407,16 @@ impl<D: ?Sized> LockedBus<D> {
         let d = devices.remove(&from).expect("device to move");
         devices.insert(to, d);
     }
+}
+
+/// The access check of the comparison buses, as physmap's bus makes it: `len` bytes from
+/// `addr` (at least one) lie in the `size` bytes from `base`; their offset there.
+fn access(base: u64, size: u64, addr: u64, len: usize) -> Option<u64> {
+    let offset = addr.checked_sub(base)?;
+    if offset >= size || len == 0 || len as u64 > size - offset {
+        return None;
+    }
+    Some(offset)
 }
 
 /// The floor's table ([`BusKind::Table`]): `(base, size, device)`, scanned in order.
@@ -434,10 +441,7 @@ impl<D: ?Sized> Table<D> {
     #[inline]
     fn resolve(&self, addr: u64, len: usize) -> Option<(u64, u64, &D)> {
         let (base, size, d) = self.0.iter().find(|e| e.0 <= addr && addr - e.0 < e.1)?;
-        let offset = addr - base;
-        if len == 0 || len as u64 > size - offset {
-            return None;
-        }
+        let offset = access(*base, *size, addr, len)?;
         Some((*base, offset, &**d))
     }
 }

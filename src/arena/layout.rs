@@ -178,11 +178,13 @@ pub(crate) fn node_cells(fanout: usize) -> usize {
 }
 
 /// Units of [`NODE_UNIT`] cells a node takes (a node entry carries its offset in units).
+/// `fanout` may also be the node's cells ([`node_cells`] of its fan-out): the same units.
 pub(crate) fn node_units(fanout: usize) -> usize {
     node_cells(fanout) / NODE_UNIT
 }
 
-/// The slot (0, 1, 2... in allocation order) of the node at unit offset `unit`.
+/// The slot (0, 1, 2... in allocation order) of the node at unit offset `unit` (`fanout` as
+/// in [`node_units`]).
 pub(crate) fn node_slot(unit: u32, fanout: usize) -> u32 {
     unit / node_units(fanout) as u32
 }
